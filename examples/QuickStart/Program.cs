@@ -1,0 +1,46 @@
+// QuickStart: a plain TorchSharp training loop with one added line, `model.Probe(loss);`.
+// It trains a small MLP on a synthetic classification task it generates itself, and the probe session
+// prints the generalization indicators of each window to the console.
+using TorchSharp;
+using TrainingProbes;
+using static TorchSharp.torch;
+
+torch.manual_seed(7);
+const int Features = 20, Classes = 4, Samples = 4096, BatchSize = 64, Epochs = 20;
+
+// Data: a random teacher network labels gaussian inputs; 10% of labels are flipped to make it noisy.
+var inputs = torch.randn(Samples, Features);
+Tensor labels;
+using (var teacher = nn.Sequential(nn.Linear(Features, 32), nn.Tanh(), nn.Linear(32, Classes)))
+using (torch.no_grad())
+{
+    labels = teacher.call(inputs).argmax(1);
+    var flip = torch.rand(Samples) < 0.1;
+    labels = torch.where(flip, torch.randint(0, Classes, [Samples]), labels);
+}
+
+var model = nn.Sequential(
+    nn.Linear(Features, 64), nn.ReLU(),
+    nn.Linear(64, 64), nn.ReLU(),
+    nn.Linear(64, Classes));
+var optimizer = torch.optim.SGD(model.parameters(), learningRate: 0.05, momentum: 0.9);
+var lossFunction = nn.CrossEntropyLoss();
+
+for (int epoch = 0; epoch < Epochs; epoch++)
+{
+    using var permutation = torch.randperm(Samples);
+    for (int start = 0; start < Samples; start += BatchSize)
+    {
+        using var scope = torch.NewDisposeScope();
+        var batch = permutation.narrow(0, start, BatchSize);
+        optimizer.zero_grad();
+        var loss = lossFunction.call(model.call(inputs[batch]), labels[batch]);
+        loss.backward();
+        model.Probe(loss);
+        optimizer.step();
+    }
+}
+
+var session = ProbeSession.Get(model)!;
+Console.WriteLine($"done: {session.StepCount} steps, {session.History.Count} windows, {session.FailureCount} probe failures.");
+session.Dispose();

@@ -1,0 +1,183 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.Capture;
+
+/// <summary>One selected parameter and where its values live in the flat buffers of its segment.</summary>
+internal sealed class CapturedParameter
+{
+    public required string Name { get; init; }
+    public required Parameter Parameter { get; init; }
+    public required int Segment { get; init; }
+    public required long Offset { get; init; }
+    public required long Count { get; init; }
+    public required long[] Shape { get; init; }
+
+    /// <summary>K views, one per slot, each shaped like the parameter, into the segment's gradient buffer.</summary>
+    public Tensor[] Slots { get; set; } = [];
+
+    /// <summary>A [K, ...shape] view of this parameter's captured gradients.</summary>
+    public Tensor Gradients { get; set; } = null!;
+}
+
+/// <summary>
+/// Parameters that share a device and a dtype, laid out one after the other in flat buffers,
+/// so that statistics over all of them are one matrix product.
+/// </summary>
+internal sealed class WindowSegment
+{
+    public required Device Device { get; init; }
+    public required ScalarType DType { get; init; }
+    public required long Count { get; init; }
+
+    /// <summary>[K, Count] buffer of the window's gradients, allocated once.</summary>
+    public Tensor Gradients { get; set; } = null!;
+}
+
+/// <summary>
+/// The device-resident ring of the K gradients of the current window. Allocated once at attach time and
+/// reused window after window; a capture is one in-place copy per parameter into a preallocated view,
+/// with no new device memory and no host transfer.
+/// </summary>
+internal sealed class GradientWindow : IDisposable
+{
+    private readonly List<Tensor> _owned = [];
+
+    public GradientWindow(nn.Module model, Func<string, bool>? filter, int k)
+    {
+        K = k;
+        var selected = new List<(string Name, Parameter Parameter)>();
+        foreach (var (name, parameter) in model.named_parameters())
+        {
+            if (!parameter.requires_grad) continue;
+            if (filter is not null && !filter(name)) continue;
+            selected.Add((name, parameter));
+        }
+
+        if (selected.Count == 0)
+            throw new ArgumentException(
+                "No parameter to watch: the model has no parameter that requires a gradient" +
+                (filter is null ? "." : " and passes ParameterFilter. Check the filter against model.named_parameters() names."),
+                nameof(model));
+
+        var segments = new List<WindowSegment>();
+        var counts = new List<long>();
+        var parameters = new List<CapturedParameter>();
+        foreach (var (name, parameter) in selected)
+        {
+            var device = parameter.device;
+            int index = segments.FindIndex(s => s.Device.type == device.type && s.Device.index == device.index && s.DType == parameter.dtype);
+            if (index < 0)
+            {
+                segments.Add(new WindowSegment { Device = device, DType = parameter.dtype, Count = 0 });
+                counts.Add(0);
+                index = segments.Count - 1;
+            }
+
+            long count = parameter.numel();
+            parameters.Add(new CapturedParameter
+            {
+                Name = name, Parameter = parameter, Segment = index, Offset = counts[index], Count = count, Shape = parameter.shape,
+            });
+            counts[index] += count;
+        }
+
+        Segments = segments.Select((s, i) => new WindowSegment { Device = s.Device, DType = s.DType, Count = counts[i] }).ToArray();
+        Parameters = parameters;
+
+        using var scope = torch.NewDisposeScope();
+        foreach (var segment in Segments)
+            segment.Gradients = Own(torch.zeros([k, segment.Count], dtype: segment.DType, device: segment.Device));
+        foreach (var p in Parameters)
+        {
+            var buffer = Segments[p.Segment].Gradients;
+            p.Gradients = Own(buffer.narrow(1, p.Offset, p.Count).view([k, .. p.Shape]));
+            p.Slots = new Tensor[k];
+            for (int slot = 0; slot < k; slot++)
+                p.Slots[slot] = Own(buffer[slot].narrow(0, p.Offset, p.Count).view(p.Shape));
+        }
+    }
+
+    public int K { get; }
+
+    public IReadOnlyList<WindowSegment> Segments { get; }
+
+    public IReadOnlyList<CapturedParameter> Parameters { get; }
+
+    public long ParameterCount => Segments.Sum(s => s.Count);
+
+    /// <summary>
+    /// Copies each parameter's current gradient into <paramref name="slot"/>. A parameter that requires a
+    /// gradient but received none this step (not used by the forward pass) counts as a zero gradient.
+    /// Call inside a dispose scope and with gradients disabled.
+    /// </summary>
+    public void Capture(int slot)
+    {
+        foreach (var p in Parameters)
+        {
+            var target = p.Slots[slot];
+            var grad = p.Parameter.grad;
+            if (grad is null || grad.IsInvalid)
+                target.zero_();
+            else
+                target.copy_(grad);
+        }
+    }
+
+    /// <summary>Allocates a flat buffer per segment, with per-parameter views, for parameter-shaped state.</summary>
+    /// <param name="dtype">Element type of the buffer; null keeps each segment's parameter dtype.</param>
+    public FlatParameterBuffer CreateFlatBuffer(ScalarType? dtype = null) => new(this, dtype);
+
+    private Tensor Own(Tensor tensor)
+    {
+        tensor.DetachFromDisposeScope();
+        _owned.Add(tensor);
+        return tensor;
+    }
+
+    public void Dispose()
+    {
+        foreach (var tensor in _owned) tensor.Dispose();
+        _owned.Clear();
+    }
+}
+
+/// <summary>
+/// Parameter-shaped state laid out like the window's segments (one flat [Count] tensor per segment),
+/// allocated once and owned by whoever created it.
+/// </summary>
+internal sealed class FlatParameterBuffer : IDisposable
+{
+    private readonly GradientWindow _window;
+    private readonly Tensor[] _views;
+
+    public FlatParameterBuffer(GradientWindow window, ScalarType? dtype)
+    {
+        _window = window;
+        using var scope = torch.NewDisposeScope();
+        Segments = window.Segments
+            .Select(s => torch.zeros(s.Count, dtype: dtype ?? s.DType, device: s.Device).DetachFromDisposeScope())
+            .ToArray();
+        _views = window.Parameters
+            .Select(p => Segments[p.Segment].narrow(0, p.Offset, p.Count).view(p.Shape).DetachFromDisposeScope())
+            .ToArray();
+    }
+
+    /// <summary>One flat tensor per segment of the window.</summary>
+    public Tensor[] Segments { get; }
+
+    /// <summary>Copies the current values of the watched parameters into the buffer (no host transfer).</summary>
+    public void LoadParameters()
+    {
+        var parameters = _window.Parameters;
+        for (int i = 0; i < parameters.Count; i++)
+            _views[i].copy_(parameters[i].Parameter);
+    }
+
+    public void Dispose()
+    {
+        foreach (var view in _views) view.Dispose();
+        foreach (var segment in Segments) segment.Dispose();
+    }
+}

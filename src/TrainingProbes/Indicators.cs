@@ -1,0 +1,69 @@
+namespace TrainingProbes;
+
+/// <summary>
+/// Names of the indicators the built-in probes publish. Each name is dotted snake_case; the
+/// OpenTelemetry instrument is the name prefixed with <see cref="TrainingProbesMeter.InstrumentPrefix"/>.
+/// Values that depend on a geometry are published once per enabled <see cref="Geometry"/>.
+/// </summary>
+public static class Indicators
+{
+    /// <summary>Mean minibatch gradient norm, <c>mean_i ||g_i||</c> (per geometry).</summary>
+    public const string GradientNorm = "gradient.norm";
+
+    /// <summary>Norm of the window's mean gradient, <c>||gbar||</c> (per geometry).</summary>
+    public const string MeanGradientNorm = "gradient.mean_norm";
+
+    /// <summary>Mean pairwise cosine between minibatch gradients (stiffness), in [-1, 1] (per geometry).</summary>
+    public const string Cosine = "gradient.cosine";
+
+    /// <summary>Mean first-order regret per unit radius, <c>||g_j|| - g_i.g_j/||g_i||</c> over ordered pairs (per geometry).</summary>
+    public const string Regret = "regret";
+
+    /// <summary>Upper quantile (<see cref="ProbeOptions.RegretQuantile"/>) of the pairwise regret per unit radius (per geometry).</summary>
+    public const string RegretUpper = "regret.upper";
+
+    /// <summary>Relative regret, <c>sum r_ij / sum ||g_j||</c>, in [0, 2]; scale free (per geometry).</summary>
+    public const string RelativeRegret = "regret.relative";
+
+    /// <summary>Jensen ratio, <c>mean ||g_i|| / sqrt(mean ||g_i||^2)</c>, in (0, 1] (per geometry).</summary>
+    public const string JensenRatio = "flatness.jensen_ratio";
+
+    /// <summary>First-order contrastive flatness, <c>mean ||g_i|| / ||gbar||</c>, at least 1 (per geometry).</summary>
+    public const string ContrastiveFlatness = "flatness.contrastive";
+
+    /// <summary>Gradient noise, the trace of the minibatch gradient covariance (per geometry).</summary>
+    public const string GradientNoise = "gradient.noise";
+
+    /// <summary>m-coherence, <c>K ||gbar||^2 / mean ||g_i||^2</c>, in [0, K] (per geometry).</summary>
+    public const string Coherence = "gradient.coherence";
+
+    /// <summary>Gradient disparity, mean pairwise distance <c>||g_i - g_j||</c> (per geometry).</summary>
+    public const string Disparity = "gradient.disparity";
+
+    /// <summary>Norm test statistic: relative error of the mean gradient (per geometry).</summary>
+    public const string NormTest = "test.norm";
+
+    /// <summary>Inner-product test statistic (per geometry).</summary>
+    public const string InnerProductTest = "test.inner_product";
+
+    /// <summary>Orthogonality test statistic (per geometry).</summary>
+    public const string OrthogonalityTest = "test.orthogonality";
+
+    /// <summary>Mean gradient signal-to-noise ratio over coordinates (geometry free).</summary>
+    public const string Gsnr = "gradient.gsnr";
+
+    /// <summary>Early-stopping EB criterion, <c>1 - K meanGSNR</c>; positive suggests stopping (geometry free).</summary>
+    public const string EbCriterion = "eb_criterion";
+
+    /// <summary>Relative parameter drift over the window, <c>||theta_last - theta_first|| / ||theta_first||</c>.</summary>
+    public const string ParameterDrift = "parameter.drift";
+
+    /// <summary>Mean training loss over the window's captured steps (when the loss is passed to the step call).</summary>
+    public const string Loss = "training.loss";
+
+    /// <summary>Learning rate of the first parameter group (when an optimizer is attached).</summary>
+    public const string LearningRate = "training.learning_rate";
+
+    /// <summary>Wall-clock seconds the probes spent on the window (capture of its K steps and its statistics).</summary>
+    public const string ProbeDuration = "probe.duration";
+}

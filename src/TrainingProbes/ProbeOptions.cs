@@ -1,0 +1,151 @@
+using Microsoft.Extensions.Logging;
+
+namespace TrainingProbes;
+
+/// <summary>
+/// Settings of a <see cref="ProbeSession"/>. Each property checks its value when it is set, so a wrong
+/// value fails where it is written; settings that depend on each other are checked when the session is created.
+/// </summary>
+public sealed class ProbeOptions
+{
+    private int _windowSize = 8;
+    private int _interval = 100;
+    private Geometry _geometries = Geometry.All;
+    private double _fisherDecay = 0.9;
+    private double _adaptiveEta;
+    private double _gsnrEpsilon;
+    private double _regretQuantile = 0.9;
+    private int _historyCapacity = 1024;
+    private string? _runId;
+
+    /// <summary>
+    /// K, the number of consecutive step gradients in a window (at least 2, default 8). The gradient buffer holds
+    /// K copies of the selected parameters on their device.
+    /// </summary>
+    public int WindowSize
+    {
+        get => _windowSize;
+        init => _windowSize = value >= 2
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(WindowSize), value,
+                "WindowSize (K) must be at least 2: pairwise indicators need two gradients. Use 8 to 32 for stable values.");
+    }
+
+    /// <summary>
+    /// N, a window opens every N steps (default 100); must be at least <see cref="WindowSize"/>.
+    /// </summary>
+    public int Interval
+    {
+        get => _interval;
+        init => _interval = value >= 2
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(Interval), value,
+                "Interval (N) must be at least 2 and at least WindowSize: a window of K steps opens every N steps.");
+    }
+
+    /// <summary>Geometries in which the first-order family is computed (default all three).</summary>
+    public Geometry Geometries
+    {
+        get => _geometries;
+        init => _geometries = value != Geometry.None && (value & ~Geometry.All) == 0
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(Geometries), value,
+                "Geometries must name at least one of Euclidean, Fisher, Adaptive (combine them with |).");
+    }
+
+    /// <summary>
+    /// Decay of the running average of squared gradients that defines the diagonal Fisher, per window,
+    /// in [0, 1) (default 0.9). The average is bias-corrected as in Adam; 0 uses the current window only.
+    /// </summary>
+    public double FisherDecay
+    {
+        get => _fisherDecay;
+        init => _fisherDecay = value is >= 0 and < 1
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(FisherDecay), value, "FisherDecay must be in [0, 1), for example 0.9.");
+    }
+
+    /// <summary>
+    /// eta of the adaptive geometry <c>D = |theta| + eta</c> (default 0). Any eta &gt; 0 breaks the exact
+    /// invariance to rescaling of the parameters.
+    /// </summary>
+    public double AdaptiveEta
+    {
+        get => _adaptiveEta;
+        init => _adaptiveEta = value >= 0 && double.IsFinite(value)
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(AdaptiveEta), value, "AdaptiveEta must be a finite number >= 0 (0 keeps the adaptive geometry invariant).");
+    }
+
+    /// <summary>
+    /// epsilon added to the per-coordinate variance in the GSNR (default 0, which keeps GSNR exactly invariant;
+    /// coordinates with zero variance are left out).
+    /// </summary>
+    public double GsnrEpsilon
+    {
+        get => _gsnrEpsilon;
+        init => _gsnrEpsilon = value >= 0 && double.IsFinite(value)
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(GsnrEpsilon), value, "GsnrEpsilon must be a finite number >= 0.");
+    }
+
+    /// <summary>Quantile of the pairwise regret published as <see cref="Indicators.RegretUpper"/>, in (0, 1) (default 0.9).</summary>
+    public double RegretQuantile
+    {
+        get => _regretQuantile;
+        init => _regretQuantile = value is > 0 and < 1
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(RegretQuantile), value, "RegretQuantile must be strictly between 0 and 1, for example 0.9.");
+    }
+
+    /// <summary>Number of window snapshots kept in <see cref="ProbeSession.History"/> (default 1024, at least 1).</summary>
+    public int HistoryCapacity
+    {
+        get => _historyCapacity;
+        init => _historyCapacity = value >= 1
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(HistoryCapacity), value, "HistoryCapacity must be at least 1.");
+    }
+
+    /// <summary>
+    /// Selects parameters by their dotted name (as <c>named_parameters()</c> gives it); null selects all.
+    /// Parameters that do not require a gradient are always skipped.
+    /// </summary>
+    public Func<string, bool>? ParameterFilter { get; init; }
+
+    /// <summary>Identifies the run in metrics and logs; generated from the start time when null.</summary>
+    public string? RunId
+    {
+        get => _runId;
+        init => _runId = value is null || !string.IsNullOrWhiteSpace(value)
+            ? value
+            : throw new ArgumentException("RunId must not be empty or white space; leave it null to generate one.", nameof(RunId));
+    }
+
+    /// <summary>
+    /// Where a one-line summary of each window is written (default <see cref="Console.Out"/>); null writes nothing.
+    /// </summary>
+    public TextWriter? Output { get; init; } = Console.Out;
+
+    /// <summary>Probes added to the built-in ones; their values join the same snapshots and metrics.</summary>
+    public IReadOnlyList<TrainingProbe> Probes { get; init; } = [];
+
+    /// <summary>Whether the built-in probes (gradient statistics, drift, loss) run (default true).</summary>
+    public bool BuiltInProbes { get; init; } = true;
+
+    /// <summary>Receives probe failures and session events; null logs nothing.</summary>
+    public ILoggerFactory? LoggerFactory { get; init; }
+
+    internal void ValidateTogether()
+    {
+        if (Interval < WindowSize)
+            throw new ArgumentException(
+                $"Interval ({Interval}) must be at least WindowSize ({WindowSize}): a window of K consecutive steps opens every N steps. " +
+                $"Raise Interval to {WindowSize} or more, or lower WindowSize.", nameof(Interval));
+        if (Probes.Any(p => p is null))
+            throw new ArgumentException("Probes contains a null entry.", nameof(Probes));
+        var duplicate = Probes.GroupBy(p => p.Name).FirstOrDefault(g => g.Count() > 1);
+        if (duplicate is not null)
+            throw new ArgumentException($"Two probes are named '{duplicate.Key}'; give each probe a distinct Name.", nameof(Probes));
+    }
+}

@@ -1,0 +1,156 @@
+using System.Text.RegularExpressions;
+using TorchSharp;
+using TrainingProbes.Capture;
+using static TorchSharp.torch;
+
+namespace TrainingProbes;
+
+/// <summary>
+/// What a probe sees of a closed window: the K captured gradients (on their device) and a way to report values.
+/// Values reported as tensors are gathered and moved to the host together, once per window and device, after all
+/// probes have run. The session reuses this object; do not keep it or the tensors it hands out.
+/// </summary>
+public sealed partial class ProbeWindowContext
+{
+    private readonly GradientWindow _gradients;
+    private readonly List<IndicatorValue> _values = [];
+    private readonly List<PendingFetch> _pending = [];
+    private readonly HashSet<string> _checkedNames = [];
+    private readonly Dictionary<string, int> _parameterIndex;
+
+    internal ProbeWindowContext(ProbeSession session, GradientWindow gradients)
+    {
+        Session = session;
+        _gradients = gradients;
+        _parameterIndex = gradients.Parameters.Select((p, i) => (p.Name, i)).ToDictionary(t => t.Name, t => t.i);
+        ParameterNames = gradients.Parameters.Select(p => p.Name).ToArray();
+    }
+
+    /// <summary>The session.</summary>
+    public ProbeSession Session { get; }
+
+    /// <summary>The model being trained.</summary>
+    public nn.Module Model => Session.Model;
+
+    /// <summary>Number of steps the session has seen when the window closed (the last captured step is <c>Step - 1</c>).</summary>
+    public long Step { get; internal set; }
+
+    /// <summary>Zero-based index of the window.</summary>
+    public int Window { get; internal set; }
+
+    /// <summary>K, the number of gradients in the window.</summary>
+    public int WindowSize => _gradients.K;
+
+    /// <summary>Names of the watched parameters, in the order of <c>named_parameters()</c>.</summary>
+    public IReadOnlyList<string> ParameterNames { get; }
+
+    internal GradientWindow Buffer => _gradients;
+
+    internal string CurrentProbe { get; set; } = "";
+
+    /// <summary>
+    /// The window's gradients of one parameter, shaped [K, ...parameter shape], on the parameter's device.
+    /// A view into the session's buffer: read it, do not modify or dispose it.
+    /// </summary>
+    /// <param name="parameterName">A name from <see cref="ParameterNames"/>.</param>
+    public Tensor Gradients(string parameterName)
+    {
+        if (!_parameterIndex.TryGetValue(parameterName, out int index))
+            throw new ArgumentException(
+                $"'{parameterName}' is not a watched parameter. Watched: {string.Join(", ", ParameterNames.Take(8))}{(ParameterNames.Count > 8 ? ", ..." : "")}.",
+                nameof(parameterName));
+        return _gradients.Parameters[index].Gradients;
+    }
+
+    /// <summary>Reports a value computed on the host.</summary>
+    /// <param name="name">Dotted snake_case name, for example <c>my_probe.alignment</c>.</param>
+    /// <param name="value">The value.</param>
+    /// <param name="geometry">The geometry the value belongs to, or <see cref="Geometry.None"/>.</param>
+    public void Report(string name, double value, Geometry geometry = Geometry.None)
+    {
+        CheckName(name);
+        _values.Add(new IndicatorValue(name, geometry, CurrentProbe, value));
+    }
+
+    /// <summary>
+    /// Reports a one-element tensor without waiting for the device: the value is read together with every other
+    /// tensor reported in this window, in a single transfer.
+    /// </summary>
+    /// <param name="name">Dotted snake_case name.</param>
+    /// <param name="value">A tensor with one element, on any device. The session keeps it alive until it is read.</param>
+    /// <param name="geometry">The geometry the value belongs to, or <see cref="Geometry.None"/>.</param>
+    public void Report(string name, Tensor value, Geometry geometry = Geometry.None)
+    {
+        ArgumentNullException.ThrowIfNull(value);
+        CheckName(name);
+        if (value.numel() != 1)
+            throw new ArgumentException($"Report('{name}') needs a tensor with one element, got shape [{string.Join(", ", value.shape)}].", nameof(value));
+        string probe = CurrentProbe;
+        Fetch(value, host => _values.Add(new IndicatorValue(name, geometry, probe, host[0])));
+    }
+
+    /// <summary>
+    /// Queues <paramref name="values"/> (any shape, any device) for the window's single host transfer and
+    /// calls <paramref name="onHost"/> with its elements, flattened, as doubles.
+    /// </summary>
+    internal void Fetch(Tensor values, Action<ReadOnlySpan<double>> onHost)
+    {
+        var flat = values.detach().flatten().to(ScalarType.Float64);
+        _pending.Add(new PendingFetch(flat, onHost, CurrentProbe));
+    }
+
+    internal void Begin(long step, int window)
+    {
+        Step = step;
+        Window = window;
+        _values.Clear();
+        _pending.Clear();
+    }
+
+    /// <summary>Moves all queued tensors to the host, one transfer per device, and runs their callbacks.</summary>
+    internal void Resolve(Action<string, Exception> onFailure)
+    {
+        foreach (var group in _pending.GroupBy(p => (p.Values.device.type, p.Values.device.index)))
+        {
+            var items = group.ToList();
+            double[] host;
+            using (var joined = torch.cat(items.Select(p => p.Values).ToArray(), 0))
+            using (var onCpu = joined.cpu())
+                host = onCpu.data<double>().ToArray();
+
+            int offset = 0;
+            foreach (var item in items)
+            {
+                int length = (int)item.Values.numel();
+                try
+                {
+                    CurrentProbe = item.Probe;
+                    item.OnHost(host.AsSpan(offset, length));
+                }
+                catch (Exception ex)
+                {
+                    onFailure(item.Probe, ex);
+                }
+                offset += length;
+            }
+        }
+        _pending.Clear();
+    }
+
+    internal IReadOnlyList<IndicatorValue> Values => _values;
+
+    private void CheckName(string name)
+    {
+        if (_checkedNames.Contains(name)) return;
+        if (string.IsNullOrEmpty(name) || !NamePattern().IsMatch(name))
+            throw new ArgumentException(
+                $"Indicator name '{name}' is not dotted snake_case (lower-case letters, digits and '_', parts joined by '.', for example 'my_probe.alignment').",
+                nameof(name));
+        _checkedNames.Add(name);
+    }
+
+    [GeneratedRegex("^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)*$")]
+    private static partial Regex NamePattern();
+
+    private readonly record struct PendingFetch(Tensor Values, Action<ReadOnlySpan<double>> OnHost, string Probe);
+}
