@@ -1,0 +1,194 @@
+namespace TrainingProbes.Tests.IndicatorsTests;
+
+/// <summary>
+/// The indicator definitions, recomputed in plain double precision directly from the gradient vectors
+/// (no Gram matrix, no TorchSharp, no library code), to check the library against.
+/// </summary>
+internal static class ReferenceIndicators
+{
+    /// <summary>The names of the per-geometry (first-order) family.</summary>
+    public static readonly string[] FirstOrderNames =
+    [
+        Indicators.GradientNorm,
+        Indicators.MeanGradientNorm,
+        Indicators.Cosine,
+        Indicators.Regret,
+        Indicators.RegretUpper,
+        Indicators.RelativeRegret,
+        Indicators.JensenRatio,
+        Indicators.ContrastiveFlatness,
+        Indicators.GradientNoise,
+        Indicators.Coherence,
+        Indicators.Disparity,
+        Indicators.NormTest,
+        Indicators.InnerProductTest,
+        Indicators.OrthogonalityTest,
+    ];
+
+    /// <summary>
+    /// The first-order family of the (already whitened) gradients <paramref name="h"/>, keyed by indicator name.
+    /// </summary>
+    public static Dictionary<string, double> FirstOrder(IReadOnlyList<double[]> h, double regretQuantile)
+    {
+        int k = h.Count;
+        int p = h[0].Length;
+        var norms = h.Select(Norm).ToArray();
+        var gbar = new double[p];
+        foreach (var hi in h)
+            for (int c = 0; c < p; c++) gbar[c] += hi[c] / k;
+        double gbarNorm = Norm(gbar);
+        double gbarSq = Dot(gbar, gbar);
+
+        double meanNorm = norms.Average();
+        double meanNormSq = norms.Select(n => n * n).Average();
+
+        double sumCos = 0, sumRegret = 0, sumRegretNorm = 0, sumDisparity = 0;
+        var regrets = new List<double>();
+        for (int i = 0; i < k; i++)
+        {
+            for (int j = 0; j < k; j++)
+            {
+                if (i == j) continue;
+                double dot = Dot(h[i], h[j]);
+                sumCos += dot / (norms[i] * norms[j]);
+                double r = norms[j] - dot / norms[i];
+                regrets.Add(r);
+                sumRegret += r;
+                sumRegretNorm += norms[j];
+                sumDisparity += Norm(Subtract(h[i], h[j]));
+            }
+        }
+
+        int pairs = k * (k - 1);
+        double noise = (norms.Sum(n => n * n) - k * gbarSq) / (k - 1);
+
+        double ipSum = 0, orthSum = 0;
+        foreach (var hi in h)
+        {
+            double a = Dot(hi, gbar);
+            ipSum += (a - gbarSq) * (a - gbarSq);
+            var residual = new double[p];
+            for (int c = 0; c < p; c++) residual[c] = hi[c] - a / gbarSq * gbar[c];
+            orthSum += Dot(residual, residual);
+        }
+
+        return new Dictionary<string, double>
+        {
+            [Indicators.GradientNorm] = meanNorm,
+            [Indicators.MeanGradientNorm] = gbarNorm,
+            [Indicators.Cosine] = sumCos / pairs,
+            [Indicators.Regret] = sumRegret / pairs,
+            [Indicators.RegretUpper] = LinearQuantile(regrets, regretQuantile),
+            [Indicators.RelativeRegret] = sumRegret / sumRegretNorm,
+            [Indicators.JensenRatio] = meanNorm / Math.Sqrt(meanNormSq),
+            [Indicators.ContrastiveFlatness] = meanNorm / gbarNorm,
+            [Indicators.GradientNoise] = noise,
+            [Indicators.Coherence] = k * gbarSq / meanNormSq,
+            [Indicators.Disparity] = sumDisparity / pairs,
+            [Indicators.NormTest] = Math.Sqrt(noise / (k * gbarSq)),
+            [Indicators.InnerProductTest] = Math.Sqrt(ipSum / ((k - 1.0) * k * gbarSq * gbarSq)),
+            [Indicators.OrthogonalityTest] = Math.Sqrt(orthSum / ((k - 1.0) * k * gbarSq)),
+        };
+    }
+
+    /// <summary>
+    /// Mean GSNR over the coordinates whose unbiased variance across the K euclidean gradients is positive,
+    /// <c>mean_c mean_c^2 / (var_c + epsilon)</c>.
+    /// </summary>
+    public static double Gsnr(IReadOnlyList<double[]> g, double epsilon)
+    {
+        int k = g.Count;
+        double sum = 0;
+        int used = 0;
+        for (int c = 0; c < g[0].Length; c++)
+        {
+            double mean = 0;
+            for (int i = 0; i < k; i++) mean += g[i][c];
+            mean /= k;
+            double variance = 0;
+            for (int i = 0; i < k; i++) variance += (g[i][c] - mean) * (g[i][c] - mean);
+            variance /= k - 1;
+            if (variance <= 0) continue;
+            sum += mean * mean / (variance + epsilon);
+            used++;
+        }
+        return used > 0 ? sum / used : double.NaN;
+    }
+
+    /// <summary><c>||last - first|| / ||first||</c>.</summary>
+    public static double Drift(double[] first, double[] last) => Norm(Subtract(last, first)) / Norm(first);
+
+    /// <summary>The adaptive (ASAM) whitening <c>D = |theta| + eta</c>.</summary>
+    public static double[] AdaptiveWhitening(double[] theta, double eta) => theta.Select(t => Math.Abs(t) + eta).ToArray();
+
+    /// <summary><c>h_i = D g_i</c>, elementwise.</summary>
+    public static double[][] Whiten(IReadOnlyList<double[]> g, double[] d) =>
+        g.Select(gi => gi.Select((v, c) => v * d[c]).ToArray()).ToArray();
+
+    /// <summary>Quantile with linear interpolation between order statistics (numpy's default method).</summary>
+    public static double LinearQuantile(IEnumerable<double> values, double q)
+    {
+        var sorted = values.OrderBy(v => v).ToArray();
+        double position = q * (sorted.Length - 1);
+        int below = (int)Math.Floor(position);
+        if (below >= sorted.Length - 1) return sorted[^1];
+        return sorted[below] + (position - below) * (sorted[below + 1] - sorted[below]);
+    }
+
+    public static double Dot(double[] a, double[] b)
+    {
+        double s = 0;
+        for (int c = 0; c < a.Length; c++) s += a[c] * b[c];
+        return s;
+    }
+
+    public static double Norm(double[] a) => Math.Sqrt(Dot(a, a));
+
+    private static double[] Subtract(double[] a, double[] b) => a.Select((v, c) => v - b[c]).ToArray();
+}
+
+/// <summary>
+/// The diagonal Fisher of the fisher geometry, kept across windows: <c>F_w = beta F_{w-1} + (1 - beta) mean_i g_i^2</c>,
+/// bias-corrected by <c>1 - beta^w</c>, whitening <c>D = 1/sqrt(Fhat)</c> where <c>F &gt; 0</c> and 0 elsewhere.
+/// </summary>
+internal sealed class ReferenceFisher(int parameterCount, double decay)
+{
+    private readonly double[] _f = new double[parameterCount];
+    private int _window;
+
+    /// <summary>Folds one window's gradients into F and returns the whitening D of that window.</summary>
+    public double[] NextWindow(IReadOnlyList<double[]> g)
+    {
+        _window++;
+        int k = g.Count;
+        var d = new double[_f.Length];
+        for (int c = 0; c < _f.Length; c++)
+        {
+            double meanSquare = 0;
+            for (int i = 0; i < k; i++) meanSquare += g[i][c] * g[i][c];
+            meanSquare /= k;
+            _f[c] = decay * _f[c] + (1 - decay) * meanSquare;
+            double corrected = _f[c] / (1 - Math.Pow(decay, _window));
+            d[c] = _f[c] > 0 ? 1 / Math.Sqrt(corrected) : 0;
+        }
+        return d;
+    }
+}
+
+/// <summary>Comparison helpers with messages that say which value differs.</summary>
+internal static class Close
+{
+    /// <summary>Asserts <c>|actual - expected| &lt;= relative * max(|expected|, scale)</c>.</summary>
+    public static void Assert(double expected, double actual, double relative, string what, double scale = 0)
+    {
+        Xunit.Assert.False(double.IsNaN(expected), $"{what}: the reference value is NaN (test setup problem).");
+        double tolerance = relative * Math.Max(Math.Abs(expected), scale);
+        Xunit.Assert.True(
+            Math.Abs(actual - expected) <= tolerance,
+            $"{what}: expected {expected:R}, got {actual:R} (difference {Math.Abs(actual - expected):E3}, tolerance {tolerance:E3}).");
+    }
+
+    /// <summary>Relative difference <c>|a - b| / max(|a|, |b|)</c>.</summary>
+    public static double RelativeDifference(double a, double b) =>
+        a == b ? 0 : Math.Abs(a - b) / Math.Max(Math.Abs(a), Math.Abs(b));
+}
