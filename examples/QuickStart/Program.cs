@@ -2,7 +2,6 @@
 // It trains a small MLP on a synthetic classification task it generates itself, and the probe session
 // prints the generalization indicators of each window to the console.
 using TorchSharp;
-using TrainingProbes;
 using static TorchSharp.torch;
 
 torch.manual_seed(7);
@@ -41,6 +40,6 @@ for (int epoch = 0; epoch < Epochs; epoch++)
     }
 }
 
-var session = ProbeSession.Get(model)!;
+var session = TrainingProbes.ProbeSession.Get(model)!;
 Console.WriteLine($"done: {session.StepCount} steps, {session.History.Count} windows, {session.FailureCount} probe failures.");
 session.Dispose();

@@ -136,6 +136,55 @@ public sealed class ProbeOptions
     /// <summary>Receives probe failures and session events; null logs nothing.</summary>
     public ILoggerFactory? LoggerFactory { get; init; }
 
+    /// <summary>
+    /// Default options, overridden by environment variables where set: <c>TRAININGPROBES_WINDOW_SIZE</c>,
+    /// <c>TRAININGPROBES_INTERVAL</c>, <c>TRAININGPROBES_GEOMETRIES</c> (comma-separated names),
+    /// <c>TRAININGPROBES_RUN_ID</c> and <c>TRAININGPROBES_OUTPUT</c> (<c>console</c> or <c>none</c>).
+    /// The one-line <c>model.Probe(loss)</c> uses these when no session was attached explicitly.
+    /// </summary>
+    /// <exception cref="ArgumentException">A variable holds a value that cannot be used; the message names it.</exception>
+    public static ProbeOptions FromEnvironment() => FromEnvironment(Environment.GetEnvironmentVariable);
+
+    internal static ProbeOptions FromEnvironment(Func<string, string?> read)
+    {
+        var defaults = new ProbeOptions();
+        try
+        {
+            return new ProbeOptions
+            {
+                WindowSize = Integer(read, "TRAININGPROBES_WINDOW_SIZE") ?? defaults.WindowSize,
+                Interval = Integer(read, "TRAININGPROBES_INTERVAL") ?? defaults.Interval,
+                Geometries = read("TRAININGPROBES_GEOMETRIES") is { Length: > 0 } names ? ParseGeometries(names) : defaults.Geometries,
+                RunId = read("TRAININGPROBES_RUN_ID") is { Length: > 0 } id ? id : null,
+                Output = read("TRAININGPROBES_OUTPUT")?.Trim().ToLowerInvariant() switch
+                {
+                    null or "" or "console" => Console.Out,
+                    "none" => null,
+                    var other => throw new ArgumentException($"TRAININGPROBES_OUTPUT is '{other}'; use 'console' or 'none'."),
+                },
+            };
+        }
+        catch (ArgumentException ex) when (!ex.Message.StartsWith("TRAININGPROBES_", StringComparison.Ordinal))
+        {
+            throw new ArgumentException($"An environment variable TRAININGPROBES_* holds an unusable value: {ex.Message}", ex);
+        }
+
+        static int? Integer(Func<string, string?> read, string variable) =>
+            read(variable) is not { Length: > 0 } text ? null
+            : int.TryParse(text, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int value) ? value
+            : throw new ArgumentException($"{variable} is '{text}'; it must be an integer.");
+
+        static Geometry ParseGeometries(string text)
+        {
+            var result = Geometry.None;
+            foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+                result |= Enum.TryParse<Geometry>(part, ignoreCase: true, out var g) && g != Geometry.None
+                    ? g
+                    : throw new ArgumentException($"TRAININGPROBES_GEOMETRIES has '{part}'; use euclidean, fisher, adaptive or all, separated by commas.");
+            return result;
+        }
+    }
+
     internal void ValidateTogether()
     {
         if (Interval < WindowSize)

@@ -110,7 +110,7 @@ public sealed class ProbeSession : IDisposable
         return Sessions.TryGetValue(model, out var session) && !session._disposed ? session : null;
     }
 
-    /// <summary>The session attached to <paramref name="model"/>, created with default options on first use.</summary>
+    /// <summary>The session attached to <paramref name="model"/>, created on first use from <see cref="ProbeOptions.FromEnvironment()"/>.</summary>
     internal static ProbeSession For(nn.Module model)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -118,7 +118,7 @@ public sealed class ProbeSession : IDisposable
         lock (Sessions)
         {
             if (Sessions.TryGetValue(model, out session) && !session._disposed) return session;
-            session = new ProbeSession(model, new ProbeOptions(), optimizer: null);
+            session = new ProbeSession(model, ProbeOptions.FromEnvironment(), optimizer: null);
             Sessions.AddOrUpdate(model, session);
             return session;
         }
@@ -325,20 +325,6 @@ public sealed class ProbeSession : IDisposable
             if (Sessions.TryGetValue(Model, out var current) && ReferenceEquals(current, this)) Sessions.Remove(Model);
         }
     }
-}
-
-/// <summary>The one-line integration.</summary>
-public static class ModuleProbeExtensions
-{
-    /// <summary>
-    /// Records a training step of <paramref name="model"/>: call it after <c>loss.backward()</c> and before
-    /// <c>optimizer.step()</c>. The first call creates a session with default <see cref="ProbeOptions"/> unless
-    /// <see cref="ProbeSession.Attach"/> created one for this model before.
-    /// </summary>
-    /// <param name="model">The model being trained.</param>
-    /// <param name="loss">The step's scalar loss; optional, published as the window's mean loss.</param>
-    /// <returns>The model's session.</returns>
-    public static ProbeSession Probe(this nn.Module model, Tensor? loss = null) => ProbeSession.For(model).Step(loss);
 }
 
 internal static class ConsoleSummary

@@ -1,0 +1,85 @@
+// Overhead harness: trains the same MNIST MLP with and without probes, interleaving the variants in rounds so
+// that machine noise hits all of them alike, and prints the median time per step and its ratio to the baseline.
+//
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- [rounds] [steps-per-round]
+using System.Diagnostics;
+using TorchSharp;
+using TrainingProbes;
+using TrainingProbes.Benchmarks;
+using static TorchSharp.torch;
+
+int rounds = args.Length > 0 ? int.Parse(args[0]) : 7;
+int stepsPerRound = args.Length > 1 ? int.Parse(args[1]) : 400;
+torch.set_num_threads(1);
+
+var (images, labels) = Mnist.Load(Mnist.DefaultDirectory);
+Console.WriteLine($"MNIST {images.shape[0]} digits; MLP 784-128-128-10, batch 64, SGD momentum; {rounds} rounds x {stepsPerRound} steps; torch threads 1");
+
+var variants = new (string Name, ProbeOptions? Options)[]
+{
+    ("no probes", null),
+    ("K=8 N=100 (default)", new ProbeOptions { Output = null }),
+    ("K=8 N=100 euclidean only", new ProbeOptions { Output = null, Geometries = Geometry.Euclidean }),
+    ("K=8 N=20", new ProbeOptions { Output = null, Interval = 20 }),
+    ("K=16 N=16 (every step captured)", new ProbeOptions { Output = null, WindowSize = 16, Interval = 16 }),
+};
+
+var perStep = variants.Select(_ => new List<double>()).ToArray();
+var runs = variants.Select(v => new Run(images, labels, v.Options)).ToArray();
+foreach (var run in runs) run.Train(50);   // warm-up
+
+for (int round = 0; round < rounds; round++)
+    for (int v = 0; v < variants.Length; v++)
+        perStep[v].Add(runs[v].Train(stepsPerRound) / stepsPerRound);
+
+double baseline = Median(perStep[0]);
+Console.WriteLine($"{"variant",-34} {"median ms/step",15} {"ratio",8}");
+for (int v = 0; v < variants.Length; v++)
+{
+    double median = Median(perStep[v]);
+    Console.WriteLine($"{variants[v].Name,-34} {median * 1e3,15:F4} {median / baseline,8:F3}");
+}
+
+static double Median(List<double> values)
+{
+    var sorted = values.Order().ToArray();
+    return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+}
+
+sealed class Run
+{
+    private readonly Tensor _images, _labels;
+    private readonly nn.Module<Tensor, Tensor> _model;
+    private readonly optim.Optimizer _optimizer;
+    private readonly ProbeSession? _session;
+    private readonly nn.Module<Tensor, Tensor, Tensor> _loss = nn.CrossEntropyLoss();
+    private readonly Generator _generator = new(17);
+
+    public Run(Tensor images, Tensor labels, ProbeOptions? options)
+    {
+        _images = images;
+        _labels = labels;
+        torch.manual_seed(3);
+        _model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10));
+        _optimizer = optim.SGD(_model.parameters(), 0.05, momentum: 0.9);
+        if (options is not null) _session = ProbeSession.Attach(_model, options, _optimizer);
+    }
+
+    /// <summary>Trains <paramref name="steps"/> steps and returns the seconds they took.</summary>
+    public double Train(int steps)
+    {
+        long n = _images.shape[0];
+        long start = Stopwatch.GetTimestamp();
+        for (int i = 0; i < steps; i++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var batch = torch.randint(0, n, [64], generator: _generator);
+            _optimizer.zero_grad();
+            var loss = _loss.call(_model.call(_images[batch]), _labels[batch]);
+            loss.backward();
+            _session?.Step(loss);
+            _optimizer.step();
+        }
+        return Stopwatch.GetElapsedTime(start).TotalSeconds;
+    }
+}

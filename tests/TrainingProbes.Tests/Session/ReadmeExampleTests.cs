@@ -1,0 +1,57 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.Tests.Session;
+
+// The custom probe shown in README.md, verbatim.
+sealed class GradientShareProbe(string parameter) : TrainingProbe
+{
+    public override string Name => "gradient_share";
+
+    public override void OnWindowClosed(ProbeWindowContext window)
+    {
+        var total = window.ParameterNames.Select(n => window.Gradients(n).square().sum()).Aggregate((a, b) => a + b);
+        // Reported as a tensor: read with the window's other values, in one transfer.
+        window.Report("gradient_share.of_parameter", window.Gradients(parameter).square().sum() / total);
+    }
+}
+
+public sealed class ReadmeExampleTests
+{
+    [Fact]
+    public void The_readme_probe_reports_the_share_of_gradient_energy_of_its_parameter()
+    {
+        torch.manual_seed(11);
+        var model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).to(ScalarType.Float64);
+        var optimizer = optim.SGD(model.parameters(), 0.1);
+        using var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = 3, Interval = 3, Output = null, Probes = [new GradientShareProbe("2.weight")],
+        }, optimizer);
+
+        // Hand bookkeeping: the squared norms of every parameter's gradient at each captured step.
+        double share = 0, total = 0;
+        for (int step = 0; step < 3; step++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var x = torch.randn(8, 4, dtype: ScalarType.Float64);
+            optimizer.zero_grad();
+            var loss = model.call(x).square().mean();
+            loss.backward();
+            foreach (var (name, p) in model.named_parameters())
+            {
+                var g = p.grad!.data<double>().ToArray();
+                double squared = g.Sum(v => v * v);
+                total += squared;
+                if (name == "2.weight") share += squared;
+            }
+            model.Probe(loss);
+            optimizer.step();
+        }
+
+        var value = session.Latest!.Values.Single(v => v.Name == "gradient_share.of_parameter");
+        Assert.Equal("gradient_share", value.Probe);
+        Assert.Equal(share / total, value.Value, 12);
+        Assert.InRange(value.Value, 1e-6, 1 - 1e-6);
+    }
+}

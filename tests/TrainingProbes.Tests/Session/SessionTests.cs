@@ -1,0 +1,170 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.Tests.Session;
+
+public sealed class SessionTests
+{
+    private static (nn.Module<Tensor, Tensor> Model, optim.Optimizer Optimizer) SmallModel(int seed = 1)
+    {
+        torch.manual_seed(seed);
+        var model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3));
+        return (model, optim.SGD(model.parameters(), 0.05));
+    }
+
+    private static void Train(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ProbeSession session, int steps, int seed = 3)
+    {
+        var generator = new Generator((ulong)seed);
+        var lossFunction = nn.CrossEntropyLoss();
+        for (int i = 0; i < steps; i++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var x = torch.randn([16, 5], generator: generator);
+            var y = torch.randint(0, 3, [16], generator: generator);
+            optimizer.zero_grad();
+            var loss = lossFunction.call(model.call(x), y);
+            loss.backward();
+            session.Step(loss);
+            optimizer.step();
+        }
+    }
+
+    [Fact]
+    public void Windows_close_every_interval_and_history_is_bounded()
+    {
+        var (model, optimizer) = SmallModel();
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 3, Interval = 5, HistoryCapacity = 4, Output = null }, optimizer);
+        Train(model, optimizer, session, 42);
+
+        // Windows close after steps 3, 8, ..., 38: 8 windows, of which the last 4 are kept.
+        Assert.Equal(42, session.StepCount);
+        var history = session.History;
+        Assert.Equal(4, history.Count);
+        Assert.Equal([4, 5, 6, 7], history.Select(s => s.Window));
+        Assert.Equal([23L, 28L, 33L, 38L], history.Select(s => s.Step));
+        Assert.Same(history[^1], session.Latest);
+        Assert.Equal(0.05, session.Latest!.Get(Indicators.LearningRate), 12);
+        Assert.True(session.Latest.Get(Indicators.ProbeDuration) > 0);
+        Assert.Equal(0, session.FailureCount);
+    }
+
+    [Fact]
+    public void Parameter_filter_selects_by_name_and_frozen_parameters_are_skipped()
+    {
+        var (model, optimizer) = SmallModel();
+        var first = model.named_parameters().First();
+        first.parameter.requires_grad = false;
+        using var session = ProbeSession.Attach(model,
+            new ProbeOptions { WindowSize = 2, Interval = 2, Output = null, ParameterFilter = name => name != "2.bias" });
+
+        Assert.Equal(["0.bias", "2.weight"], session.ParameterNames);
+    }
+
+    [Fact]
+    public void A_long_run_holds_a_constant_number_of_live_tensors()
+    {
+        var (model, optimizer) = SmallModel();
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 4, Interval = 6, Output = null }, optimizer);
+        Train(model, optimizer, session, 30);
+        long before = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+        Train(model, optimizer, session, 300, seed: 4);
+        long after = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
+
+        Assert.Equal(before, after);
+        Assert.Equal(55, session.History.Count);
+    }
+
+    [Fact]
+    public void Steps_outside_a_window_allocate_nothing()
+    {
+        var (model, optimizer) = SmallModel();
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 2, Interval = 1000, Output = null }, optimizer);
+        using var scope = torch.NewDisposeScope();
+        using var loss = torch.tensor(1.0f);
+        for (int i = 0; i < 10; i++) session.Step(loss);   // warm-up, window 0 closes at step 2
+
+        long allocated = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 500; i++) session.Step(loss);
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - allocated);
+    }
+
+    [Fact]
+    public void One_line_integration_creates_one_session_per_model_and_respects_attach()
+    {
+        var (model, optimizer) = SmallModel();
+        var (other, _) = SmallModel(2);
+        using var attached = ProbeSession.Attach(other, new ProbeOptions { WindowSize = 2, Interval = 2, Output = null });
+
+        var implicitSession = model.Probe();
+        try
+        {
+            Assert.Same(implicitSession, model.Probe());
+            Assert.Same(implicitSession, ProbeSession.Get(model));
+            Assert.Equal(2, implicitSession.StepCount);
+            Assert.Same(attached, other.Probe());
+            Assert.Throws<InvalidOperationException>(() => ProbeSession.Attach(other));
+        }
+        finally
+        {
+            implicitSession.Dispose();
+        }
+
+        Assert.Null(ProbeSession.Get(model));
+    }
+
+    [Fact]
+    public void A_non_scalar_loss_is_rejected_with_a_clear_message()
+    {
+        var (model, _) = SmallModel();
+        using var session = ProbeSession.Attach(model, new ProbeOptions { Output = null });
+        using var loss = torch.ones(4);
+        var error = Assert.Throws<ArgumentException>(() => session.Step(loss));
+        Assert.Contains(".mean()", error.Message);
+    }
+
+    [Fact]
+    public void Output_gets_one_line_per_window()
+    {
+        var (model, optimizer) = SmallModel();
+        var output = new StringWriter();
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 2, Interval = 4, Output = output }, optimizer);
+        Train(model, optimizer, session, 8);
+
+        var lines = output.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(2, lines.Length);
+        Assert.All(lines, line => Assert.Matches(@"^\[probes\] step +\d+ loss [\d.]+ drift [\d.e-]+ gsnr [\d.e-]+ \| euc cos", line));
+    }
+}
+
+public sealed class OptionsFromEnvironmentTests
+{
+    [Fact]
+    public void Variables_override_defaults()
+    {
+        var values = new Dictionary<string, string>
+        {
+            ["TRAININGPROBES_WINDOW_SIZE"] = "4",
+            ["TRAININGPROBES_INTERVAL"] = "40",
+            ["TRAININGPROBES_GEOMETRIES"] = "euclidean, Fisher",
+            ["TRAININGPROBES_RUN_ID"] = "run-7",
+            ["TRAININGPROBES_OUTPUT"] = "none",
+        };
+        var options = ProbeOptions.FromEnvironment(name => values.GetValueOrDefault(name));
+        Assert.Equal(4, options.WindowSize);
+        Assert.Equal(40, options.Interval);
+        Assert.Equal(Geometry.Euclidean | Geometry.Fisher, options.Geometries);
+        Assert.Equal("run-7", options.RunId);
+        Assert.Null(options.Output);
+    }
+
+    [Theory]
+    [InlineData("TRAININGPROBES_WINDOW_SIZE", "eight", "TRAININGPROBES_WINDOW_SIZE")]
+    [InlineData("TRAININGPROBES_WINDOW_SIZE", "1", "WindowSize")]
+    [InlineData("TRAININGPROBES_GEOMETRIES", "euclid", "TRAININGPROBES_GEOMETRIES")]
+    [InlineData("TRAININGPROBES_OUTPUT", "file", "TRAININGPROBES_OUTPUT")]
+    public void Unusable_values_name_the_variable_or_option(string variable, string value, string named)
+    {
+        var error = Assert.ThrowsAny<ArgumentException>(() => ProbeOptions.FromEnvironment(name => name == variable ? value : null));
+        Assert.Contains(named, error.Message);
+    }
+}
