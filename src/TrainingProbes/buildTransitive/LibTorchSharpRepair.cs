@@ -529,7 +529,7 @@ namespace TrainingProbes.Build
                     case 0x7ffffffd: // DT_AUXILIARY
                     case 0x7fffffff: // DT_FILTER
                         ulong value = elf.U64(entry + 8);
-                        Require(value < dynstr.Size, ".dynamic string offset " + value + " lies outside .dynstr");
+                        Require(value < (ulong)dynstr.Size, ".dynamic string offset " + value + " lies outside .dynstr");
                         references.Add((uint)value);
                         break;
                 }
@@ -973,6 +973,11 @@ namespace TrainingProbes.Build
         [Microsoft.Build.Framework.Output]
         public Microsoft.Build.Framework.ITaskItem[] PatchedFiles { get; set; } = Array.Empty<Microsoft.Build.Framework.ITaskItem>();
 
+        /// <summary>The files that need no further work on this system (repaired now or before, not needing it, or
+        /// the system does not need the repair); the targets remember their hashes to skip the task next time.</summary>
+        [Microsoft.Build.Framework.Output]
+        public Microsoft.Build.Framework.ITaskItem[] SettledFiles { get; set; } = Array.Empty<Microsoft.Build.Framework.ITaskItem>();
+
         /// <inheritdoc />
         public override bool Execute()
         {
@@ -1002,10 +1007,12 @@ namespace TrainingProbes.Build
                     Microsoft.Build.Framework.MessageImportance.Low,
                     "TrainingProbes: {0}; libLibTorchSharp.so left as shipped.",
                     libstdcxx == null ? "no system libstdc++.so.6 found" : libstdcxx + " provides " + LibStdCxxCompatPatcher.RequiredVersion);
+                SettledFiles = existing.ConvertAll(p => (Microsoft.Build.Framework.ITaskItem)new Microsoft.Build.Utilities.TaskItem(p)).ToArray();
                 return true;
             }
 
             var patched = new List<Microsoft.Build.Framework.ITaskItem>();
+            var settled = new List<Microsoft.Build.Framework.ITaskItem>();
             foreach (string path in existing)
             {
                 if (IsProtected(path))
@@ -1019,6 +1026,7 @@ namespace TrainingProbes.Build
                 {
                     case PatchStatus.Patched:
                         patched.Add(new Microsoft.Build.Utilities.TaskItem(path));
+                        settled.Add(new Microsoft.Build.Utilities.TaskItem(path));
                         Log.LogMessage(
                             Microsoft.Build.Framework.MessageImportance.Low,
                             "TrainingProbes: repaired {0} for {1} (which lacks {2}): {3}.",
@@ -1029,6 +1037,7 @@ namespace TrainingProbes.Build
                         break;
                     case PatchStatus.AlreadyPatched:
                     case PatchStatus.NotNeeded:
+                        settled.Add(new Microsoft.Build.Utilities.TaskItem(path));
                         Log.LogMessage(Microsoft.Build.Framework.MessageImportance.Low, "TrainingProbes: {0}: {1}.", path, result.Reason);
                         break;
                     default:
@@ -1051,6 +1060,7 @@ namespace TrainingProbes.Build
             }
 
             PatchedFiles = patched.ToArray();
+            SettledFiles = settled.ToArray();
             return !Log.HasLoggedErrors;
         }
 
