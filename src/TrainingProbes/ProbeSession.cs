@@ -37,6 +37,7 @@ public sealed class ProbeSession : IDisposable
     private long _step;
     private int _window;
     private long _windowTicks;
+    private readonly long[] _probeTicks;      // per probe, then capture, then transfer; reset per window
     private int _failures;
     private bool _disposed;
 
@@ -62,6 +63,7 @@ public sealed class ProbeSession : IDisposable
         }
 
         _started = new bool[_probes.Length];
+        _probeTicks = new long[_probes.Length + 2];
         _stepContext = new ProbeStepContext(this);
         _windowContext = new ProbeWindowContext(this, Window);
         _history = new ProbeSnapshot?[options.HistoryCapacity];
@@ -192,6 +194,7 @@ public sealed class ProbeSession : IDisposable
         {
             if (slot >= 0)
             {
+                long captureStarted = Stopwatch.GetTimestamp();
                 try
                 {
                     Window.Capture(slot);
@@ -200,13 +203,19 @@ public sealed class ProbeSession : IDisposable
                 {
                     Fail("capture", ex);
                 }
+                _probeTicks[_probes.Length] += Stopwatch.GetTimestamp() - captureStarted;
             }
 
             _stepContext.Step = step;
             _stepContext.WindowSlot = slot;
             _stepContext.Loss = loss;
             for (int i = 0; i < _probes.Length; i++)
-                if (_started[i]) Guard(_probes[i], static (p, c) => p.OnStep(c), _stepContext);
+            {
+                if (!_started[i]) continue;
+                long probeStarted = Stopwatch.GetTimestamp();
+                Guard(_probes[i], static (p, c) => p.OnStep(c), _stepContext);
+                _probeTicks[i] += Stopwatch.GetTimestamp() - probeStarted;
+            }
             _stepContext.Loss = null;
         }
 
@@ -227,9 +236,12 @@ public sealed class ProbeSession : IDisposable
             {
                 if (!_started[i]) continue;
                 context.CurrentProbe = _probes[i].Name;
+                long probeStarted = Stopwatch.GetTimestamp();
                 Guard(_probes[i], static (p, c) => p.OnWindowClosed(c), context);
+                _probeTicks[i] += Stopwatch.GetTimestamp() - probeStarted;
             }
 
+            long transferStarted = Stopwatch.GetTimestamp();
             try
             {
                 context.Resolve(Fail);
@@ -238,6 +250,7 @@ public sealed class ProbeSession : IDisposable
             {
                 Fail("transfer", ex);
             }
+            _probeTicks[_probes.Length + 1] += Stopwatch.GetTimestamp() - transferStarted;
         }
 
         context.CurrentProbe = "session";
@@ -258,7 +271,13 @@ public sealed class ProbeSession : IDisposable
         context.Report(Indicators.ProbeDuration, Stopwatch.GetElapsedTime(0, _windowTicks).TotalSeconds);
         _windowTicks = 0;
 
-        var snapshot = new ProbeSnapshot(RunId, _step, _window, DateTimeOffset.UtcNow, context.Values.ToArray());
+        var probeSeconds = new Dictionary<string, double>(_probeTicks.Length);
+        for (int i = 0; i < _probes.Length; i++) probeSeconds[_probes[i].Name] = Stopwatch.GetElapsedTime(0, _probeTicks[i]).TotalSeconds;
+        probeSeconds["capture"] = Stopwatch.GetElapsedTime(0, _probeTicks[_probes.Length]).TotalSeconds;
+        probeSeconds["transfer"] = Stopwatch.GetElapsedTime(0, _probeTicks[_probes.Length + 1]).TotalSeconds;
+        Array.Clear(_probeTicks);
+
+        var snapshot = new ProbeSnapshot(RunId, _step, _window, DateTimeOffset.UtcNow, context.Values.ToArray(), probeSeconds);
         _window++;
         Publish(snapshot);
     }

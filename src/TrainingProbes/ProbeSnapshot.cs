@@ -15,8 +15,10 @@ public sealed class ProbeSnapshot
 {
     private readonly Dictionary<(string, Geometry), double> _lookup;
 
-    internal ProbeSnapshot(string runId, long step, int window, DateTimeOffset timestamp, IReadOnlyList<IndicatorValue> values)
+    internal ProbeSnapshot(string runId, long step, int window, DateTimeOffset timestamp, IReadOnlyList<IndicatorValue> values,
+        IReadOnlyDictionary<string, double>? probeSeconds = null)
     {
+        ProbeSeconds = probeSeconds ?? new Dictionary<string, double>();
         RunId = runId;
         Step = step;
         Window = window;
@@ -37,6 +39,13 @@ public sealed class ProbeSnapshot
 
     /// <summary>When the window's values were published.</summary>
     public DateTimeOffset Timestamp { get; }
+
+    /// <summary>
+    /// Seconds each probe spent on this window (its step and window callbacks), plus <c>capture</c> (copying the
+    /// gradients) and <c>transfer</c> (the window's one device-to-host read). On an asynchronous device such as a
+    /// GPU, the kernels the probes queue are waited for in <c>transfer</c>, so that is where their cost shows.
+    /// </summary>
+    public IReadOnlyDictionary<string, double> ProbeSeconds { get; }
 
     /// <summary>All values of the window.</summary>
     public IReadOnlyList<IndicatorValue> Values { get; }

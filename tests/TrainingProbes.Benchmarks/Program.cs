@@ -33,11 +33,15 @@ for (int round = 0; round < rounds; round++)
         perStep[v].Add(runs[v].Train(stepsPerRound) / stepsPerRound);
 
 double baseline = Median(perStep[0]);
-Console.WriteLine($"{"variant",-34} {"median ms/step",15} {"ratio",8}");
+Console.WriteLine($"{"variant",-34} {"median ms/step",15} {"ratio",8} {"probe ms/window",16} {"windows",8}");
 for (int v = 0; v < variants.Length; v++)
 {
     double median = Median(perStep[v]);
-    Console.WriteLine($"{variants[v].Name,-34} {median * 1e3,15:F4} {median / baseline,8:F3}");
+    var durations = runs[v].Session?.History.Select(h => h.Get(Indicators.ProbeDuration)).ToList() ?? [];
+    string probeMs = durations.Count > 0 ? $"{Median(durations) * 1e3:F3}" : "-";
+    var parts = runs[v].Session?.History.SelectMany(h => h.ProbeSeconds).GroupBy(kv => kv.Key)
+        .Select(g => $"{g.Key} {Median(g.Select(kv => kv.Value).ToList()) * 1e3:F2}") ?? [];
+    Console.WriteLine($"{variants[v].Name,-34} {median * 1e3,15:F4} {median / baseline,8:F3} {probeMs,16} {durations.Count,8}  {string.Join(", ", parts)}");
 }
 
 static double Median(List<double> values)
@@ -52,6 +56,8 @@ sealed class Run
     private readonly nn.Module<Tensor, Tensor> _model;
     private readonly optim.Optimizer _optimizer;
     private readonly ProbeSession? _session;
+
+    public ProbeSession? Session => _session;
     private readonly nn.Module<Tensor, Tensor, Tensor> _loss = nn.CrossEntropyLoss();
     private readonly Generator _generator = new(17);
 

@@ -126,8 +126,9 @@ internal sealed class GradientWindow : IDisposable
     }
 
     /// <summary>Allocates a flat buffer per segment, with per-parameter views, for parameter-shaped state.</summary>
-    /// <param name="dtype">Element type of the buffer; null keeps each segment's parameter dtype.</param>
-    public FlatParameterBuffer CreateFlatBuffer(ScalarType? dtype = null) => new(this, dtype);
+    /// <param name="minimum">Floating-point type the buffer is widened to when the parameters' dtype is narrower
+    /// (for example float16 to float32); null keeps each segment's parameter dtype.</param>
+    public FlatParameterBuffer CreateFlatBuffer(ScalarType? minimum = null) => new(this, minimum);
 
     private Tensor Own(Tensor tensor)
     {
@@ -152,17 +153,22 @@ internal sealed class FlatParameterBuffer : IDisposable
     private readonly GradientWindow _window;
     private readonly Tensor[] _views;
 
-    public FlatParameterBuffer(GradientWindow window, ScalarType? dtype)
+    public FlatParameterBuffer(GradientWindow window, ScalarType? minimum)
     {
         _window = window;
         using var scope = torch.NewDisposeScope();
         Segments = window.Segments
-            .Select(s => torch.zeros(s.Count, dtype: dtype ?? s.DType, device: s.Device).DetachFromDisposeScope())
+            .Select(s => torch.zeros(s.Count, dtype: Widen(s.DType, minimum), device: s.Device).DetachFromDisposeScope())
             .ToArray();
         _views = window.Parameters
             .Select(p => Segments[p.Segment].narrow(0, p.Offset, p.Count).view(p.Shape).DetachFromDisposeScope())
             .ToArray();
     }
+
+    private static ScalarType Widen(ScalarType type, ScalarType? minimum) =>
+        minimum is ScalarType.Float32 && type is not (ScalarType.Float32 or ScalarType.Float64) ? ScalarType.Float32
+        : minimum is ScalarType.Float64 ? ScalarType.Float64
+        : type;
 
     /// <summary>One flat tensor per segment of the window.</summary>
     public Tensor[] Segments { get; }

@@ -38,9 +38,10 @@ internal sealed class ParameterDriftProbe : TrainingProbe
         _pending = _first!.Segments.Length;
         for (int s = 0; s < _first.Segments.Length; s++)
         {
-            var first = _first.Segments[s].to(ScalarType.Float64);
-            var last = _last.Segments[s].to(ScalarType.Float64);
-            var sums = torch.stack([(last - first).square().sum(), first.square().sum()]);
+            var first = _first.Segments[s];
+            var sums = torch.stack([
+                (_last.Segments[s] - first).square().sum(ScalarType.Float64),
+                first.square().sum(ScalarType.Float64)]);
             window.Fetch(sums, host =>
             {
                 _moved += host[0];

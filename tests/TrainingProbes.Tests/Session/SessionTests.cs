@@ -48,6 +48,42 @@ public sealed class SessionTests
         Assert.Equal(0, session.FailureCount);
     }
 
+    private sealed class ThrowingProbe : TrainingProbe
+    {
+        public override string Name => "throwing";
+        public override void OnStep(ProbeStepContext step) => throw new InvalidOperationException("step");
+        public override void OnWindowClosed(ProbeWindowContext window) => throw new InvalidOperationException("window");
+    }
+
+    [Fact]
+    public void Training_with_probes_gives_bit_identical_parameters()
+    {
+        var (watched, watchedOptimizer) = SmallModel(21);
+        var (plain, plainOptimizer) = SmallModel(21);
+        using (var session = ProbeSession.Attach(watched,
+            new ProbeOptions { WindowSize = 4, Interval = 5, Output = null, Probes = [new ThrowingProbe()] }, watchedOptimizer))
+        {
+            Train(watched, watchedOptimizer, session, 40);
+            Assert.True(session.FailureCount >= 40);
+            Assert.Equal(8, session.History.Count);
+        }
+
+        var generator = new Generator(3);
+        var lossFunction = nn.CrossEntropyLoss();
+        for (int i = 0; i < 40; i++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var x = torch.randn([16, 5], generator: generator);
+            var y = torch.randint(0, 3, [16], generator: generator);
+            plainOptimizer.zero_grad();
+            lossFunction.call(plain.call(x), y).backward();
+            plainOptimizer.step();
+        }
+
+        foreach (var ((name, a), (_, b)) in watched.named_parameters().Zip(plain.named_parameters()))
+            Assert.True(a.allclose(b, rtol: 0, atol: 0), $"parameter {name} differs after training with probes");
+    }
+
     [Fact]
     public void Parameter_filter_selects_by_name_and_frozen_parameters_are_skipped()
     {
