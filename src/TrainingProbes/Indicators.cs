@@ -64,6 +64,51 @@ public static class Indicators
     /// <summary>Learning rate of the first parameter group (when an optimizer is attached).</summary>
     public const string LearningRate = "training.learning_rate";
 
-    /// <summary>Wall-clock seconds the probes spent on the window (capture of its K steps and its statistics).</summary>
+    /// <summary>
+    /// Probe overhead: seconds the probes spent since the previous window divided by the seconds the training loop
+    /// spent without them over the same steps (0.05 means training runs 5% slower because of the probes).
+    /// </summary>
+    public const string ProbeOverhead = "probe.overhead";
+
+    /// <summary>Histogram instrument: seconds each probe spent on a window (not a snapshot value; see <see cref="ProbeSnapshot.ProbeSeconds"/>).</summary>
     public const string ProbeDuration = "probe.duration";
+
+    /// <summary>Counter instrument: probe callbacks that threw.</summary>
+    public const string ProbeFailures = "probe.failures";
+
+    /// <summary>Counter instrument: windows closed.</summary>
+    public const string Windows = "probe.windows";
+
+    /// <summary>Gauge instrument: steps seen by the session.</summary>
+    public const string Step = "training.step";
+
+    private static readonly Dictionary<string, string> Descriptions = new()
+    {
+        [GradientNorm] = "Mean norm of the window's minibatch gradients.",
+        [MeanGradientNorm] = "Norm of the mean of the window's minibatch gradients.",
+        [Cosine] = "Mean pairwise cosine between minibatch gradients (stiffness).",
+        [Regret] = "Mean first-order regret per unit radius between minibatches.",
+        [RegretUpper] = "Upper quantile of the pairwise regret per unit radius.",
+        [RelativeRegret] = "Regret relative to the gradient norms, in [0, 2].",
+        [JensenRatio] = "mean ||g_i|| / sqrt(mean ||g_i||^2), in (0, 1].",
+        [ContrastiveFlatness] = "First-order contrastive flatness, mean ||g_i|| / ||gbar||, at least 1.",
+        [GradientNoise] = "Trace of the covariance of minibatch gradients.",
+        [Coherence] = "m-coherence, K ||gbar||^2 / mean ||g_i||^2, in [0, K].",
+        [Disparity] = "Mean pairwise distance between minibatch gradients.",
+        [NormTest] = "Norm test: relative error of the mean gradient.",
+        [InnerProductTest] = "Inner-product test statistic.",
+        [OrthogonalityTest] = "Orthogonality test statistic.",
+        [Gsnr] = "Mean gradient signal-to-noise ratio over coordinates.",
+        [EbCriterion] = "EB criterion 1 - K gsnr; above 0 the gradient is mostly noise.",
+        [ParameterDrift] = "Relative parameter change over the window's captured steps.",
+        [Loss] = "Mean training loss over the window's captured steps.",
+        [LearningRate] = "Learning rate of the optimizer's first parameter group.",
+        [ProbeOverhead] = "Probe seconds divided by training seconds without probes, since the previous window.",
+    };
+
+    /// <summary>The UCUM unit of an indicator's instrument: <c>1</c> for every value the probes publish.</summary>
+    internal static string UnitOf(string name) => "1";
+
+    internal static string DescriptionOf(string name) =>
+        Descriptions.TryGetValue(name, out var description) ? description : $"Value '{name}' reported by a probe.";
 }

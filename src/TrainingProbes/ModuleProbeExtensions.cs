@@ -15,7 +15,9 @@ public static class ModuleProbeExtensions
     /// </summary>
     /// <param name="model">The model being trained.</param>
     /// <param name="loss">The step's scalar loss; optional, published as the window's mean loss.</param>
+    /// <param name="optimizer">The optimizer; optional, its learning rate is published.</param>
     /// <returns>The model's session.</returns>
-    public static ProbeSession Probe(this nn.Module model, Tensor? loss = null) => ProbeSession.For(model).Step(loss);
+    public static ProbeSession Probe(this nn.Module model, Tensor? loss = null, optim.Optimizer? optimizer = null) =>
+        ProbeSession.For(model, optimizer).Step(loss);
 }
 

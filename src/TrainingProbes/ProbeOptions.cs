@@ -17,6 +17,8 @@ public sealed class ProbeOptions
     private double _regretQuantile = 0.9;
     private int _historyCapacity = 1024;
     private string? _runId;
+    private string? _worker;
+    private int _layerMetrics;
 
     /// <summary>
     /// K, the number of consecutive step gradients in a window (at least 2, default 8). The gradient buffer holds
@@ -123,6 +125,33 @@ public sealed class ProbeOptions
     }
 
     /// <summary>
+    /// Names the worker in metrics (attribute <c>worker</c>), for example the rank in distributed training, so that
+    /// several machines reporting the same <see cref="RunId"/> stay apart; null adds no attribute.
+    /// </summary>
+    public string? Worker
+    {
+        get => _worker;
+        init => _worker = value is null || !string.IsNullOrWhiteSpace(value)
+            ? value
+            : throw new ArgumentException("Worker must not be empty or white space; leave it null for a single worker.", nameof(Worker));
+    }
+
+    /// <summary>
+    /// Publishes per-layer values (gradient norm, cosine and relative regret per geometry, and GSNR, with attribute
+    /// <c>layer</c> = the parameter's name) for at most this many parameters, the first ones in
+    /// <c>named_parameters()</c> order among the watched ones (use <see cref="ParameterFilter"/> to choose).
+    /// 0 (the default) publishes whole-model values only. At most 256, to keep the number of series bounded.
+    /// </summary>
+    public int LayerMetrics
+    {
+        get => _layerMetrics;
+        init => _layerMetrics = value is >= 0 and <= 256
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(LayerMetrics), value,
+                "LayerMetrics is the number of parameters with per-layer metrics: 0 (off) to 256. Each adds about 10 series.");
+    }
+
+    /// <summary>
     /// Where a one-line summary of each window is written (default <see cref="Console.Out"/>); null writes nothing.
     /// </summary>
     public TextWriter? Output { get; init; } = Console.Out;
@@ -139,7 +168,9 @@ public sealed class ProbeOptions
     /// <summary>
     /// Default options, overridden by environment variables where set: <c>TRAININGPROBES_WINDOW_SIZE</c>,
     /// <c>TRAININGPROBES_INTERVAL</c>, <c>TRAININGPROBES_GEOMETRIES</c> (comma-separated names),
-    /// <c>TRAININGPROBES_RUN_ID</c> and <c>TRAININGPROBES_OUTPUT</c> (<c>console</c> or <c>none</c>).
+    /// <c>TRAININGPROBES_RUN_ID</c>, <c>TRAININGPROBES_WORKER</c>, <c>TRAININGPROBES_LAYER_METRICS</c>,
+    /// <c>TRAININGPROBES_OUTPUT</c> (<c>console</c> or <c>none</c>) and <c>TRAININGPROBES_PROMETHEUS</c> (a port or
+    /// host:port: serves a Prometheus scrape endpoint there; needs the TrainingProbes.Prometheus package).
     /// The one-line <c>model.Probe(loss)</c> uses these when no session was attached explicitly.
     /// </summary>
     /// <exception cref="ArgumentException">A variable holds a value that cannot be used; the message names it.</exception>
@@ -156,6 +187,9 @@ public sealed class ProbeOptions
                 Interval = Integer(read, "TRAININGPROBES_INTERVAL") ?? defaults.Interval,
                 Geometries = read("TRAININGPROBES_GEOMETRIES") is { Length: > 0 } names ? ParseGeometries(names) : defaults.Geometries,
                 RunId = read("TRAININGPROBES_RUN_ID") is { Length: > 0 } id ? id : null,
+                Worker = read("TRAININGPROBES_WORKER") is { Length: > 0 } worker ? worker : null,
+                LayerMetrics = Integer(read, "TRAININGPROBES_LAYER_METRICS") ?? defaults.LayerMetrics,
+                Probes = read("TRAININGPROBES_PROMETHEUS") is { Length: > 0 } endpoint ? [PrometheusEndpoint(endpoint)] : [],
                 Output = read("TRAININGPROBES_OUTPUT")?.Trim().ToLowerInvariant() switch
                 {
                     null or "" or "console" => Console.Out,
@@ -173,6 +207,25 @@ public sealed class ProbeOptions
             read(variable) is not { Length: > 0 } text ? null
             : int.TryParse(text, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int value) ? value
             : throw new ArgumentException($"{variable} is '{text}'; it must be an integer.");
+
+        // The endpoint lives in the TrainingProbes.Prometheus package (ASP.NET Core stays out of the core library):
+        // found by name when the application references it.
+        static TrainingProbe PrometheusEndpoint(string value)
+        {
+            var type = Type.GetType("TrainingProbes.Prometheus.PrometheusScrapeEndpoint, TrainingProbes.Prometheus", throwOnError: false);
+            var factory = type?.GetMethod("FromEnvironmentValue", [typeof(string)]);
+            if (factory is null)
+                throw new ArgumentException(
+                    $"TRAININGPROBES_PROMETHEUS is '{value}', but the application does not reference the TrainingProbes.Prometheus package that serves it. Add the package, or unset the variable.");
+            try
+            {
+                return (TrainingProbe)factory.Invoke(null, [value])!;
+            }
+            catch (System.Reflection.TargetInvocationException ex) when (ex.InnerException is ArgumentException inner)
+            {
+                throw new ArgumentException($"TRAININGPROBES_PROMETHEUS: {inner.Message}", inner);
+            }
+        }
 
         static Geometry ParseGeometries(string text)
         {

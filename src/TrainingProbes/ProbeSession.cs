@@ -6,6 +6,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using TorchSharp;
 using TrainingProbes.Capture;
 using TrainingProbes.Probes;
+using TrainingProbes.Telemetry;
 using static TorchSharp.torch;
 
 namespace TrainingProbes;
@@ -27,16 +28,16 @@ public sealed class ProbeSession : IDisposable
     private readonly ProbeStepContext _stepContext;
     private readonly ProbeWindowContext _windowContext;
     private readonly ProbeSnapshot?[] _history;
-    private readonly SessionInstruments _instruments;
     private readonly ILogger _logger;
-    private readonly torch.optim.Optimizer? _optimizer;
+    private torch.optim.Optimizer? _optimizer;
     private readonly object _historyLock = new();
     private int _historyCount;
     private int _historyNext;
     private ProbeSnapshot? _latest;
     private long _step;
     private int _window;
-    private long _windowTicks;
+    private long _intervalStarted;       // timestamp of the previous window's publication (or of the first step)
+    private long _intervalProbeTicks;    // probe time since then
     private readonly long[] _probeTicks;      // per probe, then capture, then transfer; reset per window
     private int _failures;
     private bool _disposed;
@@ -67,14 +68,37 @@ public sealed class ProbeSession : IDisposable
         _stepContext = new ProbeStepContext(this);
         _windowContext = new ProbeWindowContext(this, Window);
         _history = new ProbeSnapshot?[options.HistoryCapacity];
-        _instruments = new SessionInstruments(RunId, () => Volatile.Read(ref _latest));
+        SessionAttributes = options.Worker is null
+            ? [new(TrainingProbesMeter.RunIdAttribute, RunId)]
+            : [new(TrainingProbesMeter.RunIdAttribute, RunId), new(TrainingProbesMeter.WorkerAttribute, options.Worker)];
 
-        using var scope = torch.NewDisposeScope();
-        for (int i = 0; i < _probes.Length; i++)
+        using (var scope = torch.NewDisposeScope())
         {
-            if (!Guard(_probes[i], static (p, s) => p.OnSessionStart(s), this)) continue;
-            _started[i] = true;
+            for (int i = 0; i < _probes.Length; i++)
+            {
+                try
+                {
+                    _probes[i].OnSessionStart(this);
+                    _started[i] = true;
+                }
+                catch (ProbeConfigurationException)
+                {
+                    // A probe that cannot work as configured (a port in use, say) stops the attach: better now than
+                    // a silent run without it. Undo what the earlier probes set up.
+                    for (int j = 0; j < i; j++)
+                        if (_started[j]) Guard(_probes[j], static (p, _) => p.OnSessionEnd(), 0);
+                    Window.Dispose();
+                    throw;
+                }
+                catch (Exception ex)
+                {
+                    Fail(_probes[i].Name, ex);
+                }
+            }
         }
+
+        ProbeTelemetry.Register(this);
+        ProbeTelemetry.Failures.Add(0, SessionAttributes);   // the series exists (at 0) before the first failure
 
         _logger.LogInformation(
             "TrainingProbes run {RunId}: watching {Parameters} parameters in {Tensors} tensors, window K={K} every N={N} steps, geometries {Geometries}.",
@@ -83,7 +107,7 @@ public sealed class ProbeSession : IDisposable
 
     /// <summary>
     /// Creates a session for <paramref name="model"/> and makes it the one that
-    /// <see cref="ModuleProbeExtensions.Probe(nn.Module, Tensor?)"/> uses for that model.
+    /// <see cref="ModuleProbeExtensions.Probe(nn.Module, Tensor?, optim.Optimizer?)"/> uses for that model.
     /// </summary>
     /// <param name="model">The model being trained; its parameters that require a gradient are watched.</param>
     /// <param name="options">Settings; defaults when null.</param>
@@ -113,17 +137,23 @@ public sealed class ProbeSession : IDisposable
     }
 
     /// <summary>The session attached to <paramref name="model"/>, created on first use from <see cref="ProbeOptions.FromEnvironment()"/>.</summary>
-    internal static ProbeSession For(nn.Module model)
+    internal static ProbeSession For(nn.Module model, torch.optim.Optimizer? optimizer)
     {
         ArgumentNullException.ThrowIfNull(model);
-        if (Sessions.TryGetValue(model, out var session) && !session._disposed) return session;
-        lock (Sessions)
+        if (!Sessions.TryGetValue(model, out var session) || session._disposed)
         {
-            if (Sessions.TryGetValue(model, out session) && !session._disposed) return session;
-            session = new ProbeSession(model, ProbeOptions.FromEnvironment(), optimizer: null);
-            Sessions.AddOrUpdate(model, session);
-            return session;
+            lock (Sessions)
+            {
+                if (!Sessions.TryGetValue(model, out session) || session._disposed)
+                {
+                    session = new ProbeSession(model, ProbeOptions.FromEnvironment(), optimizer);
+                    Sessions.AddOrUpdate(model, session);
+                }
+            }
         }
+
+        session._optimizer ??= optimizer;
+        return session;
     }
 
     /// <summary>The model being watched.</summary>
@@ -167,6 +197,20 @@ public sealed class ProbeSession : IDisposable
 
     internal GradientWindow Window { get; }
 
+    /// <summary>The attributes every metric of this session carries: run id, and worker when set.</summary>
+    internal KeyValuePair<string, object?>[] SessionAttributes { get; }
+
+    /// <summary>The attributes of one published value (called on the exporter's thread).</summary>
+    internal KeyValuePair<string, object?>[] Attributes(in IndicatorValue value)
+    {
+        var attributes = new List<KeyValuePair<string, object?>>(SessionAttributes.Length + 3);
+        attributes.AddRange(SessionAttributes);
+        attributes.Add(new(TrainingProbesMeter.ProbeAttribute, value.Probe));
+        if (value.Geometry != Geometry.None) attributes.Add(new(TrainingProbesMeter.GeometryAttribute, value.Geometry.ToName()));
+        if (value.Layer is not null) attributes.Add(new(TrainingProbesMeter.LayerAttribute, value.Layer));
+        return attributes.ToArray();
+    }
+
     /// <summary>
     /// Records one training step: call it after <c>loss.backward()</c> and before <c>optimizer.step()</c>.
     /// On steps outside a window it only counts the step. It never throws for a probe failure.
@@ -189,6 +233,7 @@ public sealed class ProbeSession : IDisposable
         if (slot < 0 && Options.Probes.Count == 0) return this;
 
         long started = Stopwatch.GetTimestamp();
+        if (_intervalStarted == 0) _intervalStarted = started;
         using (var scope = torch.NewDisposeScope())
         using (torch.no_grad())
         {
@@ -219,7 +264,7 @@ public sealed class ProbeSession : IDisposable
             _stepContext.Loss = null;
         }
 
-        if (slot >= 0) _windowTicks += Stopwatch.GetTimestamp() - started;
+        _intervalProbeTicks += Stopwatch.GetTimestamp() - started;
         if (slot == Options.WindowSize - 1) CloseWindow();
         return this;
     }
@@ -267,9 +312,12 @@ public sealed class ProbeSession : IDisposable
             }
         }
 
-        _windowTicks += Stopwatch.GetTimestamp() - started;
-        context.Report(Indicators.ProbeDuration, Stopwatch.GetElapsedTime(0, _windowTicks).TotalSeconds);
-        _windowTicks = 0;
+        // Overhead: probe time over the training time without probes, since the previous window.
+        long now = Stopwatch.GetTimestamp();
+        long probeTicks = _intervalProbeTicks + (now - started);
+        long trainingTicks = now - _intervalStarted - probeTicks;
+        context.Report(Indicators.ProbeOverhead, trainingTicks > 0 ? (double)probeTicks / trainingTicks : double.NaN);
+        _intervalProbeTicks = 0;
 
         var probeSeconds = new Dictionary<string, double>(_probeTicks.Length);
         for (int i = 0; i < _probes.Length; i++) probeSeconds[_probes[i].Name] = Stopwatch.GetElapsedTime(0, _probeTicks[i]).TotalSeconds;
@@ -294,7 +342,10 @@ public sealed class ProbeSession : IDisposable
         Volatile.Write(ref _latest, snapshot);
         try
         {
-            _instruments.Register(snapshot);
+            ProbeTelemetry.EnsureInstruments(snapshot);
+            ProbeTelemetry.Windows.Add(1, SessionAttributes);
+            foreach (var (probe, seconds) in snapshot.ProbeSeconds)
+                ProbeTelemetry.ProbeDuration.Record(seconds, [.. SessionAttributes, new(TrainingProbesMeter.ProbeAttribute, probe)]);
             if (Options.Output is { } output) output.WriteLine(ConsoleSummary.Format(snapshot, Options.Geometries));
             WindowClosed?.Invoke(this, snapshot);
         }
@@ -302,6 +353,8 @@ public sealed class ProbeSession : IDisposable
         {
             Fail("publish", ex);
         }
+
+        _intervalStarted = Stopwatch.GetTimestamp();
     }
 
     private bool Guard<T>(TrainingProbe probe, Action<TrainingProbe, T> callback, T argument)
@@ -321,6 +374,7 @@ public sealed class ProbeSession : IDisposable
     private void Fail(string probe, Exception ex)
     {
         int count = Interlocked.Increment(ref _failures);
+        ProbeTelemetry.Failures.Add(1, [.. SessionAttributes, new(TrainingProbesMeter.ProbeAttribute, probe)]);
         if (count <= 10 || count % 100 == 0)
             _logger.LogWarning(ex, "TrainingProbes run {RunId}: probe '{Probe}' failed at step {Step} (failure {Count}); training goes on.",
                 RunId, probe, _step, count);
@@ -337,7 +391,7 @@ public sealed class ProbeSession : IDisposable
                 if (_started[i]) Guard(_probes[i], static (p, _) => p.OnSessionEnd(), 0);
         }
 
-        _instruments.Dispose();
+        ProbeTelemetry.Unregister(this);
         Window.Dispose();
         lock (Sessions)
         {

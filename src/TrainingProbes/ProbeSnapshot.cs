@@ -5,7 +5,8 @@ namespace TrainingProbes;
 /// <param name="Geometry">The geometry, or <see cref="Geometry.None"/> for geometry-free values.</param>
 /// <param name="Probe">Name of the probe that reported the value.</param>
 /// <param name="Value">The value; NaN when it is undefined for the window (for example a cosine of zero gradients).</param>
-public readonly record struct IndicatorValue(string Name, Geometry Geometry, string Probe, double Value);
+/// <param name="Layer">The parameter a per-layer value belongs to (<see cref="ProbeOptions.LayerMetrics"/>), or null for the whole model.</param>
+public readonly record struct IndicatorValue(string Name, Geometry Geometry, string Probe, double Value, string? Layer = null);
 
 /// <summary>
 /// The immutable result of one window: plain numbers, safe to read from any thread
@@ -13,7 +14,7 @@ public readonly record struct IndicatorValue(string Name, Geometry Geometry, str
 /// </summary>
 public sealed class ProbeSnapshot
 {
-    private readonly Dictionary<(string, Geometry), double> _lookup;
+    private readonly Dictionary<(string, Geometry, string), double> _lookup;
 
     internal ProbeSnapshot(string runId, long step, int window, DateTimeOffset timestamp, IReadOnlyList<IndicatorValue> values,
         IReadOnlyDictionary<string, double>? probeSeconds = null)
@@ -24,8 +25,8 @@ public sealed class ProbeSnapshot
         Window = window;
         Timestamp = timestamp;
         Values = values;
-        _lookup = new Dictionary<(string, Geometry), double>(values.Count);
-        foreach (var v in values) _lookup[(v.Name, v.Geometry)] = v.Value;
+        _lookup = new Dictionary<(string, Geometry, string), double>(values.Count);
+        foreach (var v in values) _lookup[(v.Name, v.Geometry, v.Layer ?? "")] = v.Value;
     }
 
     /// <summary>The run the snapshot belongs to.</summary>
@@ -54,18 +55,21 @@ public sealed class ProbeSnapshot
     /// <param name="name">Indicator name, for example <see cref="Indicators.Cosine"/>.</param>
     /// <param name="geometry">Its geometry (<see cref="Geometry.None"/> for geometry-free values).</param>
     /// <param name="value">The value when found.</param>
+    /// <param name="layer">The parameter name of a per-layer value, or null for the whole model.</param>
     /// <returns>Whether the window has that value.</returns>
-    public bool TryGetValue(string name, Geometry geometry, out double value) => _lookup.TryGetValue((name, geometry), out value);
+    public bool TryGetValue(string name, Geometry geometry, out double value, string? layer = null) =>
+        _lookup.TryGetValue((name, geometry, layer ?? ""), out value);
 
     /// <summary>Gets a value by name and geometry.</summary>
     /// <param name="name">Indicator name, for example <see cref="Indicators.Cosine"/>.</param>
     /// <param name="geometry">Its geometry (<see cref="Geometry.None"/> for geometry-free values).</param>
+    /// <param name="layer">The parameter name of a per-layer value, or null for the whole model.</param>
     /// <exception cref="KeyNotFoundException">The window has no such value.</exception>
-    public double Get(string name, Geometry geometry = Geometry.None) =>
-        _lookup.TryGetValue((name, geometry), out double value)
+    public double Get(string name, Geometry geometry = Geometry.None, string? layer = null) =>
+        _lookup.TryGetValue((name, geometry, layer ?? ""), out double value)
             ? value
             : throw new KeyNotFoundException(
-                $"The window has no value '{name}' in geometry {geometry}. It has: {string.Join(", ", Values.Select(v => v.Geometry == Geometry.None ? v.Name : $"{v.Name}[{v.Geometry.ToName()}]").Distinct())}.");
+                $"The window has no value '{name}' in geometry {geometry}{(layer is null ? "" : $" for layer '{layer}'")}. It has: {string.Join(", ", Values.Select(v => v.Geometry == Geometry.None ? v.Name : $"{v.Name}[{v.Geometry.ToName()}]").Distinct())}.");
 
     /// <inheritdoc />
     public override string ToString() => $"window {Window} at step {Step}: {Values.Count} values";

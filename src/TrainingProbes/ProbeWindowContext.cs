@@ -66,10 +66,11 @@ public sealed partial class ProbeWindowContext
     /// <param name="name">Dotted snake_case name, for example <c>my_probe.alignment</c>.</param>
     /// <param name="value">The value.</param>
     /// <param name="geometry">The geometry the value belongs to, or <see cref="Geometry.None"/>.</param>
-    public void Report(string name, double value, Geometry geometry = Geometry.None)
+    /// <param name="layer">The parameter a per-layer value belongs to, or null for the whole model.</param>
+    public void Report(string name, double value, Geometry geometry = Geometry.None, string? layer = null)
     {
         CheckName(name);
-        _values.Add(new IndicatorValue(name, geometry, CurrentProbe, value));
+        _values.Add(new IndicatorValue(name, geometry, CurrentProbe, value, layer));
     }
 
     /// <summary>
@@ -79,14 +80,15 @@ public sealed partial class ProbeWindowContext
     /// <param name="name">Dotted snake_case name.</param>
     /// <param name="value">A tensor with one element, on any device. The session keeps it alive until it is read.</param>
     /// <param name="geometry">The geometry the value belongs to, or <see cref="Geometry.None"/>.</param>
-    public void Report(string name, Tensor value, Geometry geometry = Geometry.None)
+    /// <param name="layer">The parameter a per-layer value belongs to, or null for the whole model.</param>
+    public void Report(string name, Tensor value, Geometry geometry = Geometry.None, string? layer = null)
     {
         ArgumentNullException.ThrowIfNull(value);
         CheckName(name);
         if (value.numel() != 1)
             throw new ArgumentException($"Report('{name}') needs a tensor with one element, got shape [{string.Join(", ", value.shape)}].", nameof(value));
         string probe = CurrentProbe;
-        Fetch(value, host => _values.Add(new IndicatorValue(name, geometry, probe, host[0])));
+        Fetch(value, host => _values.Add(new IndicatorValue(name, geometry, probe, host[0], layer)));
     }
 
     /// <summary>

@@ -26,8 +26,8 @@ public abstract class TrainingProbe
 
     /// <summary>
     /// Called when a window of K captured gradients is complete. Report values through
-    /// <see cref="ProbeWindowContext.Report(string, double, Geometry)"/> or, without synchronizing with the
-    /// device, <see cref="ProbeWindowContext.Report(string, Tensor, Geometry)"/>.
+    /// <see cref="ProbeWindowContext.Report(string, double, Geometry, string?)"/> or, without synchronizing with the
+    /// device, <see cref="ProbeWindowContext.Report(string, Tensor, Geometry, string?)"/>.
     /// </summary>
     /// <param name="window">The window; valid only during the call.</param>
     public virtual void OnWindowClosed(ProbeWindowContext window) { }

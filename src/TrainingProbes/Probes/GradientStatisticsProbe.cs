@@ -6,7 +6,8 @@ using static TorchSharp.torch;
 namespace TrainingProbes.Probes;
 
 /// <summary>
-/// The first-order family of a window in each enabled geometry, and the mean GSNR with the EB criterion.
+/// The first-order family of a window in each enabled geometry, and the mean GSNR with the EB criterion; per layer
+/// too when <see cref="ProbeOptions.LayerMetrics"/> asks for it.
 /// On the device, in the parameters' dtype (at least float32), chunk by chunk: one K x K Gram matrix per
 /// geometry and two GSNR sums, accumulated across chunks in float64.
 /// On the host: the O(K^2) formulas of <see cref="FirstOrderStatistics"/>.
@@ -15,14 +16,23 @@ internal sealed class GradientStatisticsProbe : TrainingProbe
 {
     private static readonly Geometry[] Order = [Geometry.Euclidean, Geometry.Fisher, Geometry.Adaptive];
 
+    /// <summary>Elements (K x columns) per chunk on a CPU: 1 MiB of float32, which stays in cache.</summary>
+    private const long CpuChunkElements = 1 << 18;
+
+    /// <summary>Elements per chunk on an accelerator: few, large kernels.</summary>
+    private const long DeviceChunkElements = 1 << 25;
+
     private readonly ProbeOptions _options;
     private readonly Geometry[] _geometries;
     private FlatParameterBuffer? _fisher;     // running average of squared gradients, float64
     private FlatParameterBuffer? _theta;      // parameters at window close, for the adaptive geometry
+    private CapturedParameter[] _layers = [];
     private int _windows;
+    private double _biasCorrection;
     private double[] _hostSums = [];
     private double[] _scratch = [];
     private int _segmentsPending;
+    private ProbeWindowContext? _window;
 
     public GradientStatisticsProbe(ProbeOptions options)
     {
@@ -32,6 +42,8 @@ internal sealed class GradientStatisticsProbe : TrainingProbe
 
     public override string Name => "gradient";
 
+    private int SumsLength(int k) => _geometries.Length * k * k + 2;
+
     public override void OnSessionStart(ProbeSession session)
     {
         var window = session.Window;
@@ -39,96 +51,107 @@ internal sealed class GradientStatisticsProbe : TrainingProbe
         // subnormal in float32, which is both inexact and, on CPUs, two orders of magnitude slower.
         if (_options.Geometries.HasFlag(Geometry.Fisher)) _fisher = window.CreateFlatBuffer(minimum: ScalarType.Float64);
         if (_options.Geometries.HasFlag(Geometry.Adaptive)) _theta = window.CreateFlatBuffer();
-        int k = window.K;
-        _hostSums = new double[_geometries.Length * k * k + 2];
-        _scratch = new double[k * (k - 1)];
+        _layers = window.Parameters.Take(_options.LayerMetrics).ToArray();
+        _hostSums = new double[SumsLength(window.K)];
+        _scratch = new double[window.K * (window.K - 1)];
     }
 
     public override void OnWindowClosed(ProbeWindowContext window)
     {
-        CurrentWindow = window;
+        _window = window;
         var buffer = window.Buffer;
         int k = buffer.K;
         _windows++;
         _theta?.LoadParameters();
-        double decay = _options.FisherDecay;
-        double biasCorrection = 1.0 / (1.0 - Math.Pow(decay, _windows));
+        _biasCorrection = 1.0 / (1.0 - Math.Pow(_options.FisherDecay, _windows));
 
         Array.Clear(_hostSums);
         _segmentsPending = buffer.Segments.Count;
         for (int s = 0; s < buffer.Segments.Count; s++)
         {
-            var segment = buffer.Segments[s];
-            // Accumulators for this segment: one K x K Gram matrix per geometry, then the GSNR sum and count.
-            var sums = torch.zeros(_geometries.Length * k * k + 2, dtype: ScalarType.Float64, device: segment.Device);
-            var grams = _geometries.Select((_, i) => sums.narrow(0, i * k * k, k * k).view(k, k)).ToArray();
-            var gsnr = sums.narrow(0, _geometries.Length * k * k, 2);
+            var sums = torch.zeros(SumsLength(k), dtype: ScalarType.Float64, device: buffer.Segments[s].Device);
+            Accumulate(buffer, s, 0, buffer.Segments[s].Count, sums, updateFisher: true);
+            window.Fetch(sums, AddSegment);
+        }
 
-            // Columns are processed in chunks small enough to stay in cache on a CPU, so the float64 temporaries are
-            // reused from the allocator rather than faulted in page by page; on other devices the chunks are large.
-            long chunk = Math.Max(1, (segment.Device.type == DeviceType.CPU ? CpuChunkElements : DeviceChunkElements) / k);
-            for (long offset = 0; offset < segment.Count; offset += chunk)
-            {
-                using var scope = torch.NewDisposeScope();
-                long length = Math.Min(chunk, segment.Count - offset);
-                var g = segment.Gradients.narrow(1, offset, length);     // [K, length]
-                if (!IsWideEnough(g.dtype)) g = g.to(ScalarType.Float32);
-                for (int i = 0; i < _geometries.Length; i++)
-                {
-                    var h = _geometries[i] switch
-                    {
-                        Geometry.Euclidean => g,
-                        Geometry.Fisher => g * FisherWhitening(g, _fisher!.Segments[s].narrow(0, offset, length), decay, biasCorrection),
-                        Geometry.Adaptive => g * (_theta!.Segments[s].narrow(0, offset, length).to(g.dtype).abs() + _options.AdaptiveEta),
-                        var other => throw new InvalidOperationException(other.ToString()),
-                    };
-                    grams[i].add_(h.mm(h.t()));
-                }
-
-                // GSNR per coordinate over the K gradients; coordinates with zero variance are left out.
-                // (Two passes by hand: torch's var over the leading dimension of [K, P] is ~20x slower on CPU.)
-                var mean = g.mean([0]);
-                var centered = g - mean;
-                var variance = centered.mul_(centered).sum([0]).div_(k - 1);
-                var used = variance > 0;
-                var ratio = (mean.square() / (variance + _options.GsnrEpsilon)).masked_fill(used.logical_not(), 0);
-                gsnr.add_(torch.stack([ratio.sum(ScalarType.Float64), used.sum().to(ScalarType.Float64)]));
-            }
-
-            window.Fetch(sums, Accumulate);
+        // Per-layer values read the Fisher average this window has just updated.
+        foreach (var layer in _layers)
+        {
+            var sums = torch.zeros(SumsLength(k), dtype: ScalarType.Float64, device: buffer.Segments[layer.Segment].Device);
+            Accumulate(buffer, layer.Segment, layer.Offset, layer.Count, sums, updateFisher: false);
+            string name = layer.Name;
+            window.Fetch(sums, host => PublishLayer(host, name));
         }
     }
 
-    private static bool IsWideEnough(ScalarType type) => type is ScalarType.Float32 or ScalarType.Float64;
-
-    /// <summary>Elements (K x columns) per chunk on a CPU: 1 MiB of float32.</summary>
-    private const long CpuChunkElements = 1 << 18;
-
-    /// <summary>Elements per chunk on an accelerator: few, large kernels.</summary>
-    private const long DeviceChunkElements = 1 << 25;
-
-    private static Tensor FisherWhitening(Tensor g, Tensor fisher, double decay, double biasCorrection)
+    /// <summary>
+    /// Adds the Gram matrices (one per geometry) and the GSNR sum and count of columns
+    /// [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>) of a segment into <paramref name="sums"/>.
+    /// </summary>
+    private void Accumulate(GradientWindow buffer, int s, long start, long count, Tensor sums, bool updateFisher)
     {
-        // F <- decay F + (1 - decay) mean_i g_i^2, then D = 1/sqrt(F / (1 - decay^w)) where F > 0, 0 elsewhere,
-        // in float64, then D in the gradients' dtype (D of a tiny gradient is large, not subnormal).
-        // (to() returns the tensor itself when it is float64 already: square out of place then, never in the buffer.)
-        var squares = g.dtype == ScalarType.Float64 ? g.square() : g.to(ScalarType.Float64);
-        if (g.dtype != ScalarType.Float64) squares.mul_(squares);
-        fisher.mul_(decay).add_(squares.mean([0]), alpha: 1 - decay);
-        var d = (fisher * biasCorrection).rsqrt_();
+        int k = buffer.K;
+        var segment = buffer.Segments[s];
+        var grams = new Tensor[_geometries.Length];
+        for (int i = 0; i < grams.Length; i++) grams[i] = sums.narrow(0, i * k * k, k * k).view(k, k);
+        var gsnr = sums.narrow(0, _geometries.Length * k * k, 2);
+
+        // Columns are processed in chunks small enough to stay in cache on a CPU; on other devices the chunks are large.
+        long chunk = Math.Max(1, (segment.Device.type == DeviceType.CPU ? CpuChunkElements : DeviceChunkElements) / k);
+        for (long offset = start; offset < start + count; offset += chunk)
+        {
+            using var scope = torch.NewDisposeScope();
+            long length = Math.Min(chunk, start + count - offset);
+            var g = segment.Gradients.narrow(1, offset, length);     // [K, length]
+            if (g.dtype is not (ScalarType.Float32 or ScalarType.Float64)) g = g.to(ScalarType.Float32);
+            for (int i = 0; i < _geometries.Length; i++)
+            {
+                var h = _geometries[i] switch
+                {
+                    Geometry.Euclidean => g,
+                    Geometry.Fisher => g * FisherWhitening(g, _fisher!.Segments[s].narrow(0, offset, length), updateFisher),
+                    Geometry.Adaptive => g * (_theta!.Segments[s].narrow(0, offset, length).to(g.dtype).abs() + _options.AdaptiveEta),
+                    var other => throw new InvalidOperationException(other.ToString()),
+                };
+                grams[i].add_(h.mm(h.t()));
+            }
+
+            // GSNR per coordinate over the K gradients; coordinates with zero variance are left out.
+            // (Two passes by hand: torch's var over the leading dimension of [K, P] is ~20x slower on CPU.)
+            var mean = g.mean([0]);
+            var centered = g - mean;
+            var variance = centered.mul_(centered).sum([0]).div_(k - 1);
+            var used = variance > 0;
+            var ratio = (mean.square() / (variance + _options.GsnrEpsilon)).masked_fill(used.logical_not(), 0);
+            gsnr.add_(torch.stack([ratio.sum(ScalarType.Float64), used.sum().to(ScalarType.Float64)]));
+        }
+    }
+
+    /// <summary>
+    /// D = 1/sqrt(F / (1 - decay^w)) where F &gt; 0 and 0 elsewhere, in the gradients' dtype (D of a tiny gradient is
+    /// large, not subnormal); first folds this chunk's gradients into F (float64) when <paramref name="update"/> is set:
+    /// F &lt;- decay F + (1 - decay) mean_i g_i^2.
+    /// </summary>
+    private Tensor FisherWhitening(Tensor g, Tensor fisher, bool update)
+    {
+        if (update)
+        {
+            // to() returns the tensor itself when it is float64 already: square out of place then, never in the buffer.
+            var squares = g.dtype == ScalarType.Float64 ? g.square() : g.to(ScalarType.Float64);
+            if (g.dtype != ScalarType.Float64) squares.mul_(squares);
+            fisher.mul_(_options.FisherDecay).add_(squares.mean([0]), alpha: 1 - _options.FisherDecay);
+        }
+
+        var d = (fisher * _biasCorrection).rsqrt_();
         return d.masked_fill_(fisher <= 0, 0).to(g.dtype);
     }
 
-    private void Accumulate(ReadOnlySpan<double> values)
+    private void AddSegment(ReadOnlySpan<double> values)
     {
         for (int i = 0; i < values.Length; i++) _hostSums[i] += values[i];
         if (--_segmentsPending > 0) return;
-        Publish();
-    }
 
-    private void Publish()
-    {
-        var window = CurrentWindow!;
+        var window = _window!;
         int k = window.WindowSize;
         for (int index = 0; index < _geometries.Length; index++)
         {
@@ -150,14 +173,32 @@ internal sealed class GradientStatisticsProbe : TrainingProbe
             window.Report(Indicators.OrthogonalityTest, s.OrthogonalityTest, geometry);
         }
 
-        int tail = _geometries.Length * k * k;
-        double gsnrSum = _hostSums[tail], used = _hostSums[tail + 1];
-        double gsnr = used > 0 ? gsnrSum / used : double.NaN;
+        double gsnr = Gsnr(_hostSums, k);
         window.Report(Indicators.Gsnr, gsnr);
         window.Report(Indicators.EbCriterion, 1 - k * gsnr);
     }
 
-    private ProbeWindowContext? CurrentWindow { get; set; }
+    private void PublishLayer(ReadOnlySpan<double> sums, string layer)
+    {
+        var window = _window!;
+        int k = window.WindowSize;
+        for (int index = 0; index < _geometries.Length; index++)
+        {
+            var geometry = _geometries[index];
+            var s = FirstOrderStatistics.FromGram(sums.Slice(index * k * k, k * k), k, _options.RegretQuantile, _scratch);
+            window.Report(Indicators.GradientNorm, s.MeanNorm, geometry, layer);
+            window.Report(Indicators.Cosine, s.Cosine, geometry, layer);
+            window.Report(Indicators.RelativeRegret, s.RelativeRegret, geometry, layer);
+        }
+
+        window.Report(Indicators.Gsnr, Gsnr(sums, k), Geometry.None, layer);
+    }
+
+    private double Gsnr(ReadOnlySpan<double> sums, int k)
+    {
+        int tail = _geometries.Length * k * k;
+        return sums[tail + 1] > 0 ? sums[tail] / sums[tail + 1] : double.NaN;
+    }
 
     public override void OnSessionEnd()
     {

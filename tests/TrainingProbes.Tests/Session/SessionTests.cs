@@ -44,7 +44,8 @@ public sealed class SessionTests
         Assert.Equal([23L, 28L, 33L, 38L], history.Select(s => s.Step));
         Assert.Same(history[^1], session.Latest);
         Assert.Equal(0.05, session.Latest!.Get(Indicators.LearningRate), 12);
-        Assert.True(session.Latest.Get(Indicators.ProbeDuration) > 0);
+        Assert.True(session.Latest.Get(Indicators.ProbeOverhead) > 0);
+        Assert.Contains("capture", session.Latest.ProbeSeconds.Keys);
         Assert.Equal(0, session.FailureCount);
     }
 

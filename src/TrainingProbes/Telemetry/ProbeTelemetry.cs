@@ -1,0 +1,84 @@
+using System.Collections.Concurrent;
+using System.Diagnostics.Metrics;
+
+namespace TrainingProbes.Telemetry;
+
+/// <summary>
+/// The library's one <see cref="Meter"/> and its instruments. Indicator values are observable gauges whose callbacks
+/// read the last published snapshot of every live session: a collection (a Prometheus scrape, an OTLP export)
+/// only reads plain doubles, never touches a tensor, never waits for the training thread and never synchronizes
+/// with a device. A gauge is created the first time a value of that name is published (user probes included).
+/// </summary>
+internal static class ProbeTelemetry
+{
+    private static readonly Meter Meter = new(TrainingProbesMeter.Name, typeof(ProbeTelemetry).Assembly.GetName().Version?.ToString(3));
+    private static readonly ConcurrentDictionary<string, ObservableGauge<double>> Gauges = new();
+    private static readonly object Gate = new();
+    private static ProbeSession[] _sessions = [];
+
+    /// <summary>Seconds each probe spent on a window, recorded once per probe and window.</summary>
+    public static readonly Histogram<double> ProbeDuration = Meter.CreateHistogram<double>(
+        TrainingProbesMeter.InstrumentPrefix + Indicators.ProbeDuration, unit: "s",
+        description: "Seconds a probe spent on one window (its step callbacks and its window callback); probe=capture is the gradient copy, probe=transfer the one device-to-host read.",
+        tags: null, advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1, 3, 10] });
+
+    /// <summary>Probe callbacks that threw (each is logged; training goes on).</summary>
+    public static readonly Counter<long> Failures = Meter.CreateCounter<long>(
+        TrainingProbesMeter.InstrumentPrefix + Indicators.ProbeFailures, unit: "{failure}",
+        description: "Probe callbacks that threw; each is logged and training goes on.");
+
+    /// <summary>Windows closed.</summary>
+    public static readonly Counter<long> Windows = Meter.CreateCounter<long>(
+        TrainingProbesMeter.InstrumentPrefix + Indicators.Windows, unit: "{window}",
+        description: "Windows of captured gradients closed and published.");
+
+    static ProbeTelemetry()
+    {
+        Meter.CreateObservableGauge(TrainingProbesMeter.InstrumentPrefix + Indicators.Step, ObserveSteps, unit: "{step}",
+            description: "Training steps the session has seen (calls of Probe/Step).");
+    }
+
+    public static void Register(ProbeSession session)
+    {
+        lock (Gate) _sessions = [.. _sessions, session];
+    }
+
+    public static void Unregister(ProbeSession session)
+    {
+        lock (Gate) _sessions = _sessions.Where(s => !ReferenceEquals(s, session)).ToArray();
+    }
+
+    /// <summary>Creates the gauges of names published for the first time (once per name and process).</summary>
+    public static void EnsureInstruments(ProbeSnapshot snapshot)
+    {
+        foreach (var value in snapshot.Values)
+        {
+            if (Gauges.ContainsKey(value.Name)) continue;
+            lock (Gate)
+            {
+                if (Gauges.ContainsKey(value.Name)) continue;
+                string name = value.Name;
+                Gauges[name] = Meter.CreateObservableGauge(
+                    TrainingProbesMeter.InstrumentPrefix + name, () => Observe(name),
+                    unit: Indicators.UnitOf(name), description: Indicators.DescriptionOf(name));
+            }
+        }
+    }
+
+    private static IEnumerable<Measurement<double>> Observe(string name)
+    {
+        foreach (var session in Volatile.Read(ref _sessions))
+        {
+            var snapshot = session.Latest;
+            if (snapshot is null) continue;
+            foreach (var value in snapshot.Values)
+                if (value.Name == name) yield return new Measurement<double>(value.Value, session.Attributes(value));
+        }
+    }
+
+    private static IEnumerable<Measurement<long>> ObserveSteps()
+    {
+        foreach (var session in Volatile.Read(ref _sessions))
+            yield return new Measurement<long>(session.StepCount, session.SessionAttributes);
+    }
+}

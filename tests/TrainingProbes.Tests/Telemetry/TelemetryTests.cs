@@ -1,0 +1,134 @@
+using OpenTelemetry;
+using OpenTelemetry.Metrics;
+using TorchSharp;
+using TorchSharp.Modules;
+using TrainingProbes.Tests.IndicatorsTests;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.Tests.Telemetry;
+
+public sealed class TelemetryTests
+{
+    private static ProbeSession TrainSmallModel(ProbeOptions options, int steps, out nn.Module<Tensor, Tensor> model, IEnumerable<TrainingProbe>? extra = null)
+    {
+        torch.manual_seed(13);
+        model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3));
+        var optimizer = optim.SGD(model.parameters(), 0.1);
+        var session = ProbeSession.Attach(model, options, optimizer);
+        var generator = new Generator(5);
+        var lossFunction = nn.CrossEntropyLoss();
+        for (int i = 0; i < steps; i++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var x = torch.randn([12, 6], generator: generator);
+            var y = torch.randint(0, 3, [12], generator: generator);
+            optimizer.zero_grad();
+            var loss = lossFunction.call(model.call(x), y);
+            loss.backward();
+            session.Step(loss);
+            optimizer.step();
+        }
+        return session;
+    }
+
+    [Fact]
+    public void AddTrainingProbes_exports_every_value_with_its_attributes_through_the_users_own_exporter()
+    {
+        var exported = new List<Metric>();
+        using var provider = Sdk.CreateMeterProviderBuilder().AddTrainingProbes().AddInMemoryExporter(exported).Build();
+        using var session = TrainSmallModel(new ProbeOptions { RunId = "otel-unit", Worker = "rank-3", WindowSize = 3, Interval = 4, Output = null }, 8, out _);
+
+        provider.ForceFlush();
+        var byName = exported.GroupBy(m => m.Name).ToDictionary(g => g.Key, g => g.Last());
+        var snapshot = session.Latest!;
+
+        // Every snapshot value is a gauge of the same name under the prefix, with the same value for this run.
+        foreach (var value in snapshot.Values)
+        {
+            var metric = byName[TrainingProbesMeter.InstrumentPrefix + value.Name];
+            Assert.Equal(MetricType.DoubleGauge, metric.MetricType);
+            Assert.Equal("1", metric.Unit);
+            var point = Points(metric).Single(p =>
+                Tag(p, "run.id") == "otel-unit" && Tag(p, "geometry") == (value.Geometry == Geometry.None ? null : value.Geometry.ToString().ToLowerInvariant()));
+            Assert.Equal(value.Value, point.GetGaugeLastValueDouble());
+            Assert.Equal("rank-3", Tag(point, "worker"));
+            Assert.Equal(value.Probe, Tag(point, "probe"));
+        }
+
+        var duration = byName["trainingprobes.probe.duration"];
+        Assert.Equal(MetricType.Histogram, duration.MetricType);
+        Assert.Equal("s", duration.Unit);
+        var probes = Points(duration).Where(p => Tag(p, "run.id") == "otel-unit").Select(p => Tag(p, "probe")).ToHashSet();
+        Assert.Superset(new HashSet<string?> { "loss", "drift", "gradient", "capture", "transfer" }, probes);
+
+        var step = Points(byName["trainingprobes.training.step"]).Single(p => Tag(p, "run.id") == "otel-unit");
+        Assert.Equal(8, step.GetGaugeLastValueLong());
+        var windows = Points(byName["trainingprobes.probe.windows"]).Single(p => Tag(p, "run.id") == "otel-unit");
+        Assert.Equal(2, windows.GetSumLong());
+        Assert.Contains(Points(byName["trainingprobes.probe.failures"]), p => Tag(p, "run.id") == "otel-unit" && p.GetSumLong() == 0);
+    }
+
+    [Fact]
+    public void Instrument_names_are_dotted_snake_case_under_the_prefix_without_units()
+    {
+        using var session = TrainSmallModel(new ProbeOptions { WindowSize = 2, Interval = 2, Output = null, LayerMetrics = 1 }, 2, out _);
+        foreach (var value in session.Latest!.Values)
+        {
+            Assert.Matches("^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)*$", value.Name);
+            Assert.DoesNotMatch("(seconds|_s|_ms|percent|bytes)$", value.Name);
+        }
+    }
+
+    /// <summary>Copies each window's gradients of the first parameter to the host.</summary>
+    private sealed class FirstParameterRecorder : TrainingProbe
+    {
+        public List<double[][]> Windows { get; } = [];
+
+        public override string Name => "recorder";
+
+        public override void OnWindowClosed(ProbeWindowContext window)
+        {
+            var g = window.Gradients(window.ParameterNames[0]);
+            Windows.Add(Enumerable.Range(0, window.WindowSize).Select(i => g[i].flatten().data<float>().ToArray().Select(v => (double)v).ToArray()).ToArray());
+        }
+    }
+
+    [Fact]
+    public void Per_layer_values_are_the_indicators_of_that_parameter_alone_and_capped()
+    {
+        var recorder = new FirstParameterRecorder();
+        var options = new ProbeOptions { WindowSize = 4, Interval = 5, Output = null, LayerMetrics = 1, Geometries = Geometry.Euclidean, Probes = [recorder] };
+        using var session = TrainSmallModel(options, 10, out _);
+
+        var snapshot = session.Latest!;
+        var layers = snapshot.Values.Where(v => v.Layer is not null).Select(v => v.Layer!).Distinct().ToArray();
+        Assert.Equal(["0.weight"], layers);
+
+        var expected = ReferenceIndicators.FirstOrder(recorder.Windows[^1], options.RegretQuantile);
+        foreach (var name in new[] { Indicators.GradientNorm, Indicators.Cosine, Indicators.RelativeRegret })
+            Close.Assert(expected[name], snapshot.Get(name, Geometry.Euclidean, "0.weight"), 1e-4, $"layer {name}", scale: 1);
+        Close.Assert(ReferenceIndicators.Gsnr(recorder.Windows[^1], 0), snapshot.Get(Indicators.Gsnr, Geometry.None, "0.weight"), 1e-4, "layer gsnr");
+
+        // The whole-model values differ from the layer's: they cover every parameter.
+        Assert.NotEqual(snapshot.Get(Indicators.GradientNorm, Geometry.Euclidean), snapshot.Get(Indicators.GradientNorm, Geometry.Euclidean, "0.weight"));
+    }
+
+    [Fact]
+    public void LayerMetrics_outside_zero_to_256_is_rejected()
+    {
+        var error = Assert.Throws<ArgumentOutOfRangeException>(() => new ProbeOptions { LayerMetrics = 257 });
+        Assert.Contains("LayerMetrics", error.Message);
+    }
+
+    private static IEnumerable<MetricPoint> Points(Metric metric)
+    {
+        foreach (ref readonly var point in metric.GetMetricPoints()) yield return point;
+    }
+
+    private static string? Tag(MetricPoint point, string key)
+    {
+        foreach (var tag in point.Tags)
+            if (tag.Key == key) return tag.Value?.ToString();
+        return null;
+    }
+}
