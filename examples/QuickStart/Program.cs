@@ -5,7 +5,7 @@ using TorchSharp;
 using static TorchSharp.torch;
 
 torch.manual_seed(7);
-const int Features = 20, Classes = 4, Samples = 4096, BatchSize = 64, Epochs = 20;
+const int Features = 20, Classes = 4, Samples = 16384, BatchSize = 128, Epochs = 60;
 
 // Data: a random teacher network labels gaussian inputs; 10% of labels are flipped to make it noisy.
 var inputs = torch.randn(Samples, Features);
@@ -19,9 +19,9 @@ using (torch.no_grad())
 }
 
 var model = nn.Sequential(
-    nn.Linear(Features, 64), nn.ReLU(),
-    nn.Linear(64, 64), nn.ReLU(),
-    nn.Linear(64, Classes));
+    nn.Linear(Features, 256), nn.ReLU(),
+    nn.Linear(256, 256), nn.ReLU(),
+    nn.Linear(256, Classes));
 var optimizer = torch.optim.SGD(model.parameters(), learningRate: 0.05, momentum: 0.9);
 var lossFunction = nn.CrossEntropyLoss();
 
@@ -35,7 +35,7 @@ for (int epoch = 0; epoch < Epochs; epoch++)
         optimizer.zero_grad();
         var loss = lossFunction.call(model.call(inputs[batch]), labels[batch]);
         loss.backward();
-        model.Probe(loss);
+        model.Probe(loss, optimizer);
         optimizer.step();
     }
 }

@@ -1,0 +1,116 @@
+using System.Net;
+using System.Net.Sockets;
+using TorchSharp;
+using TrainingProbes.Prometheus;
+
+namespace TrainingProbes.IntegrationTests;
+
+public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper output)
+{
+    [Fact]
+    public async Task A_burst_of_scrapes_while_training_leaves_every_indicator_bit_identical()
+    {
+        const int Steps = 3000;
+        var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
+        IReadOnlyList<ProbeSnapshot> scraped, quiet;
+        int requests = 0, duringTraining = 0;
+        using (var training = new BackgroundTraining(() => new ProbeOptions { RunId = "burst", Output = null, Interval = 20, Probes = [endpoint] }, Steps, seed: 7))
+        {
+            training.Start();
+            using var http = new HttpClient();
+            var clients = Enumerable.Range(0, 4).Select(_ => Task.Run(async () =>
+            {
+                for (int i = 0; i < 100; i++)
+                {
+                    bool running = training.Steps < Steps;
+                    using var response = await http.GetAsync(endpoint.Address);
+                    Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+                    await response.Content.ReadAsStringAsync();
+                    Interlocked.Increment(ref requests);
+                    if (running && training.Steps < Steps) Interlocked.Increment(ref duringTraining);
+                }
+            })).ToArray();
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            await Task.WhenAll(clients).WaitAsync(TimeSpan.FromMinutes(2));
+            output.WriteLine($"scrapes done after {clock.Elapsed.TotalSeconds:F2} s, training at step {training.Steps}");
+            training.Join(TimeSpan.FromMinutes(2));
+            output.WriteLine($"training done after {clock.Elapsed.TotalSeconds:F2} s");
+            scraped = training.Session!.History;
+        }
+
+        using (var training = new BackgroundTraining(() => new ProbeOptions { RunId = "quiet", Output = null, Interval = 20 }, Steps, seed: 7))
+        {
+            training.Start().Join(TimeSpan.FromMinutes(2));
+            quiet = training.Session!.History;
+        }
+
+        Assert.Equal(400, requests);
+        Assert.True(duringTraining >= 200, $"only {duringTraining} of the scrapes overlapped training; the test proves nothing then");
+        Assert.Equal(Steps / 20, quiet.Count);
+        Assert.Equal(quiet.Count, scraped.Count);
+        for (int w = 0; w < quiet.Count; w++)
+        {
+            // Everything but the overhead, which is a measurement of time.
+            var expected = quiet[w].Values.Where(v => v.Name != Indicators.ProbeOverhead).ToList();
+            var actual = scraped[w].Values.Where(v => v.Name != Indicators.ProbeOverhead && v.Probe != "prometheus").ToList();
+            Assert.Equal(expected.Count, actual.Count);
+            for (int i = 0; i < expected.Count; i++)
+            {
+                Assert.Equal((expected[i].Name, expected[i].Geometry, expected[i].Layer), (actual[i].Name, actual[i].Geometry, actual[i].Layer));
+                Assert.True(BitConverter.DoubleToInt64Bits(expected[i].Value) == BitConverter.DoubleToInt64Bits(actual[i].Value),
+                    $"window {w} {expected[i].Name} [{expected[i].Geometry}]: {expected[i].Value:R} without scrapes, {actual[i].Value:R} with");
+            }
+        }
+    }
+
+    [Fact]
+    public void Defaults_listen_on_loopback_9464_metrics()
+    {
+        var options = new PrometheusEndpointOptions();
+        Assert.Equal(("127.0.0.1", 9464, "/metrics"), (options.Host, options.Port, options.Path));
+        var parsed = PrometheusEndpointOptions.Parse("0.0.0.0:9500");
+        Assert.Equal(("0.0.0.0", 9500), (parsed.Host, parsed.Port));
+        Assert.Equal(("127.0.0.1", 9600), (PrometheusEndpointOptions.Parse("9600").Host, PrometheusEndpointOptions.Parse("9600").Port));
+        Assert.Contains("host:port", Assert.Throws<ArgumentException>(() => PrometheusEndpointOptions.Parse("metrics")).Message);
+        Assert.Contains("IP address", Assert.Throws<ArgumentException>(() => new PrometheusEndpointOptions { Host = "example.org" }).Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new PrometheusEndpointOptions { Port = 70000 });
+    }
+
+    [Fact]
+    public async Task The_endpoint_serves_on_loopback_while_the_session_lives_and_stops_with_it()
+    {
+        var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
+        var model = torch.nn.Linear(3, 2);
+        Uri address;
+        using (var session = ProbeSession.Attach(model, new ProbeOptions { Output = null, Probes = [endpoint] }))
+        {
+            address = endpoint.Address!;
+            Assert.Equal("127.0.0.1", address.Host);
+            Assert.Equal("/metrics", address.AbsolutePath);
+            using var http = new HttpClient();
+            var text = await http.GetStringAsync(address);
+            Assert.Contains("trainingprobes_training_step{", text);
+        }
+
+        using var client = new TcpClient();
+        Assert.ThrowsAny<SocketException>(() => client.Connect(IPAddress.Loopback, address.Port));
+    }
+
+    [Fact]
+    public void A_port_in_use_fails_the_attach_with_a_message_naming_the_port_and_the_option()
+    {
+        using var holder = new TcpListener(IPAddress.Loopback, 0);
+        holder.Start();
+        int port = ((IPEndPoint)holder.LocalEndpoint).Port;
+        var model = torch.nn.Linear(3, 2);
+
+        var error = Assert.Throws<ProbeConfigurationException>(() => ProbeSession.Attach(model,
+            new ProbeOptions { Output = null, Probes = [new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = port })] }));
+        Assert.Contains($"port {port} is already in use", error.Message);
+        Assert.Contains("PrometheusEndpointOptions.Port", error.Message);
+
+        // The failed attach left nothing behind: the model can be attached again.
+        using var session = ProbeSession.Attach(model, new ProbeOptions { Output = null });
+        Assert.NotNull(ProbeSession.Get(model));
+    }
+}
