@@ -6,6 +6,7 @@ using System.Diagnostics;
 using TorchSharp;
 using TrainingProbes;
 using TrainingProbes.Benchmarks;
+using TrainingProbes.Prometheus;
 using static TorchSharp.torch;
 
 int rounds = args.Length > 0 ? int.Parse(args[0]) : 7;
@@ -22,22 +23,34 @@ var variants = new (string Name, ProbeOptions? Options)[]
     ("K=8 N=100 euclidean only", new ProbeOptions { Output = null, Geometries = Geometry.Euclidean }),
     ("K=8 N=20", new ProbeOptions { Output = null, Interval = 20 }),
     ("K=16 N=16 (every step captured)", new ProbeOptions { Output = null, WindowSize = 16, Interval = 16 }),
+    ("default + /metrics, not scraped", new ProbeOptions { Output = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
+    ("default + /metrics, 200 scrapes/s", new ProbeOptions { Output = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
 };
+int scrapedVariant = variants.Length - 1;
 
 var perStep = variants.Select(_ => new List<double>()).ToArray();
 var runs = variants.Select(v => new Run(images, labels, v.Options)).ToArray();
 foreach (var run in runs) run.Train(50);   // warm-up
 
+// The scraped variant is trained while a client fetches its /metrics page 200 times a second (a burst far denser
+// than any Prometheus setup), to show what scrapes cost the training thread.
+var scraper = new Scraper(((PrometheusScrapeEndpoint)variants[scrapedVariant].Options!.Probes[0]).Address!);
 for (int round = 0; round < rounds; round++)
     for (int v = 0; v < variants.Length; v++)
+    {
+        if (v == scrapedVariant) scraper.Running = true;
         perStep[v].Add(runs[v].Train(stepsPerRound) / stepsPerRound);
+        scraper.Running = false;
+    }
+scraper.Stop();
+Console.WriteLine($"scrapes served to the scraped variant: {scraper.Count}");
 
 double baseline = Median(perStep[0]);
 Console.WriteLine($"{"variant",-34} {"median ms/step",15} {"ratio",8} {"probe ms/window",16} {"windows",8}");
 for (int v = 0; v < variants.Length; v++)
 {
     double median = Median(perStep[v]);
-    var durations = runs[v].Session?.History.Select(h => h.Get(Indicators.ProbeDuration)).ToList() ?? [];
+    var durations = runs[v].Session?.History.Select(h => h.ProbeSeconds.Values.Sum()).ToList() ?? [];
     string probeMs = durations.Count > 0 ? $"{Median(durations) * 1e3:F3}" : "-";
     var parts = runs[v].Session?.History.SelectMany(h => h.ProbeSeconds).GroupBy(kv => kv.Key)
         .Select(g => $"{g.Key} {Median(g.Select(kv => kv.Value).ToList()) * 1e3:F2}") ?? [];
@@ -48,6 +61,42 @@ static double Median(List<double> values)
 {
     var sorted = values.Order().ToArray();
     return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+}
+
+sealed class Scraper
+{
+    private readonly Thread _thread;
+    private volatile bool _stopped;
+
+    public Scraper(Uri address)
+    {
+        _thread = new Thread(() =>
+        {
+            using var http = new HttpClient();
+            while (!_stopped)
+            {
+                if (Running)
+                {
+                    http.GetStringAsync(address).GetAwaiter().GetResult();
+                    Interlocked.Increment(ref _count);
+                }
+                Thread.Sleep(5);
+            }
+        }) { IsBackground = true };
+        _thread.Start();
+    }
+
+    private int _count;
+
+    public volatile bool Running;
+
+    public int Count => _count;
+
+    public void Stop()
+    {
+        _stopped = true;
+        _thread.Join();
+    }
 }
 
 sealed class Run
