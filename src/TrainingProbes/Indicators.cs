@@ -70,6 +70,12 @@ public static class Indicators
     /// </summary>
     public const string ProbeOverhead = "probe.overhead";
 
+    /// <summary>Achieved probe overhead since the session started: all probe seconds over all training seconds without probes.</summary>
+    public const string ProbeOverheadTotal = "probe.overhead_total";
+
+    /// <summary>Steps from this window's start to the next one's (adapted to <see cref="ProbeOptions.OverheadBudget"/> when set).</summary>
+    public const string ProbeInterval = "probe.interval";
+
     /// <summary>Histogram instrument: seconds each probe spent on a window (not a snapshot value; see <see cref="ProbeSnapshot.ProbeSeconds"/>).</summary>
     public const string ProbeDuration = "probe.duration";
 
@@ -81,6 +87,33 @@ public static class Indicators
 
     /// <summary>Gauge instrument: steps seen by the session.</summary>
     public const string Step = "training.step";
+
+    /// <summary>Finite-radius regret per unit radius at one theta, <c>mean R_ij / eps</c> (fixed-point probe, per geometry).</summary>
+    public const string FiniteRegret = "regret.finite";
+
+    /// <summary>eps-sharpness of the pooled loss, <c>fbar(theta + eps ubar) - fbar(theta)</c> (fixed-point probe, per geometry).</summary>
+    public const string Sharpness = "sharpness";
+
+    /// <summary>Contrastive flatness at radius eps, <c>mean_i s_i / s</c> (fixed-point probe, per geometry).</summary>
+    public const string FiniteContrastiveFlatness = "flatness.contrastive_eps";
+
+    /// <summary>The radius eps used (fixed-point probe, per geometry).</summary>
+    public const string Radius = "radius";
+
+    /// <summary>Largest algebraic Hessian eigenvalue of the pooled loss (euclidean), or of <c>D H D</c> (fisher, adaptive).</summary>
+    public const string CurvatureLambdaMax = "curvature.lambda_max";
+
+    /// <summary>Hessian eigenvalue of largest magnitude of the pooled loss (euclidean).</summary>
+    public const string CurvatureLambdaMaxMagnitude = "curvature.lambda_max_magnitude";
+
+    /// <summary>Contrastive curvature, <c>mean_i lambda_max(H_i) / lambda_max(Hbar)</c>, at least 1 (euclidean).</summary>
+    public const string CurvatureContrastive = "curvature.contrastive";
+
+    /// <summary>Hutchinson estimate of the Hessian trace of the pooled loss (euclidean).</summary>
+    public const string CurvatureTrace = "curvature.trace";
+
+    /// <summary>Half-width of the 95% confidence interval of <see cref="CurvatureTrace"/>.</summary>
+    public const string CurvatureTraceHalfWidth = "curvature.trace_half_width";
 
     private static readonly Dictionary<string, string> Descriptions = new()
     {
@@ -104,11 +137,25 @@ public static class Indicators
         [Loss] = "Mean training loss over the window's captured steps.",
         [LearningRate] = "Learning rate of the optimizer's first parameter group.",
         [ProbeOverhead] = "Probe seconds divided by training seconds without probes, since the previous window.",
+        [ProbeOverheadTotal] = "Probe seconds divided by training seconds without probes, since the session started.",
+        [ProbeInterval] = "Steps from this window's start to the next window's start.",
+        [FiniteRegret] = "Finite-radius regret per unit radius between minibatches at one theta.",
+        [Sharpness] = "eps-sharpness of the pooled loss: its rise along one ascent step of radius eps.",
+        [FiniteContrastiveFlatness] = "Contrastive flatness at radius eps: mean minibatch sharpness over pooled sharpness.",
+        [Radius] = "Radius eps of the finite-radius measures.",
+        [CurvatureLambdaMax] = "Largest Hessian eigenvalue of the pooled loss (of D H D in fisher/adaptive geometry).",
+        [CurvatureLambdaMaxMagnitude] = "Hessian eigenvalue of largest magnitude of the pooled loss.",
+        [CurvatureContrastive] = "mean_i lambda_max(H_i) / lambda_max(Hbar), at least 1.",
+        [CurvatureTrace] = "Hutchinson estimate of the Hessian trace of the pooled loss.",
+        [CurvatureTraceHalfWidth] = "Half-width of the 95% confidence interval of the trace estimate.",
     };
 
     /// <summary>The UCUM unit of an indicator's instrument: <c>1</c> for every value the probes publish.</summary>
     internal static string UnitOf(string name) => "1";
 
     internal static string DescriptionOf(string name) =>
-        Descriptions.TryGetValue(name, out var description) ? description : $"Value '{name}' reported by a probe.";
+        Descriptions.TryGetValue(name, out var description) ? description
+        : name.StartsWith(FixedPointProbe.Prefix, StringComparison.Ordinal) && Descriptions.TryGetValue(name[FixedPointProbe.Prefix.Length..], out var inner)
+            ? inner + " (active window: K minibatches at one theta)"
+            : $"Value '{name}' reported by a probe.";
 }

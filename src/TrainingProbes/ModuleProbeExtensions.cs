@@ -16,8 +16,10 @@ public static class ModuleProbeExtensions
     /// <param name="model">The model being trained.</param>
     /// <param name="loss">The step's scalar loss; optional, published as the window's mean loss.</param>
     /// <param name="optimizer">The optimizer; optional, its learning rate is published.</param>
+    /// <param name="input">The minibatch input; optional, for probes that split the current batch.</param>
+    /// <param name="target">The minibatch target; optional, as <paramref name="input"/>.</param>
     /// <returns>The model's session.</returns>
-    public static ProbeSession Probe(this nn.Module model, Tensor? loss = null, optim.Optimizer? optimizer = null) =>
-        ProbeSession.For(model, optimizer).Step(loss);
+    public static ProbeSession Probe(this nn.Module model, Tensor? loss = null, optim.Optimizer? optimizer = null, Tensor? input = null, Tensor? target = null) =>
+        ProbeSession.For(model, optimizer).Step(loss, input, target);
 }
 

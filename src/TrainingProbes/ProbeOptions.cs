@@ -19,6 +19,7 @@ public sealed class ProbeOptions
     private string? _runId;
     private string? _worker;
     private int _layerMetrics;
+    private double? _overheadBudget = 0.05;
 
     /// <summary>
     /// K, the number of consecutive step gradients in a window (at least 2, default 8). The gradient buffer holds
@@ -34,7 +35,8 @@ public sealed class ProbeOptions
     }
 
     /// <summary>
-    /// N, a window opens every N steps (default 100); must be at least <see cref="WindowSize"/>.
+    /// N, a window opens every N steps (default 100); must be at least <see cref="WindowSize"/>. With an
+    /// <see cref="OverheadBudget"/> (the default), only the first interval: later ones follow the budget.
     /// </summary>
     public int Interval
     {
@@ -43,6 +45,24 @@ public sealed class ProbeOptions
             ? value
             : throw new ArgumentOutOfRangeException(nameof(Interval), value,
                 "Interval (N) must be at least 2 and at least WindowSize: a window of K steps opens every N steps.");
+    }
+
+    /// <summary>Largest interval the overhead budget may choose.</summary>
+    public const int MaxInterval = 1_000_000;
+
+    /// <summary>
+    /// The probes' cost as a fraction of the training time (default 0.05: training runs at most about 5% slower). After
+    /// each window the session measures what the probes cost and chooses the next interval so that, on average, they
+    /// cost this fraction; <see cref="Interval"/> is then only the first interval. Null keeps the interval fixed at
+    /// <see cref="Interval"/>.
+    /// </summary>
+    public double? OverheadBudget
+    {
+        get => _overheadBudget;
+        init => _overheadBudget = value is null or (> 0 and < 1)
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(OverheadBudget), value,
+                "OverheadBudget is a fraction of the training time in (0, 1), for example 0.05; null keeps the interval fixed.");
     }
 
     /// <summary>Geometries in which the first-order family is computed (default all three).</summary>
@@ -169,6 +189,7 @@ public sealed class ProbeOptions
     /// Default options, overridden by environment variables where set: <c>TRAININGPROBES_WINDOW_SIZE</c>,
     /// <c>TRAININGPROBES_INTERVAL</c>, <c>TRAININGPROBES_GEOMETRIES</c> (comma-separated names),
     /// <c>TRAININGPROBES_RUN_ID</c>, <c>TRAININGPROBES_WORKER</c>, <c>TRAININGPROBES_LAYER_METRICS</c>,
+    /// <c>TRAININGPROBES_OVERHEAD_BUDGET</c> (a fraction, or <c>none</c> for a fixed interval),
     /// <c>TRAININGPROBES_OUTPUT</c> (<c>console</c> or <c>none</c>) and <c>TRAININGPROBES_PROMETHEUS</c> (a port or
     /// host:port: serves a Prometheus scrape endpoint there; needs the TrainingProbes.Prometheus package).
     /// The one-line <c>model.Probe(loss)</c> uses these when no session was attached explicitly.
@@ -188,6 +209,14 @@ public sealed class ProbeOptions
                 Geometries = read("TRAININGPROBES_GEOMETRIES") is { Length: > 0 } names ? ParseGeometries(names) : defaults.Geometries,
                 RunId = read("TRAININGPROBES_RUN_ID") is { Length: > 0 } id ? id : null,
                 Worker = read("TRAININGPROBES_WORKER") is { Length: > 0 } worker ? worker : null,
+                OverheadBudget = read("TRAININGPROBES_OVERHEAD_BUDGET")?.Trim() switch
+                {
+                    null or "" => defaults.OverheadBudget,
+                    "none" => null,
+                    var text => double.TryParse(text, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double budget)
+                        ? budget
+                        : throw new ArgumentException($"TRAININGPROBES_OVERHEAD_BUDGET is '{text}'; use a fraction such as 0.05, or none for a fixed interval."),
+                },
                 LayerMetrics = Integer(read, "TRAININGPROBES_LAYER_METRICS") ?? defaults.LayerMetrics,
                 Probes = read("TRAININGPROBES_PROMETHEUS") is { Length: > 0 } endpoint ? [PrometheusEndpoint(endpoint)] : [],
                 Output = read("TRAININGPROBES_OUTPUT")?.Trim().ToLowerInvariant() switch

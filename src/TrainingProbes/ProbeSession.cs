@@ -38,6 +38,10 @@ public sealed class ProbeSession : IDisposable
     private int _window;
     private long _intervalStarted;       // timestamp of the previous window's publication (or of the first step)
     private long _intervalProbeTicks;    // probe time since then
+    private long _windowStart;           // step at which the current (or next) window's first gradient is captured
+    private long _intervalSteps;         // steps since the previous window's publication
+    private double _costSum, _trainingSum, _stepSum, _windowWeight;   // decaying sums for the overhead budget
+    private long _totalProbeTicks, _totalTrainingTicks;
     private readonly long[] _probeTicks;      // per probe, then capture, then transfer; reset per window
     private int _failures;
     private bool _disposed;
@@ -107,7 +111,7 @@ public sealed class ProbeSession : IDisposable
 
     /// <summary>
     /// Creates a session for <paramref name="model"/> and makes it the one that
-    /// <see cref="ModuleProbeExtensions.Probe(nn.Module, Tensor?, optim.Optimizer?)"/> uses for that model.
+    /// <see cref="ModuleProbeExtensions.Probe(nn.Module, Tensor?, optim.Optimizer?, Tensor?, Tensor?)"/> uses for that model.
     /// </summary>
     /// <param name="model">The model being trained; its parameters that require a gradient are watched.</param>
     /// <param name="options">Settings; defaults when null.</param>
@@ -127,6 +131,9 @@ public sealed class ProbeSession : IDisposable
             return session;
         }
     }
+
+    /// <summary>A session that is not registered as the model's session (for one-off measurements).</summary>
+    internal static ProbeSession CreateUnregistered(nn.Module model, ProbeOptions options) => new(model, options, optimizer: null);
 
     /// <summary>The session attached to <paramref name="model"/> (by <see cref="Attach"/> or the one-line call), or null.</summary>
     /// <param name="model">The model.</param>
@@ -216,10 +223,12 @@ public sealed class ProbeSession : IDisposable
     /// On steps outside a window it only counts the step. It never throws for a probe failure.
     /// </summary>
     /// <param name="loss">The step's loss (a one-element tensor), to publish the window's mean loss; optional.</param>
+    /// <param name="input">The step's minibatch input; optional, used by probes that split it (<see cref="FixedPointProbe"/>).</param>
+    /// <param name="target">The step's minibatch target; optional, as <paramref name="input"/>.</param>
     /// <returns>This session, so that the call can be chained.</returns>
     /// <exception cref="ObjectDisposedException">The session was disposed.</exception>
     /// <exception cref="ArgumentException"><paramref name="loss"/> has more than one element.</exception>
-    public ProbeSession Step(Tensor? loss = null)
+    public ProbeSession Step(Tensor? loss = null, Tensor? input = null, Tensor? target = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (loss is not null && loss.numel() != 1)
@@ -228,8 +237,9 @@ public sealed class ProbeSession : IDisposable
                 nameof(loss));
 
         long step = _step++;
-        int phase = (int)(step % Options.Interval);
-        int slot = phase < Options.WindowSize ? phase : -1;
+        _intervalSteps++;
+        long phase = step - _windowStart;
+        int slot = phase >= 0 && phase < Options.WindowSize ? (int)phase : -1;
         if (slot < 0 && Options.Probes.Count == 0) return this;
 
         long started = Stopwatch.GetTimestamp();
@@ -254,6 +264,8 @@ public sealed class ProbeSession : IDisposable
             _stepContext.Step = step;
             _stepContext.WindowSlot = slot;
             _stepContext.Loss = loss;
+            _stepContext.Input = input;
+            _stepContext.Target = target;
             for (int i = 0; i < _probes.Length; i++)
             {
                 if (!_started[i]) continue;
@@ -261,19 +273,21 @@ public sealed class ProbeSession : IDisposable
                 Guard(_probes[i], static (p, c) => p.OnStep(c), _stepContext);
                 _probeTicks[i] += Stopwatch.GetTimestamp() - probeStarted;
             }
-            _stepContext.Loss = null;
+            _stepContext.Loss = _stepContext.Input = _stepContext.Target = null;
         }
 
         _intervalProbeTicks += Stopwatch.GetTimestamp() - started;
-        if (slot == Options.WindowSize - 1) CloseWindow();
+        if (slot == Options.WindowSize - 1) CloseWindow(input, target);
         return this;
     }
 
-    private void CloseWindow()
+    private void CloseWindow(Tensor? input, Tensor? target)
     {
         long started = Stopwatch.GetTimestamp();
         var context = _windowContext;
         context.Begin(_step, _window);
+        context.Input = input;
+        context.Target = target;
         using (var scope = torch.NewDisposeScope())
         using (torch.no_grad())
         {
@@ -317,8 +331,16 @@ public sealed class ProbeSession : IDisposable
         long probeTicks = _intervalProbeTicks + (now - started);
         long trainingTicks = now - _intervalStarted - probeTicks;
         context.Report(Indicators.ProbeOverhead, trainingTicks > 0 ? (double)probeTicks / trainingTicks : double.NaN);
+        _totalProbeTicks += probeTicks;
+        _totalTrainingTicks += Math.Max(trainingTicks, 0);
+        context.Report(Indicators.ProbeOverheadTotal, _totalTrainingTicks > 0 ? (double)_totalProbeTicks / _totalTrainingTicks : double.NaN);
+        int next = NextInterval(probeTicks, trainingTicks);
+        context.Report(Indicators.ProbeInterval, next);
+        _windowStart = Math.Max(_windowStart + next, _step);
         _intervalProbeTicks = 0;
+        _intervalSteps = 0;
 
+        context.Input = context.Target = null;
         var probeSeconds = new Dictionary<string, double>(_probeTicks.Length);
         for (int i = 0; i < _probes.Length; i++) probeSeconds[_probes[i].Name] = Stopwatch.GetElapsedTime(0, _probeTicks[i]).TotalSeconds;
         probeSeconds["capture"] = Stopwatch.GetElapsedTime(0, _probeTicks[_probes.Length]).TotalSeconds;
@@ -328,6 +350,27 @@ public sealed class ProbeSession : IDisposable
         var snapshot = new ProbeSnapshot(RunId, _step, _window, DateTimeOffset.UtcNow, context.Values.ToArray(), probeSeconds);
         _window++;
         Publish(snapshot);
+    }
+
+    /// <summary>
+    /// Steps from this window's start to the next one's. Fixed (<see cref="ProbeOptions.Interval"/>) without a budget;
+    /// with one, the interval at which the probes' average cost per window is the budgeted fraction of the training
+    /// time of that many steps, from decaying averages (about the last 50 windows, so that an active window every few
+    /// passive ones is paid for on average): N = cost per window / (budget x training seconds per step), at least K.
+    /// </summary>
+    private int NextInterval(long probeTicks, long trainingTicks)
+    {
+        if (Options.OverheadBudget is not { } budget) return Options.Interval;
+        const double Decay = 0.98;
+        _costSum = Decay * _costSum + probeTicks;
+        _trainingSum = Decay * _trainingSum + Math.Max(trainingTicks, 0);
+        _stepSum = Decay * _stepSum + _intervalSteps;
+        _windowWeight = Decay * _windowWeight + 1;
+        if (_trainingSum <= 0 || _stepSum <= 0) return Options.Interval;
+        double costPerWindow = _costSum / _windowWeight;
+        double trainingPerStep = _trainingSum / _stepSum;
+        double interval = costPerWindow / (budget * trainingPerStep);
+        return (int)Math.Clamp(Math.Round(interval), Options.WindowSize, ProbeOptions.MaxInterval);
     }
 
     private void Publish(ProbeSnapshot snapshot)

@@ -38,6 +38,12 @@ public sealed partial class ProbeWindowContext
     /// <summary>Zero-based index of the window.</summary>
     public int Window { get; internal set; }
 
+    /// <summary>The input of the step that closed the window, if it was passed to the step call.</summary>
+    public Tensor? Input { get; internal set; }
+
+    /// <summary>The target of the step that closed the window, if it was passed to the step call.</summary>
+    public Tensor? Target { get; internal set; }
+
     /// <summary>K, the number of gradients in the window.</summary>
     public int WindowSize => _gradients.K;
 

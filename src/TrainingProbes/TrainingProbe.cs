@@ -55,4 +55,10 @@ public sealed class ProbeStepContext
 
     /// <summary>The loss passed to the step call, if any. Do not dispose it.</summary>
     public Tensor? Loss { get; internal set; }
+
+    /// <summary>The minibatch input passed to the step call, if any. Do not dispose it.</summary>
+    public Tensor? Input { get; internal set; }
+
+    /// <summary>The minibatch target passed to the step call, if any. Do not dispose it.</summary>
+    public Tensor? Target { get; internal set; }
 }

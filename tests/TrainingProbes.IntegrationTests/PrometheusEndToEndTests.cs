@@ -17,7 +17,7 @@ public sealed class PrometheusEndToEndTests
         var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
         using var training = new BackgroundTraining(() => new ProbeOptions
         {
-            RunId = RunId, Worker = "rank-0", LayerMetrics = 2, Output = null, Probes = [endpoint],
+            RunId = RunId, Worker = "rank-0", LayerMetrics = 2, Output = null, OverheadBudget = null, Probes = [endpoint],
         }).Start();
         Assert.NotNull(endpoint.Address);
         using var prometheus = PrometheusServer.Start(endpoint.Address!, [RepositoryFiles.PathOf("examples/grafana/alerts.yml")]);

@@ -14,7 +14,7 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
         var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
         IReadOnlyList<ProbeSnapshot> scraped, quiet;
         int requests = 0, duringTraining = 0;
-        using (var training = new BackgroundTraining(() => new ProbeOptions { RunId = "burst", Output = null, Interval = 20, Probes = [endpoint] }, Steps, seed: 7))
+        using (var training = new BackgroundTraining(() => new ProbeOptions { RunId = "burst", Output = null, OverheadBudget = null, Interval = 20, Probes = [endpoint] }, Steps, seed: 7))
         {
             training.Start();
             using var http = new HttpClient();
@@ -38,7 +38,7 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
             scraped = training.Session!.History;
         }
 
-        using (var training = new BackgroundTraining(() => new ProbeOptions { RunId = "quiet", Output = null, Interval = 20 }, Steps, seed: 7))
+        using (var training = new BackgroundTraining(() => new ProbeOptions { RunId = "quiet", Output = null, OverheadBudget = null, Interval = 20 }, Steps, seed: 7))
         {
             training.Start().Join(TimeSpan.FromMinutes(2));
             quiet = training.Session!.History;
@@ -82,7 +82,7 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
         var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
         var model = torch.nn.Linear(3, 2);
         Uri address;
-        using (var session = ProbeSession.Attach(model, new ProbeOptions { Output = null, Probes = [endpoint] }))
+        using (var session = ProbeSession.Attach(model, new ProbeOptions { Output = null, OverheadBudget = null, Probes = [endpoint] }))
         {
             address = endpoint.Address!;
             Assert.Equal("127.0.0.1", address.Host);
@@ -105,12 +105,12 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
         var model = torch.nn.Linear(3, 2);
 
         var error = Assert.Throws<ProbeConfigurationException>(() => ProbeSession.Attach(model,
-            new ProbeOptions { Output = null, Probes = [new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = port })] }));
+            new ProbeOptions { Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = port })] }));
         Assert.Contains($"port {port} is already in use", error.Message);
         Assert.Contains("PrometheusEndpointOptions.Port", error.Message);
 
         // The failed attach left nothing behind: the model can be attached again.
-        using var session = ProbeSession.Attach(model, new ProbeOptions { Output = null });
+        using var session = ProbeSession.Attach(model, new ProbeOptions { Output = null, OverheadBudget = null });
         Assert.NotNull(ProbeSession.Get(model));
     }
 }

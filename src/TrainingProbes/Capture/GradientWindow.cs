@@ -125,6 +125,21 @@ internal sealed class GradientWindow : IDisposable
         }
     }
 
+    /// <summary>
+    /// Copies the given gradients (one per watched parameter, in <see cref="Parameters"/> order; null for a parameter
+    /// the loss does not use, which counts as zero) into <paramref name="slot"/>.
+    /// </summary>
+    public void Store(int slot, IReadOnlyList<Tensor?> gradients)
+    {
+        for (int i = 0; i < Parameters.Count; i++)
+        {
+            var target = Parameters[i].Slots[slot];
+            var grad = gradients[i];
+            if (grad is null || grad.IsInvalid) target.zero_();
+            else target.copy_(grad);
+        }
+    }
+
     /// <summary>Allocates a flat buffer per segment, with per-parameter views, for parameter-shaped state.</summary>
     /// <param name="minimum">Floating-point type the buffer is widened to when the parameters' dtype is narrower
     /// (for example float16 to float32); null keeps each segment's parameter dtype.</param>
@@ -180,6 +195,18 @@ internal sealed class FlatParameterBuffer : IDisposable
         for (int i = 0; i < parameters.Count; i++)
             _views[i].copy_(parameters[i].Parameter);
     }
+
+    /// <summary>Copies the buffer back into the watched parameters, exactly (no gradient is recorded).</summary>
+    public void StoreToParameters()
+    {
+        using var noGrad = torch.no_grad();
+        var parameters = _window.Parameters;
+        for (int i = 0; i < parameters.Count; i++)
+            parameters[i].Parameter.copy_(_views[i]);
+    }
+
+    /// <summary>The view of parameter <paramref name="index"/> (in the window's order) in this buffer.</summary>
+    public Tensor View(int index) => _views[index];
 
     public void Dispose()
     {

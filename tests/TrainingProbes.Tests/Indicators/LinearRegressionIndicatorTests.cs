@@ -25,7 +25,7 @@ public sealed class LinearRegressionIndicatorTests
     {
         var options = new ProbeOptions
         {
-            WindowSize = k, Interval = n, Output = null, FisherDecay = decay, RegretQuantile = quantile,
+            WindowSize = k, Interval = n, Output = null, OverheadBudget = null, FisherDecay = decay, RegretQuantile = quantile,
             AdaptiveEta = eta, GsnrEpsilon = gsnrEpsilon,
         };
         TrainAndCompare(options, windows, seed: 1000 + k * 10 + n);
@@ -36,7 +36,7 @@ public sealed class LinearRegressionIndicatorTests
     {
         // The extra parameter takes part in the forward pass on every third step only: on the other steps of a
         // window it has no fresh gradient (zero_grad cleared it), and the window must hold zeros for it there.
-        TrainAndCompare(new ProbeOptions { WindowSize = 4, Interval = 5, Output = null }, windows: 3, seed: 2024, usesUnused: step => step % 3 == 1);
+        TrainAndCompare(new ProbeOptions { WindowSize = 4, Interval = 5, Output = null, OverheadBudget = null }, windows: 3, seed: 2024, usesUnused: step => step % 3 == 1);
     }
 
     private static void TrainAndCompare(ProbeOptions options, int windows, int seed, Func<int, bool>? usesUnused = null)
@@ -77,7 +77,7 @@ public sealed class LinearRegressionIndicatorTests
     {
         var data = new RegressionData(Inputs, Batch, steps: 1, seed: 3);
         using var model = new LinearRegressionModel(Inputs, data.UnusedValues);
-        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 2, Interval = 2, Output = null });
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 2, Interval = 2, Output = null, OverheadBudget = null });
 
         var all = model.named_parameters().Select(p => p.name).ToArray();
         Assert.Contains(LinearRegressionModel.FrozenName, all);

@@ -37,27 +37,27 @@ public sealed class OptionsValidationTests
     [Fact]
     public void IntervalBelowWindowSizeIsRejectedAtAttach()
     {
-        var options = new ProbeOptions { WindowSize = 8, Interval = 4, Output = null };   // each value is fine alone
+        var options = new ProbeOptions { WindowSize = 8, Interval = 4, Output = null, OverheadBudget = null };   // each value is fine alone
         using var model = new LinearRegressionModel(3, [1.0, 2.0, 3.0]);
 
         var ex = Assert.ThrowsAny<ArgumentException>(() => ProbeSession.Attach(model, options));
         Assert.Contains("Interval", ex.Message);
 
         // The failed attach left nothing behind: a valid session can be attached to the same model.
-        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 4, Interval = 4, Output = null });
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 4, Interval = 4, Output = null, OverheadBudget = null });
         Assert.Equal(3, session.ParameterNames.Count);
     }
 
     [Fact]
     public void ParameterFilterSelectingNothingIsRejectedAtAttach()
     {
-        var options = new ProbeOptions { WindowSize = 2, Interval = 2, Output = null, ParameterFilter = _ => false };
+        var options = new ProbeOptions { WindowSize = 2, Interval = 2, Output = null, OverheadBudget = null, ParameterFilter = _ => false };
         using var model = new LinearRegressionModel(3, [1.0, 2.0, 3.0]);
 
         var ex = Assert.ThrowsAny<ArgumentException>(() => ProbeSession.Attach(model, options));
         Assert.Contains("ParameterFilter", ex.Message);
 
-        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 2, Interval = 2, Output = null });
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 2, Interval = 2, Output = null, OverheadBudget = null });
         Assert.Equal(3, session.ParameterNames.Count);
     }
 
@@ -66,7 +66,7 @@ public sealed class OptionsValidationTests
     {
         var options = new ProbeOptions
         {
-            WindowSize = 2, Interval = 2, Output = null, ParameterFilter = name => name == LinearRegressionModel.FrozenName,
+            WindowSize = 2, Interval = 2, Output = null, OverheadBudget = null, ParameterFilter = name => name == LinearRegressionModel.FrozenName,
         };
         using var model = new LinearRegressionModel(3, [1.0, 2.0, 3.0]);
 

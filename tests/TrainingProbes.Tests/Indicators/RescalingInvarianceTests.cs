@@ -116,7 +116,7 @@ public sealed class RescalingInvarianceTests
     private static IReadOnlyList<ProbeSnapshot> Train(Sequential model, List<(double[] X, long[] Labels)> batches)
     {
         var optimizer = torch.optim.SGD(model.parameters(), 0.0);   // theta fixed: both models see the same points
-        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = K, Interval = N, Output = null }, optimizer);
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = K, Interval = N, Output = null, OverheadBudget = null }, optimizer);
         foreach (var (x, labels) in batches)
         {
             using var scope = torch.NewDisposeScope();

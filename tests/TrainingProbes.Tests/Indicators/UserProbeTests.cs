@@ -43,7 +43,7 @@ public sealed class UserProbeTests
     public void ThrowingProbeDoesNotStopTraining()
     {
         var throwing = new ThrowingProbe();
-        var options = new ProbeOptions { WindowSize = 3, Interval = 4, Output = null, Probes = [throwing] };
+        var options = new ProbeOptions { WindowSize = 3, Interval = 4, Output = null, OverheadBudget = null, Probes = [throwing] };
         const int windows = 3;
         int steps = windows * options.Interval;
         var data = new RegressionData(Inputs, Batch, steps, seed: 77);
@@ -71,7 +71,7 @@ public sealed class UserProbeTests
     public void CustomProbeReportsFromTheWindowGradients()
     {
         var custom = new FirstGradientSumProbe();
-        var options = new ProbeOptions { WindowSize = 3, Interval = 5, Output = null, Probes = [custom] };
+        var options = new ProbeOptions { WindowSize = 3, Interval = 5, Output = null, OverheadBudget = null, Probes = [custom] };
         const int windows = 2;
         int steps = windows * options.Interval;
         var data = new RegressionData(Inputs, Batch, steps, seed: 78);

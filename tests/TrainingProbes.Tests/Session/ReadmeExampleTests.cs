@@ -26,7 +26,7 @@ public sealed class ReadmeExampleTests
         var optimizer = optim.SGD(model.parameters(), 0.1);
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
-            WindowSize = 3, Interval = 3, Output = null, Probes = [new GradientShareProbe("2.weight")],
+            WindowSize = 3, Interval = 3, Output = null, OverheadBudget = null, Probes = [new GradientShareProbe("2.weight")],
         }, optimizer);
 
         // Hand bookkeeping: the squared norms of every parameter's gradient at each captured step.

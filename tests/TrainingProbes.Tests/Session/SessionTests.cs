@@ -33,7 +33,7 @@ public sealed class SessionTests
     public void Windows_close_every_interval_and_history_is_bounded()
     {
         var (model, optimizer) = SmallModel();
-        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 3, Interval = 5, HistoryCapacity = 4, Output = null }, optimizer);
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 3, Interval = 5, HistoryCapacity = 4, Output = null, OverheadBudget = null }, optimizer);
         Train(model, optimizer, session, 42);
 
         // Windows close after steps 3, 8, ..., 38: 8 windows, of which the last 4 are kept.
@@ -62,7 +62,7 @@ public sealed class SessionTests
         var (watched, watchedOptimizer) = SmallModel(21);
         var (plain, plainOptimizer) = SmallModel(21);
         using (var session = ProbeSession.Attach(watched,
-            new ProbeOptions { WindowSize = 4, Interval = 5, Output = null, Probes = [new ThrowingProbe()] }, watchedOptimizer))
+            new ProbeOptions { WindowSize = 4, Interval = 5, Output = null, OverheadBudget = null, Probes = [new ThrowingProbe()] }, watchedOptimizer))
         {
             Train(watched, watchedOptimizer, session, 40);
             Assert.True(session.FailureCount >= 40);
@@ -92,7 +92,7 @@ public sealed class SessionTests
         var first = model.named_parameters().First();
         first.parameter.requires_grad = false;
         using var session = ProbeSession.Attach(model,
-            new ProbeOptions { WindowSize = 2, Interval = 2, Output = null, ParameterFilter = name => name != "2.bias" });
+            new ProbeOptions { WindowSize = 2, Interval = 2, Output = null, OverheadBudget = null, ParameterFilter = name => name != "2.bias" });
 
         Assert.Equal(["0.bias", "2.weight"], session.ParameterNames);
     }
@@ -101,7 +101,7 @@ public sealed class SessionTests
     public void A_long_run_holds_a_constant_number_of_live_tensors()
     {
         var (model, optimizer) = SmallModel();
-        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 4, Interval = 6, Output = null }, optimizer);
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 4, Interval = 6, Output = null, OverheadBudget = null }, optimizer);
         Train(model, optimizer, session, 30);
         long before = DisposeScopeManager.Statistics.ThreadTotalLiveCount;
         Train(model, optimizer, session, 300, seed: 4);
@@ -115,7 +115,7 @@ public sealed class SessionTests
     public void Steps_outside_a_window_allocate_nothing()
     {
         var (model, optimizer) = SmallModel();
-        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 2, Interval = 1000, Output = null }, optimizer);
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 2, Interval = 1000, Output = null, OverheadBudget = null }, optimizer);
         using var scope = torch.NewDisposeScope();
         using var loss = torch.tensor(1.0f);
         for (int i = 0; i < 10; i++) session.Step(loss);   // warm-up, window 0 closes at step 2
@@ -130,7 +130,7 @@ public sealed class SessionTests
     {
         var (model, optimizer) = SmallModel();
         var (other, _) = SmallModel(2);
-        using var attached = ProbeSession.Attach(other, new ProbeOptions { WindowSize = 2, Interval = 2, Output = null });
+        using var attached = ProbeSession.Attach(other, new ProbeOptions { WindowSize = 2, Interval = 2, Output = null, OverheadBudget = null });
 
         var implicitSession = model.Probe();
         try
@@ -153,7 +153,7 @@ public sealed class SessionTests
     public void A_non_scalar_loss_is_rejected_with_a_clear_message()
     {
         var (model, _) = SmallModel();
-        using var session = ProbeSession.Attach(model, new ProbeOptions { Output = null });
+        using var session = ProbeSession.Attach(model, new ProbeOptions { Output = null, OverheadBudget = null });
         using var loss = torch.ones(4);
         var error = Assert.Throws<ArgumentException>(() => session.Step(loss));
         Assert.Contains(".mean()", error.Message);
@@ -164,7 +164,7 @@ public sealed class SessionTests
     {
         var (model, optimizer) = SmallModel();
         var output = new StringWriter();
-        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 2, Interval = 4, Output = output }, optimizer);
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 2, Interval = 4, Output = output, OverheadBudget = null }, optimizer);
         Train(model, optimizer, session, 8);
 
         var lines = output.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);

@@ -23,7 +23,7 @@ public sealed class ReadmeSnippetTests
                 reader.PeriodicExportingMetricReaderOptions.ExportIntervalMilliseconds = 5000;
             })
             .Build();
-        using var session = ProbeSession.Attach(model, new ProbeOptions { RunId = "resnet-lr0.1-2026-11-27", Worker = $"rank-{rank}", Output = null }, optimizer);
+        using var session = ProbeSession.Attach(model, new ProbeOptions { RunId = "resnet-lr0.1-2026-11-27", Worker = $"rank-{rank}", Output = null, OverheadBudget = null }, optimizer);
 
         Assert.Equal("resnet-lr0.1-2026-11-27", session.RunId);
         Assert.Contains(session.SessionAttributes, a => a.Key == TrainingProbesMeter.WorkerAttribute && (string?)a.Value == "rank-0");

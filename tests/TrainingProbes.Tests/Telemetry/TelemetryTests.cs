@@ -36,7 +36,7 @@ public sealed class TelemetryTests
     {
         var exported = new List<Metric>();
         using var provider = Sdk.CreateMeterProviderBuilder().AddTrainingProbes().AddInMemoryExporter(exported).Build();
-        using var session = TrainSmallModel(new ProbeOptions { RunId = "otel-unit", Worker = "rank-3", WindowSize = 3, Interval = 4, Output = null }, 8, out _);
+        using var session = TrainSmallModel(new ProbeOptions { RunId = "otel-unit", Worker = "rank-3", WindowSize = 3, Interval = 4, Output = null, OverheadBudget = null }, 8, out _);
 
         provider.ForceFlush();
         var byName = exported.GroupBy(m => m.Name).ToDictionary(g => g.Key, g => g.Last());
@@ -71,7 +71,7 @@ public sealed class TelemetryTests
     [Fact]
     public void Instrument_names_are_dotted_snake_case_under_the_prefix_without_units()
     {
-        using var session = TrainSmallModel(new ProbeOptions { WindowSize = 2, Interval = 2, Output = null, LayerMetrics = 1 }, 2, out _);
+        using var session = TrainSmallModel(new ProbeOptions { WindowSize = 2, Interval = 2, Output = null, OverheadBudget = null, LayerMetrics = 1 }, 2, out _);
         foreach (var value in session.Latest!.Values)
         {
             Assert.Matches("^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)*$", value.Name);
@@ -97,7 +97,7 @@ public sealed class TelemetryTests
     public void Per_layer_values_are_the_indicators_of_that_parameter_alone_and_capped()
     {
         var recorder = new FirstParameterRecorder();
-        var options = new ProbeOptions { WindowSize = 4, Interval = 5, Output = null, LayerMetrics = 1, Geometries = Geometry.Euclidean, Probes = [recorder] };
+        var options = new ProbeOptions { WindowSize = 4, Interval = 5, Output = null, OverheadBudget = null, LayerMetrics = 1, Geometries = Geometry.Euclidean, Probes = [recorder] };
         using var session = TrainSmallModel(options, 10, out _);
 
         var snapshot = session.Latest!;

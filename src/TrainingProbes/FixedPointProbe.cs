@@ -1,0 +1,362 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using TrainingProbes.Capture;
+using TrainingProbes.Curvature;
+using TrainingProbes.Statistics;
+using static TorchSharp.torch;
+
+namespace TrainingProbes;
+
+/// <summary>
+/// Active windows: K minibatches evaluated at the same parameters theta, where the passive windows' step gradients
+/// come from parameters that drift. At every <see cref="FixedPointOptions.Every"/>-th window close it computes, at the
+/// current theta and without disturbing training:
+/// the first-order family of the K minibatch gradients (names prefixed <c>fixed_point.</c>); the finite-radius regret
+/// <c>R_ij = f_j(theta - eps u_i) - f_j(theta - eps u_j)</c> and contrastive flatness at radius eps, from real loss
+/// evaluations, per geometry; and curvature by Hessian-vector products: the Hutchinson trace of the pooled loss, its
+/// top eigenvalue, the contrastive curvature <c>mean_i lambda_max(H_i) / lambda_max(Hbar)</c>, and the invariant top
+/// eigenvalue of <c>D Hbar D</c> in the Fisher and adaptive geometries.
+/// </summary>
+/// <remarks>
+/// Gradients are taken with <c>torch.autograd.grad</c>, so the parameters' <c>.grad</c> is never touched; parameters
+/// perturbed for loss evaluations are copied back exactly; the model's mode, its buffers (batch norm statistics) and
+/// the CPU random state are restored; the probe draws its random vectors from its own generator. A training run with
+/// this probe ends with bit-identical parameters to the same run without it (tested on CPU). On CUDA, TorchSharp
+/// offers no way to save the CUDA random state, so a model with dropout sees another dropout stream after an active
+/// window unless <see cref="FixedPointOptions.EvaluationMode"/> is set.
+/// </remarks>
+public sealed class FixedPointProbe : TrainingProbe
+{
+    /// <summary>Prefix of the names this probe reports.</summary>
+    public const string Prefix = "fixed_point.";
+
+    private readonly FixedPointOptions _options;
+    private ProbeSession? _session;
+    private Func<Tensor, Tensor>? _forward;
+    private GradientWindow? _buffer;
+    private FirstOrderFamily? _family;
+    private FlatParameterBuffer? _theta;
+    private FlatParameterBuffer? _work;
+    private Generator? _generator;
+    private IEnumerator<(Tensor Input, Tensor Target)>? _source;
+    private Parameter[] _parameters = [];
+    private int _windowsSeen;
+
+    /// <summary>Creates the probe; add it to <see cref="ProbeOptions.Probes"/>.</summary>
+    /// <param name="options">What to compute and on which minibatches.</param>
+    public FixedPointProbe(FixedPointOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(options.Loss, nameof(options.Loss));
+        _options = options;
+    }
+
+    /// <summary>
+    /// Runs one active window at the model's current parameters, outside any training loop (for example on a
+    /// checkpoint), and returns its values: the fixed-point family, and nothing else. The model's parameters, gradients,
+    /// buffers and mode are left as they were.
+    /// </summary>
+    /// <param name="model">The model.</param>
+    /// <param name="options">What to compute; <see cref="FixedPointOptions.Batches"/> is required here.</param>
+    /// <param name="settings">Geometry settings (Fisher decay, eta, regret quantile, parameter filter); defaults when null.</param>
+    /// <exception cref="ArgumentException">No batches were given.</exception>
+    public static ProbeSnapshot Measure(nn.Module model, FixedPointOptions options, ProbeOptions? settings = null)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Batches is null)
+            throw new ArgumentException("Measure needs FixedPointOptions.Batches: there is no training step to split a batch from.", nameof(options));
+        settings ??= new ProbeOptions();
+        var probe = new FixedPointProbe(options) { _runAtEveryWindow = true };
+        var sessionOptions = new ProbeOptions
+        {
+            WindowSize = 2, Interval = 2, OverheadBudget = null, Output = null, BuiltInProbes = false, Probes = [probe],
+            Geometries = settings.Geometries, FisherDecay = settings.FisherDecay, AdaptiveEta = settings.AdaptiveEta,
+            GsnrEpsilon = settings.GsnrEpsilon, RegretQuantile = settings.RegretQuantile, ParameterFilter = settings.ParameterFilter,
+            LoggerFactory = settings.LoggerFactory, RunId = settings.RunId ?? "measure",
+        };
+        using var session = ProbeSession.CreateUnregistered(model, sessionOptions);
+        session.Step();
+        session.Step();
+        if (session.FailureCount > 0 && probe.LastError is { } error)
+            throw new InvalidOperationException($"The fixed-point measurement failed: {error.Message}", error);
+        return session.Latest!;
+    }
+
+    private bool _runAtEveryWindow;
+
+    internal Exception? LastError { get; private set; }
+
+    /// <inheritdoc />
+    public override string Name => "fixed_point";
+
+    /// <summary>Number of active windows run so far.</summary>
+    public int Runs { get; private set; }
+
+    /// <inheritdoc />
+    public override void OnSessionStart(ProbeSession session)
+    {
+        _session = session;
+        _forward = _options.Forward ?? (session.Model is nn.Module<Tensor, Tensor> module
+            ? module.call
+            : throw new ProbeConfigurationException(
+                $"FixedPointProbe cannot call the model ({session.Model.GetType().Name} is not a Module<Tensor, Tensor>): set FixedPointOptions.Forward."));
+        _buffer = new GradientWindow(session.Model, session.Options.ParameterFilter, _options.Minibatches);
+        _parameters = _buffer.Parameters.Select(p => p.Parameter).ToArray();
+        _family = new FirstOrderFamily(session.Options, _options.Geometries, _buffer, Prefix, layerCount: 0);
+        _theta = _buffer.CreateFlatBuffer();
+        _work = _buffer.CreateFlatBuffer();
+        _generator = new Generator(_options.Seed, _parameters[0].device);
+    }
+
+    /// <inheritdoc />
+    public override void OnWindowClosed(ProbeWindowContext window)
+    {
+        if (_windowsSeen++ % (_runAtEveryWindow ? 1 : _options.Every) != 0) return;
+        try
+        {
+            var batches = NextBatches(window);
+            Run(window, batches);
+            Runs++;
+        }
+        catch (Exception ex)
+        {
+            LastError = ex;
+            throw;
+        }
+    }
+
+    private List<(Tensor Input, Tensor Target)> NextBatches(ProbeWindowContext window)
+    {
+        int k = _options.Minibatches;
+        if (_options.Batches is null)
+        {
+            if (window.Input is null || window.Target is null)
+                throw new InvalidOperationException(
+                    "FixedPointProbe has no minibatches: set FixedPointOptions.Batches, or pass the step's input and target to the step call (model.Probe(loss, optimizer, input, target)).");
+            if (window.Input.shape[0] < k)
+                throw new InvalidOperationException($"The batch of {window.Input.shape[0]} samples cannot be split into {k} micro-batches; lower FixedPointOptions.Minibatches.");
+            var inputs = window.Input.detach().chunk(k, 0);
+            var targets = window.Target.detach().chunk(k, 0);
+            return inputs.Zip(targets).Take(k).ToList();
+        }
+
+        var result = new List<(Tensor, Tensor)>(k);
+        _source ??= _options.Batches.GetEnumerator();
+        bool restarted = false;
+        while (result.Count < k)
+        {
+            if (_source.MoveNext())
+            {
+                result.Add(_source.Current);
+                continue;
+            }
+
+            if (restarted) throw new InvalidOperationException("FixedPointOptions.Batches yields no minibatch.");
+            _source.Dispose();
+            _source = _options.Batches.GetEnumerator();
+            restarted = true;
+        }
+
+        return result;
+    }
+
+    private Tensor LossAt((Tensor Input, Tensor Target) batch) => _options.Loss(_forward!(batch.Input), batch.Target);
+
+    private void Run(ProbeWindowContext window, List<(Tensor Input, Tensor Target)> batches)
+    {
+        var model = _session!.Model;
+        int k = batches.Count;
+        bool training = model.training;
+        using var liveState = torch.random.get_rng_state();
+        var randomState = liveState.clone();   // a copy: TorchSharp's state tensor may alias the generator
+        var buffers = model.buffers().Select(b => (Buffer: b, Copy: b.detach().clone())).ToList();
+        _theta!.LoadParameters();
+        if (_options.EvaluationMode) model.eval();
+        try
+        {
+            // 1. The K minibatch losses and gradients at theta (autograd.grad: the parameters' .grad stays as it is).
+            var losses = new Tensor[k];
+            using (torch.enable_grad())
+            {
+                for (int i = 0; i < k; i++)
+                {
+                    using var scope = torch.NewDisposeScope();
+                    var loss = LossAt(batches[i]);
+                    var gradients = torch.autograd.grad([loss], _parameters, retain_graph: false, create_graph: false, allow_unused: true);
+                    _buffer!.Store(i, gradients.Select(g => g is null || g.IsInvalid ? null : g).ToArray());
+                    losses[i] = loss.detach().reshape([]).to(ScalarType.Float64).MoveToOuterDisposeScope();
+                }
+            }
+
+            _family!.Compute(window);
+            var atTheta = torch.stack(losses);
+
+            // 2. Finite-radius regret and contrastive flatness, per geometry, from loss evaluations.
+            if (_options.FiniteRadius)
+                foreach (var geometry in new[] { Geometry.Euclidean, Geometry.Fisher, Geometry.Adaptive })
+                    if (_options.Geometries.HasFlag(geometry))
+                        FiniteRadius(window, batches, geometry, atTheta);
+
+            // 3. Curvature by Hessian-vector products.
+            if (_options.Curvature) Curvature(window, batches);
+        }
+        finally
+        {
+            _theta.StoreToParameters();
+            using (torch.no_grad())
+                foreach (var (buffer, copy) in buffers)
+                {
+                    buffer.copy_(copy);
+                    copy.Dispose();
+                }
+            torch.random.set_rng_state(randomState);
+            randomState.Dispose();
+            model.train(training);
+        }
+    }
+
+    /// <summary>Sets the parameters to theta + step * u, with u given per segment (flat).</summary>
+    private void MoveTo(Tensor[] direction, Tensor step)
+    {
+        using var scope = torch.NewDisposeScope();
+        for (int s = 0; s < direction.Length; s++)
+            _work!.Segments[s].copy_(_theta!.Segments[s] + step.to(direction[s].dtype) * direction[s]);
+        _work!.StoreToParameters();
+    }
+
+    private void FiniteRadius(ProbeWindowContext window, List<(Tensor Input, Tensor Target)> batches, Geometry geometry, Tensor atTheta)
+    {
+        int k = batches.Count;
+        var segments = _buffer!.Segments;
+        using var noGrad = torch.no_grad();
+
+        // u = D^2 g / ||D g||, per minibatch and for the mean gradient; eps = Radius * ||D^-1 theta|| (D > 0 only).
+        var d = Enumerable.Range(0, segments.Count).Select(s => _family!.Whitening(geometry, s)).ToArray();
+        Tensor Direction(Func<int, Tensor> gradientOfSegment, out Tensor[] perSegment)
+        {
+            var scaled = Enumerable.Range(0, segments.Count).Select(s => d[s] is null ? gradientOfSegment(s) : gradientOfSegment(s) * d[s]!).ToArray();
+            var norm = torch.stack(scaled.Select(h => h.square().sum(ScalarType.Float64)).ToArray()).sum().sqrt();
+            perSegment = Enumerable.Range(0, segments.Count)
+                .Select(s => (d[s] is null ? scaled[s] : scaled[s] * d[s]!) / norm.to(scaled[s].dtype)).ToArray();
+            return norm;
+        }
+
+        var thetaNorm = torch.stack(Enumerable.Range(0, segments.Count).Select(s =>
+        {
+            var theta = _theta!.Segments[s];
+            var inverse = d[s] is null ? theta : (theta / d[s]!).masked_fill_(d[s]! <= 0, 0);
+            return inverse.square().sum(ScalarType.Float64);
+        }).ToArray()).sum().sqrt();
+        var eps = _options.RadiusIsRelative ? thetaNorm * _options.Radius : torch.tensor(_options.Radius, dtype: ScalarType.Float64);
+
+        var descent = new Tensor[k][];
+        for (int i = 0; i < k; i++)
+        {
+            int slot = i;
+            Direction(s => segments[s].Gradients[slot], out descent[i]);
+        }
+
+        Direction(s => segments[s].Gradients.mean([0]), out var pooled);
+
+        // L[i, j] = f_j(theta - eps u_i); ascent[i] = f_i(theta + eps u_i); pooledAscent = mean_j f_j(theta + eps ubar).
+        var table = new Tensor[k * k];
+        var ascent = new Tensor[k];
+        for (int i = 0; i < k; i++)
+        {
+            MoveTo(descent[i], -eps);
+            for (int j = 0; j < k; j++) table[i * k + j] = LossAt(batches[j]).detach().reshape([]).to(ScalarType.Float64);
+            MoveTo(descent[i], eps);
+            ascent[i] = LossAt(batches[i]).detach().reshape([]).to(ScalarType.Float64);
+        }
+
+        MoveTo(pooled, eps);
+        var pooledAscent = torch.stack(batches.Select(b => LossAt(b).detach().reshape([]).to(ScalarType.Float64)).ToArray()).mean();
+        _theta!.StoreToParameters();
+
+        var values = torch.cat([torch.stack(table), torch.stack(ascent), atTheta, pooledAscent.reshape(1), eps.reshape(1)]);
+        window.Fetch(values, host =>
+        {
+            var l = host[..(k * k)];
+            var up = host.Slice(k * k, k);
+            var f = host.Slice(k * k + k, k);
+            double fbarUp = host[k * k + 2 * k], radius = host[k * k + 2 * k + 1];
+            double regret = 0;
+            for (int i = 0; i < k; i++)
+                for (int j = 0; j < k; j++)
+                    if (i != j) regret += l[i * k + j] - l[j * k + j];
+            double meanSharpness = 0, fbar = 0;
+            for (int i = 0; i < k; i++)
+            {
+                meanSharpness += (up[i] - f[i]) / k;
+                fbar += f[i] / k;
+            }
+
+            double pooledSharpness = fbarUp - fbar;
+            window.Report(Prefix + Indicators.FiniteRegret, regret / (k * (k - 1)) / radius, geometry);
+            window.Report(Prefix + Indicators.Sharpness, pooledSharpness, geometry);
+            window.Report(Prefix + Indicators.FiniteContrastiveFlatness, meanSharpness / pooledSharpness, geometry);
+            window.Report(Prefix + Indicators.Radius, radius, geometry);
+        });
+    }
+
+    private void Curvature(ProbeWindowContext window, List<(Tensor Input, Tensor Target)> batches)
+    {
+        var power = new PowerIterationOptions { MaxIterations = _options.PowerIterations, Tolerance = _options.PowerTolerance };
+        var trace = new HutchinsonOptions { MaxSamples = _options.TraceSamples, MinSamples = Math.Min(10, _options.TraceSamples), RelativeTolerance = _options.TraceTolerance };
+        using var grad = torch.enable_grad();
+
+        // Per minibatch: lambda_max(H_i), largest algebraic.
+        double sumLambda = 0;
+        foreach (var batch in batches)
+        {
+            using var scope = torch.NewDisposeScope();
+            using var op = new HessianOperator(LossAt(batch), _parameters);
+            sumLambda += CurvatureEstimators.TopEigenvalues(op, power, _generator!).LargestAlgebraic.Eigenvalue;
+        }
+
+        using (var scope = torch.NewDisposeScope())
+        {
+            var pooled = torch.stack(batches.Select(LossAt).Select(l => l.reshape([])).ToArray()).mean();
+            using var op = new HessianOperator(pooled, _parameters);
+            var top = CurvatureEstimators.TopEigenvalues(op, power, _generator!);
+            var hutchinson = CurvatureEstimators.Hutchinson(op, trace, _generator!);
+            window.Report(Indicators.CurvatureLambdaMax, top.LargestAlgebraic.Eigenvalue, Geometry.Euclidean);
+            window.Report(Indicators.CurvatureLambdaMaxMagnitude, top.LargestMagnitude.Eigenvalue, Geometry.Euclidean);
+            window.Report(Indicators.CurvatureContrastive, sumLambda / batches.Count / top.LargestAlgebraic.Eigenvalue, Geometry.Euclidean);
+            window.Report(Indicators.CurvatureTrace, hutchinson.Trace, Geometry.Euclidean);
+            window.Report(Indicators.CurvatureTraceHalfWidth, hutchinson.HalfWidth, Geometry.Euclidean);
+
+            // Invariant curvature: the top eigenvalue of D Hbar D.
+            foreach (var geometry in new[] { Geometry.Fisher, Geometry.Adaptive })
+            {
+                if (!_options.Geometries.HasFlag(geometry)) continue;
+                var scaling = new Tensor[_parameters.Length];
+                for (int s = 0; s < _buffer!.Segments.Count; s++)
+                {
+                    var d = _family!.Whitening(geometry, s)!;
+                    for (int p = 0; p < _buffer.Parameters.Count; p++)
+                    {
+                        var parameter = _buffer.Parameters[p];
+                        if (parameter.Segment == s)
+                            scaling[p] = d.narrow(0, parameter.Offset, parameter.Count).view(parameter.Shape).to(parameter.Parameter.dtype);
+                    }
+                }
+
+                using var scaled = new HessianOperator(pooled, _parameters, scaling);
+                window.Report(Indicators.CurvatureLambdaMax, CurvatureEstimators.TopEigenvalues(scaled, power, _generator!).LargestAlgebraic.Eigenvalue, geometry);
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public override void OnSessionEnd()
+    {
+        _family?.Dispose();
+        _theta?.Dispose();
+        _work?.Dispose();
+        _buffer?.Dispose();
+        _generator?.Dispose();
+        _source?.Dispose();
+    }
+}

@@ -1,0 +1,229 @@
+using TorchSharp;
+using TrainingProbes.Capture;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.Statistics;
+
+/// <summary>
+/// The first-order family of the K gradients held in a <see cref="GradientWindow"/>, in each enabled geometry, and the
+/// mean GSNR with the EB criterion; per layer too for the given parameters. Passive windows (the trainer's step
+/// gradients) and active windows (K minibatches at one theta) both use it, each with its own state (the Fisher average).
+/// On the device, in the parameters' dtype (at least float32), chunk by chunk: one K x K Gram matrix per
+/// geometry and two GSNR sums, accumulated across chunks in float64.
+/// On the host: the O(K^2) formulas of <see cref="FirstOrderStatistics"/>.
+/// </summary>
+internal sealed class FirstOrderFamily : IDisposable
+{
+    private static readonly Geometry[] Order = [Geometry.Euclidean, Geometry.Fisher, Geometry.Adaptive];
+
+    /// <summary>Elements (K x columns) per chunk on a CPU: 1 MiB of float32, which stays in cache.</summary>
+    private const long CpuChunkElements = 1 << 18;
+
+    /// <summary>Elements per chunk on an accelerator: few, large kernels.</summary>
+    private const long DeviceChunkElements = 1 << 25;
+
+    private readonly ProbeOptions _options;
+    private readonly Geometry[] _geometries;
+    private readonly GradientWindow _buffer;
+    private readonly string _prefix;
+    private FlatParameterBuffer? _fisher;     // running average of squared gradients, float64
+    private FlatParameterBuffer? _theta;      // parameters at window close, for the adaptive geometry
+    private CapturedParameter[] _layers = [];
+    private int _windows;
+    private double _biasCorrection;
+    private double[] _hostSums = [];
+    private double[] _scratch = [];
+    private int _segmentsPending;
+    private ProbeWindowContext? _window;
+
+    /// <param name="options">Geometries, Fisher decay, eta, GSNR epsilon, regret quantile.</param>
+    /// <param name="geometries">The geometries to compute.</param>
+    /// <param name="buffer">Where the K gradients are.</param>
+    /// <param name="prefix">Prefix of the reported names ("" for passive windows).</param>
+    /// <param name="layerCount">Per-layer values for this many parameters (the first ones).</param>
+    public FirstOrderFamily(ProbeOptions options, Geometry geometries, GradientWindow buffer, string prefix, int layerCount)
+    {
+        _options = options;
+        _geometries = Order.Where(g => geometries.HasFlag(g)).ToArray();
+        _buffer = buffer;
+        _prefix = prefix;
+        var window = buffer;
+        // The Fisher average is kept in float64: squares of small float32 gradients (below about 1e-19) are
+        // subnormal in float32, which is both inexact and, on CPUs, two orders of magnitude slower.
+        if (geometries.HasFlag(Geometry.Fisher)) _fisher = window.CreateFlatBuffer(minimum: ScalarType.Float64);
+        if (geometries.HasFlag(Geometry.Adaptive)) _theta = window.CreateFlatBuffer();
+        _layers = window.Parameters.Take(layerCount).ToArray();
+        _hostSums = new double[SumsLength(window.K)];
+        _scratch = new double[window.K * (window.K - 1)];
+    }
+
+    private int SumsLength(int k) => _geometries.Length * k * k + 2;
+
+    /// <summary>Computes the family on the device and reports it through <paramref name="window"/> after the window's transfer.</summary>
+    public void Compute(ProbeWindowContext window)
+    {
+        _window = window;
+        var buffer = _buffer;
+        int k = buffer.K;
+        _windows++;
+        _theta?.LoadParameters();
+        _biasCorrection = 1.0 / (1.0 - Math.Pow(_options.FisherDecay, _windows));
+
+        Array.Clear(_hostSums);
+        _segmentsPending = buffer.Segments.Count;
+        for (int s = 0; s < buffer.Segments.Count; s++)
+        {
+            var sums = torch.zeros(SumsLength(k), dtype: ScalarType.Float64, device: buffer.Segments[s].Device);
+            Accumulate(buffer, s, 0, buffer.Segments[s].Count, sums, updateFisher: true);
+            window.Fetch(sums, AddSegment);
+        }
+
+        // Per-layer values read the Fisher average this window has just updated.
+        foreach (var layer in _layers)
+        {
+            var sums = torch.zeros(SumsLength(k), dtype: ScalarType.Float64, device: buffer.Segments[layer.Segment].Device);
+            Accumulate(buffer, layer.Segment, layer.Offset, layer.Count, sums, updateFisher: false);
+            string name = layer.Name;
+            window.Fetch(sums, host => PublishLayer(host, name));
+        }
+    }
+
+    /// <summary>
+    /// Adds the Gram matrices (one per geometry) and the GSNR sum and count of columns
+    /// [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>) of a segment into <paramref name="sums"/>.
+    /// </summary>
+    private void Accumulate(GradientWindow buffer, int s, long start, long count, Tensor sums, bool updateFisher)
+    {
+        int k = buffer.K;
+        var segment = buffer.Segments[s];
+        var grams = new Tensor[_geometries.Length];
+        for (int i = 0; i < grams.Length; i++) grams[i] = sums.narrow(0, i * k * k, k * k).view(k, k);
+        var gsnr = sums.narrow(0, _geometries.Length * k * k, 2);
+
+        // Columns are processed in chunks small enough to stay in cache on a CPU; on other devices the chunks are large.
+        long chunk = Math.Max(1, (segment.Device.type == DeviceType.CPU ? CpuChunkElements : DeviceChunkElements) / k);
+        for (long offset = start; offset < start + count; offset += chunk)
+        {
+            using var scope = torch.NewDisposeScope();
+            long length = Math.Min(chunk, start + count - offset);
+            var g = segment.Gradients.narrow(1, offset, length);     // [K, length]
+            if (g.dtype is not (ScalarType.Float32 or ScalarType.Float64)) g = g.to(ScalarType.Float32);
+            for (int i = 0; i < _geometries.Length; i++)
+            {
+                var h = _geometries[i] switch
+                {
+                    Geometry.Euclidean => g,
+                    Geometry.Fisher => g * FisherWhitening(g, _fisher!.Segments[s].narrow(0, offset, length), updateFisher),
+                    Geometry.Adaptive => g * (_theta!.Segments[s].narrow(0, offset, length).to(g.dtype).abs() + _options.AdaptiveEta),
+                    var other => throw new InvalidOperationException(other.ToString()),
+                };
+                grams[i].add_(h.mm(h.t()));
+            }
+
+            // GSNR per coordinate over the K gradients; coordinates with zero variance are left out.
+            // (Two passes by hand: torch's var over the leading dimension of [K, P] is ~20x slower on CPU.)
+            var mean = g.mean([0]);
+            var centered = g - mean;
+            var variance = centered.mul_(centered).sum([0]).div_(k - 1);
+            var used = variance > 0;
+            var ratio = (mean.square() / (variance + _options.GsnrEpsilon)).masked_fill(used.logical_not(), 0);
+            gsnr.add_(torch.stack([ratio.sum(ScalarType.Float64), used.sum().to(ScalarType.Float64)]));
+        }
+    }
+
+    /// <summary>
+    /// D = 1/sqrt(F / (1 - decay^w)) where F &gt; 0 and 0 elsewhere, in the gradients' dtype (D of a tiny gradient is
+    /// large, not subnormal); first folds this chunk's gradients into F (float64) when <paramref name="update"/> is set:
+    /// F &lt;- decay F + (1 - decay) mean_i g_i^2.
+    /// </summary>
+    private Tensor FisherWhitening(Tensor g, Tensor fisher, bool update)
+    {
+        if (update)
+        {
+            // to() returns the tensor itself when it is float64 already: square out of place then, never in the buffer.
+            var squares = g.dtype == ScalarType.Float64 ? g.square() : g.to(ScalarType.Float64);
+            if (g.dtype != ScalarType.Float64) squares.mul_(squares);
+            fisher.mul_(_options.FisherDecay).add_(squares.mean([0]), alpha: 1 - _options.FisherDecay);
+        }
+
+        var d = (fisher * _biasCorrection).rsqrt_();
+        return d.masked_fill_(fisher <= 0, 0).to(g.dtype);
+    }
+
+    /// <summary>
+    /// The whitening D of a segment (flat, in the gradients' dtype) as the last <see cref="Compute"/> used it:
+    /// null for the euclidean geometry.
+    /// </summary>
+    public Tensor? Whitening(Geometry geometry, int segment)
+    {
+        var dtype = _buffer.Segments[segment].Gradients.dtype;
+        if (dtype is not (ScalarType.Float32 or ScalarType.Float64)) dtype = ScalarType.Float32;
+        return geometry switch
+        {
+            Geometry.Euclidean => null,
+            Geometry.Fisher => (_fisher!.Segments[segment] * _biasCorrection).rsqrt_().masked_fill_(_fisher.Segments[segment] <= 0, 0).to(dtype),
+            Geometry.Adaptive => _theta!.Segments[segment].to(dtype).abs() + _options.AdaptiveEta,
+            _ => throw new ArgumentOutOfRangeException(nameof(geometry), geometry, "One geometry at a time."),
+        };
+    }
+
+    private void AddSegment(ReadOnlySpan<double> values)
+    {
+        for (int i = 0; i < values.Length; i++) _hostSums[i] += values[i];
+        if (--_segmentsPending > 0) return;
+
+        var window = _window!;
+        int k = _buffer.K;
+        for (int index = 0; index < _geometries.Length; index++)
+        {
+            var geometry = _geometries[index];
+            var s = FirstOrderStatistics.FromGram(_hostSums.AsSpan(index * k * k, k * k), k, _options.RegretQuantile, _scratch);
+            window.Report(_prefix + Indicators.GradientNorm, s.MeanNorm, geometry);
+            window.Report(_prefix + Indicators.MeanGradientNorm, s.MeanGradientNorm, geometry);
+            window.Report(_prefix + Indicators.Cosine, s.Cosine, geometry);
+            window.Report(_prefix + Indicators.Regret, s.Regret, geometry);
+            window.Report(_prefix + Indicators.RegretUpper, s.RegretUpper, geometry);
+            window.Report(_prefix + Indicators.RelativeRegret, s.RelativeRegret, geometry);
+            window.Report(_prefix + Indicators.JensenRatio, s.JensenRatio, geometry);
+            window.Report(_prefix + Indicators.ContrastiveFlatness, s.ContrastiveFlatness, geometry);
+            window.Report(_prefix + Indicators.GradientNoise, s.Noise, geometry);
+            window.Report(_prefix + Indicators.Coherence, s.Coherence, geometry);
+            window.Report(_prefix + Indicators.Disparity, s.Disparity, geometry);
+            window.Report(_prefix + Indicators.NormTest, s.NormTest, geometry);
+            window.Report(_prefix + Indicators.InnerProductTest, s.InnerProductTest, geometry);
+            window.Report(_prefix + Indicators.OrthogonalityTest, s.OrthogonalityTest, geometry);
+        }
+
+        double gsnr = Gsnr(_hostSums, k);
+        window.Report(_prefix + Indicators.Gsnr, gsnr);
+        window.Report(_prefix + Indicators.EbCriterion, 1 - k * gsnr);
+    }
+
+    private void PublishLayer(ReadOnlySpan<double> sums, string layer)
+    {
+        var window = _window!;
+        int k = _buffer.K;
+        for (int index = 0; index < _geometries.Length; index++)
+        {
+            var geometry = _geometries[index];
+            var s = FirstOrderStatistics.FromGram(sums.Slice(index * k * k, k * k), k, _options.RegretQuantile, _scratch);
+            window.Report(_prefix + Indicators.GradientNorm, s.MeanNorm, geometry, layer);
+            window.Report(_prefix + Indicators.Cosine, s.Cosine, geometry, layer);
+            window.Report(_prefix + Indicators.RelativeRegret, s.RelativeRegret, geometry, layer);
+        }
+
+        window.Report(_prefix + Indicators.Gsnr, Gsnr(sums, k), Geometry.None, layer);
+    }
+
+    private double Gsnr(ReadOnlySpan<double> sums, int k)
+    {
+        int tail = _geometries.Length * k * k;
+        return sums[tail + 1] > 0 ? sums[tail] / sums[tail + 1] : double.NaN;
+    }
+
+    public void Dispose()
+    {
+        _fisher?.Dispose();
+        _theta?.Dispose();
+    }
+}

@@ -1,0 +1,244 @@
+using TorchSharp;
+using TrainingProbes.Tests.IndicatorsTests;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.Tests.FixedPoint;
+
+public sealed class FixedPointTests
+{
+    /// <summary>A small network with dropout and batch norm: both consume or change state in a forward pass.</summary>
+    private static nn.Module<Tensor, Tensor> Network(int seed)
+    {
+        torch.manual_seed(seed);
+        return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3));
+    }
+
+    [Fact]
+    public void Training_with_active_windows_gives_bit_identical_parameters_and_buffers()
+    {
+        var watched = Network(3);
+        var plain = Network(3);
+        var fixedPoint = new FixedPointProbe(new FixedPointOptions
+        {
+            Loss = (output, target) => nn.functional.cross_entropy(output, target), Minibatches = 4, Every = 1, PowerIterations = 5, TraceSamples = 4,
+        });
+
+        using (var session = ProbeSession.Attach(watched, new ProbeOptions { WindowSize = 2, Interval = 5, Output = null, OverheadBudget = null, Probes = [fixedPoint] }))
+        {
+            Train(watched, 30, 8, (loss, x, y) => session.Step(loss, x, y));
+            Assert.Equal(0, session.FailureCount);
+            Assert.Equal(6, fixedPoint.Runs);
+            var last = session.Latest!;
+            foreach (var name in new[] { "fixed_point.regret.finite", "fixed_point.flatness.contrastive_eps", "fixed_point.gradient.cosine" })
+                Assert.True(double.IsFinite(last.Get(name, Geometry.Fisher)), name);
+            Assert.True(double.IsFinite(last.Get(Indicators.CurvatureTrace, Geometry.Euclidean)));
+        }
+
+        Train(plain, 30, 8, (_, _, _) => { });
+
+        foreach (var ((name, a), (_, b)) in watched.named_parameters().Zip(plain.named_parameters()))
+            Assert.True(a.allclose(b, rtol: 0, atol: 0), $"parameter {name} differs after training with active windows");
+        foreach (var ((name, a), (_, b)) in watched.named_buffers().Zip(plain.named_buffers()))
+            Assert.True(a.allclose(b, rtol: 0, atol: 0), $"buffer {name} differs after training with active windows");
+        Assert.True(watched.training);
+    }
+
+    private static void Train(nn.Module<Tensor, Tensor> model, int steps, int seed, Action<Tensor, Tensor, Tensor> probe)
+    {
+        var optimizer = optim.Adam(model.parameters(), 0.01);
+        var generator = new Generator((ulong)seed);
+        torch.manual_seed(seed);   // dropout draws from the global generator: both runs start it alike
+        for (int i = 0; i < steps; i++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var x = torch.randn([16, 6], generator: generator);
+            var y = torch.randint(0, 3, [16], generator: generator);
+            optimizer.zero_grad();
+            var loss = nn.functional.cross_entropy(model.call(x), y);
+            loss.backward();
+            probe(loss, x, y);
+            optimizer.step();
+        }
+    }
+
+    private static List<(Tensor, Tensor)> RegressionBatches(int k, int size, int seed, out double[][] xs, out double[] ys)
+    {
+        var generator = new Generator((ulong)seed);
+        var batches = new List<(Tensor, Tensor)>();
+        var allX = new List<double[]>();
+        var allY = new List<double>();
+        for (int i = 0; i < k; i++)
+        {
+            var x = torch.randn([size, 3], dtype: ScalarType.Float64, generator: generator);
+            var y = (torch.rand([size], dtype: ScalarType.Float64, generator: generator) > 0.5).to(ScalarType.Float64);
+            batches.Add((x, y));
+            var xd = x.data<double>().ToArray();
+            for (int r = 0; r < size; r++) allX.Add(xd.Skip(r * 3).Take(3).ToArray());
+            allY.AddRange(y.data<double>().ToArray());
+        }
+        xs = allX.ToArray();
+        ys = allY.ToArray();
+        return batches;
+    }
+
+    private static nn.Module<Tensor, Tensor> Logistic()
+    {
+        torch.manual_seed(5);
+        var model = nn.Linear(3, 1).to(ScalarType.Float64);
+        using (torch.no_grad())
+        {
+            model.weight!.copy_(torch.tensor(new[] { 0.7, -1.2, 0.4 }, dtype: ScalarType.Float64).reshape(1, 3));
+            model.bias!.copy_(torch.tensor(new[] { 0.1 }, dtype: ScalarType.Float64));
+        }
+        return model;
+    }
+
+    private static Tensor LogisticLoss(Tensor output, Tensor target) =>
+        nn.functional.binary_cross_entropy_with_logits(output.squeeze(1), target);
+
+    [Fact]
+    public void Logistic_regression_gradients_and_hessian_match_the_closed_form()
+    {
+        const int K = 4, Size = 16;
+        var model = Logistic();
+        var batches = RegressionBatches(K, Size, 21, out var xs, out var ys);
+        var snapshot = FixedPointProbe.Measure(model, new FixedPointOptions
+        {
+            Loss = LogisticLoss, Batches = batches, Minibatches = K, FiniteRadius = false, PowerIterations = 200, PowerTolerance = 1e-10,
+            TraceSamples = 400, TraceTolerance = 0.01, Geometries = Geometry.Euclidean,
+        });
+
+        // Closed form in double: for sample r with z = [x, 1], s = sigmoid(w.z), the gradient is (s - y) z and the Hessian s (1 - s) z z^T.
+        double[] w = [0.7, -1.2, 0.4, 0.1];
+        var gradients = new double[K][];
+        var hessian = new double[4, 4];
+        for (int i = 0; i < K; i++)
+        {
+            gradients[i] = new double[4];
+            for (int r = i * Size; r < (i + 1) * Size; r++)
+            {
+                double[] z = [.. xs[r], 1.0];
+                double s = 1 / (1 + Math.Exp(-z.Select((v, c) => v * w[c]).Sum()));
+                for (int c = 0; c < 4; c++)
+                {
+                    gradients[i][c] += (s - ys[r]) * z[c] / Size;
+                    for (int d = 0; d < 4; d++) hessian[c, d] += s * (1 - s) * z[c] * z[d] / (Size * K);
+                }
+            }
+        }
+
+        var expected = ReferenceIndicators.FirstOrder(gradients, 0.9);
+        foreach (var (name, value) in expected)
+            Close.Assert(value, snapshot.Get("fixed_point." + name, Geometry.Euclidean), 1e-9, name, scale: expected[Indicators.GradientNorm]);
+
+        double trace = Enumerable.Range(0, 4).Sum(c => hessian[c, c]);
+        double top = Jacobi.Eigenvalues(hessian).Max();
+        Close.Assert(top, snapshot.Get(Indicators.CurvatureLambdaMax, Geometry.Euclidean), 1e-6, "lambda_max");
+        Close.Assert(top, snapshot.Get(Indicators.CurvatureLambdaMaxMagnitude, Geometry.Euclidean), 1e-6, "lambda_max magnitude");
+        double halfWidth = snapshot.Get(Indicators.CurvatureTraceHalfWidth, Geometry.Euclidean);
+        Assert.InRange(snapshot.Get(Indicators.CurvatureTrace, Geometry.Euclidean), trace - 3 * halfWidth, trace + 3 * halfWidth);
+
+        // Contrastive curvature >= 1 (lambda_max is convex), with the per-minibatch Hessians computed in closed form too.
+        double sum = 0;
+        for (int i = 0; i < K; i++)
+        {
+            var hi = new double[4, 4];
+            for (int r = i * Size; r < (i + 1) * Size; r++)
+            {
+                double[] z = [.. xs[r], 1.0];
+                double s = 1 / (1 + Math.Exp(-z.Select((v, c) => v * w[c]).Sum()));
+                for (int c = 0; c < 4; c++)
+                    for (int d = 0; d < 4; d++) hi[c, d] += s * (1 - s) * z[c] * z[d] / Size;
+            }
+            sum += Jacobi.Eigenvalues(hi).Max();
+        }
+        double contrastive = sum / K / top;
+        Assert.True(contrastive >= 1);
+        Close.Assert(contrastive, snapshot.Get(Indicators.CurvatureContrastive, Geometry.Euclidean), 1e-5, "contrastive curvature");
+    }
+
+    [Fact]
+    public void Finite_radius_regret_converges_to_the_first_order_formula_as_the_radius_shrinks()
+    {
+        const int K = 4;
+        var model = Logistic();
+        var batches = RegressionBatches(K, 32, 33, out _, out _);
+        var gaps = new List<double>();
+        foreach (double radius in new[] { 0.3, 0.03, 0.003 })
+        {
+            var snapshot = FixedPointProbe.Measure(model, new FixedPointOptions
+            {
+                Loss = LogisticLoss, Batches = batches, Minibatches = K, Curvature = false, Radius = radius, RadiusIsRelative = false,
+            });
+            foreach (var geometry in new[] { Geometry.Euclidean, Geometry.Fisher, Geometry.Adaptive })
+                Assert.Equal(radius, snapshot.Get("fixed_point." + Indicators.Radius, geometry), 12);
+            double firstOrder = snapshot.Get("fixed_point." + Indicators.Regret, Geometry.Euclidean);
+            double finite = snapshot.Get("fixed_point." + Indicators.FiniteRegret, Geometry.Euclidean);
+            gaps.Add(Math.Abs(finite - firstOrder) / firstOrder);
+        }
+
+        // The gap is a curvature term, linear in the radius: ten times smaller radius, about ten times smaller gap.
+        Assert.True(gaps[2] < 2e-3, $"relative gap at the smallest radius: {gaps[2]}");
+        Assert.InRange(gaps[0] / gaps[1], 5, 20);
+        Assert.InRange(gaps[1] / gaps[2], 5, 20);
+    }
+
+    [Fact]
+    public void Measuring_leaves_the_model_as_it_was_and_requires_batches()
+    {
+        var model = Network(4);
+        model.eval();
+        var before = model.parameters().Select(p => p.detach().clone()).ToList();
+        var generator = new Generator(2);
+        var batches = Enumerable.Range(0, 3).Select(_ => (torch.randn([8, 6], generator: generator), torch.randint(0, 3, [8], generator: generator))).ToList();
+        var options = new FixedPointOptions { Loss = (o, t) => nn.functional.cross_entropy(o, t), Batches = batches, Minibatches = 3, PowerIterations = 3, TraceSamples = 3 };
+
+        var snapshot = FixedPointProbe.Measure(model, options);
+
+        Assert.False(model.training);
+        Assert.All(model.parameters().Zip(before), pair => Assert.True(pair.First.allclose(pair.Second, rtol: 0, atol: 0)));
+        Assert.All(model.parameters(), p => Assert.True(p.grad is null || p.grad.IsInvalid));
+        Assert.Contains(snapshot.Values, v => v.Name == "fixed_point.gradient.cosine");
+        Assert.Contains("Batches", Assert.Throws<ArgumentException>(() =>
+            FixedPointProbe.Measure(model, new FixedPointOptions { Loss = (o, t) => nn.functional.cross_entropy(o, t) })).Message);
+    }
+}
+
+/// <summary>Eigenvalues of a small symmetric matrix by cyclic Jacobi rotations, in plain double.</summary>
+internal static class Jacobi
+{
+    public static double[] Eigenvalues(double[,] matrix)
+    {
+        int n = matrix.GetLength(0);
+        var a = (double[,])matrix.Clone();
+        for (int sweep = 0; sweep < 100; sweep++)
+        {
+            double off = 0;
+            for (int p = 0; p < n; p++)
+                for (int q = p + 1; q < n; q++) off += a[p, q] * a[p, q];
+            if (off < 1e-30) break;
+            for (int p = 0; p < n; p++)
+                for (int q = p + 1; q < n; q++)
+                {
+                    if (Math.Abs(a[p, q]) < 1e-300) continue;
+                    double theta = (a[q, q] - a[p, p]) / (2 * a[p, q]);
+                    double t = Math.Sign(theta) / (Math.Abs(theta) + Math.Sqrt(theta * theta + 1));
+                    if (theta == 0) t = 1;
+                    double c = 1 / Math.Sqrt(t * t + 1), s = t * c;
+                    for (int k = 0; k < n; k++)
+                    {
+                        double akp = a[k, p], akq = a[k, q];
+                        a[k, p] = c * akp - s * akq;
+                        a[k, q] = s * akp + c * akq;
+                    }
+                    for (int k = 0; k < n; k++)
+                    {
+                        double apk = a[p, k], aqk = a[q, k];
+                        a[p, k] = c * apk - s * aqk;
+                        a[q, k] = s * apk + c * aqk;
+                    }
+                }
+        }
+        return Enumerable.Range(0, n).Select(i => a[i, i]).ToArray();
+    }
+}

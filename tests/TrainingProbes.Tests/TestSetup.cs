@@ -1,0 +1,18 @@
+using System.Runtime.CompilerServices;
+using TorchSharp;
+
+// Many tests seed torch's global generator (torch.manual_seed) before building a model; run the classes one at a
+// time so that no test reseeds it while another is drawing from it.
+[assembly: CollectionBehavior(DisableTestParallelization = true)]
+
+namespace TrainingProbes.Tests;
+
+internal static class TestSetup
+{
+    /// <summary>
+    /// One intra-op thread per torch call: xunit runs test classes in parallel on a 2-core machine, and OpenMP's
+    /// spinning workers of several concurrent tests would otherwise fight for the cores (tests slow down tenfold).
+    /// </summary>
+    [ModuleInitializer]
+    internal static void SingleThreadedTorch() => torch.set_num_threads(1);
+}
