@@ -41,7 +41,7 @@ public sealed class FixedPointOptions
     }
 
     /// <summary>
-    /// An active window runs at every this-many passive windows (default 10, the first at the first window).
+    /// An active window runs at every this-many passive windows (default 10; the first at window Every - 1).
     /// With an overhead budget, the session stretches the passive interval to pay for it.
     /// </summary>
     public int Every

@@ -112,7 +112,10 @@ public sealed class FixedPointProbe : TrainingProbe
     /// <inheritdoc />
     public override void OnWindowClosed(ProbeWindowContext window)
     {
-        if (_windowsSeen++ % (_runAtEveryWindow ? 1 : _options.Every) != 0) return;
+        // At windows Every-1, 2 Every-1, ...: the first passive windows come first and give the overhead budget its
+        // first measure of the training's pace before an expensive active window is charged to it.
+        int every = _runAtEveryWindow ? 1 : _options.Every;
+        if (_windowsSeen++ % every != every - 1) return;
         try
         {
             var batches = NextBatches(window);
@@ -306,21 +309,26 @@ public sealed class FixedPointProbe : TrainingProbe
         var trace = new HutchinsonOptions { MaxSamples = _options.TraceSamples, MinSamples = Math.Min(10, _options.TraceSamples), RelativeTolerance = _options.TraceTolerance };
         using var grad = torch.enable_grad();
 
+        // Each estimate draws its random vectors from its own stream (the probe's seed and the estimate's index), so
+        // that how many draws one estimate needed (data dependent) never changes what the next one draws.
+        int stream = 0;
+        Generator Stream() => _generator!.manual_seed((long)(_options.Seed + (ulong)(Runs * 64 + stream++)));
+
         // Per minibatch: lambda_max(H_i), largest algebraic.
         double sumLambda = 0;
         foreach (var batch in batches)
         {
             using var scope = torch.NewDisposeScope();
             using var op = new HessianOperator(LossAt(batch), _parameters);
-            sumLambda += CurvatureEstimators.TopEigenvalues(op, power, _generator!).LargestAlgebraic.Eigenvalue;
+            sumLambda += CurvatureEstimators.TopEigenvalues(op, power, Stream()).LargestAlgebraic.Eigenvalue;
         }
 
         using (var scope = torch.NewDisposeScope())
         {
             var pooled = torch.stack(batches.Select(LossAt).Select(l => l.reshape([])).ToArray()).mean();
             using var op = new HessianOperator(pooled, _parameters);
-            var top = CurvatureEstimators.TopEigenvalues(op, power, _generator!);
-            var hutchinson = CurvatureEstimators.Hutchinson(op, trace, _generator!);
+            var top = CurvatureEstimators.TopEigenvalues(op, power, Stream());
+            var hutchinson = CurvatureEstimators.Hutchinson(op, trace, Stream());
             window.Report(Indicators.CurvatureLambdaMax, top.LargestAlgebraic.Eigenvalue, Geometry.Euclidean);
             window.Report(Indicators.CurvatureLambdaMaxMagnitude, top.LargestMagnitude.Eigenvalue, Geometry.Euclidean);
             window.Report(Indicators.CurvatureContrastive, sumLambda / batches.Count / top.LargestAlgebraic.Eigenvalue, Geometry.Euclidean);
@@ -344,7 +352,7 @@ public sealed class FixedPointProbe : TrainingProbe
                 }
 
                 using var scaled = new HessianOperator(pooled, _parameters, scaling);
-                window.Report(Indicators.CurvatureLambdaMax, CurvatureEstimators.TopEigenvalues(scaled, power, _generator!).LargestAlgebraic.Eigenvalue, geometry);
+                window.Report(Indicators.CurvatureLambdaMax, CurvatureEstimators.TopEigenvalues(scaled, power, Stream()).LargestAlgebraic.Eigenvalue, geometry);
             }
         }
     }

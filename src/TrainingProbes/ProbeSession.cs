@@ -34,13 +34,16 @@ public sealed class ProbeSession : IDisposable
     private int _historyCount;
     private int _historyNext;
     private ProbeSnapshot? _latest;
+    private IndicatorValue[] _current = [];   // the last value of every series published so far (for the gauges)
     private long _step;
     private int _window;
-    private long _intervalStarted;       // timestamp of the previous window's publication (or of the first step)
+    private long _lastStepEnded;         // timestamp at which the previous Step call returned
+    private double _gapAverage;          // average training ticks per step (capped gaps), for the cap and the budget
+    private long _gaps;                  // gaps measured
+    private long _intervalTrainingTicks; // training time (between Step calls) since the previous window's publication
     private long _intervalProbeTicks;    // probe time since then
+    private double _costAverage;         // average probe ticks per window
     private long _windowStart;           // step at which the current (or next) window's first gradient is captured
-    private long _intervalSteps;         // steps since the previous window's publication
-    private double _costSum, _trainingSum, _stepSum, _windowWeight;   // decaying sums for the overhead budget
     private long _totalProbeTicks, _totalTrainingTicks;
     private readonly long[] _probeTicks;      // per probe, then capture, then transfer; reset per window
     private int _failures;
@@ -204,6 +207,9 @@ public sealed class ProbeSession : IDisposable
 
     internal GradientWindow Window { get; }
 
+    /// <summary>The last value of every series published so far (safe from any thread): what the gauges report.</summary>
+    internal IReadOnlyList<IndicatorValue> CurrentValues => Volatile.Read(ref _current);
+
     /// <summary>The attributes every metric of this session carries: run id, and worker when set.</summary>
     internal KeyValuePair<string, object?>[] SessionAttributes { get; }
 
@@ -237,13 +243,16 @@ public sealed class ProbeSession : IDisposable
                 nameof(loss));
 
         long step = _step++;
-        _intervalSteps++;
+        long started = Stopwatch.GetTimestamp();
+        MeasureTrainingGap(started);
         long phase = step - _windowStart;
         int slot = phase >= 0 && phase < Options.WindowSize ? (int)phase : -1;
-        if (slot < 0 && Options.Probes.Count == 0) return this;
+        if (slot < 0 && Options.Probes.Count == 0)
+        {
+            _lastStepEnded = started;
+            return this;
+        }
 
-        long started = Stopwatch.GetTimestamp();
-        if (_intervalStarted == 0) _intervalStarted = started;
         using (var scope = torch.NewDisposeScope())
         using (torch.no_grad())
         {
@@ -278,7 +287,23 @@ public sealed class ProbeSession : IDisposable
 
         _intervalProbeTicks += Stopwatch.GetTimestamp() - started;
         if (slot == Options.WindowSize - 1) CloseWindow(input, target);
+        _lastStepEnded = Stopwatch.GetTimestamp();
         return this;
+    }
+
+    /// <summary>
+    /// Adds the time since the previous Step call returned (the trainer's own work on one step) to the training
+    /// time. A gap over ten times the average (an evaluation pass, a checkpoint, another model trained in between)
+    /// counts as ten averages, so that pauses outside training do not buy the probes more time.
+    /// </summary>
+    private void MeasureTrainingGap(long now)
+    {
+        if (_lastStepEnded == 0) return;
+        long gap = now - _lastStepEnded;
+        if (_gaps >= 10) gap = (long)Math.Min(gap, 10 * _gapAverage);
+        _gaps++;
+        _gapAverage += (gap - _gapAverage) / Math.Min(_gaps, 100);
+        _intervalTrainingTicks += gap;
     }
 
     private void CloseWindow(Tensor? input, Tensor? target)
@@ -329,16 +354,17 @@ public sealed class ProbeSession : IDisposable
         // Overhead: probe time over the training time without probes, since the previous window.
         long now = Stopwatch.GetTimestamp();
         long probeTicks = _intervalProbeTicks + (now - started);
-        long trainingTicks = now - _intervalStarted - probeTicks;
+        long trainingTicks = _intervalTrainingTicks;
         context.Report(Indicators.ProbeOverhead, trainingTicks > 0 ? (double)probeTicks / trainingTicks : double.NaN);
         _totalProbeTicks += probeTicks;
-        _totalTrainingTicks += Math.Max(trainingTicks, 0);
+        _totalTrainingTicks += trainingTicks;
         context.Report(Indicators.ProbeOverheadTotal, _totalTrainingTicks > 0 ? (double)_totalProbeTicks / _totalTrainingTicks : double.NaN);
-        int next = NextInterval(probeTicks, trainingTicks);
-        context.Report(Indicators.ProbeInterval, next);
-        _windowStart = Math.Max(_windowStart + next, _step);
+        _costAverage = _window == 0 ? probeTicks : 0.7 * _costAverage + 0.3 * probeTicks;
+        long wait = StepsUntilNextWindow();
+        context.Report(Indicators.ProbeInterval, _step - _windowStart + wait);
+        _windowStart = _step + wait;
         _intervalProbeTicks = 0;
-        _intervalSteps = 0;
+        _intervalTrainingTicks = 0;
 
         context.Input = context.Target = null;
         var probeSeconds = new Dictionary<string, double>(_probeTicks.Length);
@@ -349,28 +375,26 @@ public sealed class ProbeSession : IDisposable
 
         var snapshot = new ProbeSnapshot(RunId, _step, _window, DateTimeOffset.UtcNow, context.Values.ToArray(), probeSeconds);
         _window++;
+        long publishing = Stopwatch.GetTimestamp();
         Publish(snapshot);
+        _intervalProbeTicks += Stopwatch.GetTimestamp() - publishing;   // charged to the next interval
     }
 
     /// <summary>
-    /// Steps from this window's start to the next one's. Fixed (<see cref="ProbeOptions.Interval"/>) without a budget;
-    /// with one, the interval at which the probes' average cost per window is the budgeted fraction of the training
-    /// time of that many steps, from decaying averages (about the last 50 windows, so that an active window every few
-    /// passive ones is paid for on average): N = cost per window / (budget x training seconds per step), at least K.
+    /// Steps from now (the end of a window) to the start of the next window. Without a budget, the fixed
+    /// <see cref="ProbeOptions.Interval"/> from start to start. With one, a ledger: all probe time P and all training
+    /// time T so far, and the cost C of the next window (a moving average of window costs), choose the wait S so that
+    /// (P + C) / (T + (S + K) t) = budget, t the average training time per step. An expensive window (an active one)
+    /// is paid back by a longer wait, a cheap stretch lets windows come sooner, and the achieved overhead stays at the
+    /// budget over the run. Never below 0 (windows back to back), never above <see cref="ProbeOptions.MaxInterval"/>.
     /// </summary>
-    private int NextInterval(long probeTicks, long trainingTicks)
+    private long StepsUntilNextWindow()
     {
-        if (Options.OverheadBudget is not { } budget) return Options.Interval;
-        const double Decay = 0.98;
-        _costSum = Decay * _costSum + probeTicks;
-        _trainingSum = Decay * _trainingSum + Math.Max(trainingTicks, 0);
-        _stepSum = Decay * _stepSum + _intervalSteps;
-        _windowWeight = Decay * _windowWeight + 1;
-        if (_trainingSum <= 0 || _stepSum <= 0) return Options.Interval;
-        double costPerWindow = _costSum / _windowWeight;
-        double trainingPerStep = _trainingSum / _stepSum;
-        double interval = costPerWindow / (budget * trainingPerStep);
-        return (int)Math.Clamp(Math.Round(interval), Options.WindowSize, ProbeOptions.MaxInterval);
+        int k = Options.WindowSize;
+        if (Options.OverheadBudget is not { } budget || _gapAverage <= 0)
+            return Math.Max(_windowStart + Options.Interval - _step, 0);
+        double wait = ((_totalProbeTicks + _costAverage) / budget - _totalTrainingTicks) / _gapAverage - k;
+        return (long)Math.Clamp(Math.Ceiling(wait), 0, ProbeOptions.MaxInterval);
     }
 
     private void Publish(ProbeSnapshot snapshot)
@@ -383,6 +407,12 @@ public sealed class ProbeSession : IDisposable
         }
 
         Volatile.Write(ref _latest, snapshot);
+
+        // Values that are not computed at every window (an active window's) keep their last value for the gauges.
+        var merged = new Dictionary<(string, Geometry, string?, string), IndicatorValue>(_current.Length + snapshot.Values.Count);
+        foreach (var value in _current) merged[(value.Name, value.Geometry, value.Layer, value.Probe)] = value;
+        foreach (var value in snapshot.Values) merged[(value.Name, value.Geometry, value.Layer, value.Probe)] = value;
+        Volatile.Write(ref _current, merged.Values.ToArray());
         try
         {
             ProbeTelemetry.EnsureInstruments(snapshot);
@@ -397,7 +427,6 @@ public sealed class ProbeSession : IDisposable
             Fail("publish", ex);
         }
 
-        _intervalStarted = Stopwatch.GetTimestamp();
     }
 
     private bool Guard<T>(TrainingProbe probe, Action<TrainingProbe, T> callback, T argument)

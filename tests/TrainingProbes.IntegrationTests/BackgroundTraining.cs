@@ -77,7 +77,7 @@ internal sealed class BackgroundTraining : IDisposable
                 optimizer.zero_grad();
                 var loss = lossFunction.call(model.call(x), y);
                 loss.backward();
-                session.Step(loss);
+                session.Step(loss, x, y);
                 optimizer.step();
             }
         }

@@ -17,7 +17,11 @@ public sealed class PrometheusEndToEndTests
         var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
         using var training = new BackgroundTraining(() => new ProbeOptions
         {
-            RunId = RunId, Worker = "rank-0", LayerMetrics = 2, Output = null, OverheadBudget = null, Probes = [endpoint],
+            RunId = RunId, Worker = "rank-0", LayerMetrics = 2, Output = null, OverheadBudget = null,
+            Probes = [endpoint, new FixedPointProbe(new FixedPointOptions
+            {
+                Loss = (output, target) => TorchSharp.torch.nn.functional.cross_entropy(output, target), Every = 2, PowerIterations = 5, TraceSamples = 5,
+            })],
         }).Start();
         Assert.NotNull(endpoint.Address);
         using var prometheus = PrometheusServer.Start(endpoint.Address!, [RepositoryFiles.PathOf("examples/grafana/alerts.yml")]);

@@ -18,21 +18,25 @@ internal static partial class RepositoryFiles
 
     public static string PathOf(string relative) => System.IO.Path.Combine(Root, relative);
 
-    /// <summary>The Prometheus names in the README's instrument table (the column headed "Prometheus name").</summary>
-    public static IReadOnlyList<string> ReadmeInstruments()
+    /// <summary>
+    /// The Prometheus names in the README's instrument tables (the column headed "Prometheus name"): the first table
+    /// (a default session's instruments) when <paramref name="firstTableOnly"/>, else all of them.
+    /// </summary>
+    public static IReadOnlyList<string> ReadmeInstruments(bool firstTableOnly = false)
     {
         var lines = File.ReadAllLines(PathOf("README.md"));
-        int header = Array.FindIndex(lines, l => l.StartsWith('|') && l.Contains("Prometheus name"));
-        if (header < 0) throw new InvalidOperationException("README.md has no table with a 'Prometheus name' column.");
-        var columns = lines[header].Split('|').Select(c => c.Trim()).ToList();
-        int column = columns.IndexOf("Prometheus name");
         var names = new List<string>();
-        for (int i = header + 2; i < lines.Length && lines[i].StartsWith('|'); i++)
+        for (int header = 0; header < lines.Length; header++)
         {
-            var cell = lines[i].Split('|')[column];
-            names.AddRange(BacktickPattern().Matches(cell).Select(m => m.Groups[1].Value));
+            if (!(lines[header].StartsWith('|') && lines[header].Contains("Prometheus name"))) continue;
+            var columns = lines[header].Split('|').Select(c => c.Trim()).ToList();
+            int column = columns.IndexOf("Prometheus name");
+            for (int i = header + 2; i < lines.Length && lines[i].StartsWith('|'); i++)
+                names.AddRange(BacktickPattern().Matches(lines[i].Split('|')[column]).Select(m => m.Groups[1].Value));
+            if (firstTableOnly) break;
         }
 
+        if (names.Count == 0) throw new InvalidOperationException("README.md has no table with a 'Prometheus name' column.");
         return names;
     }
 

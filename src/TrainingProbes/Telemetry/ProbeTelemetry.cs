@@ -5,7 +5,7 @@ namespace TrainingProbes.Telemetry;
 
 /// <summary>
 /// The library's one <see cref="Meter"/> and its instruments. Indicator values are observable gauges whose callbacks
-/// read the last published snapshot of every live session: a collection (a Prometheus scrape, an OTLP export)
+/// read the last published value of each series of every live session: a collection (a Prometheus scrape, an OTLP export)
 /// only reads plain doubles, never touches a tensor, never waits for the training thread and never synchronizes
 /// with a device. A gauge is created the first time a value of that name is published (user probes included).
 /// </summary>
@@ -68,12 +68,8 @@ internal static class ProbeTelemetry
     private static IEnumerable<Measurement<double>> Observe(string name)
     {
         foreach (var session in Volatile.Read(ref _sessions))
-        {
-            var snapshot = session.Latest;
-            if (snapshot is null) continue;
-            foreach (var value in snapshot.Values)
+            foreach (var value in session.CurrentValues)
                 if (value.Name == name) yield return new Measurement<double>(value.Value, session.Attributes(value));
-        }
     }
 
     private static IEnumerable<Measurement<long>> ObserveSteps()

@@ -1,0 +1,59 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.Tests.Session;
+
+public sealed class OverheadBudgetTests
+{
+    /// <summary>A probe that costs a known, large amount of time per window.</summary>
+    private sealed class SlowProbe(int milliseconds) : TrainingProbe
+    {
+        public override string Name => "slow";
+        public override void OnWindowClosed(ProbeWindowContext window) => Thread.Sleep(milliseconds);
+    }
+
+    private static ProbeSession Run(ProbeOptions options, int steps)
+    {
+        torch.manual_seed(1);
+        var model = nn.Linear(4, 2);
+        var session = ProbeSession.Attach(model, options);
+        using var loss = torch.tensor(1.0f);
+        for (int i = 0; i < steps; i++)
+        {
+            Thread.SpinWait(2000);   // a training step of a few microseconds
+            session.Step(loss);
+        }
+        return session;
+    }
+
+    [Fact]
+    public void An_expensive_probe_stretches_the_interval_and_a_fixed_schedule_does_not_move()
+    {
+        using var budgeted = Run(new ProbeOptions { WindowSize = 2, Interval = 10, Output = null, OverheadBudget = 0.05, Probes = [new SlowProbe(20)] }, 400);
+        using var fixedSchedule = Run(new ProbeOptions { WindowSize = 2, Interval = 10, Output = null, OverheadBudget = null, Probes = [new SlowProbe(20)] }, 400);
+
+        // 20 ms per window against steps of microseconds: at 5% the budget allows one window per several hundred
+        // steps at least, so after the first window no second one opens in 400 steps.
+        Assert.Single(budgeted.History);
+        Assert.True(budgeted.Latest!.Get(Indicators.ProbeInterval) > 400, $"interval {budgeted.Latest.Get(Indicators.ProbeInterval)}");
+        Assert.Equal(40, fixedSchedule.History.Count);
+        Assert.All(fixedSchedule.History, s => Assert.Equal(10, s.Get(Indicators.ProbeInterval)));
+    }
+
+    [Fact]
+    public void A_cheap_probe_shortens_the_interval_down_to_back_to_back_windows()
+    {
+        using var session = Run(new ProbeOptions { WindowSize = 2, Interval = 200, Output = null, OverheadBudget = 0.9, BuiltInProbes = false }, 400);
+
+        // Capture-only windows of a two-parameter model cost next to nothing: a 90% budget lets them come back to back.
+        Assert.True(session.History.Count > 20, $"only {session.History.Count} windows in 400 steps");
+        Assert.True(session.History.Skip(1).Average(s => s.Get(Indicators.ProbeInterval)) < 200);
+    }
+
+    [Fact]
+    public void A_budget_outside_zero_to_one_is_rejected()
+    {
+        Assert.Contains("OverheadBudget", Assert.Throws<ArgumentOutOfRangeException>(() => new ProbeOptions { OverheadBudget = 1.5 }).Message);
+        Assert.Contains("OverheadBudget", Assert.Throws<ArgumentOutOfRangeException>(() => new ProbeOptions { OverheadBudget = 0 }).Message);
+    }
+}
