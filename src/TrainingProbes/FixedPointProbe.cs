@@ -80,7 +80,11 @@ public sealed class FixedPointProbe : TrainingProbe
         session.Step();
         if (session.FailureCount > 0 && probe.LastError is { } error)
             throw new InvalidOperationException($"The fixed-point measurement failed: {error.Message}", error);
-        return session.Latest!;
+
+        // Only the probe's own values: the session's timing values mean nothing for two back-to-back calls.
+        var latest = session.Latest!;
+        return new ProbeSnapshot(latest.RunId, latest.Step, latest.Window, latest.Timestamp,
+            latest.Values.Where(v => v.Probe == probe.Name).ToArray(), latest.ProbeSeconds);
     }
 
     private bool _runAtEveryWindow;

@@ -1,60 +1,94 @@
 // Overhead harness: trains the same MNIST MLP with and without probes, interleaving the variants in rounds so
-// that machine noise hits all of them alike, and prints the median time per step and its ratio to the baseline.
+// that machine noise hits all of them alike, and prints the median time per step, its ratio to the plain loop,
+// the overhead the session itself measured (probe.overhead_total) and its last interval.
 //
-//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- [rounds] [steps-per-round]
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- intervals|budget|scrape [rounds] [steps-per-round]
 using System.Diagnostics;
 using TorchSharp;
 using TrainingProbes;
-using TrainingProbes.Benchmarks;
+using TrainingProbes.Examples;
 using TrainingProbes.Prometheus;
 using static TorchSharp.torch;
 
-int rounds = args.Length > 0 ? int.Parse(args[0]) : 7;
-int stepsPerRound = args.Length > 1 ? int.Parse(args[1]) : 400;
+string suite = args.Length > 0 ? args[0] : "intervals";
+int rounds = args.Length > 1 ? int.Parse(args[1]) : 9;
+int stepsPerRound = args.Length > 2 ? int.Parse(args[2]) : 400;
 torch.set_num_threads(1);
 
 var (images, labels) = Mnist.Load(Mnist.DefaultDirectory);
-Console.WriteLine($"MNIST {images.shape[0]} digits; MLP 784-128-128-10, batch 64, SGD momentum; {rounds} rounds x {stepsPerRound} steps; torch threads 1");
+Console.WriteLine($"suite {suite}: MNIST {images.shape[0]} digits; MLP 784-128-128-10, batch 64, SGD momentum; {rounds} rounds x {stepsPerRound} steps; torch threads 1");
 
-var variants = new (string Name, ProbeOptions? Options)[]
+FixedPointProbe FixedPoint() => new(new FixedPointOptions
 {
-    ("no probes", null),
-    ("K=8 N=100 (default)", new ProbeOptions { Output = null }),
-    ("K=8 N=100 euclidean only", new ProbeOptions { Output = null, Geometries = Geometry.Euclidean }),
-    ("K=8 N=20", new ProbeOptions { Output = null, Interval = 20 }),
-    ("K=16 N=16 (every step captured)", new ProbeOptions { Output = null, WindowSize = 16, Interval = 16 }),
-    ("default + /metrics, not scraped", new ProbeOptions { Output = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
-    ("default + /metrics, 200 scrapes/s", new ProbeOptions { Output = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
+    Loss = (output, target) => nn.functional.cross_entropy(output, target), Minibatches = 4, Every = 5,
+});
+
+var variants = suite switch
+{
+    // Fixed schedules: what a window costs, with the interval held constant.
+    "intervals" => new (string Name, ProbeOptions? Options)[]
+    {
+        ("no probes", null),
+        ("K=8 N=100 fixed", new ProbeOptions { Output = null, OverheadBudget = null }),
+        ("K=8 N=100 fixed, euclidean only", new ProbeOptions { Output = null, OverheadBudget = null, Geometries = Geometry.Euclidean }),
+        ("K=8 N=20 fixed", new ProbeOptions { Output = null, OverheadBudget = null, Interval = 20 }),
+        ("K=16 N=16 fixed (every step)", new ProbeOptions { Output = null, OverheadBudget = null, WindowSize = 16, Interval = 16 }),
+        ("K=8 N=100 fixed, capture only", new ProbeOptions { Output = null, OverheadBudget = null, BuiltInProbes = false }),
+    },
+    // The overhead budget: the session stretches or shortens its interval to cost the budgeted fraction.
+    "budget" => new (string Name, ProbeOptions? Options)[]
+    {
+        ("no probes", null),
+        ("budget 5% (default options)", new ProbeOptions { Output = null }),
+        ("budget 5% + fixed-point probe", new ProbeOptions { Output = null, Probes = [FixedPoint()] }),
+        ("budget 2% + fixed-point probe", new ProbeOptions { Output = null, OverheadBudget = 0.02, Probes = [FixedPoint()] }),
+    },
+    // Scrapes: the same options with a /metrics endpoint, scraped or not.
+    "scrape" => new (string Name, ProbeOptions? Options)[]
+    {
+        ("no probes", null),
+        ("N=100 fixed + /metrics, not scraped", new ProbeOptions { Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
+        ("N=100 fixed + /metrics, ~200 scrapes/s", new ProbeOptions { Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
+    },
+    _ => throw new ArgumentException($"Unknown suite '{suite}': use intervals, budget or scrape."),
 };
-int scrapedVariant = variants.Length - 1;
 
 var perStep = variants.Select(_ => new List<double>()).ToArray();
 var runs = variants.Select(v => new Run(images, labels, v.Options)).ToArray();
 foreach (var run in runs) run.Train(50);   // warm-up
 
-// The scraped variant is trained while a client fetches its /metrics page 200 times a second (a burst far denser
-// than any Prometheus setup), to show what scrapes cost the training thread.
-var scraper = new Scraper(((PrometheusScrapeEndpoint)variants[scrapedVariant].Options!.Probes[0]).Address!);
+// In the scrape suite the last variant is trained while a client fetches its /metrics page every 5 ms (a burst far
+// denser than any Prometheus setup), to show what scrapes cost the training thread.
+int scrapedVariant = suite == "scrape" ? variants.Length - 1 : -1;
+var scraper = scrapedVariant < 0 ? null : new Scraper(((PrometheusScrapeEndpoint)variants[scrapedVariant].Options!.Probes[0]).Address!);
 for (int round = 0; round < rounds; round++)
     for (int v = 0; v < variants.Length; v++)
     {
-        if (v == scrapedVariant) scraper.Running = true;
+        if (scraper is not null && v == scrapedVariant) scraper.Running = true;
         perStep[v].Add(runs[v].Train(stepsPerRound) / stepsPerRound);
-        scraper.Running = false;
+        if (scraper is not null) scraper.Running = false;
     }
-scraper.Stop();
-Console.WriteLine($"scrapes served to the scraped variant: {scraper.Count}");
+if (scraper is not null)
+{
+    scraper.Stop();
+    Console.WriteLine($"scrapes served to the scraped variant: {scraper.Count}");
+}
 
-double baseline = Median(perStep[0]);
-Console.WriteLine($"{"variant",-34} {"median ms/step",15} {"ratio",8} {"probe ms/window",16} {"windows",8}");
+// The ratio is taken round by round (each round trains every variant back to back, so slow drifts of the machine
+// cancel), then summarized by its median and quartiles across rounds.
+Console.WriteLine($"{"variant",-40} {"median ms/step",15} {"ratio",7} {"ratio p25-p75",15} {"achieved",9} {"interval",9} {"windows",8}  probe ms per window (median)");
 for (int v = 0; v < variants.Length; v++)
 {
     double median = Median(perStep[v]);
-    var durations = runs[v].Session?.History.Select(h => h.ProbeSeconds.Values.Sum()).ToList() ?? [];
-    string probeMs = durations.Count > 0 ? $"{Median(durations) * 1e3:F3}" : "-";
-    var parts = runs[v].Session?.History.SelectMany(h => h.ProbeSeconds).GroupBy(kv => kv.Key)
+    var ratios = perStep[v].Zip(perStep[0], (a, b) => a / b).Order().ToList();
+    string spread = $"{ratios[ratios.Count / 4]:F3}-{ratios[3 * ratios.Count / 4]:F3}";
+    var session = runs[v].Session;
+    var last = session?.Latest;
+    string achieved = last is null ? "-" : $"{last.Get(Indicators.ProbeOverheadTotal):P2}";
+    string interval = last is null ? "-" : $"{last.Get(Indicators.ProbeInterval):F0}";
+    var parts = session?.History.SelectMany(h => h.ProbeSeconds).GroupBy(kv => kv.Key)
         .Select(g => $"{g.Key} {Median(g.Select(kv => kv.Value).ToList()) * 1e3:F2}") ?? [];
-    Console.WriteLine($"{variants[v].Name,-34} {median * 1e3,15:F4} {median / baseline,8:F3} {probeMs,16} {durations.Count,8}  {string.Join(", ", parts)}");
+    Console.WriteLine($"{variants[v].Name,-40} {median * 1e3,15:F4} {Median(ratios),7:F3} {spread,15} {achieved,9} {interval,9} {session?.History.Count ?? 0,8}  {string.Join(", ", parts)}");
 }
 
 static double Median(List<double> values)
@@ -130,9 +164,11 @@ sealed class Run
             using var scope = torch.NewDisposeScope();
             var batch = torch.randint(0, n, [64], generator: _generator);
             _optimizer.zero_grad();
-            var loss = _loss.call(_model.call(_images[batch]), _labels[batch]);
+            var x = _images[batch];
+            var y = _labels[batch];
+            var loss = _loss.call(_model.call(x), y);
             loss.backward();
-            _session?.Step(loss);
+            _session?.Step(loss, x, y);
             _optimizer.step();
         }
         return Stopwatch.GetElapsedTime(start).TotalSeconds;

@@ -1,0 +1,89 @@
+using System.IO.Compression;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.Examples;
+
+/// <summary>
+/// Reads MNIST in the IDX layout (gzip-compressed, big-endian header): the files <c>images-idx3-ubyte.gz</c> and
+/// <c>labels-idx1-ubyte.gz</c> of one folder (the full MNIST training or test files, renamed, work too).
+/// </summary>
+internal static class Mnist
+{
+    /// <summary>Environment variable naming the folder that holds the IDX files.</summary>
+    public const string EnvironmentVariable = "TRAININGPROBES_MNIST";
+
+    private const string ImagesFile = "images-idx3-ubyte.gz";
+    private const string LabelsFile = "labels-idx1-ubyte.gz";
+
+    /// <summary>
+    /// The folder named by <c>TRAININGPROBES_MNIST</c> when it is set; otherwise, for a program run from a checkout
+    /// of this repository, <c>datasets/mnist-10k</c> of the <c>shared</c> folder beside it (found by walking up from
+    /// the program's folder to the one that holds <c>TrainingProbes.sln</c>); failing both, <c>mnist-10k</c> in the
+    /// current directory (where <see cref="Load"/> then reports the missing files and how to point at them).
+    /// </summary>
+    public static string DefaultDirectory
+    {
+        get
+        {
+            var configured = Environment.GetEnvironmentVariable(EnvironmentVariable);
+            if (!string.IsNullOrWhiteSpace(configured)) return Path.GetFullPath(configured);
+            for (var folder = new DirectoryInfo(AppContext.BaseDirectory); folder is not null; folder = folder.Parent)
+                if (File.Exists(Path.Combine(folder.FullName, "TrainingProbes.sln")))
+                    return Path.GetFullPath(Path.Combine(folder.FullName, "..", "shared", "datasets", "mnist-10k"));
+            return Path.GetFullPath("mnist-10k");
+        }
+    }
+
+    /// <summary>Images as [n, 784] scaled to [0, 1] in <paramref name="dtype"/>, labels as int64 [n], on the CPU.</summary>
+    /// <param name="directory">The folder holding the two IDX files.</param>
+    /// <param name="count">Only the first this-many digits (all when null).</param>
+    /// <param name="dtype">Floating dtype of the images (float32 by default).</param>
+    /// <exception cref="FileNotFoundException">A file is missing; the message says how to point at the data.</exception>
+    /// <exception cref="InvalidDataException">A file is not in the IDX layout, or the two files disagree.</exception>
+    public static (Tensor Images, Tensor Labels) Load(string directory, int? count = null, ScalarType dtype = ScalarType.Float32)
+    {
+        ArgumentNullException.ThrowIfNull(directory);
+        if (count is < 0) throw new ArgumentOutOfRangeException(nameof(count), count, "count must be at least 0.");
+        if (dtype is not (ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Float32 or ScalarType.Float64))
+            throw new ArgumentException($"dtype must be a floating type, not {dtype}.", nameof(dtype));
+
+        var images = ReadIdx(directory, ImagesFile, 0x00000803, out int[] imageShape);
+        var labels = ReadIdx(directory, LabelsFile, 0x00000801, out int[] labelShape);
+        if (imageShape[0] != labelShape[0])
+            throw new InvalidDataException($"{imageShape[0]} images but {labelShape[0]} labels in {directory}.");
+        int available = imageShape[0], pixels = imageShape[1] * imageShape[2];
+        if (count > available)
+            throw new ArgumentOutOfRangeException(nameof(count), count, $"{directory} holds only {available} digits.");
+        int n = count ?? available;
+
+        using var bytes = tensor(images.AsSpan(0, n * pixels).ToArray(), [n, pixels]);
+        var x = bytes.to_type(dtype).div_(255.0);
+        var y = tensor(labels.AsSpan(0, n).ToArray().Select(b => (long)b).ToArray(), [n]);
+        return (x, y);
+    }
+
+    private static byte[] ReadIdx(string directory, string file, int magic, out int[] shape)
+    {
+        string path = Path.Combine(directory, file);
+        if (!File.Exists(path))
+            throw new FileNotFoundException(
+                $"MNIST file not found: {path}. Pass the folder that holds {ImagesFile} and {LabelsFile}, or set {EnvironmentVariable} to it.", path);
+        using var stream = new GZipStream(File.OpenRead(path), CompressionMode.Decompress);
+        using var reader = new BinaryReader(stream);
+        int found = ReadBigEndian(reader, path);
+        if (found != magic) throw new InvalidDataException($"{path}: magic 0x{found:x8}, expected 0x{magic:x8}.");
+        shape = new int[magic & 0xff];
+        for (int i = 0; i < shape.Length; i++) shape[i] = ReadBigEndian(reader, path);
+        int count = shape.Aggregate(1, (a, b) => checked(a * b));
+        var data = reader.ReadBytes(count);
+        if (data.Length != count) throw new InvalidDataException($"{path}: expected {count} bytes of data, got {data.Length}.");
+        return data;
+    }
+
+    private static int ReadBigEndian(BinaryReader reader, string path)
+    {
+        var b = reader.ReadBytes(4);
+        if (b.Length != 4) throw new InvalidDataException($"{path}: the IDX header is truncated.");
+        return (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3];
+    }
+}
