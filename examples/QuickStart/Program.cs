@@ -1,11 +1,13 @@
-// QuickStart: a plain TorchSharp training loop with one added line, `model.Probe(loss);`.
-// It trains a small MLP on a synthetic classification task it generates itself, and the probe session
-// prints the generalization indicators of each window to the console.
+// QuickStart: a plain TorchSharp training loop with one added line, `if (model.Probe(loss, optimizer).ShouldStop) break;`.
+// It trains a small MLP on a synthetic classification task it generates itself, and the probe session prints the
+// generalization indicators of each window to the console. Under `dotnet run`, Properties/launchSettings.json also
+// serves them at http://127.0.0.1:9464/metrics for Prometheus while it runs, and sets a stopping rule
+// (TRAININGPROBES_STOP) that ends training once the minibatch gradients stop agreeing.
 using TorchSharp;
 using static TorchSharp.torch;
 
 torch.manual_seed(7);
-const int Features = 20, Classes = 4, Samples = 16384, BatchSize = 128, Epochs = 60;
+const int Features = 20, Classes = 4, Samples = 16384, BatchSize = 128, Steps = 8000;
 
 // Data: a random teacher network labels gaussian inputs; 10% of labels are flipped to make it noisy.
 var inputs = torch.randn(Samples, Features);
@@ -25,21 +27,18 @@ var model = nn.Sequential(
 var optimizer = torch.optim.SGD(model.parameters(), learningRate: 0.05, momentum: 0.9);
 var lossFunction = nn.CrossEntropyLoss();
 
-for (int epoch = 0; epoch < Epochs; epoch++)
+int step = 0;
+for (; step < Steps; step++)
 {
-    using var permutation = torch.randperm(Samples);
-    for (int start = 0; start < Samples; start += BatchSize)
-    {
-        using var scope = torch.NewDisposeScope();
-        var batch = permutation.narrow(0, start, BatchSize);
-        optimizer.zero_grad();
-        var loss = lossFunction.call(model.call(inputs[batch]), labels[batch]);
-        loss.backward();
-        model.Probe(loss, optimizer);
-        optimizer.step();
-    }
+    using var scope = torch.NewDisposeScope();
+    var batch = torch.randint(0, Samples, [BatchSize]);
+    optimizer.zero_grad();
+    var loss = lossFunction.call(model.call(inputs[batch]), labels[batch]);
+    loss.backward();
+    if (model.Probe(loss, optimizer).ShouldStop) break;
+    optimizer.step();
 }
 
 var session = TrainingProbes.ProbeSession.Get(model)!;
-Console.WriteLine($"done: {session.StepCount} steps, {session.History.Count} windows, {session.FailureCount} probe failures.");
+Console.WriteLine($"done: {step} steps{(session.ShouldStop ? " (stopped early)" : "")}, {session.History.Count} windows, {session.FailureCount} probe failures.");
 session.Dispose();

@@ -85,6 +85,9 @@ public static class Indicators
     /// <summary>Counter instrument: windows closed.</summary>
     public const string Windows = "probe.windows";
 
+    /// <summary>Counter instrument: stopping rules that fired, with attributes <c>rule</c> and <c>action</c>.</summary>
+    public const string RulesFired = "stopping.fired";
+
     /// <summary>Gauge instrument: steps seen by the session.</summary>
     public const string Step = "training.step";
 

@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Logging;
+using TrainingProbes.Stopping;
 
 namespace TrainingProbes;
 
@@ -20,6 +21,7 @@ public sealed class ProbeOptions
     private string? _worker;
     private int _layerMetrics;
     private double? _overheadBudget = 0.05;
+    private string? _checkpointPath;
 
     /// <summary>
     /// K, the number of consecutive step gradients in a window (at least 2, default 8). The gradient buffer holds
@@ -179,6 +181,26 @@ public sealed class ProbeOptions
     /// <summary>Probes added to the built-in ones; their values join the same snapshots and metrics.</summary>
     public IReadOnlyList<TrainingProbe> Probes { get; init; } = [];
 
+    /// <summary>
+    /// Rules evaluated on every value they monitor when it is published (indicators at each window, values the
+    /// trainer reports with <see cref="ProbeSession.Report"/> when reported): early stopping, warnings, checkpoints.
+    /// Give each rule to one session only (rules keep state).
+    /// </summary>
+    public IReadOnlyList<StoppingRule> Stopping { get; init; } = [];
+
+    /// <summary>
+    /// A file the best weights are written to each time a <see cref="RuleAction.Checkpoint"/> rule sees an
+    /// improvement: <c>.pt</c> (a PyTorch state_dict) or <c>.safetensors</c>. Null keeps them in memory only, on the CPU.
+    /// </summary>
+    public string? CheckpointPath
+    {
+        get => _checkpointPath;
+        init => _checkpointPath = value is null || (Path.GetExtension(value).ToLowerInvariant() is ".pt" or ".pth" or ".safetensors" && Directory.Exists(Path.GetDirectoryName(Path.GetFullPath(value))))
+            ? value
+            : throw new ArgumentException(
+                $"CheckpointPath '{value}' must end in .pt, .pth or .safetensors and be in an existing folder.", nameof(CheckpointPath));
+    }
+
     /// <summary>Whether the built-in probes (gradient statistics, drift, loss) run (default true).</summary>
     public bool BuiltInProbes { get; init; } = true;
 
@@ -191,7 +213,9 @@ public sealed class ProbeOptions
     /// <c>TRAININGPROBES_RUN_ID</c>, <c>TRAININGPROBES_WORKER</c>, <c>TRAININGPROBES_LAYER_METRICS</c>,
     /// <c>TRAININGPROBES_OVERHEAD_BUDGET</c> (a fraction, or <c>none</c> for a fixed interval),
     /// <c>TRAININGPROBES_OUTPUT</c> (<c>console</c> or <c>none</c>) and <c>TRAININGPROBES_PROMETHEUS</c> (a port or
-    /// host:port: serves a Prometheus scrape endpoint there; needs the TrainingProbes.Prometheus package).
+    /// host:port: serves a Prometheus scrape endpoint there; needs the TrainingProbes.Prometheus package),
+    /// <c>TRAININGPROBES_STOP</c> (rules as text, separated by <c>;</c>, see <see cref="StoppingRule.Parse"/>)
+    /// and <c>TRAININGPROBES_CHECKPOINT</c> (<see cref="CheckpointPath"/>).
     /// The one-line <c>model.Probe(loss)</c> uses these when no session was attached explicitly.
     /// </summary>
     /// <exception cref="ArgumentException">A variable holds a value that cannot be used; the message names it.</exception>
@@ -219,6 +243,8 @@ public sealed class ProbeOptions
                 },
                 LayerMetrics = Integer(read, "TRAININGPROBES_LAYER_METRICS") ?? defaults.LayerMetrics,
                 Probes = read("TRAININGPROBES_PROMETHEUS") is { Length: > 0 } endpoint ? [PrometheusEndpoint(endpoint)] : [],
+                Stopping = read("TRAININGPROBES_STOP") is { Length: > 0 } rules ? ParseRules(rules) : [],
+                CheckpointPath = read("TRAININGPROBES_CHECKPOINT") is { Length: > 0 } checkpoint ? checkpoint : null,
                 Output = read("TRAININGPROBES_OUTPUT")?.Trim().ToLowerInvariant() switch
                 {
                     null or "" or "console" => Console.Out,
@@ -256,6 +282,18 @@ public sealed class ProbeOptions
             }
         }
 
+        static StoppingRule[] ParseRules(string text)
+        {
+            try
+            {
+                return text.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(StoppingRule.Parse).ToArray();
+            }
+            catch (RuleParseException ex)
+            {
+                throw new ArgumentException($"TRAININGPROBES_STOP: {ex.Message}", ex);
+            }
+        }
+
         static Geometry ParseGeometries(string text)
         {
             var result = Geometry.None;
@@ -275,6 +313,11 @@ public sealed class ProbeOptions
                 $"Raise Interval to {WindowSize} or more, or lower WindowSize.", nameof(Interval));
         if (Probes.Any(p => p is null))
             throw new ArgumentException("Probes contains a null entry.", nameof(Probes));
+        if (Stopping.Any(r => r is null))
+            throw new ArgumentException("Stopping contains a null entry.", nameof(Stopping));
+        var sameName = Stopping.GroupBy(r => r.Name).FirstOrDefault(g => g.Count() > 1);
+        if (sameName is not null)
+            throw new ArgumentException($"Two stopping rules are named '{sameName.Key}'; give each a distinct Name (their saved states are matched by name).", nameof(Stopping));
         var duplicate = Probes.GroupBy(p => p.Name).FirstOrDefault(g => g.Count() > 1);
         if (duplicate is not null)
             throw new ArgumentException($"Two probes are named '{duplicate.Key}'; give each probe a distinct Name.", nameof(Probes));

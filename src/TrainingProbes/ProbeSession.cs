@@ -5,7 +5,9 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using TorchSharp;
 using TrainingProbes.Capture;
+using TrainingProbes.Checkpoints;
 using TrainingProbes.Probes;
+using TrainingProbes.Stopping;
 using TrainingProbes.Telemetry;
 using static TorchSharp.torch;
 
@@ -35,6 +37,10 @@ public sealed class ProbeSession : IDisposable
     private int _historyNext;
     private ProbeSnapshot? _latest;
     private IndicatorValue[] _current = [];   // the last value of every series published so far (for the gauges)
+    private readonly CancellationTokenSource _stopSource = new();
+    private readonly HashSet<StoppingRule> _fired = [];
+    private readonly Dictionary<StoppingRule, WeightSnapshot> _best = [];
+    private volatile bool _shouldStop;
     private long _step;
     private int _window;
     private long _lastStepEnded;         // timestamp at which the previous Step call returned
@@ -106,6 +112,8 @@ public sealed class ProbeSession : IDisposable
 
         ProbeTelemetry.Register(this);
         ProbeTelemetry.Failures.Add(0, SessionAttributes);   // the series exists (at 0) before the first failure
+        foreach (var rule in options.Stopping)
+            ProbeTelemetry.RulesFired.Add(0, RuleAttributes(rule));
 
         _logger.LogInformation(
             "TrainingProbes run {RunId}: watching {Parameters} parameters in {Tensors} tensors, window K={K} every N={N} steps, geometries {Geometries}.",
@@ -204,6 +212,73 @@ public sealed class ProbeSession : IDisposable
 
     /// <summary>Raised on the training thread after each window's snapshot is published.</summary>
     public event EventHandler<ProbeSnapshot>? WindowClosed;
+
+    /// <summary>
+    /// True once a <see cref="RuleAction.Stop"/> rule of <see cref="ProbeOptions.Stopping"/> has fired: the trainer
+    /// should leave its loop before the next optimizer step (<c>if (model.Probe(loss).ShouldStop) break;</c>).
+    /// </summary>
+    public bool ShouldStop => _shouldStop;
+
+    /// <summary>Cancelled when <see cref="ShouldStop"/> becomes true, for trainers that pass a token around.</summary>
+    public CancellationToken StopToken => _stopSource.Token;
+
+    /// <summary>Raised on the training thread when a rule fires (stop or warn), with the rule, the value, the step and the reason.</summary>
+    public event EventHandler<StoppingEventArgs>? RuleFired;
+
+    /// <summary>The stopping rules of <see cref="ProbeOptions.Stopping"/>.</summary>
+    public IReadOnlyList<StoppingRule> Rules => Options.Stopping;
+
+    /// <summary>
+    /// The best weights a rule has kept (a CPU copy), for a rule with <see cref="EarlyStopping.RestoreBestWeights"/>
+    /// or the <see cref="RuleAction.Checkpoint"/> action; null before its first improvement.
+    /// </summary>
+    /// <param name="rule">One of <see cref="Rules"/>.</param>
+    public WeightSnapshot? BestWeights(StoppingRule rule) => _best.GetValueOrDefault(rule);
+
+    /// <summary>
+    /// Reports a value the probes do not compute, such as a validation loss or accuracy, at the current step: the
+    /// rules that monitor it are evaluated now, and it is published as a gauge (<c>trainingprobes.&lt;name&gt;</c>,
+    /// probe <c>user</c>). Call it on the training thread.
+    /// </summary>
+    /// <param name="name">Dotted snake_case name, for example <c>val.loss</c>.</param>
+    /// <param name="value">The value.</param>
+    /// <param name="geometry">Its geometry, usually <see cref="Geometry.None"/>.</param>
+    public void Report(string name, double value, Geometry geometry = Geometry.None)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ProbeWindowContext.ValidateName(name);
+        var reported = new IndicatorValue(name, geometry, "user", value);
+        var merged = _current.Where(v => !(v.Name == name && v.Geometry == geometry && v.Layer is null && v.Probe == "user")).Append(reported).ToArray();
+        Volatile.Write(ref _current, merged);
+        ProbeTelemetry.EnsureInstrument(name);
+        foreach (var rule in Options.Stopping)
+            if (rule.Monitor == name && rule.Geometry == geometry)
+                Act(rule, rule.Evaluate(value, _step));
+    }
+
+    /// <summary>The stopping rules' state (best values, counters, steps) as JSON, to save with a training checkpoint.</summary>
+    public string SaveStoppingState() => StoppingState.ToJson(Options.Stopping.Select(r => r.SaveState()).ToArray());
+
+    /// <summary>
+    /// Restores the rules' state saved by <see cref="SaveStoppingState"/>, matched by rule name, so that a resumed run
+    /// continues the same decisions. A restored Stop rule that had fired sets <see cref="ShouldStop"/> again.
+    /// </summary>
+    /// <param name="json">What <see cref="SaveStoppingState"/> returned.</param>
+    /// <exception cref="ArgumentException">A saved rule is not among this session's rules, or the reverse.</exception>
+    public void RestoreStoppingState(string json)
+    {
+        var states = StoppingState.FromJson(json);
+        var byName = Options.Stopping.ToDictionary(r => r.Name);
+        var missing = Options.Stopping.Select(r => r.Name).Except(states.Select(s => s.Name)).ToList();
+        var unknown = states.Select(s => s.Name).Where(n => !byName.ContainsKey(n)).ToList();
+        if (missing.Count > 0 || unknown.Count > 0)
+            throw new ArgumentException(
+                $"The saved stopping state does not match this session's rules: missing {string.Join(", ", missing.DefaultIfEmpty("none"))}; unknown {string.Join(", ", unknown.DefaultIfEmpty("none"))}.",
+                nameof(json));
+        foreach (var state in states) byName[state.Name].RestoreState(state);
+        foreach (var rule in Options.Stopping)
+            if (rule.Action == RuleAction.Stop && rule.Stopped && _fired.Add(rule)) SetStop();
+    }
 
     internal GradientWindow Window { get; }
 
@@ -386,14 +461,19 @@ public sealed class ProbeSession : IDisposable
     /// time T so far, and the cost C of the next window (a moving average of window costs), choose the wait S so that
     /// (P + C) / (T + (S + K) t) = budget, t the average training time per step. An expensive window (an active one)
     /// is paid back by a longer wait, a cheap stretch lets windows come sooner, and the achieved overhead stays at the
-    /// budget over the run. Never below 0 (windows back to back), never above <see cref="ProbeOptions.MaxInterval"/>.
+    /// budget over the run. Credit is spent at most at twice the steady rate (S at least half of C / (budget t) - K).
+    /// Never below 0 (windows back to back), never above <see cref="ProbeOptions.MaxInterval"/>.
     /// </summary>
     private long StepsUntilNextWindow()
     {
         int k = Options.WindowSize;
         if (Options.OverheadBudget is not { } budget || _gapAverage <= 0)
             return Math.Max(_windowStart + Options.Interval - _step, 0);
-        double wait = ((_totalProbeTicks + _costAverage) / budget - _totalTrainingTicks) / _gapAverage - k;
+        double ledger = ((_totalProbeTicks + _costAverage) / budget - _totalTrainingTicks) / _gapAverage - k;
+        // Credit saved while windows were rare (say after an expensive first window) is spent at most twice as fast as
+        // the steady rate, rather than in a burst of back-to-back windows.
+        double steady = _costAverage / budget / _gapAverage - k;
+        double wait = Math.Max(ledger, 0.5 * steady);
         return (long)Math.Clamp(Math.Ceiling(wait), 0, ProbeOptions.MaxInterval);
     }
 
@@ -416,6 +496,8 @@ public sealed class ProbeSession : IDisposable
         try
         {
             ProbeTelemetry.EnsureInstruments(snapshot);
+            foreach (var rule in Options.Stopping)
+                if (rule.TryEvaluate(snapshot, out var decision)) Act(rule, decision);
             ProbeTelemetry.Windows.Add(1, SessionAttributes);
             foreach (var (probe, seconds) in snapshot.ProbeSeconds)
                 ProbeTelemetry.ProbeDuration.Record(seconds, [.. SessionAttributes, new(TrainingProbesMeter.ProbeAttribute, probe)]);
@@ -428,6 +510,47 @@ public sealed class ProbeSession : IDisposable
         }
 
     }
+
+    /// <summary>What a rule's decision means for the run: keep best weights, stop, warn; once per firing.</summary>
+    private void Act(StoppingRule rule, RuleDecision decision)
+    {
+        bool keepsWeights = rule.Action == RuleAction.Checkpoint || rule is EarlyStopping { RestoreBestWeights: true };
+        if (decision.Improved && keepsWeights)
+        {
+            if (_best.TryGetValue(rule, out var kept)) kept.CaptureInto(Model, decision.Step, decision.Value);
+            else _best[rule] = WeightSnapshot.Capture(Model, decision.Step, decision.Value);
+            if (rule.Action == RuleAction.Checkpoint && Options.CheckpointPath is { } path)
+                CheckpointFile.Save(_best[rule], path, path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) ? CheckpointFormat.Safetensors : CheckpointFormat.PyTorch);
+        }
+
+        if (!decision.Fired || rule.Action == RuleAction.Checkpoint) return;
+        if (rule.Action == RuleAction.Stop && !_fired.Add(rule)) return;   // a Stop rule stays fired: act once
+
+        bool restored = false;
+        if (rule.Action == RuleAction.Stop && rule is EarlyStopping { RestoreBestWeights: true } && _best.TryGetValue(rule, out var best))
+        {
+            best.RestoreTo(Model);
+            restored = true;
+        }
+
+        ProbeTelemetry.RulesFired.Add(1, RuleAttributes(rule));
+        string what = rule.Action == RuleAction.Stop ? "stop" : "warning";
+        _logger.LogWarning("TrainingProbes run {RunId}: {What} at step {Step}, rule '{Rule}': {Reason}{Restored}",
+            RunId, what, decision.Step, rule.Name, decision.Reason, restored ? $" Restored the best weights (step {_best[rule].Step})." : "");
+        Options.Output?.WriteLine($"[probes] {what} at step {decision.Step}: {decision.Reason} (rule: {rule.Name})" +
+            (restored ? $"; restored the best weights of step {_best[rule].Step}" : ""));
+        if (rule.Action == RuleAction.Stop) SetStop();
+        RuleFired?.Invoke(this, new StoppingEventArgs(rule, decision, restored));
+    }
+
+    private void SetStop()
+    {
+        _shouldStop = true;
+        _stopSource.Cancel();
+    }
+
+    private KeyValuePair<string, object?>[] RuleAttributes(StoppingRule rule) =>
+        [.. SessionAttributes, new("rule", rule.Name), new("action", rule.Action.ToString().ToLowerInvariant())];
 
     private bool Guard<T>(TrainingProbe probe, Action<TrainingProbe, T> callback, T argument)
     {
@@ -465,6 +588,9 @@ public sealed class ProbeSession : IDisposable
 
         ProbeTelemetry.Unregister(this);
         Window.Dispose();
+        foreach (var weights in _best.Values) weights.Dispose();
+        _best.Clear();
+        _stopSource.Dispose();
         lock (Sessions)
         {
             if (Sessions.TryGetValue(Model, out var current) && ReferenceEquals(current, this)) Sessions.Remove(Model);

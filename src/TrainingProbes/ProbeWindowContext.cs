@@ -150,11 +150,16 @@ public sealed partial class ProbeWindowContext
     private void CheckName(string name)
     {
         if (_checkedNames.Contains(name)) return;
+        ValidateName(name);
+        _checkedNames.Add(name);
+    }
+
+    internal static void ValidateName(string name)
+    {
         if (string.IsNullOrEmpty(name) || !NamePattern().IsMatch(name))
             throw new ArgumentException(
                 $"Indicator name '{name}' is not dotted snake_case (lower-case letters, digits and '_', parts joined by '.', for example 'my_probe.alignment').",
                 nameof(name));
-        _checkedNames.Add(name);
     }
 
     [GeneratedRegex("^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)*$")]

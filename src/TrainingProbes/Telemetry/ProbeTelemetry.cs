@@ -32,6 +32,11 @@ internal static class ProbeTelemetry
         TrainingProbesMeter.InstrumentPrefix + Indicators.Windows, unit: "{window}",
         description: "Windows of captured gradients closed and published.");
 
+    /// <summary>Stopping rules that fired (stop or warn).</summary>
+    public static readonly Counter<long> RulesFired = Meter.CreateCounter<long>(
+        TrainingProbesMeter.InstrumentPrefix + Indicators.RulesFired, unit: "{firing}",
+        description: "Stopping rules that fired, by rule and action (stop or warn).");
+
     static ProbeTelemetry()
     {
         Meter.CreateObservableGauge(TrainingProbesMeter.InstrumentPrefix + Indicators.Step, ObserveSteps, unit: "{step}",
@@ -51,17 +56,19 @@ internal static class ProbeTelemetry
     /// <summary>Creates the gauges of names published for the first time (once per name and process).</summary>
     public static void EnsureInstruments(ProbeSnapshot snapshot)
     {
-        foreach (var value in snapshot.Values)
+        foreach (var value in snapshot.Values) EnsureInstrument(value.Name);
+    }
+
+    /// <summary>Creates the gauge of <paramref name="name"/> if it does not exist yet.</summary>
+    public static void EnsureInstrument(string name)
+    {
+        if (Gauges.ContainsKey(name)) return;
+        lock (Gate)
         {
-            if (Gauges.ContainsKey(value.Name)) continue;
-            lock (Gate)
-            {
-                if (Gauges.ContainsKey(value.Name)) continue;
-                string name = value.Name;
-                Gauges[name] = Meter.CreateObservableGauge(
-                    TrainingProbesMeter.InstrumentPrefix + name, () => Observe(name),
-                    unit: Indicators.UnitOf(name), description: Indicators.DescriptionOf(name));
-            }
+            if (Gauges.ContainsKey(name)) return;
+            Gauges[name] = Meter.CreateObservableGauge(
+                TrainingProbesMeter.InstrumentPrefix + name, () => Observe(name),
+                unit: Indicators.UnitOf(name), description: Indicators.DescriptionOf(name));
         }
     }
 

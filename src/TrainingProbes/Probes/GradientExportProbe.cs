@@ -1,0 +1,59 @@
+using TrainingProbes.Checkpoints;
+using static TorchSharp.torch;
+
+namespace TrainingProbes;
+
+/// <summary>
+/// Writes the gradients of every <c>every</c>-th window to a safetensors file, for offline analysis in Python
+/// (<c>safetensors.torch.load_file</c>): one tensor per watched parameter, shaped [K, ...parameter shape], named as in
+/// <c>named_parameters()</c>, with the run id, window and step in the file's metadata. Files are
+/// <c>window-000012.safetensors</c> in the given folder. Each export copies K x P numbers to the host.
+/// </summary>
+public sealed class GradientExportProbe : TrainingProbe
+{
+    private readonly string _directory;
+    private readonly int _every;
+
+    /// <summary>Creates the probe; add it to <see cref="ProbeOptions.Probes"/>.</summary>
+    /// <param name="directory">An existing folder.</param>
+    /// <param name="every">Export every this-many windows (default 1).</param>
+    public GradientExportProbe(string directory, int every = 1)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(directory);
+        if (every < 1) throw new ArgumentOutOfRangeException(nameof(every), every, "every must be at least 1 (1 exports every window).");
+        _directory = directory;
+        _every = every;
+    }
+
+    /// <inheritdoc />
+    public override string Name => "gradient_export";
+
+    /// <summary>Files written so far.</summary>
+    public IReadOnlyList<string> Files => _files;
+
+    private readonly List<string> _files = [];
+
+    /// <inheritdoc />
+    public override void OnSessionStart(ProbeSession session)
+    {
+        if (!Directory.Exists(_directory))
+            throw new ProbeConfigurationException($"GradientExportProbe: the folder '{_directory}' does not exist; create it or choose another.");
+    }
+
+    /// <inheritdoc />
+    public override void OnWindowClosed(ProbeWindowContext window)
+    {
+        if (window.Window % _every != 0) return;
+        var tensors = window.ParameterNames.ToDictionary(name => name, window.Gradients);
+        var metadata = new Dictionary<string, string>
+        {
+            ["run_id"] = window.Session.RunId,
+            ["window"] = window.Window.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["step"] = window.Step.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["k"] = window.WindowSize.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        };
+        string path = Path.Combine(_directory, $"window-{window.Window:D6}.safetensors");
+        CheckpointFile.SaveTensors(tensors, path, metadata);
+        _files.Add(path);
+    }
+}
