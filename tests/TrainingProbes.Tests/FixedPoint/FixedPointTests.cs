@@ -1,4 +1,5 @@
 using TorchSharp;
+using TrainingProbes.Tests.Curvature;
 using TrainingProbes.Tests.IndicatorsTests;
 using static TorchSharp.torch;
 
@@ -132,7 +133,7 @@ public sealed class FixedPointTests
             Close.Assert(value, snapshot.Get("fixed_point." + name, Geometry.Euclidean), 1e-9, name, scale: expected[Indicators.GradientNorm]);
 
         double trace = Enumerable.Range(0, 4).Sum(c => hessian[c, c]);
-        double top = Jacobi.Eigenvalues(hessian).Max();
+        double top = CurvatureTestMath.JacobiEigenvalues(hessian).Max();
         Close.Assert(top, snapshot.Get(Indicators.CurvatureLambdaMax, Geometry.Euclidean), 1e-6, "lambda_max");
         Close.Assert(top, snapshot.Get(Indicators.CurvatureLambdaMaxMagnitude, Geometry.Euclidean), 1e-6, "lambda_max magnitude");
         double halfWidth = snapshot.Get(Indicators.CurvatureTraceHalfWidth, Geometry.Euclidean);
@@ -150,7 +151,7 @@ public sealed class FixedPointTests
                 for (int c = 0; c < 4; c++)
                     for (int d = 0; d < 4; d++) hi[c, d] += s * (1 - s) * z[c] * z[d] / Size;
             }
-            sum += Jacobi.Eigenvalues(hi).Max();
+            sum += CurvatureTestMath.JacobiEigenvalues(hi).Max();
         }
         double contrastive = sum / K / top;
         Assert.True(contrastive >= 1);
@@ -201,44 +202,5 @@ public sealed class FixedPointTests
         Assert.Contains(snapshot.Values, v => v.Name == "fixed_point.gradient.cosine");
         Assert.Contains("Batches", Assert.Throws<ArgumentException>(() =>
             FixedPointProbe.Measure(model, new FixedPointOptions { Loss = (o, t) => nn.functional.cross_entropy(o, t) })).Message);
-    }
-}
-
-/// <summary>Eigenvalues of a small symmetric matrix by cyclic Jacobi rotations, in plain double.</summary>
-internal static class Jacobi
-{
-    public static double[] Eigenvalues(double[,] matrix)
-    {
-        int n = matrix.GetLength(0);
-        var a = (double[,])matrix.Clone();
-        for (int sweep = 0; sweep < 100; sweep++)
-        {
-            double off = 0;
-            for (int p = 0; p < n; p++)
-                for (int q = p + 1; q < n; q++) off += a[p, q] * a[p, q];
-            if (off < 1e-30) break;
-            for (int p = 0; p < n; p++)
-                for (int q = p + 1; q < n; q++)
-                {
-                    if (Math.Abs(a[p, q]) < 1e-300) continue;
-                    double theta = (a[q, q] - a[p, p]) / (2 * a[p, q]);
-                    double t = Math.Sign(theta) / (Math.Abs(theta) + Math.Sqrt(theta * theta + 1));
-                    if (theta == 0) t = 1;
-                    double c = 1 / Math.Sqrt(t * t + 1), s = t * c;
-                    for (int k = 0; k < n; k++)
-                    {
-                        double akp = a[k, p], akq = a[k, q];
-                        a[k, p] = c * akp - s * akq;
-                        a[k, q] = s * akp + c * akq;
-                    }
-                    for (int k = 0; k < n; k++)
-                    {
-                        double apk = a[p, k], aqk = a[q, k];
-                        a[p, k] = c * apk - s * aqk;
-                        a[q, k] = s * apk + c * aqk;
-                    }
-                }
-        }
-        return Enumerable.Range(0, n).Select(i => a[i, i]).ToArray();
     }
 }
