@@ -41,6 +41,7 @@ public sealed class ProbeSession : IDisposable
     private readonly HashSet<StoppingRule> _fired = [];
     private readonly Dictionary<StoppingRule, WeightSnapshot> _best = [];
     private volatile bool _shouldStop;
+    private readonly bool _userProbesObserveSteps;
     private long _step;
     private int _window;
     private long _lastStepEnded;         // timestamp at which the previous Step call returned
@@ -77,6 +78,10 @@ public sealed class ProbeSession : IDisposable
         }
 
         _started = new bool[_probes.Length];
+        // Steps outside a window cost nothing unless a user probe overrides OnStep (the built-in ones only act on
+        // captured steps): then every step opens a dispose scope and calls the probes.
+        _userProbesObserveSteps = options.Probes.Any(p =>
+            p.GetType().GetMethod(nameof(TrainingProbe.OnStep), [typeof(ProbeStepContext)])?.DeclaringType != typeof(TrainingProbe));
         _probeTicks = new long[_probes.Length + 2];
         _stepContext = new ProbeStepContext(this);
         _windowContext = new ProbeWindowContext(this, Window);
@@ -322,7 +327,7 @@ public sealed class ProbeSession : IDisposable
         MeasureTrainingGap(started);
         long phase = step - _windowStart;
         int slot = phase >= 0 && phase < Options.WindowSize ? (int)phase : -1;
-        if (slot < 0 && Options.Probes.Count == 0)
+        if (slot < 0 && !_userProbesObserveSteps)
         {
             _lastStepEnded = started;
             return this;

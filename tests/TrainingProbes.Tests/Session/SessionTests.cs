@@ -205,3 +205,43 @@ public sealed class OptionsFromEnvironmentTests
         Assert.Contains(named, error.Message);
     }
 }
+
+public sealed class StepCostTests
+{
+    private sealed class WindowOnlyProbe : TrainingProbe
+    {
+        public override string Name => "window_only";
+        public override void OnWindowClosed(ProbeWindowContext window) => window.Report("window_only.value", 1.0);
+    }
+
+    private sealed class EveryStepProbe : TrainingProbe
+    {
+        public int Calls { get; private set; }
+        public override string Name => "every_step";
+        public override void OnStep(ProbeStepContext step) => Calls++;
+    }
+
+    [Fact]
+    public void A_user_probe_without_OnStep_keeps_steps_outside_windows_free_and_one_with_it_sees_every_step()
+    {
+        torch.manual_seed(2);
+        var model = nn.Linear(3, 2);
+        var everyStep = new EveryStepProbe();
+        using var session = ProbeSession.Attach(model,
+            new ProbeOptions { WindowSize = 2, Interval = 1000, Output = null, OverheadBudget = null, Probes = [new WindowOnlyProbe()] });
+        var other = nn.Linear(3, 2);
+        using var observed = ProbeSession.Attach(other,
+            new ProbeOptions { WindowSize = 2, Interval = 1000, Output = null, OverheadBudget = null, Probes = [everyStep] });
+        using var scope = torch.NewDisposeScope();
+        using var loss = torch.tensor(1.0f);
+        for (int i = 0; i < 10; i++) session.Step(loss);
+
+        long allocated = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 500; i++) session.Step(loss);
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - allocated);
+        Assert.Equal(1.0, session.Latest!.Get("window_only.value"));
+
+        for (int i = 0; i < 50; i++) observed.Step(loss);
+        Assert.Equal(50, everyStep.Calls);
+    }
+}
