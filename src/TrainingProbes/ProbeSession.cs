@@ -501,12 +501,12 @@ public sealed class ProbeSession : IDisposable
         try
         {
             ProbeTelemetry.EnsureInstruments(snapshot);
-            foreach (var rule in Options.Stopping)
-                if (rule.TryEvaluate(snapshot, out var decision)) Act(rule, decision);
             ProbeTelemetry.Windows.Add(1, SessionAttributes);
             foreach (var (probe, seconds) in snapshot.ProbeSeconds)
                 ProbeTelemetry.ProbeDuration.Record(seconds, [.. SessionAttributes, new(TrainingProbesMeter.ProbeAttribute, probe)]);
             if (Options.Output is { } output) output.WriteLine(ConsoleSummary.Format(snapshot, Options.Geometries));
+            foreach (var rule in Options.Stopping)
+                if (rule.TryEvaluate(snapshot, out var decision)) Act(rule, decision);
             WindowClosed?.Invoke(this, snapshot);
         }
         catch (Exception ex)
