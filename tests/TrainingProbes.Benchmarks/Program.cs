@@ -48,6 +48,7 @@ var variants = suite switch
     {
         ("no probes", null),
         ("N=100 fixed + /metrics, not scraped", new ProbeOptions { Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
+        ("N=100 fixed + /metrics, ~20 scrapes/s", new ProbeOptions { Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
         ("N=100 fixed + /metrics, ~200 scrapes/s", new ProbeOptions { Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
     },
     _ => throw new ArgumentException($"Unknown suite '{suite}': use intervals, budget or scrape."),
@@ -57,21 +58,30 @@ var perStep = variants.Select(_ => new List<double>()).ToArray();
 var runs = variants.Select(v => new Run(images, labels, v.Options)).ToArray();
 foreach (var run in runs) run.Train(50);   // warm-up
 
-// In the scrape suite the last variant is trained while a client fetches its /metrics page every 5 ms (a burst far
-// denser than any Prometheus setup), to show what scrapes cost the training thread.
-int scrapedVariant = suite == "scrape" ? variants.Length - 1 : -1;
-var scraper = scrapedVariant < 0 ? null : new Scraper(((PrometheusScrapeEndpoint)variants[scrapedVariant].Options!.Probes[0]).Address!);
+// In the scrape suite the last two variants are trained while a client in the same process fetches their /metrics
+// page every 50 ms and every 5 ms (far denser than any Prometheus setup, which scrapes every few seconds).
+var scrapers = new Dictionary<int, Scraper>();
+if (suite == "scrape")
+{
+    scrapers[variants.Length - 2] = new Scraper(((PrometheusScrapeEndpoint)variants[^2].Options!.Probes[0]).Address!, pauseMilliseconds: 50);
+    scrapers[variants.Length - 1] = new Scraper(((PrometheusScrapeEndpoint)variants[^1].Options!.Probes[0]).Address!, pauseMilliseconds: 5);
+}
+var clock = Stopwatch.StartNew();
+var scrapedSeconds = new Dictionary<int, double>();
 for (int round = 0; round < rounds; round++)
     for (int v = 0; v < variants.Length; v++)
     {
-        if (scraper is not null && v == scrapedVariant) scraper.Running = true;
+        var scraper = scrapers.GetValueOrDefault(v);
+        if (scraper is not null) scraper.Running = true;
+        double started = clock.Elapsed.TotalSeconds;
         perStep[v].Add(runs[v].Train(stepsPerRound) / stepsPerRound);
+        scrapedSeconds[v] = scrapedSeconds.GetValueOrDefault(v) + clock.Elapsed.TotalSeconds - started;
         if (scraper is not null) scraper.Running = false;
     }
-if (scraper is not null)
+foreach (var (v, scraper) in scrapers)
 {
     scraper.Stop();
-    Console.WriteLine($"scrapes served to the scraped variant: {scraper.Count}");
+    Console.WriteLine($"{variants[v].Name}: {scraper.Count} scrapes in {scrapedSeconds[v]:F1} s of training ({scraper.Count / scrapedSeconds[v]:F0}/s)");
 }
 
 // The ratio is taken round by round (each round trains every variant back to back, so slow drifts of the machine
@@ -102,7 +112,7 @@ sealed class Scraper
     private readonly Thread _thread;
     private volatile bool _stopped;
 
-    public Scraper(Uri address)
+    public Scraper(Uri address, int pauseMilliseconds)
     {
         _thread = new Thread(() =>
         {
@@ -114,7 +124,7 @@ sealed class Scraper
                     http.GetStringAsync(address).GetAwaiter().GetResult();
                     Interlocked.Increment(ref _count);
                 }
-                Thread.Sleep(5);
+                Thread.Sleep(pauseMilliseconds);
             }
         }) { IsBackground = true };
         _thread.Start();
