@@ -70,7 +70,10 @@ public static class Indicators
     /// </summary>
     public const string ProbeOverhead = "probe.overhead";
 
-    /// <summary>Achieved probe overhead since the session started: all probe seconds over all training seconds without probes.</summary>
+    /// <summary>
+    /// Achieved probe overhead since the session started: all probe seconds over all training seconds without probes
+    /// (the first window, which pays one-time costs such as JIT compilation, left out).
+    /// </summary>
     public const string ProbeOverheadTotal = "probe.overhead_total";
 
     /// <summary>Steps from this window's start to the next one's (adapted to <see cref="ProbeOptions.OverheadBudget"/> when set).</summary>

@@ -436,11 +436,18 @@ public sealed class ProbeSession : IDisposable
         long probeTicks = _intervalProbeTicks + (now - started);
         long trainingTicks = _intervalTrainingTicks;
         context.Report(Indicators.ProbeOverhead, trainingTicks > 0 ? (double)probeTicks / trainingTicks : double.NaN);
-        _totalProbeTicks += probeTicks;
-        _totalTrainingTicks += trainingTicks;
+        // The first window pays one-time costs (JIT compilation, first allocations, loading kernels) that say nothing
+        // about the windows to come: it is left out of the ledger, and the second window follows the fixed Interval.
+        bool warmUp = _window == 0;
+        if (!warmUp)
+        {
+            _totalProbeTicks += probeTicks;
+            _totalTrainingTicks += trainingTicks;
+            _costAverage = _window == 1 ? probeTicks : 0.7 * _costAverage + 0.3 * probeTicks;
+        }
+
         context.Report(Indicators.ProbeOverheadTotal, _totalTrainingTicks > 0 ? (double)_totalProbeTicks / _totalTrainingTicks : double.NaN);
-        _costAverage = _window == 0 ? probeTicks : 0.7 * _costAverage + 0.3 * probeTicks;
-        long wait = StepsUntilNextWindow();
+        long wait = warmUp ? Math.Max(_windowStart + Options.Interval - _step, 0) : StepsUntilNextWindow();
         context.Report(Indicators.ProbeInterval, _step - _windowStart + wait);
         _windowStart = _step + wait;
         _intervalProbeTicks = 0;
@@ -472,7 +479,7 @@ public sealed class ProbeSession : IDisposable
     private long StepsUntilNextWindow()
     {
         int k = Options.WindowSize;
-        if (Options.OverheadBudget is not { } budget || _gapAverage <= 0)
+        if (Options.OverheadBudget is not { } budget || _gapAverage <= 0 || _totalTrainingTicks <= 0)
             return Math.Max(_windowStart + Options.Interval - _step, 0);
         double ledger = ((_totalProbeTicks + _costAverage) / budget - _totalTrainingTicks) / _gapAverage - k;
         // Credit saved while windows were rare (say after an expensive first window) is spent at most twice as fast as
