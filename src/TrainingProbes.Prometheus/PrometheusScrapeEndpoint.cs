@@ -75,6 +75,7 @@ public sealed class PrometheusScrapeEndpoint : TrainingProbe, IDisposable
         _app = app;
         var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses.FirstOrDefault();
         Address = new Uri(new Uri(bound ?? $"http://{_options.Host}:{_options.Port}"), _options.Path);
+        session.Options.Output?.WriteLine($"[probes] Prometheus metrics at {Address}");
     }
 
     /// <inheritdoc />
