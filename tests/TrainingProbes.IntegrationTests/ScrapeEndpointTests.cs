@@ -10,7 +10,7 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
     [Fact]
     public async Task A_burst_of_scrapes_while_training_leaves_every_indicator_bit_identical()
     {
-        const int Steps = 3000;
+        const int Steps = 10_000;
         var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
         IReadOnlyList<ProbeSnapshot> scraped, quiet;
         int requests = 0, duringTraining = 0;
@@ -20,14 +20,21 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
             using var http = new HttpClient();
             var clients = Enumerable.Range(0, 4).Select(_ => Task.Run(async () =>
             {
-                for (int i = 0; i < 100; i++)
+                // Each client scrapes back to back until it has done 100 scrapes while training was running (or
+                // training ends), so the burst overlaps training however fast either side happens to be.
+                int mine = 0;
+                while (mine < 100 && training.Steps < Steps)
                 {
                     bool running = training.Steps < Steps;
                     using var response = await http.GetAsync(endpoint.Address);
                     Assert.Equal(HttpStatusCode.OK, response.StatusCode);
                     await response.Content.ReadAsStringAsync();
                     Interlocked.Increment(ref requests);
-                    if (running && training.Steps < Steps) Interlocked.Increment(ref duringTraining);
+                    if (running && training.Steps < Steps)
+                    {
+                        Interlocked.Increment(ref duringTraining);
+                        mine++;
+                    }
                 }
             })).ToArray();
             var clock = System.Diagnostics.Stopwatch.StartNew();
@@ -44,8 +51,7 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
             quiet = training.Session!.History;
         }
 
-        Assert.Equal(400, requests);
-        Assert.True(duringTraining >= 200, $"only {duringTraining} of the scrapes overlapped training; the test proves nothing then");
+        Assert.True(duringTraining >= 300, $"only {duringTraining} of {requests} scrapes overlapped training; the test proves nothing then");
         Assert.Equal(Steps / 20, quiet.Count);
         Assert.Equal(quiet.Count, scraped.Count);
         for (int w = 0; w < quiet.Count; w++)
