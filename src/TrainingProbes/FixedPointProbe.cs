@@ -73,6 +73,7 @@ public sealed class FixedPointProbe : TrainingProbe
             WindowSize = 2, Interval = 2, OverheadBudget = null, Output = null, BuiltInProbes = false, Probes = [probe],
             Geometries = settings.Geometries, FisherDecay = settings.FisherDecay, AdaptiveEta = settings.AdaptiveEta,
             GsnrEpsilon = settings.GsnrEpsilon, RegretQuantile = settings.RegretQuantile, ParameterFilter = settings.ParameterFilter,
+            FisherFloor = settings.FisherFloor,
             LoggerFactory = settings.LoggerFactory, RunId = settings.RunId ?? "measure",
         };
         using var session = ProbeSession.CreateUnregistered(model, sessionOptions);

@@ -14,6 +14,7 @@ public sealed class ProbeOptions
     private Geometry _geometries = Geometry.All;
     private double _fisherDecay = 0.9;
     private double _adaptiveEta;
+    private double _fisherFloor;
     private double _gsnrEpsilon;
     private double _regretQuantile = 0.9;
     private int _historyCapacity = 1024;
@@ -87,6 +88,22 @@ public sealed class ProbeOptions
         init => _fisherDecay = value is >= 0 and < 1
             ? value
             : throw new ArgumentOutOfRangeException(nameof(FisherDecay), value, "FisherDecay must be in [0, 1), for example 0.9.");
+    }
+
+    /// <summary>
+    /// Raises each coordinate's diagonal Fisher to at least this fraction of the mean Fisher of its parameter tensor
+    /// (default 0: no floor), in [0, 1). Coordinates that almost never receive a gradient (pixels that are rarely lit,
+    /// say) otherwise get an enormous whitening 1/sqrt(F) that dominates the Fisher geometry, above all the
+    /// finite-radius measures of <see cref="FixedPointProbe"/>. A floor keeps the invariance to rescaling a whole
+    /// parameter tensor (the symmetry of ReLU networks), but not to arbitrary per-coordinate rescaling; 1e-4 is a
+    /// reasonable value when you use the Fisher finite-radius measures.
+    /// </summary>
+    public double FisherFloor
+    {
+        get => _fisherFloor;
+        init => _fisherFloor = value is >= 0 and < 1
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(FisherFloor), value, "FisherFloor must be in [0, 1), for example 1e-4; 0 means no floor.");
     }
 
     /// <summary>

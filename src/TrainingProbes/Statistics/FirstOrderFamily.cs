@@ -28,6 +28,7 @@ internal sealed class FirstOrderFamily : IDisposable
     private readonly string _prefix;
     private FlatParameterBuffer? _fisher;     // running average of squared gradients, float64
     private FlatParameterBuffer? _theta;      // parameters at window close, for the adaptive geometry
+    private FlatParameterBuffer? _floor;      // FisherFloor x the mean Fisher of each parameter tensor, float64
     private CapturedParameter[] _layers = [];
     private int _windows;
     private double _biasCorrection;
@@ -52,6 +53,7 @@ internal sealed class FirstOrderFamily : IDisposable
         // subnormal in float32, which is both inexact and, on CPUs, two orders of magnitude slower.
         if (geometries.HasFlag(Geometry.Fisher)) _fisher = window.CreateFlatBuffer(minimum: ScalarType.Float64);
         if (geometries.HasFlag(Geometry.Adaptive)) _theta = window.CreateFlatBuffer();
+        if (_fisher is not null && options.FisherFloor > 0) _floor = window.CreateFlatBuffer(minimum: ScalarType.Float64);
         _layers = window.Parameters.Take(layerCount).ToArray();
         _hostSums = new double[SumsLength(window.K)];
         _scratch = new double[window.K * (window.K - 1)];
@@ -74,7 +76,9 @@ internal sealed class FirstOrderFamily : IDisposable
         for (int s = 0; s < buffer.Segments.Count; s++)
         {
             var sums = torch.zeros(SumsLength(k), dtype: ScalarType.Float64, device: buffer.Segments[s].Device);
-            Accumulate(buffer, s, 0, buffer.Segments[s].Count, sums, updateFisher: true);
+            bool floored = _floor is not null;
+            if (floored) UpdateFisherAndFloor(buffer, s);   // the floor needs the whole tensor's new average first
+            Accumulate(buffer, s, 0, buffer.Segments[s].Count, sums, updateFisher: !floored);
             window.Fetch(sums, AddSegment);
         }
 
@@ -113,7 +117,7 @@ internal sealed class FirstOrderFamily : IDisposable
                 var h = _geometries[i] switch
                 {
                     Geometry.Euclidean => g,
-                    Geometry.Fisher => g * FisherWhitening(g, _fisher!.Segments[s].narrow(0, offset, length), updateFisher),
+                    Geometry.Fisher => g * FisherWhitening(g, _fisher!.Segments[s].narrow(0, offset, length), _floor?.Segments[s].narrow(0, offset, length), updateFisher),
                     Geometry.Adaptive => g * (_theta!.Segments[s].narrow(0, offset, length).to(g.dtype).abs() + _options.AdaptiveEta),
                     var other => throw new InvalidOperationException(other.ToString()),
                 };
@@ -136,18 +140,48 @@ internal sealed class FirstOrderFamily : IDisposable
     /// large, not subnormal); first folds this chunk's gradients into F (float64) when <paramref name="update"/> is set:
     /// F &lt;- decay F + (1 - decay) mean_i g_i^2.
     /// </summary>
-    private Tensor FisherWhitening(Tensor g, Tensor fisher, bool update)
+    private Tensor FisherWhitening(Tensor g, Tensor fisher, Tensor? floor, bool update)
     {
-        if (update)
+        if (update) FoldIntoFisher(g, fisher);
+        var raised = floor is null ? fisher * _biasCorrection : torch.maximum(fisher, floor).mul_(_biasCorrection);
+        return raised.rsqrt_().masked_fill_(fisher <= 0, 0).to(g.dtype);
+    }
+
+    /// <summary>F &lt;- decay F + (1 - decay) mean_i g_i^2, in float64.</summary>
+    private void FoldIntoFisher(Tensor g, Tensor fisher)
+    {
+        // to() returns the tensor itself when it is float64 already: square out of place then, never in the buffer.
+        var squares = g.dtype == ScalarType.Float64 ? g.square() : g.to(ScalarType.Float64);
+        if (g.dtype != ScalarType.Float64) squares.mul_(squares);
+        fisher.mul_(_options.FisherDecay).add_(squares.mean([0]), alpha: 1 - _options.FisherDecay);
+    }
+
+    /// <summary>
+    /// Folds the whole segment's gradients into F, then sets each parameter tensor's floor to FisherFloor times the
+    /// mean of its F. Rescaling a whole tensor rescales its F and its floor alike, so the floor keeps the invariance to
+    /// layer rescaling (the symmetry of ReLU networks), though not to arbitrary per-coordinate rescaling.
+    /// </summary>
+    private void UpdateFisherAndFloor(GradientWindow buffer, int s)
+    {
+        var segment = buffer.Segments[s];
+        long chunk = Math.Max(1, (segment.Device.type == DeviceType.CPU ? CpuChunkElements : DeviceChunkElements) / buffer.K);
+        for (long offset = 0; offset < segment.Count; offset += chunk)
         {
-            // to() returns the tensor itself when it is float64 already: square out of place then, never in the buffer.
-            var squares = g.dtype == ScalarType.Float64 ? g.square() : g.to(ScalarType.Float64);
-            if (g.dtype != ScalarType.Float64) squares.mul_(squares);
-            fisher.mul_(_options.FisherDecay).add_(squares.mean([0]), alpha: 1 - _options.FisherDecay);
+            using var scope = torch.NewDisposeScope();
+            long length = Math.Min(chunk, segment.Count - offset);
+            var g = segment.Gradients.narrow(1, offset, length);
+            if (g.dtype is not (ScalarType.Float32 or ScalarType.Float64)) g = g.to(ScalarType.Float32);
+            FoldIntoFisher(g, _fisher!.Segments[s].narrow(0, offset, length));
         }
 
-        var d = (fisher * _biasCorrection).rsqrt_();
-        return d.masked_fill_(fisher <= 0, 0).to(g.dtype);
+        for (int p = 0; p < buffer.Parameters.Count; p++)
+        {
+            var parameter = buffer.Parameters[p];
+            if (parameter.Segment != s) continue;
+            using var scope = torch.NewDisposeScope();
+            var mean = _fisher!.Segments[s].narrow(0, parameter.Offset, parameter.Count).mean();
+            _floor!.Segments[s].narrow(0, parameter.Offset, parameter.Count).copy_(mean * _options.FisherFloor);
+        }
     }
 
     /// <summary>
@@ -161,7 +195,8 @@ internal sealed class FirstOrderFamily : IDisposable
         return geometry switch
         {
             Geometry.Euclidean => null,
-            Geometry.Fisher => (_fisher!.Segments[segment] * _biasCorrection).rsqrt_().masked_fill_(_fisher.Segments[segment] <= 0, 0).to(dtype),
+            Geometry.Fisher => (_floor is null ? _fisher!.Segments[segment] * _biasCorrection : torch.maximum(_fisher!.Segments[segment], _floor.Segments[segment]).mul_(_biasCorrection))
+                .rsqrt_().masked_fill_(_fisher.Segments[segment] <= 0, 0).to(dtype),
             Geometry.Adaptive => _theta!.Segments[segment].to(dtype).abs() + _options.AdaptiveEta,
             _ => throw new ArgumentOutOfRangeException(nameof(geometry), geometry, "One geometry at a time."),
         };
@@ -225,5 +260,6 @@ internal sealed class FirstOrderFamily : IDisposable
     {
         _fisher?.Dispose();
         _theta?.Dispose();
+        _floor?.Dispose();
     }
 }
