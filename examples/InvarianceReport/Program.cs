@@ -11,7 +11,7 @@
 // It exits with 0 when the rescaled networks compute the same outputs and every Fisher, adaptive and
 // geometry-free value moved by less than 1e-3 relative; with 1 otherwise, and with 2 for a bad argument or missing data.
 //
-//   dotnet run -c Release --project examples/InvarianceReport -- [--data <mnist folder>] [--output <file.md>]
+//   dotnet run -c Release --project examples/InvarianceReport -- [--data <mnist folder>] [--output <file.md>] [--fisher-floor <fraction>]
 //
 // The MNIST folder holds images-idx3-ubyte.gz and labels-idx1-ubyte.gz; by default the one named by
 // TRAININGPROBES_MNIST, else the repository's ../shared/datasets/mnist-10k.
@@ -29,6 +29,7 @@ const double OutputTolerance = 1e-10, InvarianceTolerance = 1e-3;
 double[] scales = [0.1, 10];
 
 string? dataDirectory = null, outputFile = null;
+double fisherFloor = 0;
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])
@@ -39,11 +40,15 @@ for (int i = 0; i < args.Length; i++)
         case "--output" when i + 1 < args.Length:
             outputFile = args[++i];
             break;
+        case "--fisher-floor" when i + 1 < args.Length && double.TryParse(args[i + 1], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double parsedFloor):
+            fisherFloor = parsedFloor;
+            i++;
+            break;
         case "-h" or "--help":
-            Console.WriteLine("usage: InvarianceReport [--data <folder with the MNIST IDX files>] [--output <markdown file>]");
+            Console.WriteLine("usage: InvarianceReport [--data <folder with the MNIST IDX files>] [--output <markdown file>] [--fisher-floor <fraction, e.g. 1e-4>]");
             return 0;
         default:
-            Console.Error.WriteLine($"Unknown or incomplete argument '{args[i]}'. usage: InvarianceReport [--data <folder>] [--output <file>]");
+            Console.Error.WriteLine($"Unknown or incomplete argument '{args[i]}'. usage: InvarianceReport [--data <folder>] [--output <file>] [--fisher-floor <fraction>]");
             return 2;
     }
 }
@@ -112,7 +117,7 @@ var options = new FixedPointOptions
     Batches = probeBatches,
     Minibatches = Minibatches,
 };
-var settings = new ProbeOptions { FisherDecay = 0 };   // one window: the Fisher diagonal is that window's mean g^2
+var settings = new ProbeOptions { FisherDecay = 0, FisherFloor = fisherFloor };   // one window: the Fisher diagonal is that window's mean g^2
 
 var before = FixedPointProbe.Measure(model, options, settings);
 var after = new List<ProbeSnapshot>();
