@@ -253,8 +253,7 @@ public sealed class ProbeSession : IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         ProbeWindowContext.ValidateName(name);
         var reported = new IndicatorValue(name, geometry, "user", value);
-        var merged = _current.Where(v => !(v.Name == name && v.Geometry == geometry && v.Layer is null && v.Probe == "user")).Append(reported).ToArray();
-        Volatile.Write(ref _current, merged);
+        MergeIntoCurrent([reported]);
         ProbeTelemetry.EnsureInstrument(name);
         foreach (var rule in Options.Stopping)
             if (rule.Monitor == name && rule.Geometry == geometry)
@@ -447,7 +446,7 @@ public sealed class ProbeSession : IDisposable
         }
 
         context.Report(Indicators.ProbeOverheadTotal, _totalTrainingTicks > 0 ? (double)_totalProbeTicks / _totalTrainingTicks : double.NaN);
-        long wait = warmUp ? Math.Max(_windowStart + Options.Interval - _step, 0) : StepsUntilNextWindow();
+        long wait = warmUp ? FixedWait() : StepsUntilNextWindow();
         context.Report(Indicators.ProbeInterval, _step - _windowStart + wait);
         _windowStart = _step + wait;
         _intervalProbeTicks = 0;
@@ -476,11 +475,14 @@ public sealed class ProbeSession : IDisposable
     /// budget over the run. Credit is spent at most at twice the steady rate (S at least half of C / (budget t) - K).
     /// Never below 0 (windows back to back), never above <see cref="ProbeOptions.MaxInterval"/>.
     /// </summary>
+    /// <summary>Steps from now to <see cref="ProbeOptions.Interval"/> steps after this window's start.</summary>
+    private long FixedWait() => Math.Max(_windowStart + Options.Interval - _step, 0);
+
     private long StepsUntilNextWindow()
     {
         int k = Options.WindowSize;
         if (Options.OverheadBudget is not { } budget || _gapAverage <= 0 || _totalTrainingTicks <= 0)
-            return Math.Max(_windowStart + Options.Interval - _step, 0);
+            return FixedWait();
         double ledger = ((_totalProbeTicks + _costAverage) / budget - _totalTrainingTicks) / _gapAverage - k;
         // Credit saved while windows were rare (say after an expensive first window) is spent at most twice as fast as
         // the steady rate, rather than in a burst of back-to-back windows.
@@ -501,10 +503,7 @@ public sealed class ProbeSession : IDisposable
         Volatile.Write(ref _latest, snapshot);
 
         // Values that are not computed at every window (an active window's) keep their last value for the gauges.
-        var merged = new Dictionary<(string, Geometry, string?, string), IndicatorValue>(_current.Length + snapshot.Values.Count);
-        foreach (var value in _current) merged[(value.Name, value.Geometry, value.Layer, value.Probe)] = value;
-        foreach (var value in snapshot.Values) merged[(value.Name, value.Geometry, value.Layer, value.Probe)] = value;
-        Volatile.Write(ref _current, merged.Values.ToArray());
+        MergeIntoCurrent(snapshot.Values);
         try
         {
             ProbeTelemetry.EnsureInstruments(snapshot);
@@ -563,6 +562,15 @@ public sealed class ProbeSession : IDisposable
 
     private KeyValuePair<string, object?>[] RuleAttributes(StoppingRule rule) =>
         [.. SessionAttributes, new("rule", rule.Name), new("action", rule.Action.ToString().ToLowerInvariant())];
+
+    /// <summary>Replaces the last values of the given series (by name, geometry, layer and probe) for the gauges.</summary>
+    private void MergeIntoCurrent(IReadOnlyList<IndicatorValue> values)
+    {
+        var merged = new Dictionary<(string, Geometry, string?, string), IndicatorValue>(_current.Length + values.Count);
+        foreach (var value in _current) merged[(value.Name, value.Geometry, value.Layer, value.Probe)] = value;
+        foreach (var value in values) merged[(value.Name, value.Geometry, value.Layer, value.Probe)] = value;
+        Volatile.Write(ref _current, merged.Values.ToArray());
+    }
 
     private bool Guard<T>(TrainingProbe probe, Action<TrainingProbe, T> callback, T argument)
     {

@@ -104,14 +104,12 @@ internal sealed class FirstOrderFamily : IDisposable
         for (int i = 0; i < grams.Length; i++) grams[i] = sums.narrow(0, i * k * k, k * k).view(k, k);
         var gsnr = sums.narrow(0, _geometries.Length * k * k, 2);
 
-        // Columns are processed in chunks small enough to stay in cache on a CPU; on other devices the chunks are large.
-        long chunk = Math.Max(1, (segment.Device.type == DeviceType.CPU ? CpuChunkElements : DeviceChunkElements) / k);
+        long chunk = ChunkColumns(segment, k);
         for (long offset = start; offset < start + count; offset += chunk)
         {
             using var scope = torch.NewDisposeScope();
             long length = Math.Min(chunk, start + count - offset);
-            var g = segment.Gradients.narrow(1, offset, length);     // [K, length]
-            if (g.dtype is not (ScalarType.Float32 or ScalarType.Float64)) g = g.to(ScalarType.Float32);
+            var g = Columns(segment, offset, length);
             for (int i = 0; i < _geometries.Length; i++)
             {
                 var h = _geometries[i] switch
@@ -133,6 +131,17 @@ internal sealed class FirstOrderFamily : IDisposable
             var ratio = (mean.square() / (variance + _options.GsnrEpsilon)).masked_fill(used.logical_not(), 0);
             gsnr.add_(torch.stack([ratio.sum(ScalarType.Float64), used.sum().to(ScalarType.Float64)]));
         }
+    }
+
+    /// <summary>Columns per chunk: small enough to stay in cache on a CPU, large (few kernels) on other devices.</summary>
+    private static long ChunkColumns(WindowSegment segment, int k) =>
+        Math.Max(1, (segment.Device.type == DeviceType.CPU ? CpuChunkElements : DeviceChunkElements) / k);
+
+    /// <summary>The window's gradients in columns [offset, offset + length): [K, length], widened to at least float32.</summary>
+    private static Tensor Columns(WindowSegment segment, long offset, long length)
+    {
+        var g = segment.Gradients.narrow(1, offset, length);
+        return g.dtype is ScalarType.Float32 or ScalarType.Float64 ? g : g.to(ScalarType.Float32);
     }
 
     /// <summary>
@@ -164,14 +173,12 @@ internal sealed class FirstOrderFamily : IDisposable
     private void UpdateFisherAndFloor(GradientWindow buffer, int s)
     {
         var segment = buffer.Segments[s];
-        long chunk = Math.Max(1, (segment.Device.type == DeviceType.CPU ? CpuChunkElements : DeviceChunkElements) / buffer.K);
+        long chunk = ChunkColumns(segment, buffer.K);
         for (long offset = 0; offset < segment.Count; offset += chunk)
         {
             using var scope = torch.NewDisposeScope();
             long length = Math.Min(chunk, segment.Count - offset);
-            var g = segment.Gradients.narrow(1, offset, length);
-            if (g.dtype is not (ScalarType.Float32 or ScalarType.Float64)) g = g.to(ScalarType.Float32);
-            FoldIntoFisher(g, _fisher!.Segments[s].narrow(0, offset, length));
+            FoldIntoFisher(Columns(segment, offset, length), _fisher!.Segments[s].narrow(0, offset, length));
         }
 
         for (int p = 0; p < buffer.Parameters.Count; p++)
