@@ -13,8 +13,9 @@
 //
 //   dotnet run -c Release --project examples/InvarianceReport -- [--data <mnist folder>] [--output <file.md>] [--fisher-floor <fraction>]
 //
-// The MNIST folder holds images-idx3-ubyte.gz and labels-idx1-ubyte.gz; by default the one named by
-// TRAININGPROBES_MNIST, else the repository's ../shared/datasets/mnist-10k.
+// The MNIST folder holds images-idx3-ubyte.gz and labels-idx1-ubyte.gz (or a full MNIST download's
+// train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz]); by default the one named by TRAININGPROBES_MNIST,
+// else the repository's data/mnist-10k (10,000 digits).
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;

@@ -4,22 +4,27 @@ using static TorchSharp.torch;
 namespace TrainingProbes.Examples;
 
 /// <summary>
-/// Reads MNIST in the IDX layout (gzip-compressed, big-endian header): the files <c>images-idx3-ubyte.gz</c> and
-/// <c>labels-idx1-ubyte.gz</c> of one folder (the full MNIST training or test files, renamed, work too).
+/// Reads MNIST in the IDX layout (big-endian header, gzip-compressed or raw): the 10,000 digits the repository
+/// ships in <c>data/mnist-10k</c> (<c>images-idx3-ubyte.gz</c>, <c>labels-idx1-ubyte.gz</c>), or a full MNIST
+/// download in its own names (<c>train-images-idx3-ubyte[.gz]</c>, <c>train-labels-idx1-ubyte[.gz]</c>).
 /// </summary>
 internal static class Mnist
 {
     /// <summary>Environment variable naming the folder that holds the IDX files.</summary>
     public const string EnvironmentVariable = "TRAININGPROBES_MNIST";
 
-    private const string ImagesFile = "images-idx3-ubyte.gz";
-    private const string LabelsFile = "labels-idx1-ubyte.gz";
+    /// <summary>The data's folder in the repository, relative to the folder that holds <c>TrainingProbes.sln</c>.</summary>
+    public const string RepositoryFolder = "data/mnist-10k";
+
+    // Names tried in order: the repository's copy, then the full MNIST training files (gzip-compressed or not).
+    private static readonly string[] ImageNames = ["images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz", "train-images-idx3-ubyte", "train-images.idx3-ubyte"];
+    private static readonly string[] LabelNames = ["labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte", "train-labels.idx1-ubyte"];
 
     /// <summary>
     /// The folder named by <c>TRAININGPROBES_MNIST</c> when it is set; otherwise, for a program run from a checkout
-    /// of this repository, <c>datasets/mnist-10k</c> of the <c>shared</c> folder beside it (found by walking up from
-    /// the program's folder to the one that holds <c>TrainingProbes.sln</c>); failing both, <c>mnist-10k</c> in the
-    /// current directory (where <see cref="Load"/> then reports the missing files and how to point at them).
+    /// of this repository, its <c>data/mnist-10k</c> (found by walking up from the program's folder to the one that
+    /// holds <c>TrainingProbes.sln</c>); failing both, <c>mnist-10k</c> in the current directory (where
+    /// <see cref="Load"/> then reports the missing files and how to point at them).
     /// </summary>
     public static string DefaultDirectory
     {
@@ -29,9 +34,27 @@ internal static class Mnist
             if (!string.IsNullOrWhiteSpace(configured)) return Path.GetFullPath(configured);
             for (var folder = new DirectoryInfo(AppContext.BaseDirectory); folder is not null; folder = folder.Parent)
                 if (File.Exists(Path.Combine(folder.FullName, "TrainingProbes.sln")))
-                    return Path.GetFullPath(Path.Combine(folder.FullName, "..", "shared", "datasets", "mnist-10k"));
+                    return Path.GetFullPath(Path.Combine(folder.FullName, RepositoryFolder));
             return Path.GetFullPath("mnist-10k");
         }
+    }
+
+    /// <summary>
+    /// Takes <c>--data &lt;folder&gt;</c> out of a program's arguments: the folder it names, or
+    /// <see cref="DefaultDirectory"/> when the option is absent.
+    /// </summary>
+    /// <param name="args">The program's arguments; the option and its value are removed.</param>
+    /// <exception cref="ArgumentException"><c>--data</c> is the last argument, with no folder after it.</exception>
+    public static string DirectoryFromArguments(List<string> args)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        int index = args.IndexOf("--data");
+        if (index < 0) return DefaultDirectory;
+        if (index + 1 >= args.Count)
+            throw new ArgumentException($"--data needs a folder after it: the one that holds {ImageNames[0]} and {LabelNames[0]} (or MNIST's train-*-ubyte files).", nameof(args));
+        string folder = args[index + 1];
+        args.RemoveRange(index, 2);
+        return Path.GetFullPath(folder);
     }
 
     /// <summary>Images as [n, 784] scaled to [0, 1] in <paramref name="dtype"/>, labels as int64 [n], on the CPU.</summary>
@@ -47,8 +70,8 @@ internal static class Mnist
         if (dtype is not (ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Float32 or ScalarType.Float64))
             throw new ArgumentException($"dtype must be a floating type, not {dtype}.", nameof(dtype));
 
-        var images = ReadIdx(directory, ImagesFile, 0x00000803, out int[] imageShape);
-        var labels = ReadIdx(directory, LabelsFile, 0x00000801, out int[] labelShape);
+        var images = ReadIdx(directory, ImageNames, 0x00000803, out int[] imageShape);
+        var labels = ReadIdx(directory, LabelNames, 0x00000801, out int[] labelShape);
         if (imageShape[0] != labelShape[0])
             throw new InvalidDataException($"{imageShape[0]} images but {labelShape[0]} labels in {directory}.");
         int available = imageShape[0], pixels = imageShape[1] * imageShape[2];
@@ -62,13 +85,16 @@ internal static class Mnist
         return (x, y);
     }
 
-    private static byte[] ReadIdx(string directory, string file, int magic, out int[] shape)
+    private static byte[] ReadIdx(string directory, string[] names, int magic, out int[] shape)
     {
-        string path = Path.Combine(directory, file);
-        if (!File.Exists(path))
+        string? path = names.Select(name => Path.Combine(directory, name)).FirstOrDefault(File.Exists);
+        if (path is null)
             throw new FileNotFoundException(
-                $"MNIST file not found: {path}. Pass the folder that holds {ImagesFile} and {LabelsFile}, or set {EnvironmentVariable} to it.", path);
-        using var stream = new GZipStream(File.OpenRead(path), CompressionMode.Decompress);
+                $"MNIST file not found: none of {string.Join(", ", names)} is in {directory}. Pass the folder that holds them " +
+                $"(--data <folder>, or set {EnvironmentVariable}); a checkout of this repository has 10,000 digits in {RepositoryFolder}.",
+                Path.Combine(directory, names[0]));
+        using var file = File.OpenRead(path);
+        using Stream stream = path.EndsWith(".gz", StringComparison.Ordinal) ? new GZipStream(file, CompressionMode.Decompress) : file;
         using var reader = new BinaryReader(stream);
         int found = ReadBigEndian(reader, path);
         if (found != magic) throw new InvalidDataException($"{path}: magic 0x{found:x8}, expected 0x{magic:x8}.");

@@ -2,7 +2,9 @@
 // that machine noise hits all of them alike, and prints the median time per step, its ratio to the plain loop,
 // the overhead the session itself measured (probe.overhead_total) and its last interval.
 //
-//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- intervals|budget|scrape [rounds] [steps-per-round]
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- intervals|budget|scrape [rounds] [steps-per-round] [--data <mnist folder>]
+//
+// MNIST comes from the repository's data/mnist-10k unless --data or TRAININGPROBES_MNIST names another folder.
 using System.Diagnostics;
 using TorchSharp;
 using TrainingProbes;
@@ -10,12 +12,14 @@ using TrainingProbes.Examples;
 using TrainingProbes.Prometheus;
 using static TorchSharp.torch;
 
-string suite = args.Length > 0 ? args[0] : "intervals";
-int rounds = args.Length > 1 ? int.Parse(args[1]) : 9;
-int stepsPerRound = args.Length > 2 ? int.Parse(args[2]) : 400;
+var arguments = args.ToList();
+string dataDirectory = Mnist.DirectoryFromArguments(arguments);
+string suite = arguments.Count > 0 ? arguments[0] : "intervals";
+int rounds = arguments.Count > 1 ? int.Parse(arguments[1]) : 9;
+int stepsPerRound = arguments.Count > 2 ? int.Parse(arguments[2]) : 400;
 torch.set_num_threads(1);
 
-var (images, labels) = Mnist.Load(Mnist.DefaultDirectory);
+var (images, labels) = Mnist.Load(dataDirectory);
 Console.WriteLine($"suite {suite}: MNIST {images.shape[0]} digits; MLP 784-128-128-10, batch 64, SGD momentum; {rounds} rounds x {stepsPerRound} steps; torch threads 1");
 
 FixedPointProbe FixedPoint() => new(new FixedPointOptions
