@@ -11,7 +11,7 @@ public sealed class PrometheusEndToEndTests
 {
     private const string RunId = "it-e2e";
 
-    [Fact]
+    [FactNeeding(Tool.Prometheus)]
     public void Prometheus_scrapes_every_instrument_and_every_dashboard_and_alert_query_has_data()
     {
         var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });

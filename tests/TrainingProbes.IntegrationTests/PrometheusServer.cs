@@ -31,21 +31,6 @@ internal sealed class PrometheusServer : IDisposable
         get { lock (_log) return _log.ToString(); }
     }
 
-    /// <summary>The prometheus binary: PROMETHEUS_BINARY, else on PATH (Debian's package installs /usr/bin/prometheus).</summary>
-    public static string Binary(string name = "prometheus")
-    {
-        var configured = Environment.GetEnvironmentVariable(name.ToUpperInvariant() + "_BINARY");
-        if (!string.IsNullOrEmpty(configured)) return configured;
-        foreach (var folder in (Environment.GetEnvironmentVariable("PATH") ?? "/usr/bin").Split(Path.PathSeparator))
-        {
-            var candidate = Path.Combine(folder, name);
-            if (File.Exists(candidate)) return candidate;
-        }
-
-        throw new InvalidOperationException(
-            $"'{name}' was not found on PATH. These tests need a real Prometheus server: on Debian or Ubuntu, `apt-get install -y prometheus` (.ci/run does).");
-    }
-
     public static int FreePort()
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
@@ -72,7 +57,7 @@ internal sealed class PrometheusServer : IDisposable
             """);
 
         int port = FreePort();
-        var start = new ProcessStartInfo(Binary())
+        var start = new ProcessStartInfo(ExternalTool.Prometheus())
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,

@@ -1,0 +1,192 @@
+using System.IO.Compression;
+using System.Text;
+using System.Text.RegularExpressions;
+using System.Xml.Linq;
+using Xunit.Abstractions;
+
+namespace TrainingProbes.IntegrationTests;
+
+/// <summary>
+/// The packages as a user gets them: <c>dotnet pack</c> makes both packages into a local feed, their contents are
+/// checked, and a fresh console project outside the repository (<c>dotnet new console</c>, <c>dotnet add package</c>)
+/// trains a few hundred steps with the one added line, serving its metrics through the Prometheus package. On a
+/// machine whose libstdc++ lacks GLIBCXX_3.4.32 (Debian 12, Ubuntu 22.04), the same project built with the repair
+/// switched off must fail to load TorchSharp: the package's buildTransitive repair is what makes it run.
+/// </summary>
+public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
+{
+    private const string TorchSharpVersion = "0.107.0";
+    private static readonly TimeSpan CommandTimeout = TimeSpan.FromMinutes(5);
+
+    [Fact]
+    public void The_packages_install_build_and_train_in_a_fresh_console_project()
+    {
+        string version = $"0.1.0-ci.{DateTime.UtcNow:yyyyMMddHHmmss}.{Environment.ProcessId}";
+        var work = Directory.CreateTempSubdirectory("trainingprobes-package-").FullName;
+        try
+        {
+            string feed = Path.Combine(work, "feed");
+            Pack("src/TrainingProbes/TrainingProbes.csproj", feed, Path.Combine(work, "artifacts"), version);
+            Pack("src/TrainingProbes.Prometheus/TrainingProbes.Prometheus.csproj", feed, Path.Combine(work, "artifacts"), version);
+            CheckPackage(Path.Combine(feed, $"TrainingProbes.{version}"), "TrainingProbes", buildTransitive: true);
+            CheckPackage(Path.Combine(feed, $"TrainingProbes.Prometheus.{version}"), "TrainingProbes.Prometheus", buildTransitive: false);
+
+            // A user's project: outside the repository, so none of its Directory.Build.* files apply.
+            string project = Path.Combine(work, "Consumer");
+            Directory.CreateDirectory(project);
+            Assert.False(Path.GetFullPath(project).StartsWith(RepositoryFiles.Root, StringComparison.Ordinal));
+            File.WriteAllText(Path.Combine(project, "nuget.config"),
+                $"""
+                <?xml version="1.0" encoding="utf-8"?>
+                <configuration>
+                  <packageSources>
+                    <add key="trainingprobes-local" value="{feed}" />
+                  </packageSources>
+                </configuration>
+                """);
+            Cli(project, "new", "console", "--framework", "net10.0", "--name", "Consumer", "--output", ".");
+            Cli(project, "add", "package", "TrainingProbes", "--version", version);
+            Cli(project, "add", "package", "TrainingProbes.Prometheus", "--version", version);
+            Cli(project, "add", "package", "TorchSharp-cpu", "--version", TorchSharpVersion);
+            File.WriteAllText(Path.Combine(project, "Program.cs"), ConsumerProgram);
+
+            int port = PrometheusServer.FreePort();
+            var environment = new Dictionary<string, string?>
+            {
+                ["TRAININGPROBES_INTERVAL"] = "20",
+                ["TRAININGPROBES_OVERHEAD_BUDGET"] = "none",
+                ["TRAININGPROBES_OUTPUT"] = "none",
+                ["TRAININGPROBES_PROMETHEUS"] = $"127.0.0.1:{port}",
+            };
+            var run = Cli(project, environment, "run", "--configuration", "Release");
+
+            // 300 steps, a window of 8 every 20 steps: 15 windows, all with finite values, and the endpoint served them.
+            var result = ResultPattern().Match(run);
+            Assert.True(result.Success, $"the consumer printed no result line:\n{run}");
+            Assert.Equal(15, int.Parse(result.Groups["windows"].Value));
+            Assert.Equal(0, int.Parse(result.Groups["failures"].Value));
+            double cosine = double.Parse(result.Groups["cosine"].Value, System.Globalization.CultureInfo.InvariantCulture);
+            Assert.InRange(cosine, -1.0, 1.0);
+            Assert.True(int.Parse(result.Groups["series"].Value) >= 20, $"the scrape endpoint served too few trainingprobes_ series:\n{run}");
+
+            if (!SystemLibstdcxxHas("GLIBCXX_3.4.32"))
+            {
+                // Negative control: the same project with the package's repair switched off cannot load TorchSharp here.
+                Cli(project, "build", "--configuration", "Debug", "-p:TrainingProbesRepairLibTorchSharp=false");
+                var (exit, unrepaired) = DotnetCli.Dotnet(project, [Path.Combine(project, "bin", "Debug", "net10.0", "Consumer.dll")], CommandTimeout, environment);
+                output.WriteLine($"without the repair (exit {exit}):\n{unrepaired}");
+                Assert.NotEqual(0, exit);
+                Assert.Contains("Failed to load native component LibTorchSharp", unrepaired);
+            }
+            else
+            {
+                output.WriteLine("This machine's libstdc++ has GLIBCXX_3.4.32: TorchSharp loads without the repair, so there is no negative control to run.");
+            }
+        }
+        finally
+        {
+            Directory.Delete(work, recursive: true);
+            // The uniquely versioned packages were extracted into the global packages folder: remove them.
+            string packages = Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } configured
+                ? configured
+                : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
+            foreach (var id in new[] { "trainingprobes", "trainingprobes.prometheus" })
+            {
+                var folder = Path.Combine(packages, id, version);
+                if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+            }
+        }
+    }
+
+    private const string ConsumerProgram =
+        """
+        using TorchSharp;
+        using static TorchSharp.torch;
+
+        torch.manual_seed(1);
+        var x = torch.randn(512, 10);
+        var y = (x.sum(1) > 0).to(ScalarType.Int64);
+        var model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2));
+        var optimizer = torch.optim.SGD(model.parameters(), 0.1);
+        var lossFunction = nn.CrossEntropyLoss();
+
+        for (int step = 0; step < 300; step++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var batch = torch.randint(0, 512, [32]);
+            optimizer.zero_grad();
+            var loss = lossFunction.call(model.call(x[batch]), y[batch]);
+            loss.backward();
+            if (model.Probe(loss, optimizer).ShouldStop) break;
+            optimizer.step();
+        }
+
+        var session = TrainingProbes.ProbeSession.Get(model)!;
+        using var http = new System.Net.Http.HttpClient();
+        var metrics = await http.GetStringAsync($"http://{Environment.GetEnvironmentVariable("TRAININGPROBES_PROMETHEUS")}/metrics");
+        int series = metrics.Split('\n').Count(line => line.StartsWith("trainingprobes_"));
+        double cosine = session.History[^1].Get(TrainingProbes.Indicators.Cosine, TrainingProbes.Geometry.Euclidean);
+        Console.WriteLine($"consumer: windows {session.History.Count} failures {session.FailureCount} cosine {cosine.ToString(System.Globalization.CultureInfo.InvariantCulture)} series {series}");
+        session.Dispose();
+        """;
+
+    private void Pack(string project, string feed, string artifacts, string version) =>
+        Cli(RepositoryFiles.Root, "pack", RepositoryFiles.PathOf(project), "--configuration", "Release", "--output", feed,
+            "--artifacts-path", artifacts, $"-p:Version={version}");
+
+    private string Cli(string directory, params string[] arguments) => Cli(directory, null, arguments);
+
+    private string Cli(string directory, IReadOnlyDictionary<string, string?>? environment, params string[] arguments)
+    {
+        var (exit, text) = DotnetCli.Dotnet(directory, arguments, CommandTimeout, environment);
+        output.WriteLine($"$ dotnet {string.Join(' ', arguments)}  (exit {exit})");
+        Assert.True(exit == 0, $"`dotnet {string.Join(' ', arguments)}` in {directory} exited with {exit}:\n{text}");
+        return text;
+    }
+
+    /// <summary>What a package must carry: README, licence, repository URL, XML docs, symbols, and the repair where it belongs.</summary>
+    private static void CheckPackage(string pathWithoutExtension, string id, bool buildTransitive)
+    {
+        using (var package = ZipFile.OpenRead(pathWithoutExtension + ".nupkg"))
+        {
+            var entries = package.Entries.Select(e => e.FullName).ToHashSet();
+            Assert.Contains("README.md", entries);
+            Assert.Contains("LICENSE", entries);
+            Assert.Contains($"lib/net10.0/{id}.dll", entries);
+            Assert.Contains($"lib/net10.0/{id}.xml", entries);
+            if (buildTransitive)
+            {
+                Assert.Contains("buildTransitive/TrainingProbes.targets", entries);
+                Assert.Contains("buildTransitive/LibTorchSharpRepair.cs", entries);
+            }
+
+            using var nuspecStream = package.GetEntry($"{id}.nuspec")!.Open();
+            var metadata = XDocument.Load(nuspecStream).Root!.Elements().Single(e => e.Name.LocalName == "metadata");
+            string? Value(string name) => metadata.Elements().SingleOrDefault(e => e.Name.LocalName == name)?.Value;
+            Assert.Equal("MIT", Value("license"));
+            Assert.Equal("README.md", Value("readme"));
+            var repository = metadata.Elements().Single(e => e.Name.LocalName == "repository");
+            Assert.StartsWith("https://", repository.Attribute("url")!.Value);
+            Assert.False(string.IsNullOrWhiteSpace(Value("description")));
+
+            using var readme = new StreamReader(package.GetEntry("README.md")!.Open(), Encoding.UTF8);
+            Assert.Contains($"dotnet add package {id}", readme.ReadToEnd());
+        }
+
+        using var symbols = ZipFile.OpenRead(pathWithoutExtension + ".snupkg");
+        Assert.Contains($"lib/net10.0/{id}.pdb", symbols.Entries.Select(e => e.FullName));
+    }
+
+    /// <summary>Whether the system libstdc++ defines the symbol version <paramref name="version"/> (read from its bytes).</summary>
+    private static bool SystemLibstdcxxHas(string version)
+    {
+        var library = new[] { "/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib/aarch64-linux-gnu/libstdc++.so.6", "/usr/lib64/libstdc++.so.6", "/usr/lib/libstdc++.so.6" }
+            .FirstOrDefault(File.Exists);
+        if (library is null) return true;   // not a glibc Linux we know: no negative control
+        var bytes = File.ReadAllBytes(library);
+        return bytes.AsSpan().IndexOf(Encoding.ASCII.GetBytes(version + "\0")) >= 0;
+    }
+
+    [GeneratedRegex(@"consumer: windows (?<windows>\d+) failures (?<failures>\d+) cosine (?<cosine>\S+) series (?<series>\d+)")]
+    private static partial Regex ResultPattern();
+}
