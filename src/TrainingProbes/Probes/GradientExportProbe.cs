@@ -15,7 +15,7 @@ public sealed class GradientExportProbe : TrainingProbe
     private readonly int _every;
 
     /// <summary>Creates the probe; add it to <see cref="ProbeOptions.Probes"/>.</summary>
-    /// <param name="directory">An existing folder.</param>
+    /// <param name="directory">The folder to write to; it is created, with its parents, when the session starts if it does not exist.</param>
     /// <param name="every">Export every this-many windows (default 1).</param>
     public GradientExportProbe(string directory, int every = 1)
     {
@@ -36,8 +36,16 @@ public sealed class GradientExportProbe : TrainingProbe
     /// <inheritdoc />
     public override void OnSessionStart(ProbeSession session)
     {
-        if (!Directory.Exists(_directory))
-            throw new ProbeConfigurationException($"GradientExportProbe: the folder '{_directory}' does not exist; create it or choose another.");
+        if (File.Exists(_directory))
+            throw new ProbeConfigurationException($"GradientExportProbe: '{_directory}' is a file, not a folder; choose a folder to write the windows to.");
+        try
+        {
+            Directory.CreateDirectory(_directory);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or NotSupportedException)
+        {
+            throw new ProbeConfigurationException($"GradientExportProbe: cannot create the folder '{_directory}' ({ex.Message}); choose a folder this process may write to.", ex);
+        }
     }
 
     /// <inheritdoc />

@@ -183,12 +183,16 @@ public sealed class StoppingSessionTests
         {
             var model = Model();
             var optimizer = optim.SGD(model.parameters(), 0.1);
-            var export = new GradientExportProbe(folder, every: 2);
+            // A folder that does not exist yet, two levels deep: the probe creates it, as every exporter does.
+            string target = Path.Combine(folder, "runs", "first");
+            var export = new GradientExportProbe(target, every: 2);
             using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 3, Interval = 4, Output = null, OverheadBudget = null, Probes = [export] }, optimizer);
+            Assert.True(Directory.Exists(target));
             var generator = new Generator(8);
             for (int i = 0; i < 16; i++) TrainStep(model, optimizer, session, generator, out _);
 
             Assert.Equal(["window-000000.safetensors", "window-000002.safetensors"], export.Files.Select(f => Path.GetFileName(f)!).ToArray());
+            Assert.All(export.Files, f => Assert.Equal(target, Path.GetDirectoryName(f)));
             var bytes = File.ReadAllBytes(export.Files[1]);
             long headerLength = BitConverter.ToInt64(bytes, 0);
             using var header = System.Text.Json.JsonDocument.Parse(bytes.AsMemory(8, (int)headerLength));
@@ -200,6 +204,24 @@ public sealed class StoppingSessionTests
         finally
         {
             Directory.Delete(folder, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void Gradient_export_into_a_path_that_is_a_file_fails_at_attach_naming_the_path()
+    {
+        string file = Path.GetTempFileName();
+        try
+        {
+            var model = Model();
+            var error = Assert.Throws<ProbeConfigurationException>(() =>
+                ProbeSession.Attach(model, new ProbeOptions { Output = null, Probes = [new GradientExportProbe(file)] }));
+            Assert.Contains(file, error.Message);
+            Assert.Contains("is a file", error.Message);
+        }
+        finally
+        {
+            File.Delete(file);
         }
     }
 
