@@ -121,6 +121,12 @@ public static class Indicators
     /// <summary>Half-width of the 95% confidence interval of <see cref="CurvatureTrace"/>.</summary>
     public const string CurvatureTraceHalfWidth = "curvature.trace_half_width";
 
+    /// <summary>
+    /// Suffix of a value's standard error: <c>gradient.cosine.stderr</c> is the jackknife standard error, over the K
+    /// minibatches of the window, of <c>gradient.cosine</c>. An approximate 95% interval is the value +- 1.96 stderr.
+    /// </summary>
+    public const string StandardErrorSuffix = ".stderr";
+
     private static readonly Dictionary<string, string> Descriptions = new()
     {
         [GradientNorm] = "Mean norm of the window's minibatch gradients.",
@@ -137,8 +143,8 @@ public static class Indicators
         [NormTest] = "Norm test: relative error of the mean gradient.",
         [InnerProductTest] = "Inner-product test statistic.",
         [OrthogonalityTest] = "Orthogonality test statistic.",
-        [Gsnr] = "Mean gradient signal-to-noise ratio over coordinates.",
-        [EbCriterion] = "EB criterion 1 - K gsnr; above 0 the gradient is mostly noise.",
+        [Gsnr] = "Mean signal-to-noise ratio of the minibatch gradient over all coordinates, corrected for finite K.",
+        [EbCriterion] = "EB criterion, -K gsnr with gsnr corrected for finite K: 0 on pure noise, above 0 the gradient is indistinguishable from noise.",
         [ParameterDrift] = "Relative parameter change over the window's captured steps.",
         [Loss] = "Mean training loss over the window's captured steps.",
         [LearningRate] = "Learning rate of the optimizer's first parameter group.",
@@ -160,7 +166,9 @@ public static class Indicators
     internal static string UnitOf(string name) => "1";
 
     internal static string DescriptionOf(string name) =>
-        Descriptions.TryGetValue(name, out var description) ? description
+        name.EndsWith(StandardErrorSuffix, StringComparison.Ordinal)
+            ? "Standard error (jackknife over the window's K minibatches) of: " + DescriptionOf(name[..^StandardErrorSuffix.Length])
+        : Descriptions.TryGetValue(name, out var description) ? description
         : name.StartsWith(FixedPointProbe.Prefix, StringComparison.Ordinal) && Descriptions.TryGetValue(name[FixedPointProbe.Prefix.Length..], out var inner)
             ? inner + " (active window: K minibatches at one theta)"
             : $"Value '{name}' reported by a probe.";

@@ -639,9 +639,12 @@ internal static class ConsoleSummary
         return text.ToString();
     }
 
+    /// <summary>Appends <c>label value</c>, with <c>±stderr</c> when the value has a standard error; nothing for an undefined value.</summary>
     private static void Append(System.Text.StringBuilder text, string label, ProbeSnapshot s, string name, Geometry g)
     {
-        if (s.TryGetValue(name, g, out double v))
-            text.Append(' ').Append(label).Append(' ').Append(v.ToString("G3", CultureInfo.InvariantCulture));
+        if (!s.TryGetValue(name, g, out double v) || double.IsNaN(v)) return;
+        text.Append(' ').Append(label).Append(' ').Append(v.ToString("G3", CultureInfo.InvariantCulture));
+        if (s.TryGetValue(name + Indicators.StandardErrorSuffix, g, out double error) && double.IsFinite(error))
+            text.Append('±').Append(error.ToString("G2", CultureInfo.InvariantCulture));
     }
 }

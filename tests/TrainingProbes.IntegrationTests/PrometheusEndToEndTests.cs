@@ -22,6 +22,7 @@ public sealed class PrometheusEndToEndTests
             Probes = [endpoint, new FixedPointProbe(new FixedPointOptions
             {
                 Loss = (output, target) => TorchSharp.torch.nn.functional.cross_entropy(output, target), Every = 2, PowerIterations = 5, TraceSamples = 5,
+                Minibatches = 5,   // the GSNR's standard error needs K >= 5
             })],
         }).Start();
         Assert.NotNull(endpoint.Address);

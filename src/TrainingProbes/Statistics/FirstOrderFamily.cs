@@ -16,6 +16,14 @@ internal sealed class FirstOrderFamily : IDisposable
 {
     private static readonly Geometry[] Order = [Geometry.Euclidean, Geometry.Fisher, Geometry.Adaptive];
 
+    /// <summary>The published name of each value of <see cref="FirstOrderStatistics"/>, in its declaration order.</summary>
+    internal static readonly string[] FieldNames =
+    [
+        Indicators.GradientNorm, Indicators.MeanGradientNorm, Indicators.Cosine, Indicators.Regret, Indicators.RegretUpper,
+        Indicators.RelativeRegret, Indicators.JensenRatio, Indicators.ContrastiveFlatness, Indicators.GradientNoise,
+        Indicators.Coherence, Indicators.Disparity, Indicators.NormTest, Indicators.InnerProductTest, Indicators.OrthogonalityTest,
+    ];
+
     /// <summary>Elements (K x columns) per chunk on a CPU: 1 MiB of float32, which stays in cache.</summary>
     private const long CpuChunkElements = 1 << 18;
 
@@ -34,6 +42,9 @@ internal sealed class FirstOrderFamily : IDisposable
     private double _biasCorrection;
     private double[] _hostSums = [];
     private double[] _scratch = [];
+    private readonly double[] _errorScratch;
+    private readonly double[] _values = new double[FirstOrderStatistics.FieldCount];
+    private readonly double[] _errors = new double[FirstOrderStatistics.FieldCount];
     private int _segmentsPending;
     private ProbeWindowContext? _window;
 
@@ -57,9 +68,12 @@ internal sealed class FirstOrderFamily : IDisposable
         _layers = window.Parameters.Take(layerCount).ToArray();
         _hostSums = new double[SumsLength(window.K)];
         _scratch = new double[window.K * (window.K - 1)];
+        _errorScratch = new double[FirstOrderStatistics.StandardErrorScratch(window.K)];
     }
 
-    private int SumsLength(int k) => _geometries.Length * k * k + 2;
+    // Per geometry a K x K Gram matrix, then the GSNR sums: R, U, N, then R_(i) and U_(i) for each left-out i
+    // (see AccumulateGsnr).
+    private int SumsLength(int k) => _geometries.Length * k * k + 3 + 2 * k;
 
     /// <summary>Computes the family on the device and reports it through <paramref name="window"/> after the window's transfer.</summary>
     public void Compute(ProbeWindowContext window)
@@ -102,7 +116,7 @@ internal sealed class FirstOrderFamily : IDisposable
         var segment = buffer.Segments[s];
         var grams = new Tensor[_geometries.Length];
         for (int i = 0; i < grams.Length; i++) grams[i] = sums.narrow(0, i * k * k, k * k).view(k, k);
-        var gsnr = sums.narrow(0, _geometries.Length * k * k, 2);
+        var gsnr = sums.narrow(0, _geometries.Length * k * k, 3 + 2 * k);
 
         long chunk = ChunkColumns(segment, k);
         for (long offset = start; offset < start + count; offset += chunk)
@@ -122,15 +136,44 @@ internal sealed class FirstOrderFamily : IDisposable
                 grams[i].add_(h.mm(h.t()));
             }
 
-            // GSNR per coordinate over the K gradients; coordinates with zero variance are left out.
-            // (Two passes by hand: torch's var over the leading dimension of [K, P] is ~20x slower on CPU.)
-            var mean = g.mean([0]);
-            var centered = g - mean;
-            var variance = centered.mul_(centered).sum([0]).div_(k - 1);
-            var used = variance > 0;
-            var ratio = (mean.square() / (variance + _options.GsnrEpsilon)).masked_fill(used.logical_not(), 0);
-            gsnr.add_(torch.stack([ratio.sum(ScalarType.Float64), used.sum().to(ScalarType.Float64)]));
+            AccumulateGsnr(g, gsnr, k);
         }
+    }
+
+    /// <summary>
+    /// Adds the GSNR sums of a chunk [K, columns] of gradients. Per coordinate c, with m_c the mean and v_c the unbiased
+    /// variance of its K values: <c>R = sum_c m_c^2 / (v_c + epsilon)</c> over the coordinates whose K values are not all
+    /// equal, <c>U</c> their count, <c>N</c> the count of all coordinates; and the same R_(i), U_(i) with minibatch i
+    /// left out (its K - 1 values), for the jackknife. A coordinate whose values are all exactly equal (a dead unit's
+    /// zeros), or so close that their variance underflows to 0 in the gradients' dtype, has no noise to compare with:
+    /// it is counted in N and contributes 0. With minibatch i left out, a
+    /// coordinate is taken as constant when its other K - 1 values are all zero, or when the leave-one-out variance
+    /// (a downdate of the full one) is not positive.
+    /// </summary>
+    private void AccumulateGsnr(Tensor g, Tensor gsnr, int k)
+    {
+        // Two passes by hand: torch's var over the leading dimension of [K, P] is ~20x slower on CPU.
+        var mean = g.mean([0]);
+        var centered = g - mean;
+        var squares = centered.square();
+        var sumSquares = squares.sum([0]);
+        // Equal values, or values so close that their variance underflows in the gradients' dtype, count as constant.
+        var varies = g.amax([0]).ne_(g.amin([0])).logical_and_(sumSquares.gt(0));
+        var ratio = (mean.square() / (sumSquares / (k - 1) + _options.GsnrEpsilon)).masked_fill_(varies.logical_not(), 0);
+
+        // Leave-one-out, all K at once: m_(i) = (sum - g_i) / (K - 1), SS_(i) = SS - K / (K - 1) (g_i - m)^2.
+        var nonzero = g.ne(0).to(ScalarType.Int32);
+        var othersZero = nonzero.sum([0]).unsqueeze(0).sub(nonzero).eq(0);
+        var looMean = g.sum([0]).unsqueeze(0).sub(g).div_(k - 1);
+        var looVariance = squares.mul_(-(double)k / (k - 1)).add_(sumSquares).div_(Math.Max(k - 2, 1));
+        var looVaries = looVariance.gt(0).logical_and_(othersZero.logical_not_()).logical_and_(varies);
+        var looRatio = looMean.mul_(looMean).div_(looVariance.add_(_options.GsnrEpsilon)).masked_fill_(looVaries.logical_not(), 0);
+
+        gsnr.add_(torch.cat([
+            torch.stack([ratio.sum(ScalarType.Float64), varies.sum().to(ScalarType.Float64), torch.tensor((double)g.shape[1], ScalarType.Float64, g.device)]),
+            looRatio.sum([1], type: ScalarType.Float64),
+            looVaries.sum([1]).to(ScalarType.Float64),
+        ]));
     }
 
     /// <summary>Columns per chunk: small enough to stay in cache on a CPU, large (few kernels) on other devices.</summary>
@@ -219,26 +262,21 @@ internal sealed class FirstOrderFamily : IDisposable
         for (int index = 0; index < _geometries.Length; index++)
         {
             var geometry = _geometries[index];
-            var s = FirstOrderStatistics.FromGram(_hostSums.AsSpan(index * k * k, k * k), k, _options.RegretQuantile, _scratch);
-            window.Report(_prefix + Indicators.GradientNorm, s.MeanNorm, geometry);
-            window.Report(_prefix + Indicators.MeanGradientNorm, s.MeanGradientNorm, geometry);
-            window.Report(_prefix + Indicators.Cosine, s.Cosine, geometry);
-            window.Report(_prefix + Indicators.Regret, s.Regret, geometry);
-            window.Report(_prefix + Indicators.RegretUpper, s.RegretUpper, geometry);
-            window.Report(_prefix + Indicators.RelativeRegret, s.RelativeRegret, geometry);
-            window.Report(_prefix + Indicators.JensenRatio, s.JensenRatio, geometry);
-            window.Report(_prefix + Indicators.ContrastiveFlatness, s.ContrastiveFlatness, geometry);
-            window.Report(_prefix + Indicators.GradientNoise, s.Noise, geometry);
-            window.Report(_prefix + Indicators.Coherence, s.Coherence, geometry);
-            window.Report(_prefix + Indicators.Disparity, s.Disparity, geometry);
-            window.Report(_prefix + Indicators.NormTest, s.NormTest, geometry);
-            window.Report(_prefix + Indicators.InnerProductTest, s.InnerProductTest, geometry);
-            window.Report(_prefix + Indicators.OrthogonalityTest, s.OrthogonalityTest, geometry);
+            var gram = _hostSums.AsSpan(index * k * k, k * k);
+            FirstOrderStatistics.FromGram(gram, k, _options.RegretQuantile, _scratch).CopyTo(_values);
+            FirstOrderStatistics.StandardErrors(gram, k, _options.RegretQuantile, _errorScratch).CopyTo(_errors);
+            for (int f = 0; f < FirstOrderStatistics.FieldCount; f++)
+            {
+                window.Report(_prefix + FieldNames[f], _values[f], geometry);
+                window.Report(_prefix + FieldNames[f] + Indicators.StandardErrorSuffix, _errors[f], geometry);
+            }
         }
 
-        double gsnr = Gsnr(_hostSums, k);
+        var (gsnr, gsnrError) = Gsnr(_hostSums, k);
         window.Report(_prefix + Indicators.Gsnr, gsnr);
-        window.Report(_prefix + Indicators.EbCriterion, 1 - k * gsnr);
+        window.Report(_prefix + Indicators.Gsnr + Indicators.StandardErrorSuffix, gsnrError);
+        window.Report(_prefix + Indicators.EbCriterion, -k * gsnr);
+        window.Report(_prefix + Indicators.EbCriterion + Indicators.StandardErrorSuffix, k * gsnrError);
     }
 
     private void PublishLayer(ReadOnlySpan<double> sums, string layer)
@@ -254,14 +292,15 @@ internal sealed class FirstOrderFamily : IDisposable
             window.Report(_prefix + Indicators.RelativeRegret, s.RelativeRegret, geometry, layer);
         }
 
-        window.Report(_prefix + Indicators.Gsnr, Gsnr(sums, k), Geometry.None, layer);
+        window.Report(_prefix + Indicators.Gsnr, Gsnr(sums, k).Value, Geometry.None, layer);
     }
 
-    private double Gsnr(ReadOnlySpan<double> sums, int k)
-    {
-        int tail = _geometries.Length * k * k;
-        return sums[tail + 1] > 0 ? sums[tail] / sums[tail + 1] : double.NaN;
-    }
+    /// <summary>
+    /// The mean GSNR over all coordinates, corrected for finite K, and its jackknife standard error (see
+    /// <see cref="GsnrStatistics"/>).
+    /// </summary>
+    private (double Value, double StandardError) Gsnr(ReadOnlySpan<double> sums, int k) =>
+        GsnrStatistics.FromSums(sums[(_geometries.Length * k * k)..], k);
 
     public void Dispose()
     {

@@ -110,6 +110,79 @@ internal readonly record struct FirstOrderStatistics(
             OrthogonalityTest: orthogonalityTest);
     }
 
+    /// <summary>Number of values in the record, in declaration order (<see cref="CopyTo"/>, <see cref="FromSpan"/>).</summary>
+    public const int FieldCount = 14;
+
+    /// <summary>Writes the values in declaration order.</summary>
+    public void CopyTo(Span<double> destination)
+    {
+        destination[0] = MeanNorm; destination[1] = MeanGradientNorm; destination[2] = Cosine; destination[3] = Regret;
+        destination[4] = RegretUpper; destination[5] = RelativeRegret; destination[6] = JensenRatio;
+        destination[7] = ContrastiveFlatness; destination[8] = Noise; destination[9] = Coherence; destination[10] = Disparity;
+        destination[11] = NormTest; destination[12] = InnerProductTest; destination[13] = OrthogonalityTest;
+    }
+
+    /// <summary>The record of <see cref="FieldCount"/> values in declaration order.</summary>
+    public static FirstOrderStatistics FromSpan(ReadOnlySpan<double> v) =>
+        new(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13]);
+
+    /// <summary>Scratch doubles <see cref="StandardErrors"/> needs for a window of <paramref name="k"/> gradients.</summary>
+    public static int StandardErrorScratch(int k) => (k - 1) * (k - 1) + (k - 1) * (k - 2) + k * FieldCount + FieldCount;
+
+    /// <summary>
+    /// Jackknife standard errors over the K minibatches, one per value of the family: each value is recomputed from
+    /// the (K-1) x (K-1) Gram matrix that leaves minibatch i out (the same K x K matrix, so no device work), and
+    /// <c>se = sqrt((K-1)/K sum_i (v_(i) - mean_i v_(i))^2)</c>. NaN where K &lt; 3 (a leave-one-out window needs two
+    /// gradients) or where a leave-one-out value is undefined.
+    /// </summary>
+    /// <param name="gram">Row-major K x K Gram matrix.</param>
+    /// <param name="k">Number of gradients.</param>
+    /// <param name="quantile">Quantile of <see cref="RegretUpper"/>.</param>
+    /// <param name="scratch">At least <see cref="StandardErrorScratch"/>(K) doubles.</param>
+    public static FirstOrderStatistics StandardErrors(ReadOnlySpan<double> gram, int k, double quantile, Span<double> scratch)
+    {
+        Span<double> result = stackalloc double[FieldCount];
+        if (k < 3)
+        {
+            result.Fill(double.NaN);
+            return FromSpan(result);
+        }
+
+        int m = k - 1;
+        var sub = scratch[..(m * m)];
+        var pairs = scratch.Slice(m * m, m * (m - 1));
+        var leftOut = scratch.Slice(m * m + m * (m - 1), k * FieldCount);
+        for (int i = 0; i < k; i++)
+        {
+            for (int a = 0, r = 0; a < k; a++)
+            {
+                if (a == i) continue;
+                for (int b = 0, c = 0; b < k; b++)
+                    if (b != i) sub[r * m + c++] = gram[a * k + b];
+                r++;
+            }
+
+            FromGram(sub, m, quantile, pairs).CopyTo(leftOut.Slice(i * FieldCount, FieldCount));
+        }
+
+        for (int f = 0; f < FieldCount; f++)
+        {
+            double mean = 0;
+            for (int i = 0; i < k; i++) mean += leftOut[i * FieldCount + f];
+            mean /= k;
+            double squares = 0;
+            for (int i = 0; i < k; i++)
+            {
+                double d = leftOut[i * FieldCount + f] - mean;
+                squares += d * d;
+            }
+
+            result[f] = Math.Sqrt((k - 1.0) / k * squares);
+        }
+
+        return FromSpan(result);
+    }
+
     /// <summary>Quantile with linear interpolation between order statistics (sorts <paramref name="values"/> in place).</summary>
     internal static double Quantile(Span<double> values, double q)
     {

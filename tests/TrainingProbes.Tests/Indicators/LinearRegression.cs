@@ -82,7 +82,9 @@ internal sealed class RegressionData
 /// <summary>What a hand replay expects of one window.</summary>
 internal sealed record ExpectedWindow(
     IReadOnlyDictionary<Geometry, Dictionary<string, double>> PerGeometry,
+    IReadOnlyDictionary<Geometry, Dictionary<string, double>> PerGeometryErrors,
     double Gsnr,
+    double GsnrError,
     double Drift,
     double Loss,
     double FirstGradientSum);
@@ -156,16 +158,21 @@ internal static class RegressionReplay
     private static ExpectedWindow CloseWindow(
         List<double[]> g, List<double> losses, double[] thetaFirst, double[] thetaLast, ReferenceFisher fisher, ProbeOptions options)
     {
-        var perGeometry = new Dictionary<Geometry, Dictionary<string, double>>
+        var whitened = new Dictionary<Geometry, IReadOnlyList<double[]>>
         {
-            [Geometry.Euclidean] = ReferenceIndicators.FirstOrder(g, options.RegretQuantile),
-            [Geometry.Fisher] = ReferenceIndicators.FirstOrder(ReferenceIndicators.Whiten(g, fisher.NextWindow(g)), options.RegretQuantile),
-            [Geometry.Adaptive] = ReferenceIndicators.FirstOrder(
-                ReferenceIndicators.Whiten(g, ReferenceIndicators.AdaptiveWhitening(thetaLast, options.AdaptiveEta)), options.RegretQuantile),
+            [Geometry.Euclidean] = g,
+            [Geometry.Fisher] = ReferenceIndicators.Whiten(g, fisher.NextWindow(g)),
+            [Geometry.Adaptive] = ReferenceIndicators.Whiten(g, ReferenceIndicators.AdaptiveWhitening(thetaLast, options.AdaptiveEta)),
         };
+        var perGeometry = whitened.ToDictionary(kv => kv.Key, kv => ReferenceIndicators.FirstOrder(kv.Value, options.RegretQuantile));
+        // Jackknife over the K gradients, each leave-one-out family recomputed from the gradient vectors themselves.
+        var errors = whitened.ToDictionary(kv => kv.Key, kv => ReferenceIndicators.FirstOrderNames.ToDictionary(name => name,
+            name => g.Count < 3 ? double.NaN : ReferenceIndicators.Jackknife(kv.Value, subset => ReferenceIndicators.FirstOrder(subset, options.RegretQuantile)[name])));
         return new ExpectedWindow(
             perGeometry,
+            errors,
             ReferenceIndicators.Gsnr(g, options.GsnrEpsilon),
+            g.Count < 5 ? double.NaN : ReferenceIndicators.Jackknife(g, subset => ReferenceIndicators.Gsnr(subset, options.GsnrEpsilon)),
             ReferenceIndicators.Drift(thetaFirst, thetaLast),
             losses.Average(),
             g[0].Sum());

@@ -88,6 +88,12 @@ public sealed class LinearRegressionIndicatorTests
         Assert.Equal(3, session.ParameterNames.Count);
     }
 
+    private static void AssertMaybeNaN(double expected, double actual, string what, double scale)
+    {
+        if (double.IsNaN(expected)) Assert.True(double.IsNaN(actual), $"{what}: expected NaN (K too small), got {actual}");
+        else Close.Assert(expected, actual, Tolerance, what, scale);
+    }
+
     internal static void AssertWindow(ExpectedWindow expected, ProbeSnapshot snapshot, int k, string where)
     {
         foreach (var (geometry, values) in expected.PerGeometry)
@@ -102,12 +108,17 @@ public sealed class LinearRegressionIndicatorTests
                     _ => 0,
                 };
                 Close.Assert(values[name], snapshot.Get(name, geometry), Tolerance, $"{where}: {name} [{geometry}]", scale);
+                double error = expected.PerGeometryErrors[geometry][name];
+                double published = snapshot.Get(name + Indicators.StandardErrorSuffix, geometry);
+                if (double.IsNaN(error)) Assert.True(double.IsNaN(published), $"{where}: {name}.stderr [{geometry}] should be NaN at K = {k}, got {published}");
+                else Close.Assert(error, published, Tolerance, $"{where}: {name}.stderr [{geometry}]", scale * 1e-3);
             }
         }
 
-        Close.Assert(expected.Gsnr, snapshot.Get(Indicators.Gsnr, Geometry.None), Tolerance, $"{where}: gsnr");
-        Close.Assert(1 - k * expected.Gsnr, snapshot.Get(Indicators.EbCriterion, Geometry.None), Tolerance,
-            $"{where}: eb_criterion", scale: 1 + k * expected.Gsnr);
+        AssertMaybeNaN(expected.Gsnr, snapshot.Get(Indicators.Gsnr, Geometry.None), $"{where}: gsnr", 1e-3);
+        AssertMaybeNaN(-k * expected.Gsnr, snapshot.Get(Indicators.EbCriterion, Geometry.None), $"{where}: eb_criterion", 1e-3);
+        AssertMaybeNaN(expected.GsnrError, snapshot.Get(Indicators.Gsnr + Indicators.StandardErrorSuffix, Geometry.None), $"{where}: gsnr.stderr", 1e-3);
+        AssertMaybeNaN(k * expected.GsnrError, snapshot.Get(Indicators.EbCriterion + Indicators.StandardErrorSuffix, Geometry.None), $"{where}: eb_criterion.stderr", 1e-3);
         Close.Assert(expected.Drift, snapshot.Get(Indicators.ParameterDrift, Geometry.None), Tolerance, $"{where}: drift");
         Close.Assert(expected.Loss, snapshot.Get(Indicators.Loss, Geometry.None), Tolerance, $"{where}: loss");
     }

@@ -92,27 +92,40 @@ internal static class ReferenceIndicators
     }
 
     /// <summary>
-    /// Mean GSNR over the coordinates whose unbiased variance across the K euclidean gradients is positive,
-    /// <c>mean_c mean_c^2 / (var_c + epsilon)</c>.
+    /// Mean GSNR over all coordinates, corrected for finite K: per coordinate with K values that are not all equal,
+    /// <c>(K - 3) / (K - 1) mean^2 / (var + epsilon) - 1 / K</c> (unbiased variance), and 0 for a coordinate whose values
+    /// are all equal; NaN for K &lt; 4. Written from the definition, one coordinate at a time.
     /// </summary>
     public static double Gsnr(IReadOnlyList<double[]> g, double epsilon)
     {
         int k = g.Count;
+        if (k < 4) return double.NaN;
         double sum = 0;
-        int used = 0;
         for (int c = 0; c < g[0].Length; c++)
         {
+            if (g.All(gi => gi[c] == g[0][c])) continue;
             double mean = 0;
             for (int i = 0; i < k; i++) mean += g[i][c];
             mean /= k;
             double variance = 0;
             for (int i = 0; i < k; i++) variance += (g[i][c] - mean) * (g[i][c] - mean);
             variance /= k - 1;
-            if (variance <= 0) continue;
-            sum += mean * mean / (variance + epsilon);
-            used++;
+            sum += (k - 3.0) / (k - 1.0) * mean * mean / (variance + epsilon) - 1.0 / k;
         }
-        return used > 0 ? sum / used : double.NaN;
+
+        return sum / g[0].Length;
+    }
+
+    /// <summary>
+    /// Jackknife standard error of <paramref name="statistic"/> over the K gradients: the statistic of each K - 1
+    /// subset, then <c>sqrt((K - 1) / K sum (v_i - mean v)^2)</c>.
+    /// </summary>
+    public static double Jackknife(IReadOnlyList<double[]> g, Func<IReadOnlyList<double[]>, double> statistic)
+    {
+        int k = g.Count;
+        var leftOut = Enumerable.Range(0, k).Select(i => statistic(g.Where((_, j) => j != i).ToList())).ToArray();
+        double mean = leftOut.Average();
+        return Math.Sqrt((k - 1.0) / k * leftOut.Sum(v => (v - mean) * (v - mean)));
     }
 
     /// <summary><c>||last - first|| / ||first||</c>.</summary>

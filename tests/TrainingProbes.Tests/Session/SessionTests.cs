@@ -160,6 +160,21 @@ public sealed class SessionTests
     }
 
     [Fact]
+    public void Output_shows_each_value_with_its_standard_error()
+    {
+        var (model, optimizer) = SmallModel();
+        var output = new StringWriter();
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 6, Interval = 8, Output = output, OverheadBudget = null }, optimizer);
+        Train(model, optimizer, session, 8);
+
+        var line = output.ToString().Trim();
+        double cosine = session.Latest!.Get(Indicators.Cosine, Geometry.Euclidean);
+        double error = session.Latest.Get(Indicators.Cosine + Indicators.StandardErrorSuffix, Geometry.Euclidean);
+        Assert.Contains($"euc cos {cosine.ToString("G3", System.Globalization.CultureInfo.InvariantCulture)}±{error.ToString("G2", System.Globalization.CultureInfo.InvariantCulture)}", line);
+        Assert.Matches(@" gsnr [\d.e-]+±[\d.e-]+ ", line);
+    }
+
+    [Fact]
     public void Output_gets_one_line_per_window()
     {
         var (model, optimizer) = SmallModel();
@@ -169,7 +184,9 @@ public sealed class SessionTests
 
         var lines = output.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(2, lines.Length);
-        Assert.All(lines, line => Assert.Matches(@"^\[probes\] step +\d+ loss [\d.]+ drift [\d.e-]+ gsnr [\d.e-]+ \| euc cos", line));
+        // K = 2: GSNR needs K >= 4, so it is left out rather than printed as NaN; the cosine carries a jackknife error
+        // only from K = 3 on, so none here either.
+        Assert.All(lines, line => Assert.Matches(@"^\[probes\] step +\d+ loss [\d.]+ drift [\d.e-]+ \| euc cos [\d.e-]+ regret", line));
     }
 }
 
