@@ -1,4 +1,6 @@
-// QuickStart: a plain TorchSharp training loop with one added line, `if (model.Probe(loss, optimizer).ShouldStop) break;`.
+// QuickStart: a plain TorchSharp training loop with one added line,
+// `if (model.Probe(loss, optimizer, x, y, lossFunction.call).ShouldStop) break;`. Given the step's batch and the loss
+// function, the session measures its indicators on the window's batches at one theta.
 // It trains a small MLP on a synthetic classification task it generates itself, and the probe session prints the
 // generalization indicators of each window to the console. Under `dotnet run`, Properties/launchSettings.json also
 // serves them at http://127.0.0.1:9464/metrics for Prometheus while it runs, and sets a stopping rule
@@ -32,10 +34,11 @@ for (; step < Steps; step++)
 {
     using var scope = torch.NewDisposeScope();
     var batch = torch.randint(0, Samples, [BatchSize]);
+    var (x, y) = (inputs[batch], labels[batch]);
     optimizer.zero_grad();
-    var loss = lossFunction.call(model.call(inputs[batch]), labels[batch]);
+    var loss = lossFunction.call(model.call(x), y);
     loss.backward();
-    if (model.Probe(loss, optimizer).ShouldStop) break;
+    if (model.Probe(loss, optimizer, x, y, lossFunction.call).ShouldStop) break;
     optimizer.step();
 }
 

@@ -175,10 +175,7 @@ public sealed class FixedPointProbe : TrainingProbe
     {
         var model = _session!.Model;
         int k = batches.Count;
-        bool training = model.training;
-        using var liveState = torch.random.get_rng_state();
-        var randomState = liveState.clone();   // a copy: TorchSharp's state tensor may alias the generator
-        var buffers = model.buffers().Select(b => (Buffer: b, Copy: b.detach().clone())).ToList();
+        using var state = new ModelStateGuard(model);
         _theta!.LoadParameters();
         if (_options.EvaluationMode) model.eval();
         try
@@ -212,15 +209,6 @@ public sealed class FixedPointProbe : TrainingProbe
         finally
         {
             _theta.StoreToParameters();
-            using (torch.no_grad())
-                foreach (var (buffer, copy) in buffers)
-                {
-                    buffer.copy_(copy);
-                    copy.Dispose();
-                }
-            torch.random.set_rng_state(randomState);
-            randomState.Dispose();
-            model.train(training);
         }
     }
 

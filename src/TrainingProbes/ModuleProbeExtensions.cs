@@ -13,13 +13,23 @@ public static class ModuleProbeExtensions
     /// <c>optimizer.step()</c>. The first call creates a session with options from <see cref="ProbeOptions.FromEnvironment()"/> unless
     /// <see cref="ProbeSession.Attach"/> created one for this model before.
     /// </summary>
+    /// <remarks>
+    /// The generalization indicators are measured on K minibatch gradients at one theta: the session keeps the
+    /// window's step batches and evaluates them again at the window's last theta, for which it needs each step's
+    /// <paramref name="input"/> and <paramref name="target"/> and the <paramref name="lossFunction"/>:
+    /// <c>model.Probe(loss, optimizer, x, y, lossFunction.call)</c>. With the loss alone, only the optimizer's
+    /// step-to-step statistics (<c>step.*</c>) are published, and the session says so once.
+    /// </remarks>
     /// <param name="model">The model being trained.</param>
     /// <param name="loss">The step's scalar loss; optional, published as the window's mean loss.</param>
     /// <param name="optimizer">The optimizer; optional, its learning rate is published.</param>
-    /// <param name="input">The minibatch input; optional, for probes that split the current batch.</param>
-    /// <param name="target">The minibatch target; optional, as <paramref name="input"/>.</param>
+    /// <param name="input">The minibatch input the loss was computed on.</param>
+    /// <param name="target">The minibatch target the loss was computed on.</param>
+    /// <param name="lossFunction">The loss function, (output, target) -> scalar mean loss, for example <c>lossFunction.call</c>
+    /// of an <c>nn.CrossEntropyLoss()</c>; needed once, the session keeps it.</param>
     /// <returns>The model's session.</returns>
-    public static ProbeSession Probe(this nn.Module model, Tensor? loss = null, optim.Optimizer? optimizer = null, Tensor? input = null, Tensor? target = null) =>
-        ProbeSession.For(model, optimizer).Step(loss, input, target);
+    public static ProbeSession Probe(this nn.Module model, Tensor? loss = null, optim.Optimizer? optimizer = null, Tensor? input = null, Tensor? target = null,
+        Func<Tensor, Tensor, Tensor>? lossFunction = null) =>
+        ProbeSession.For(model, optimizer, lossFunction).Step(loss, input, target);
 }
 

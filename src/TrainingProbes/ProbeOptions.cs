@@ -1,3 +1,4 @@
+using static TorchSharp.torch;
 using Microsoft.Extensions.Logging;
 using TrainingProbes.Stopping;
 
@@ -218,7 +219,17 @@ public sealed class ProbeOptions
                 $"CheckpointPath '{value}' must end in .pt, .pth or .safetensors and be in an existing folder.", nameof(CheckpointPath));
     }
 
-    /// <summary>Whether the built-in probes (gradient statistics, drift, loss) run (default true).</summary>
+    /// <summary>
+    /// The loss function, (output, target) -> the scalar mean loss of a batch, with which the session evaluates the
+    /// window's step batches again at one theta (the default indicators). The one-line form can pass it instead:
+    /// <c>model.Probe(loss, optimizer, input, target, lossFunction.call)</c>.
+    /// </summary>
+    public Func<Tensor, Tensor, Tensor>? Loss { get; init; }
+
+    /// <summary>The model's forward function for those evaluations; null calls the model itself (a <c>Module&lt;Tensor, Tensor&gt;</c>).</summary>
+    public Func<Tensor, Tensor>? Forward { get; init; }
+
+    /// <summary>Whether the built-in probes (gradient statistics at one theta and step to step, drift, loss) run (default true).</summary>
     public bool BuiltInProbes { get; init; } = true;
 
     /// <summary>Receives probe failures and session events; null logs nothing.</summary>

@@ -62,12 +62,13 @@ public sealed class ProbeSession : IDisposable
         Model = model;
         Options = options;
         _optimizer = optimizer;
+        LossFunction = options.Loss;
         RunId = options.RunId ?? $"{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Random.Shared.Next(0x10000):x4}";
         _logger = (ILogger?)options.LoggerFactory?.CreateLogger<ProbeSession>() ?? NullLogger.Instance;
 
         Window = new GradientWindow(model, options.ParameterFilter, options.WindowSize);
         var builtIn = options.BuiltInProbes
-            ? new TrainingProbe[] { new LossProbe(), new ParameterDriftProbe(), new GradientStatisticsProbe(options) }
+            ? new TrainingProbe[] { new LossProbe(), new ParameterDriftProbe(), new GradientStatisticsProbe(options), new OneThetaGradientProbe(options) }
             : [];
         _probes = [.. builtIn, .. options.Probes];
         var clash = _probes.GroupBy(p => p.Name).FirstOrDefault(g => g.Count() > 1);
@@ -127,7 +128,7 @@ public sealed class ProbeSession : IDisposable
 
     /// <summary>
     /// Creates a session for <paramref name="model"/> and makes it the one that
-    /// <see cref="ModuleProbeExtensions.Probe(nn.Module, Tensor?, optim.Optimizer?, Tensor?, Tensor?)"/> uses for that model.
+    /// <see cref="ModuleProbeExtensions.Probe(nn.Module, Tensor?, optim.Optimizer?, Tensor?, Tensor?, Func{Tensor, Tensor, Tensor}?)"/> uses for that model.
     /// </summary>
     /// <param name="model">The model being trained; its parameters that require a gradient are watched.</param>
     /// <param name="options">Settings; defaults when null.</param>
@@ -160,7 +161,7 @@ public sealed class ProbeSession : IDisposable
     }
 
     /// <summary>The session attached to <paramref name="model"/>, created on first use from <see cref="ProbeOptions.FromEnvironment()"/>.</summary>
-    internal static ProbeSession For(nn.Module model, torch.optim.Optimizer? optimizer)
+    internal static ProbeSession For(nn.Module model, torch.optim.Optimizer? optimizer, Func<Tensor, Tensor, Tensor>? lossFunction = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         if (!Sessions.TryGetValue(model, out var session) || session._disposed)
@@ -176,6 +177,7 @@ public sealed class ProbeSession : IDisposable
         }
 
         session._optimizer ??= optimizer;
+        session.LossFunction ??= lossFunction;
         return session;
     }
 
@@ -285,6 +287,11 @@ public sealed class ProbeSession : IDisposable
     }
 
     internal GradientWindow Window { get; }
+
+    /// <summary>The loss function (output, target) -> scalar mean loss: <see cref="ProbeOptions.Loss"/>, or the one the one-line call passed.</summary>
+    internal Func<Tensor, Tensor, Tensor>? LossFunction { get; private set; }
+
+    internal ILogger Logger => _logger;
 
     /// <summary>The last value of every series published so far (safe from any thread): what the gauges report.</summary>
     internal IReadOnlyList<IndicatorValue> CurrentValues => Volatile.Read(ref _current);
@@ -636,6 +643,14 @@ internal static class ConsoleSummary
             Append(text, "regret", s, Indicators.RelativeRegret, g);
             Append(text, "kappa", s, Indicators.ContrastiveFlatness, g);
         }
+
+        // The optimizer's step-to-step agreement: negative while the iterate oscillates across a valley.
+        if (s.TryGetValue(Probes.GradientStatisticsProbe.Prefix + Indicators.Cosine, Geometry.Euclidean, out _))
+        {
+            text.Append(" | step");
+            Append(text, "cos", s, Probes.GradientStatisticsProbe.Prefix + Indicators.Cosine, Geometry.Euclidean);
+        }
+
         return text.ToString();
     }
 

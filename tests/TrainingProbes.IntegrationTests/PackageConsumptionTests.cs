@@ -114,10 +114,11 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
         {
             using var scope = torch.NewDisposeScope();
             var batch = torch.randint(0, 512, [32]);
+            var (input, target) = (x[batch], y[batch]);
             optimizer.zero_grad();
-            var loss = lossFunction.call(model.call(x[batch]), y[batch]);
+            var loss = lossFunction.call(model.call(input), target);
             loss.backward();
-            if (model.Probe(loss, optimizer).ShouldStop) break;
+            if (model.Probe(loss, optimizer, input, target, lossFunction.call).ShouldStop) break;
             optimizer.step();
         }
 

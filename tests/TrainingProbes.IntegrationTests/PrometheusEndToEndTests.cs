@@ -18,6 +18,7 @@ public sealed class PrometheusEndToEndTests
         using var training = new BackgroundTraining(() => new ProbeOptions
         {
             RunId = RunId, Worker = "rank-0", LayerMetrics = 2, Output = null, OverheadBudget = null,
+            Loss = (output, target) => TorchSharp.torch.nn.functional.cross_entropy(output, target),
             Stopping = [TrainingProbes.Stopping.StoppingRule.Parse("training.loss is not finite")],
             Probes = [endpoint, new FixedPointProbe(new FixedPointOptions
             {

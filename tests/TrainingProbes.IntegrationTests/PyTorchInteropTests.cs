@@ -12,12 +12,16 @@ namespace TrainingProbes.IntegrationTests;
 /// PyTorch reads what TrainingProbes writes, proven with PyTorch itself (Debian's python3-torch): a .pt and a
 /// .safetensors checkpoint load with <c>load_state_dict(strict=True)</c> into the same architecture built in Python
 /// and give the C# model's outputs, and an exported gradient window, read in Python, gives back the euclidean
-/// cosine, relative regret and m-coherence the session published (recomputed with numpy in float64). The Python side
+/// cosine, relative regret and m-coherence the session published for those step gradients (<c>step.*</c>, recomputed
+/// with numpy in float64). The Python side
 /// is <c>Python/pytorch_interop.py</c>; this test writes the files and a manifest, runs it, and checks its report.
 /// </summary>
 public sealed class PyTorchInteropTests(ITestOutputHelper output)
 {
     private const int Inputs = 6, Hidden = 16, Outputs = 3, Batch = 32;
+
+    // The exported window holds the trainer's step gradients: their statistics are the step-to-step family.
+    private const string Step = "step.";
 
     [FactNeeding(Tool.PyTorch)]
     public void PyTorch_loads_the_checkpoints_and_recomputes_the_published_indicators_of_an_exported_window()
@@ -76,9 +80,9 @@ public sealed class PyTorchInteropTests(ITestOutputHelper output)
                 ["tolerance"] = 1e-6,          // the session's float32 Gram matrices against numpy's float64
                 ["published"] = new JsonObject
                 {
-                    ["cosine"] = snapshot.Get(Indicators.Cosine, Geometry.Euclidean),
-                    ["relative_regret"] = snapshot.Get(Indicators.RelativeRegret, Geometry.Euclidean),
-                    ["coherence"] = snapshot.Get(Indicators.Coherence, Geometry.Euclidean),
+                    ["cosine"] = snapshot.Get(Step + Indicators.Cosine, Geometry.Euclidean),
+                    ["relative_regret"] = snapshot.Get(Step + Indicators.RelativeRegret, Geometry.Euclidean),
+                    ["coherence"] = snapshot.Get(Step + Indicators.Coherence, Geometry.Euclidean),
                 },
             };
             string manifestPath = Path.Combine(folder, "manifest.json");
@@ -98,9 +102,9 @@ public sealed class PyTorchInteropTests(ITestOutputHelper output)
             foreach (var key in new[] { "pt_output_max_abs_diff_weights_only_False", "pt_output_max_abs_diff_weights_only_True", "safetensors_output_max_abs_diff" })
                 Assert.InRange(root.GetProperty(key).GetDouble(), 0, 1e-5);
             var recomputed = root.GetProperty("recomputed");
-            Assert.Equal(snapshot.Get(Indicators.Cosine, Geometry.Euclidean), recomputed.GetProperty("cosine").GetDouble(), 1e-6);
-            Assert.Equal(snapshot.Get(Indicators.RelativeRegret, Geometry.Euclidean), recomputed.GetProperty("relative_regret").GetDouble(), 1e-6);
-            Assert.Equal(snapshot.Get(Indicators.Coherence, Geometry.Euclidean), recomputed.GetProperty("coherence").GetDouble(), 1e-6 * Math.Max(1, snapshot.Get(Indicators.Coherence, Geometry.Euclidean)));
+            Assert.Equal(snapshot.Get(Step + Indicators.Cosine, Geometry.Euclidean), recomputed.GetProperty("cosine").GetDouble(), 1e-6);
+            Assert.Equal(snapshot.Get(Step + Indicators.RelativeRegret, Geometry.Euclidean), recomputed.GetProperty("relative_regret").GetDouble(), 1e-6);
+            Assert.Equal(snapshot.Get(Step + Indicators.Coherence, Geometry.Euclidean), recomputed.GetProperty("coherence").GetDouble(), 1e-6 * Math.Max(1, snapshot.Get(Step + Indicators.Coherence, Geometry.Euclidean)));
         }
         finally
         {

@@ -16,3 +16,9 @@ internal static class TestSetup
     [ModuleInitializer]
     internal static void SingleThreadedTorch() => torch.set_num_threads(1);
 }
+
+/// <summary>Names of the optimizer's step-to-step statistics (passive windows), which the replay tests check.</summary>
+internal static class StepNames
+{
+    public static string Step(string name) => TrainingProbes.Probes.GradientStatisticsProbe.Prefix + name;
+}

@@ -2,15 +2,23 @@ using TrainingProbes.Statistics;
 
 namespace TrainingProbes.Probes;
 
-/// <summary>The first-order family of each passive window (the trainer's own step gradients).</summary>
+/// <summary>
+/// The optimizer's step-to-step statistics: the first-order family of each passive window (the trainer's own step
+/// gradients, each from a different theta), published as <c>step.*</c>. They describe the trajectory, not
+/// generalization: a negative <c>step.gradient.cosine</c> means consecutive steps overshoot across a valley
+/// (oscillation, compare Cohen et al. 2021 on the edge of stability).
+/// </summary>
 internal sealed class GradientStatisticsProbe(ProbeOptions options) : TrainingProbe
 {
+    /// <summary>Prefix of the names this probe reports.</summary>
+    public const string Prefix = "step.";
+
     private FirstOrderFamily? _family;
 
-    public override string Name => "gradient";
+    public override string Name => "step";
 
     public override void OnSessionStart(ProbeSession session) =>
-        _family = new FirstOrderFamily(options, options.Geometries, session.Window, prefix: "", options.LayerMetrics);
+        _family = new FirstOrderFamily(options, options.Geometries, session.Window, Prefix, layerCount: 0);
 
     public override void OnWindowClosed(ProbeWindowContext window) => _family!.Compute(window);
 

@@ -1,3 +1,4 @@
+using static TrainingProbes.Tests.StepNames;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -64,8 +65,8 @@ public sealed class SyntheticGradientCalibrationTests(Xunit.Abstractions.ITestOu
     public void On_pure_noise_the_EB_criterion_averages_zero(int k, int size, int windows)
     {
         var snapshots = Windows(k, size, windows, mean: null, seed: 100 + k);
-        var eb = snapshots.Select(s => s.Get(Indicators.EbCriterion)).ToArray();
-        var gsnr = snapshots.Select(s => s.Get(Indicators.Gsnr)).ToArray();
+        var eb = snapshots.Select(s => s.Get(Step(Indicators.EbCriterion))).ToArray();
+        var gsnr = snapshots.Select(s => s.Get(Step(Indicators.Gsnr))).ToArray();
         double mean = eb.Average();
         output.WriteLine($"K = {k}: mean EB {mean:F4} over {windows} windows of {size} coordinates (window sd {StandardDeviation(eb):F3}); uncorrected would be {-2.0 / (k - 3):F3}");
         Assert.InRange(mean, -0.05, 0.05);
@@ -86,7 +87,7 @@ public sealed class SyntheticGradientCalibrationTests(Xunit.Abstractions.ITestOu
         double truth = TrueCosine(mean.data<float>().ToArray(), pairs: 20_000, seed: 11);
         var snapshots = Windows(K, Size, Trials, mean, seed: 23);
         int covered = snapshots.Count(s =>
-            Math.Abs(s.Get(Indicators.Cosine, Geometry.Euclidean) - truth) <= 1.96 * s.Get(Indicators.Cosine + Indicators.StandardErrorSuffix, Geometry.Euclidean));
+            Math.Abs(s.Get(Step(Indicators.Cosine), Geometry.Euclidean) - truth) <= 1.96 * s.Get(Step(Indicators.Cosine + Indicators.StandardErrorSuffix), Geometry.Euclidean));
         double coverage = (double)covered / Trials;
         output.WriteLine($"true cosine {truth:F4}: the interval covered it in {coverage:P1} of {Trials} windows");
         Assert.InRange(coverage, 0.92, 0.98);

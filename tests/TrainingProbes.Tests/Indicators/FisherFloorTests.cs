@@ -1,3 +1,4 @@
+using static TrainingProbes.Tests.StepNames;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -72,11 +73,11 @@ public sealed class FisherFloorTests
         var g = Enumerable.Range(0, k).Select(i => window[i].SelectMany(v => v).ToArray()).ToList();
         var expected = ReferenceIndicators.FirstOrder(ReferenceIndicators.Whiten(g, d.ToArray()), 0.9);
         foreach (var (name, value) in expected)
-            Close.Assert(value, snapshot.Get(name, Geometry.Fisher), 1e-9, $"{name} [fisher] with floor", scale: expected[Indicators.GradientNorm]);
+            Close.Assert(value, snapshot.Get(Step(name), Geometry.Fisher), 1e-9, $"{name} [fisher] with floor", scale: expected[Indicators.GradientNorm]);
 
         // And the floor mattered: without it the fisher values differ.
         var unfloored = Run(Network(), 0);
-        Assert.True(Close.RelativeDifference(unfloored.Get(Indicators.GradientNorm, Geometry.Fisher), snapshot.Get(Indicators.GradientNorm, Geometry.Fisher)) > 1e-3);
+        Assert.True(Close.RelativeDifference(unfloored.Get(Step(Indicators.GradientNorm), Geometry.Fisher), snapshot.Get(Step(Indicators.GradientNorm), Geometry.Fisher)) > 1e-3);
     }
 
     [Theory]
@@ -98,8 +99,8 @@ public sealed class FisherFloorTests
         var before = Run(original, 1e-3);
         var after = Run(rescaled, 1e-3);
         foreach (var name in ReferenceIndicators.FirstOrderNames)
-            Assert.True(Close.RelativeDifference(before.Get(name, Geometry.Fisher), after.Get(name, Geometry.Fisher)) < 1e-9, $"{name} [fisher] moved");
-        Assert.True(Close.RelativeDifference(before.Get(Indicators.GradientNorm, Geometry.Euclidean), after.Get(Indicators.GradientNorm, Geometry.Euclidean)) > 1e-3);
+            Assert.True(Close.RelativeDifference(before.Get(Step(name), Geometry.Fisher), after.Get(Step(name), Geometry.Fisher)) < 1e-9, $"{name} [fisher] moved");
+        Assert.True(Close.RelativeDifference(before.Get(Step(Indicators.GradientNorm), Geometry.Euclidean), after.Get(Step(Indicators.GradientNorm), Geometry.Euclidean)) > 1e-3);
     }
 
     [Fact]

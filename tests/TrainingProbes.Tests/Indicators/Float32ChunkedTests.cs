@@ -1,3 +1,4 @@
+using static TrainingProbes.Tests.StepNames;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -72,12 +73,12 @@ public sealed class Float32ChunkedTests
                 // Differences of similar terms (regret, noise, the tests) are compared on the scale of their terms.
                 double scale = values[Indicators.GradientNorm];
                 foreach (var (name, value) in values)
-                    Close.Assert(value, snapshot.Get(name, geometry), 2e-4, $"window {w}: {name} [{geometry}]",
+                    Close.Assert(value, snapshot.Get(Step(name), geometry), 2e-4, $"window {w}: {name} [{geometry}]",
                         name is Indicators.GradientNoise ? scale * scale : name.StartsWith("test.") || name == Indicators.Cosine ? 1 : scale);
             }
 
             double gsnr = ReferenceIndicators.Gsnr(g, 0);
-            Close.Assert(gsnr, snapshot.Get(Indicators.Gsnr), 2e-4, $"window {w}: gsnr");
+            Close.Assert(gsnr, snapshot.Get(Step(Indicators.Gsnr)), 2e-4, $"window {w}: gsnr");
         }
     }
 }

@@ -1,3 +1,4 @@
+using static TrainingProbes.Tests.StepNames;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -107,18 +108,18 @@ public sealed class LinearRegressionIndicatorTests
                     Indicators.Cosine => 1,
                     _ => 0,
                 };
-                Close.Assert(values[name], snapshot.Get(name, geometry), Tolerance, $"{where}: {name} [{geometry}]", scale);
+                Close.Assert(values[name], snapshot.Get(Step(name), geometry), Tolerance, $"{where}: {name} [{geometry}]", scale);
                 double error = expected.PerGeometryErrors[geometry][name];
-                double published = snapshot.Get(name + Indicators.StandardErrorSuffix, geometry);
+                double published = snapshot.Get(Step(name + Indicators.StandardErrorSuffix), geometry);
                 if (double.IsNaN(error)) Assert.True(double.IsNaN(published), $"{where}: {name}.stderr [{geometry}] should be NaN at K = {k}, got {published}");
                 else Close.Assert(error, published, Tolerance, $"{where}: {name}.stderr [{geometry}]", scale * 1e-3);
             }
         }
 
-        AssertMaybeNaN(expected.Gsnr, snapshot.Get(Indicators.Gsnr, Geometry.None), $"{where}: gsnr", 1e-3);
-        AssertMaybeNaN(-k * expected.Gsnr, snapshot.Get(Indicators.EbCriterion, Geometry.None), $"{where}: eb_criterion", 1e-3);
-        AssertMaybeNaN(expected.GsnrError, snapshot.Get(Indicators.Gsnr + Indicators.StandardErrorSuffix, Geometry.None), $"{where}: gsnr.stderr", 1e-3);
-        AssertMaybeNaN(k * expected.GsnrError, snapshot.Get(Indicators.EbCriterion + Indicators.StandardErrorSuffix, Geometry.None), $"{where}: eb_criterion.stderr", 1e-3);
+        AssertMaybeNaN(expected.Gsnr, snapshot.Get(Step(Indicators.Gsnr), Geometry.None), $"{where}: gsnr", 1e-3);
+        AssertMaybeNaN(-k * expected.Gsnr, snapshot.Get(Step(Indicators.EbCriterion), Geometry.None), $"{where}: eb_criterion", 1e-3);
+        AssertMaybeNaN(expected.GsnrError, snapshot.Get(Step(Indicators.Gsnr + Indicators.StandardErrorSuffix), Geometry.None), $"{where}: gsnr.stderr", 1e-3);
+        AssertMaybeNaN(k * expected.GsnrError, snapshot.Get(Step(Indicators.EbCriterion + Indicators.StandardErrorSuffix), Geometry.None), $"{where}: eb_criterion.stderr", 1e-3);
         Close.Assert(expected.Drift, snapshot.Get(Indicators.ParameterDrift, Geometry.None), Tolerance, $"{where}: drift");
         Close.Assert(expected.Loss, snapshot.Get(Indicators.Loss, Geometry.None), Tolerance, $"{where}: loss");
     }

@@ -1,3 +1,4 @@
+using static TrainingProbes.Tests.StepNames;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -57,22 +58,22 @@ public sealed class RescalingInvarianceTests
             {
                 foreach (var name in InvariantNames)
                 {
-                    double v1 = s1.Get(name, geometry), v2 = s2.Get(name, geometry);
+                    double v1 = s1.Get(Step(name), geometry), v2 = s2.Get(Step(name), geometry);
                     Assert.True(double.IsFinite(v1), $"window {w}: {name} [{geometry}] is {v1}");
                     double scale = name is Indicators.Regret or Indicators.RegretUpper
-                        ? s1.Get(Indicators.GradientNorm, geometry)
+                        ? s1.Get(Step(Indicators.GradientNorm), geometry)
                         : name is Indicators.Cosine ? 1 : 0;
                     Close.Assert(v1, v2, 1e-9, $"a={a} window {w}: {name} [{geometry}]", scale);
                 }
             }
 
-            Close.Assert(s1.Get(Indicators.Gsnr), s2.Get(Indicators.Gsnr), 1e-9, $"a={a} window {w}: gsnr");
-            Close.Assert(s1.Get(Indicators.EbCriterion), s2.Get(Indicators.EbCriterion), 1e-9,
-                $"a={a} window {w}: eb_criterion", scale: 1 + K * s1.Get(Indicators.Gsnr));
+            Close.Assert(s1.Get(Step(Indicators.Gsnr)), s2.Get(Step(Indicators.Gsnr)), 1e-9, $"a={a} window {w}: gsnr");
+            Close.Assert(s1.Get(Step(Indicators.EbCriterion)), s2.Get(Step(Indicators.EbCriterion)), 1e-9,
+                $"a={a} window {w}: eb_criterion", scale: 1 + K * s1.Get(Step(Indicators.Gsnr)));
 
             foreach (var name in EuclideanChanging)
             {
-                double v1 = s1.Get(name, Geometry.Euclidean), v2 = s2.Get(name, Geometry.Euclidean);
+                double v1 = s1.Get(Step(name), Geometry.Euclidean), v2 = s2.Get(Step(name), Geometry.Euclidean);
                 double change = Close.RelativeDifference(v1, v2);
                 Assert.True(change > 1e-3, $"a={a} window {w}: euclidean {name} should move under the rescaling, but {v1:R} -> {v2:R} (relative {change:E3}).");
             }

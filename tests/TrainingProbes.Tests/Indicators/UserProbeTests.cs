@@ -96,7 +96,7 @@ public sealed class UserProbeTests
             Close.Assert(expected[w].FirstGradientSum, history[w].Get(FirstGradientSumProbe.ValueName), 1e-9, $"window {w}: Get");
 
             // The built-in values are still there, reported by the built-in probes, not by the custom one.
-            Assert.Contains(history[w].Values, v => v.Name == Indicators.Cosine && v.Probe != custom.Name);
+            Assert.Contains(history[w].Values, v => v.Name == StepNames.Step(Indicators.Cosine) && v.Probe != custom.Name);
         }
     }
 }

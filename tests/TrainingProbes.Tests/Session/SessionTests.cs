@@ -12,6 +12,8 @@ public sealed class SessionTests
         return (model, optim.SGD(model.parameters(), 0.05));
     }
 
+    private static Tensor CrossEntropy(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
+
     private static void Train(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ProbeSession session, int steps, int seed = 3)
     {
         var generator = new Generator((ulong)seed);
@@ -24,7 +26,7 @@ public sealed class SessionTests
             optimizer.zero_grad();
             var loss = lossFunction.call(model.call(x), y);
             loss.backward();
-            session.Step(loss);
+            session.Step(loss, x, y);
             optimizer.step();
         }
     }
@@ -164,7 +166,7 @@ public sealed class SessionTests
     {
         var (model, optimizer) = SmallModel();
         var output = new StringWriter();
-        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 6, Interval = 8, Output = output, OverheadBudget = null }, optimizer);
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 6, Interval = 8, Output = output, OverheadBudget = null, Loss = CrossEntropy }, optimizer);
         Train(model, optimizer, session, 8);
 
         var line = output.ToString().Trim();
@@ -179,14 +181,14 @@ public sealed class SessionTests
     {
         var (model, optimizer) = SmallModel();
         var output = new StringWriter();
-        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 2, Interval = 4, Output = output, OverheadBudget = null }, optimizer);
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 2, Interval = 4, Output = output, OverheadBudget = null, Loss = CrossEntropy }, optimizer);
         Train(model, optimizer, session, 8);
 
         var lines = output.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(2, lines.Length);
         // K = 2: GSNR needs K >= 4, so it is left out rather than printed as NaN; the cosine carries a jackknife error
         // only from K = 3 on, so none here either.
-        Assert.All(lines, line => Assert.Matches(@"^\[probes\] step +\d+ loss [\d.]+ drift [\d.e-]+ \| euc cos [\d.e-]+ regret", line));
+        Assert.All(lines, line => Assert.Matches(@"^\[probes\] step +\d+ loss [\d.]+ drift [\d.e-]+ \| euc cos [\d.e-]+ regret .* \| step cos [\d.e-]+$", line));
     }
 }
 

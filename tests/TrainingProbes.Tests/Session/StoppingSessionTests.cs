@@ -77,7 +77,7 @@ public sealed class StoppingSessionTests
     {
         var model = Model();
         var optimizer = optim.SGD(model.parameters(), 0.1);
-        var stopRule = StoppingRule.Parse("gradient.cosine[euclidean] < 2 for 3");
+        var stopRule = StoppingRule.Parse("step.gradient.cosine[euclidean] < 2 for 3");
         var warnRule = StoppingRule.Parse("training.loss > -1 -> warn");
         var output = new StringWriter();
         using var session = ProbeSession.Attach(model, new ProbeOptions

@@ -79,39 +79,7 @@ public sealed class TelemetryTests
         }
     }
 
-    /// <summary>Copies each window's gradients of the first parameter to the host.</summary>
-    private sealed class FirstParameterRecorder : TrainingProbe
-    {
-        public List<double[][]> Windows { get; } = [];
-
-        public override string Name => "recorder";
-
-        public override void OnWindowClosed(ProbeWindowContext window)
-        {
-            var g = window.Gradients(window.ParameterNames[0]);
-            Windows.Add(Enumerable.Range(0, window.WindowSize).Select(i => g[i].flatten().data<float>().ToArray().Select(v => (double)v).ToArray()).ToArray());
-        }
-    }
-
-    [Fact]
-    public void Per_layer_values_are_the_indicators_of_that_parameter_alone_and_capped()
-    {
-        var recorder = new FirstParameterRecorder();
-        var options = new ProbeOptions { WindowSize = 4, Interval = 5, Output = null, OverheadBudget = null, LayerMetrics = 1, Geometries = Geometry.Euclidean, Probes = [recorder] };
-        using var session = TrainSmallModel(options, 10, out _);
-
-        var snapshot = session.Latest!;
-        var layers = snapshot.Values.Where(v => v.Layer is not null).Select(v => v.Layer!).Distinct().ToArray();
-        Assert.Equal(["0.weight"], layers);
-
-        var expected = ReferenceIndicators.FirstOrder(recorder.Windows[^1], options.RegretQuantile);
-        foreach (var name in new[] { Indicators.GradientNorm, Indicators.Cosine, Indicators.RelativeRegret })
-            Close.Assert(expected[name], snapshot.Get(name, Geometry.Euclidean, "0.weight"), 1e-4, $"layer {name}", scale: 1);
-        Close.Assert(ReferenceIndicators.Gsnr(recorder.Windows[^1], 0), snapshot.Get(Indicators.Gsnr, Geometry.None, "0.weight"), 1e-4, "layer gsnr");
-
-        // The whole-model values differ from the layer's: they cover every parameter.
-        Assert.NotEqual(snapshot.Get(Indicators.GradientNorm, Geometry.Euclidean), snapshot.Get(Indicators.GradientNorm, Geometry.Euclidean, "0.weight"));
-    }
+    // Per-layer values: OneThetaTests.Per_layer_values_are_the_one_theta_indicators_of_that_parameter_alone.
 
     [Fact]
     public void LayerMetrics_outside_zero_to_256_is_rejected()

@@ -1,0 +1,132 @@
+using Microsoft.Extensions.Logging;
+using TorchSharp;
+using TorchSharp.Modules;
+using TrainingProbes.Capture;
+using TrainingProbes.Statistics;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.Probes;
+
+/// <summary>
+/// The default indicators: the first-order family (gradient agreement, regret, contrastive flatness, noise, GSNR and
+/// EB, with their standard errors) of K minibatch gradients taken at one theta. The window's own K step batches are
+/// kept on their device while the window is captured, and when it closes (after the last step's backward, before its
+/// optimizer step) the first K - 1 of them are evaluated again at the current theta; the last step's gradient already
+/// is at that theta. So a window costs K - 1 extra forward and backward passes, and no extra data.
+/// </summary>
+/// <remarks>
+/// Passive step gradients come from K different parameter vectors: plain SGD overshoots across valleys, consecutive
+/// step gradients anti-correlate, and their statistics measure the optimizer (they are published as
+/// <c>step.*</c>). At one theta the minibatches differ only in their data, which is what generalization is about.
+/// The extra passes use <c>autograd.grad</c> (the parameters' <c>.grad</c> stays as the trainer left it); the model's
+/// buffers, mode and CPU random state are restored after them. Without the step's batch and loss function
+/// (<c>model.Probe(loss, optimizer, input, target, lossFunction.call)</c> or <see cref="ProbeOptions.Loss"/>) the probe
+/// says once what it misses and publishes nothing.
+/// </remarks>
+internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProbe
+{
+    private ProbeSession? _session;
+    private GradientWindow? _buffer;
+    private FirstOrderFamily? _family;
+    private Parameter[] _parameters = [];
+    private Tensor?[] _inputs = [];
+    private Tensor?[] _targets = [];
+    private bool[] _stored = [];
+    private bool _toldMissing;
+
+    public override string Name => "gradient";
+
+    public override void OnSessionStart(ProbeSession session)
+    {
+        _session = session;
+        _buffer = new GradientWindow(session.Model, options.ParameterFilter, options.WindowSize);
+        _parameters = _buffer.Parameters.Select(p => p.Parameter).ToArray();
+        _family = new FirstOrderFamily(options, options.Geometries, _buffer, prefix: "", options.LayerMetrics);
+        _inputs = new Tensor?[options.WindowSize];
+        _targets = new Tensor?[options.WindowSize];
+        _stored = new bool[options.WindowSize];
+    }
+
+    public override void OnStep(ProbeStepContext step)
+    {
+        int slot = step.WindowSlot;
+        if (slot < 0) return;
+        _stored[slot] = false;
+        if (step.Input is null || step.Target is null || slot == options.WindowSize - 1) return;   // the last batch is not re-evaluated
+        _inputs[slot] = Keep(_inputs[slot], step.Input);
+        _targets[slot] = Keep(_targets[slot], step.Target);
+        _stored[slot] = true;
+    }
+
+    /// <summary>Copies <paramref name="value"/> into <paramref name="slot"/>, reallocating it only when its shape, dtype or device changed.</summary>
+    private static Tensor Keep(Tensor? slot, Tensor value)
+    {
+        if (slot is null || slot.dtype != value.dtype || slot.device_type != value.device_type || slot.device_index != value.device_index
+            || !slot.shape.SequenceEqual(value.shape))
+        {
+            slot?.Dispose();
+            slot = torch.empty_like(value).DetachFromDisposeScope();
+        }
+
+        return slot.copy_(value);
+    }
+
+    public override void OnWindowClosed(ProbeWindowContext window)
+    {
+        var session = _session!;
+        int k = options.WindowSize;
+        var loss = session.LossFunction;
+        Func<Tensor, Tensor>? forward = session.Options.Forward;
+        if (forward is null && session.Model is nn.Module<Tensor, Tensor> module) forward = module.call;
+        string? missing = loss is null ? "a loss function"
+            : forward is null ? $"a forward function ({session.Model.GetType().Name} is not a Module<Tensor, Tensor>: set ProbeOptions.Forward)"
+            : _stored.Take(k - 1).Contains(false) ? "the input and target of each step of the window"
+            : null;
+        if (missing is not null)
+        {
+            TellOnce(session, missing);
+            return;
+        }
+
+        var buffer = _buffer!;
+        using (var state = new ModelStateGuard(session.Model))
+        using (torch.enable_grad())
+        {
+            for (int i = 0; i < k - 1; i++)
+            {
+                using var scope = torch.NewDisposeScope();
+                var value = loss!(forward!(_inputs[i]!), _targets[i]!);
+                if (value.numel() != 1)
+                    throw new InvalidOperationException(
+                        $"The loss function returned a tensor of shape [{string.Join(", ", value.shape)}]; it must return the scalar mean loss of the batch.");
+                var gradients = torch.autograd.grad([value], _parameters, retain_graph: false, create_graph: false, allow_unused: true);
+                buffer.Store(i, gradients.Select(g => g is null || g.IsInvalid ? null : g).ToArray());
+            }
+        }
+
+        // The last step's gradient, captured by the session this step, is already at this theta.
+        using (torch.no_grad())
+            for (int s = 0; s < buffer.Segments.Count; s++)
+                buffer.Segments[s].Gradients[k - 1].copy_(session.Window.Segments[s].Gradients[k - 1]);
+        _family!.Compute(window);
+    }
+
+    private void TellOnce(ProbeSession session, string missing)
+    {
+        if (_toldMissing) return;
+        _toldMissing = true;
+        string message =
+            $"[probes] the generalization indicators (gradient.*, regret.*, flatness.*) need K minibatch gradients at one theta, and this session has no {missing}. " +
+            "Pass them in the one line: model.Probe(loss, optimizer, input, target, lossFunction.call) (or set ProbeOptions.Loss). " +
+            "Until then only the optimizer's step-to-step statistics (step.*) are published.";
+        session.Options.Output?.WriteLine(message);
+        session.Logger.LogWarning("{Message}", message);
+    }
+
+    public override void OnSessionEnd()
+    {
+        _family?.Dispose();
+        _buffer?.Dispose();
+        foreach (var t in _inputs.Concat(_targets)) t?.Dispose();
+    }
+}

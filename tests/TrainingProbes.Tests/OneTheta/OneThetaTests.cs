@@ -1,0 +1,216 @@
+using TorchSharp;
+using TrainingProbes.Tests.IndicatorsTests;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.Tests.OneTheta;
+
+/// <summary>
+/// The default indicators are taken at one theta: when a window closes, its K step batches are evaluated again at
+/// the window's last parameters. Checked against an independent recomputation: a separate copy of the model, loaded
+/// with those parameters, runs a plain forward and <c>backward()</c> on each recorded batch, and the double-precision
+/// reference formulas take it from there.
+/// </summary>
+public sealed class OneThetaTests
+{
+    private const int Inputs = 6, Classes = 3, Batch = 12;
+
+    private static nn.Module<Tensor, Tensor> Mlp(long seed)
+    {
+        torch.manual_seed(seed);
+        return nn.Sequential(nn.Linear(Inputs, 10, dtype: ScalarType.Float64), nn.Tanh(), nn.Linear(10, Classes, dtype: ScalarType.Float64));
+    }
+
+    private static Tensor CrossEntropy(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
+
+    /// <summary>Records each window's batches and, at its close, the gradients of a separate copy of the model at the current theta.</summary>
+    private sealed class IndependentRecomputation(int k) : TrainingProbe
+    {
+        private readonly (Tensor X, Tensor Y)[] _batches = new (Tensor, Tensor)[k];
+
+        public List<double[][]> Windows { get; } = [];
+
+        public List<double[]> Thetas { get; } = [];
+
+        public override string Name => "recomputation";
+
+        public override void OnStep(ProbeStepContext step)
+        {
+            if (step.WindowSlot < 0) return;
+            _batches[step.WindowSlot] = (step.Input!.clone().DetachFromDisposeScope(), step.Target!.clone().DetachFromDisposeScope());
+        }
+
+        public override void OnWindowClosed(ProbeWindowContext window)
+        {
+            var copy = Mlp(seed: 99);
+            using (torch.no_grad())
+                foreach (var ((_, mine), (_, theirs)) in copy.named_parameters().Zip(window.Session.Model.named_parameters()))
+                    mine.copy_(theirs);
+            Thetas.Add(copy.parameters().SelectMany(p => p.data<double>().ToArray()).ToArray());
+
+            var gradients = new double[k][];
+            using (torch.enable_grad())
+                for (int i = 0; i < k; i++)
+                {
+                    copy.zero_grad();
+                    CrossEntropy(copy.call(_batches[i].X), _batches[i].Y).backward();
+                    gradients[i] = copy.parameters().SelectMany(p => p.grad!.data<double>().ToArray()).ToArray();
+                }
+
+            Windows.Add(gradients);
+        }
+    }
+
+    private static (ProbeSession Session, IndependentRecomputation Recomputation) Train(int k, int steps, ProbeOptions? options = null)
+    {
+        var model = Mlp(seed: 1);
+        var optimizer = optim.SGD(model.parameters(), 0.2, momentum: 0.5);
+        var recomputation = new IndependentRecomputation(k);
+        var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = k, Interval = k + 2, Output = null, OverheadBudget = null, FisherDecay = 0,
+            Probes = [recomputation], LayerMetrics = options?.LayerMetrics ?? 0,
+        }, optimizer);
+        var generator = new Generator(5);
+        for (int step = 0; step < steps; step++)
+        {
+            using var scope = NewDisposeScope();
+            var x = randn([Batch, Inputs], dtype: ScalarType.Float64, generator: generator);
+            var y = randint(0, Classes, [Batch], generator: generator);
+            optimizer.zero_grad();
+            var loss = CrossEntropy(model.call(x), y);
+            loss.backward();
+            model.Probe(loss, optimizer, x, y, CrossEntropy);
+            optimizer.step();
+        }
+
+        return (session, recomputation);
+    }
+
+    [Theory]
+    [InlineData(5)]
+    [InlineData(8)]
+    public void The_default_family_is_that_of_the_window_batches_at_its_last_theta(int k)
+    {
+        var (session, recomputation) = Train(k, steps: 3 * (k + 2));
+        using (session)
+        {
+            Assert.Equal(0, session.FailureCount);
+            var history = session.History;
+            Assert.Equal(3, history.Count);
+            for (int w = 0; w < history.Count; w++)
+            {
+                var g = recomputation.Windows[w];
+                var expected = new Dictionary<Geometry, Dictionary<string, double>>
+                {
+                    [Geometry.Euclidean] = ReferenceIndicators.FirstOrder(g, 0.9),
+                    // FisherDecay = 0: F is the mean squared gradient of this window's K gradients.
+                    [Geometry.Fisher] = ReferenceIndicators.FirstOrder(ReferenceIndicators.Whiten(g, FisherOf(g)), 0.9),
+                    [Geometry.Adaptive] = ReferenceIndicators.FirstOrder(ReferenceIndicators.Whiten(g, ReferenceIndicators.AdaptiveWhitening(recomputation.Thetas[w], 0)), 0.9),
+                };
+                foreach (var (geometry, values) in expected)
+                    foreach (var name in ReferenceIndicators.FirstOrderNames)
+                    {
+                        double scale = name is Indicators.Regret or Indicators.RegretUpper ? values[Indicators.GradientNorm] : name == Indicators.Cosine ? 1 : 0;
+                        Close.Assert(values[name], history[w].Get(name, geometry), 1e-9, $"window {w}: {name} [{geometry}]", scale);
+                    }
+
+                Close.Assert(ReferenceIndicators.Gsnr(g, 0), history[w].Get(Indicators.Gsnr), 1e-9, $"window {w}: gsnr", 1e-3);
+                // The step-to-step statistics are published beside it, under their own names, and differ.
+                Assert.NotEqual(history[w].Get(Indicators.Cosine, Geometry.Euclidean), history[w].Get(StepNames.Step(Indicators.Cosine), Geometry.Euclidean));
+            }
+        }
+    }
+
+    private static double[] FisherOf(double[][] g) =>
+        Enumerable.Range(0, g[0].Length).Select(c =>
+        {
+            double f = g.Average(gi => gi[c] * gi[c]);
+            return f > 0 ? 1 / Math.Sqrt(f) : 0;
+        }).ToArray();
+
+    [Fact]
+    public void Per_layer_values_are_the_one_theta_indicators_of_that_parameter_alone()
+    {
+        const int K = 5;
+        var (session, recomputation) = Train(K, steps: K + 2, new ProbeOptions { LayerMetrics = 1 });
+        using (session)
+        {
+            var snapshot = session.Latest!;
+            Assert.Equal(["0.weight"], snapshot.Values.Where(v => v.Layer is not null).Select(v => v.Layer!).Distinct().ToArray());
+            int count = Inputs * 10;   // 0.weight comes first in the flattened order
+            var layer = recomputation.Windows[^1].Select(gi => gi[..count]).ToArray();
+            var expected = ReferenceIndicators.FirstOrder(layer, 0.9);
+            foreach (var name in new[] { Indicators.GradientNorm, Indicators.Cosine, Indicators.RelativeRegret })
+                Close.Assert(expected[name], snapshot.Get(name, Geometry.Euclidean, "0.weight"), 1e-9, $"layer {name}", scale: 1);
+            Close.Assert(ReferenceIndicators.Gsnr(layer, 0), snapshot.Get(Indicators.Gsnr, Geometry.None, "0.weight"), 1e-9, "layer gsnr", 1e-3);
+            Assert.NotEqual(snapshot.Get(Indicators.GradientNorm, Geometry.Euclidean), snapshot.Get(Indicators.GradientNorm, Geometry.Euclidean, "0.weight"));
+        }
+    }
+
+    [Fact]
+    public void Training_with_the_extra_passes_is_bit_identical_to_training_without_a_session()
+    {
+        // Batch norm (running statistics) and dropout (random state): the probe's passes must leave no trace.
+        static nn.Module<Tensor, Tensor> Net()
+        {
+            torch.manual_seed(3);
+            return nn.Sequential(nn.Linear(Inputs, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, Classes));
+        }
+
+        Dictionary<string, Tensor> Run(bool probe)
+        {
+            var model = Net();
+            var optimizer = optim.SGD(model.parameters(), 0.1);
+            using var session = probe ? ProbeSession.Attach(model, new ProbeOptions { WindowSize = 4, Interval = 4, Output = null, OverheadBudget = null }, optimizer) : null;
+            var generator = new Generator(8);
+            torch.manual_seed(17);   // the dropout stream
+            for (int step = 0; step < 24; step++)
+            {
+                using var scope = NewDisposeScope();
+                var x = randn([Batch, Inputs], generator: generator);
+                var y = randint(0, Classes, [Batch], generator: generator);
+                optimizer.zero_grad();
+                var loss = CrossEntropy(model.call(x), y);
+                loss.backward();
+                if (probe) model.Probe(loss, optimizer, x, y, CrossEntropy);
+                optimizer.step();
+            }
+
+            if (probe) Assert.Equal(6, session!.History.Count(s => s.TryGetValue(Indicators.Cosine, Geometry.Euclidean, out _)));
+            return model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone().DetachFromDisposeScope());
+        }
+
+        var with = Run(probe: true);
+        var without = Run(probe: false);
+        foreach (var (name, tensor) in without)
+            Assert.True(tensor.eq(with[name]).all().item<bool>(), $"{name} differs after training with the one-theta passes");
+    }
+
+    [Fact]
+    public void Without_the_batch_the_session_says_once_what_it_misses_and_publishes_the_step_statistics()
+    {
+        var model = Mlp(seed: 2);
+        var optimizer = optim.SGD(model.parameters(), 0.1);
+        var output = new StringWriter();
+        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 4, Interval = 4, Output = output, OverheadBudget = null }, optimizer);
+        var generator = new Generator(2);
+        for (int step = 0; step < 12; step++)
+        {
+            using var scope = NewDisposeScope();
+            var x = randn([Batch, Inputs], dtype: ScalarType.Float64, generator: generator);
+            var y = randint(0, Classes, [Batch], generator: generator);
+            optimizer.zero_grad();
+            var loss = CrossEntropy(model.call(x), y);
+            loss.backward();
+            model.Probe(loss, optimizer);
+            optimizer.step();
+        }
+
+        var text = output.ToString();
+        Assert.Equal(1, text.Split('\n').Count(l => l.Contains("need K minibatch gradients at one theta")));
+        Assert.Contains("model.Probe(loss, optimizer, input, target, lossFunction.call)", text);
+        Assert.Equal(0, session.FailureCount);
+        Assert.All(session.History, s => Assert.False(s.TryGetValue(Indicators.Cosine, Geometry.Euclidean, out _)));
+        Assert.All(session.History, s => Assert.True(s.TryGetValue(StepNames.Step(Indicators.Cosine), Geometry.Euclidean, out _)));
+    }
+}
