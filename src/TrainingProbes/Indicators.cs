@@ -127,6 +127,12 @@ public static class Indicators
     /// </summary>
     public const string StandardErrorSuffix = ".stderr";
 
+    /// <summary>
+    /// Suffix of a value's mean over the last <see cref="ProbeOptions.SmoothingWindows"/> windows:
+    /// <c>gradient.cosine.smoothed</c>, with its standard error <c>gradient.cosine.smoothed.stderr</c>.
+    /// </summary>
+    public const string SmoothedSuffix = ".smoothed";
+
     private static readonly Dictionary<string, string> Descriptions = new()
     {
         [GradientNorm] = "Mean norm of the window's minibatch gradients.",
@@ -166,7 +172,9 @@ public static class Indicators
     internal static string UnitOf(string name) => "1";
 
     internal static string DescriptionOf(string name) =>
-        name.EndsWith(StandardErrorSuffix, StringComparison.Ordinal)
+        name.EndsWith(SmoothedSuffix, StringComparison.Ordinal)
+            ? "Mean over the last windows (ProbeOptions.SmoothingWindows) of: " + DescriptionOf(name[..^SmoothedSuffix.Length])
+        : name.EndsWith(StandardErrorSuffix, StringComparison.Ordinal)
             ? "Standard error (jackknife over the window's K minibatches) of: " + DescriptionOf(name[..^StandardErrorSuffix.Length])
         : Descriptions.TryGetValue(name, out var description) ? description
         : name.StartsWith(FixedPointProbe.Prefix, StringComparison.Ordinal) && Descriptions.TryGetValue(name[FixedPointProbe.Prefix.Length..], out var inner)

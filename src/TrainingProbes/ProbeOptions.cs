@@ -229,6 +229,20 @@ public sealed class ProbeOptions
     /// <summary>The model's forward function for those evaluations; null calls the model itself (a <c>Module&lt;Tensor, Tensor&gt;</c>).</summary>
     public Func<Tensor, Tensor>? Forward { get; init; }
 
+    /// <summary>
+    /// Windows over which the default (one-theta) values are also averaged and published as <c>&lt;name&gt;.smoothed</c>
+    /// with their standard error (default 5; 0 publishes no means). A mean over n windows has about 1/sqrt(n) of a
+    /// window's standard error, at the price of describing the last n windows rather than the latest theta.
+    /// </summary>
+    public int SmoothingWindows
+    {
+        get => _smoothingWindows;
+        init => _smoothingWindows = value == 0 || value is >= 2 and <= 1000 ? value
+            : throw new ArgumentOutOfRangeException(nameof(SmoothingWindows), value, "SmoothingWindows is 0 (off) or a window count from 2 to 1000, for example 5.");
+    }
+
+    private int _smoothingWindows = 5;
+
     /// <summary>Whether the built-in probes (gradient statistics at one theta and step to step, drift, loss) run (default true).</summary>
     public bool BuiltInProbes { get; init; } = true;
 

@@ -41,7 +41,7 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
         _session = session;
         _buffer = new GradientWindow(session.Model, options.ParameterFilter, options.WindowSize);
         _parameters = _buffer.Parameters.Select(p => p.Parameter).ToArray();
-        _family = new FirstOrderFamily(options, options.Geometries, _buffer, prefix: "", options.LayerMetrics);
+        _family = new FirstOrderFamily(options, options.Geometries, _buffer, prefix: "", options.LayerMetrics, options.SmoothingWindows);
         _inputs = new Tensor?[options.WindowSize];
         _targets = new Tensor?[options.WindowSize];
         _stored = new bool[options.WindowSize];

@@ -43,6 +43,7 @@ internal sealed class FirstOrderFamily : IDisposable
     private double[] _hostSums = [];
     private double[] _scratch = [];
     private readonly double[] _errorScratch;
+    private readonly WindowSmoother? _smoother;
     private readonly double[] _values = new double[FirstOrderStatistics.FieldCount];
     private readonly double[] _errors = new double[FirstOrderStatistics.FieldCount];
     private int _segmentsPending;
@@ -53,7 +54,8 @@ internal sealed class FirstOrderFamily : IDisposable
     /// <param name="buffer">Where the K gradients are.</param>
     /// <param name="prefix">Prefix of the reported names ("" for passive windows).</param>
     /// <param name="layerCount">Per-layer values for this many parameters (the first ones).</param>
-    public FirstOrderFamily(ProbeOptions options, Geometry geometries, GradientWindow buffer, string prefix, int layerCount)
+    /// <param name="smoothing">Also publish each value's mean over this many windows as <c>&lt;name&gt;.smoothed</c> (0: none).</param>
+    public FirstOrderFamily(ProbeOptions options, Geometry geometries, GradientWindow buffer, string prefix, int layerCount, int smoothing = 0)
     {
         _options = options;
         _geometries = Order.Where(g => geometries.HasFlag(g)).ToArray();
@@ -69,6 +71,7 @@ internal sealed class FirstOrderFamily : IDisposable
         _hostSums = new double[SumsLength(window.K)];
         _scratch = new double[window.K * (window.K - 1)];
         _errorScratch = new double[FirstOrderStatistics.StandardErrorScratch(window.K)];
+        if (smoothing > 0) _smoother = new WindowSmoother(_geometries.Length * FirstOrderStatistics.FieldCount + 2, smoothing);
     }
 
     // Per geometry a K x K Gram matrix, then the GSNR sums: R, U, N, then R_(i) and U_(i) for each left-out i
@@ -266,17 +269,24 @@ internal sealed class FirstOrderFamily : IDisposable
             FirstOrderStatistics.FromGram(gram, k, _options.RegretQuantile, _scratch).CopyTo(_values);
             FirstOrderStatistics.StandardErrors(gram, k, _options.RegretQuantile, _errorScratch).CopyTo(_errors);
             for (int f = 0; f < FirstOrderStatistics.FieldCount; f++)
-            {
-                window.Report(_prefix + FieldNames[f], _values[f], geometry);
-                window.Report(_prefix + FieldNames[f] + Indicators.StandardErrorSuffix, _errors[f], geometry);
-            }
+                Publish(window, index * FirstOrderStatistics.FieldCount + f, FieldNames[f], _values[f], _errors[f], geometry);
         }
 
         var (gsnr, gsnrError) = Gsnr(_hostSums, k);
-        window.Report(_prefix + Indicators.Gsnr, gsnr);
-        window.Report(_prefix + Indicators.Gsnr + Indicators.StandardErrorSuffix, gsnrError);
-        window.Report(_prefix + Indicators.EbCriterion, -k * gsnr);
-        window.Report(_prefix + Indicators.EbCriterion + Indicators.StandardErrorSuffix, k * gsnrError);
+        int series = _geometries.Length * FirstOrderStatistics.FieldCount;
+        Publish(window, series, Indicators.Gsnr, gsnr, gsnrError, Geometry.None);
+        Publish(window, series + 1, Indicators.EbCriterion, -k * gsnr, k * gsnrError, Geometry.None);
+    }
+
+    /// <summary>Reports a value and its standard error, and with smoothing their mean over the last windows.</summary>
+    private void Publish(ProbeWindowContext window, int series, string name, double value, double error, Geometry geometry)
+    {
+        window.Report(_prefix + name, value, geometry);
+        window.Report(_prefix + name + Indicators.StandardErrorSuffix, error, geometry);
+        if (_smoother is null) return;
+        var (mean, meanError) = _smoother.Add(series, value, error);
+        window.Report(_prefix + name + Indicators.SmoothedSuffix, mean, geometry);
+        window.Report(_prefix + name + Indicators.SmoothedSuffix + Indicators.StandardErrorSuffix, meanError, geometry);
     }
 
     private void PublishLayer(ReadOnlySpan<double> sums, string layer)

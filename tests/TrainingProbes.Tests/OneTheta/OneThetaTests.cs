@@ -68,7 +68,7 @@ public sealed class OneThetaTests
         var session = ProbeSession.Attach(model, new ProbeOptions
         {
             WindowSize = k, Interval = k + 2, Output = null, OverheadBudget = null, FisherDecay = 0,
-            Probes = [recomputation], LayerMetrics = options?.LayerMetrics ?? 0,
+            Probes = [recomputation], LayerMetrics = options?.LayerMetrics ?? 0, SmoothingWindows = options?.SmoothingWindows ?? 5,
         }, optimizer);
         var generator = new Generator(5);
         for (int step = 0; step < steps; step++)
@@ -127,6 +127,27 @@ public sealed class OneThetaTests
             double f = g.Average(gi => gi[c] * gi[c]);
             return f > 0 ? 1 / Math.Sqrt(f) : 0;
         }).ToArray();
+
+    [Fact]
+    public void Smoothed_values_are_the_mean_of_the_last_windows_with_their_errors_in_quadrature()
+    {
+        const int K = 5, Windows = 4;
+        var (session, _) = Train(K, steps: Windows * (K + 2), new ProbeOptions { SmoothingWindows = 3 });
+        using (session)
+        {
+            var history = session.History;
+            Assert.Equal(Windows, history.Count);
+            foreach (var (name, geometry) in new[] { (Indicators.Cosine, Geometry.Euclidean), (Indicators.RelativeRegret, Geometry.Fisher), (Indicators.Gsnr, Geometry.None) })
+                for (int w = 0; w < Windows; w++)
+                {
+                    var last = history.Take(w + 1).TakeLast(3).ToList();
+                    double mean = last.Average(s => s.Get(name, geometry));
+                    double error = Math.Sqrt(last.Sum(s => Math.Pow(s.Get(name + Indicators.StandardErrorSuffix, geometry), 2))) / last.Count;
+                    Close.Assert(mean, history[w].Get(name + Indicators.SmoothedSuffix, geometry), 1e-12, $"window {w}: {name}.smoothed", 1e-3);
+                    Close.Assert(error, history[w].Get(name + Indicators.SmoothedSuffix + Indicators.StandardErrorSuffix, geometry), 1e-12, $"window {w}: {name}.smoothed.stderr");
+                }
+        }
+    }
 
     [Fact]
     public void Per_layer_values_are_the_one_theta_indicators_of_that_parameter_alone()

@@ -1,0 +1,329 @@
+// Evidence: do the default indicators carry the effects the literature reports, how noisy are they, and can a rule on
+// them stop training as well as a validation set does?
+//
+// On the repository's MNIST digits (data/mnist-10k: the first 8,000 train, 1,000 validate, 1,000 test) it trains a
+// 784-128-128-10 ReLU MLP with plain SGD and a probe session at its defaults (K = 8 minibatches at one theta), a
+// window every 50 steps (a fixed interval, so that runs compare window by window), and records for every window the
+// default indicators with their standard errors, the validation and test loss and accuracy.
+//   (a) label noise 0, 20, 50 and 100% of the training labels replaced by uniform random ones (batch 64, lr 0.05);
+//   (b) batch 64 vs 1000, both trained to the same training loss (lr 0.05);
+//   (c) learning rate 0.01 vs 0.2 (batch 64, clean labels).
+// Then it compares stopping: none; validation-loss early stopping (patience 5 evaluations, Lightning's semantics);
+// and candidate probe rules that see no validation data, chosen on the selection seeds and reported on the others.
+// It writes results/windows.csv (one row per window) and results/summary.md (the tables the README shows).
+//
+//   dotnet run -c Release --project examples/Evidence -- [--data <mnist folder>] [--output <folder>] [--steps N]
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using TorchSharp;
+using TrainingProbes;
+using TrainingProbes.Examples;
+using TrainingProbes.Stopping;
+using static TorchSharp.torch;
+
+var arguments = args.ToList();
+string dataDirectory = Mnist.DirectoryFromArguments(arguments);
+string output = Take(arguments, "--output") ?? Path.Combine(AppContext.BaseDirectory, "results");
+int steps = int.Parse(Take(arguments, "--steps") ?? "3000", CultureInfo.InvariantCulture);
+if (arguments.Count > 0)
+{
+    Console.Error.WriteLine($"Unknown argument '{arguments[0]}'. usage: Evidence [--data <folder>] [--output <folder>] [--steps N]");
+    return 2;
+}
+
+torch.set_num_threads(1);
+var clock = Stopwatch.StartNew();
+var (images, labels) = Mnist.Load(dataDirectory);
+var train = (X: images[..8000], Y: labels[..8000]);
+var validation = (X: images[8000..9000], Y: labels[8000..9000]);
+var test = (X: images[9000..], Y: labels[9000..]);
+const int Interval = 50, WarmUp = 200;
+const string S = Indicators.SmoothedSuffix, E = Indicators.StandardErrorSuffix;
+int[] selectionSeeds = [1, 2], reportSeeds = [3, 4];
+int[] allSeeds = [.. selectionSeeds, .. reportSeeds];
+
+var runs = new List<Run>();
+foreach (int seed in allSeeds)
+    foreach (double noise in new[] { 0.0, 0.2, 0.5, 1.0 })
+        runs.Add(Train($"noise {noise:P0}", "a", seed, noise, batch: 64, lr: 0.05, steps, targetLoss: null));
+foreach (int seed in selectionSeeds)
+{
+    runs.Add(Train("batch 64", "b", seed, 0, batch: 64, lr: 0.05, steps * 4, targetLoss: 0.05));
+    runs.Add(Train("batch 1000", "b", seed, 0, batch: 1000, lr: 0.05, steps * 4, targetLoss: 0.05));
+    runs.Add(Train("lr 0.01", "c", seed, 0, batch: 64, lr: 0.01, steps, targetLoss: null));
+    runs.Add(Train("lr 0.2", "c", seed, 0, batch: 64, lr: 0.2, steps, targetLoss: null));
+}
+
+Directory.CreateDirectory(output);
+WriteCsv(Path.Combine(output, "windows.csv"), runs);
+var summary = Summarize(runs);
+File.WriteAllText(Path.Combine(output, "summary.md"), summary);
+Console.WriteLine(summary);
+Console.WriteLine($"({runs.Count} runs, {clock.Elapsed.TotalSeconds:F0} s; CSV and summary in {output})");
+return 0;
+
+static string? Take(List<string> args, string option)
+{
+    int i = args.IndexOf(option);
+    if (i < 0 || i + 1 >= args.Count) return null;
+    string value = args[i + 1];
+    args.RemoveRange(i, 2);
+    return value;
+}
+
+Run Train(string condition, string experiment, int seed, double noise, int batch, double lr, int maxSteps, double? targetLoss)
+{
+    torch.manual_seed(seed);
+    var generator = new Generator((ulong)seed);
+    using var y = train.Y.clone();
+    if (noise > 0)
+    {
+        using var flip = torch.rand([8000], generator: generator) < noise;
+        using var random = torch.randint(0, 10, [8000], generator: generator);
+        y.copy_(torch.where(flip, random, y));
+    }
+
+    var model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10));
+    var optimizer = torch.optim.SGD(model.parameters(), lr);
+    var lossFunction = nn.CrossEntropyLoss();
+    var run = new Run(condition, experiment, seed, noise, batch, lr);
+    using var session = ProbeSession.Attach(model, new ProbeOptions
+    {
+        Interval = Interval, OverheadBudget = null, Output = null, RunId = $"{condition}-{seed}", HistoryCapacity = 4096,
+        Loss = lossFunction.call,
+    }, optimizer);
+    session.WindowClosed += (_, snapshot) =>
+    {
+        using var scope = torch.NewDisposeScope();
+        using var noGrad = torch.no_grad();
+        var (valLoss, valAccuracy) = Evaluate(model, validation);
+        var (testLoss, testAccuracy) = Evaluate(model, test);
+        double Get(string name, Geometry g = Geometry.None) => snapshot.TryGetValue(name, g, out double v) ? v : double.NaN;
+        run.Windows.Add(new Window(snapshot.Step, Get(Indicators.Loss), valLoss, valAccuracy, testLoss, testAccuracy,
+            Get(Indicators.Cosine, Geometry.Euclidean), Get(Indicators.Cosine + Indicators.StandardErrorSuffix, Geometry.Euclidean),
+            Get(Indicators.RelativeRegret, Geometry.Fisher), Get(Indicators.RelativeRegret + Indicators.StandardErrorSuffix, Geometry.Fisher),
+            Get(Indicators.Gsnr), Get(Indicators.Gsnr + Indicators.StandardErrorSuffix),
+            Get(Indicators.EbCriterion), Get(Indicators.EbCriterion + Indicators.StandardErrorSuffix),
+            Get("step." + Indicators.Cosine, Geometry.Euclidean),
+            Get(Indicators.Cosine + S, Geometry.Euclidean), Get(Indicators.Cosine + S + E, Geometry.Euclidean),
+            Get(Indicators.RelativeRegret + S, Geometry.Fisher), Get(Indicators.RelativeRegret + S + E, Geometry.Fisher),
+            Get(Indicators.Gsnr + S), Get(Indicators.Gsnr + S + E), Get(Indicators.EbCriterion + S)));
+    };
+
+    double average = double.NaN;
+    for (int step = 0; step < maxSteps; step++)
+    {
+        using var scope = torch.NewDisposeScope();
+        var index = torch.randint(0, 8000, [batch], generator: generator);
+        var (x, target) = (train.X[index], y[index]);
+        optimizer.zero_grad();
+        var loss = lossFunction.call(model.call(x), target);
+        loss.backward();
+        session.Step(loss, x, target);
+        optimizer.step();
+        double value = loss.item<float>();
+        average = double.IsNaN(average) ? value : 0.98 * average + 0.02 * value;
+        if (targetLoss is { } goal && step > 2 * Interval && average <= goal && step % Interval == Interval - 1) break;
+    }
+
+    run.Steps = session.StepCount;
+    run.Failures = session.FailureCount;
+    Console.WriteLine($"{condition,-12} seed {seed}: {run.Steps} steps, train loss {average:F3}, test accuracy {run.Windows[^1].TestAccuracy:P1}, {run.Windows.Count} windows ({clock.Elapsed.TotalSeconds:F0} s)");
+    return run;
+}
+
+static (double Loss, double Accuracy) Evaluate(nn.Module<Tensor, Tensor> model, (Tensor X, Tensor Y) data)
+{
+    var logits = model.call(data.X);
+    double loss = nn.functional.cross_entropy(logits, data.Y).item<float>();
+    double accuracy = logits.argmax(1).eq(data.Y).to(ScalarType.Float64).mean().item<double>();
+    return (loss, accuracy);
+}
+
+static void WriteCsv(string path, List<Run> runs)
+{
+    var text = new StringBuilder("experiment,condition,seed,noise,batch,lr,step,train_loss,val_loss,val_accuracy,test_loss,test_accuracy,cosine,cosine_stderr,regret_relative_fisher,regret_relative_fisher_stderr,gsnr,gsnr_stderr,eb,eb_stderr,step_cosine,cosine_smoothed,cosine_smoothed_stderr,regret_relative_fisher_smoothed,regret_relative_fisher_smoothed_stderr,gsnr_smoothed,gsnr_smoothed_stderr,eb_smoothed\n");
+    foreach (var r in runs)
+        foreach (var w in r.Windows)
+            text.AppendLine(string.Join(',', new object[] { r.Experiment, r.Condition, r.Seed, r.Noise, r.Batch, r.LearningRate, w.Step, w.TrainLoss, w.ValLoss, w.ValAccuracy,
+                w.TestLoss, w.TestAccuracy, w.Cosine, w.CosineError, w.Regret, w.RegretError, w.Gsnr, w.GsnrError, w.Eb, w.EbError, w.StepCosine,
+                w.CosineSmoothed, w.CosineSmoothedError, w.RegretSmoothed, w.RegretSmoothedError, w.GsnrSmoothed, w.GsnrSmoothedError, w.EbSmoothed }
+                .Select(v => Convert.ToString(v, CultureInfo.InvariantCulture))));
+    File.WriteAllText(path, text.ToString());
+}
+
+string Summarize(List<Run> all)
+{
+    var md = new StringBuilder();
+    var inv = CultureInfo.InvariantCulture;
+    string F(double v, string format = "F3") => double.IsNaN(v) ? "n/a" : v.ToString(format, inv);
+
+    // (a) Label noise: the indicators averaged over windows after the warm-up, per noise level (all seeds).
+    md.AppendLine("### (a) Label noise (batch 64, lr 0.05, " + steps + " steps; means over windows after step " + WarmUp + " and over seeds " + string.Join(", ", allSeeds) + ")");
+    md.AppendLine();
+    md.AppendLine("| training labels replaced | cosine (euclidean) | typical stderr | relative regret (fisher) | GSNR | EB | step-to-step cosine | final test accuracy |");
+    md.AppendLine("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    foreach (var group in all.Where(r => r.Experiment == "a").GroupBy(r => r.Noise).OrderBy(g => g.Key))
+    {
+        var w = group.SelectMany(r => r.Windows.Where(x => x.Step > WarmUp)).ToList();
+        md.AppendLine($"| {group.Key:P0} | {F(w.Average(x => x.Cosine), "F4")} | {F(Median(w.Select(x => x.CosineError)), "F4")} | {F(w.Average(x => x.Regret))} | {F(w.Average(x => x.Gsnr), "F4")} | {F(w.Average(x => x.Eb))} | {F(w.Average(x => x.StepCosine), "F4")} | {F(group.Average(r => r.Windows[^1].TestAccuracy), "P1")} |");
+    }
+
+    var levels = all.Where(r => r.Experiment == "a").GroupBy(r => r.Noise).OrderBy(g => g.Key)
+        .Select(g => g.SelectMany(r => r.Windows.Where(x => x.Step > WarmUp)).ToList()).ToList();
+    bool Monotone(Func<Window, double> f, bool decreasing) => levels.Zip(levels.Skip(1)).All(p => decreasing ? p.First.Average(f) > p.Second.Average(f) : p.First.Average(f) < p.Second.Average(f));
+    md.AppendLine();
+    md.AppendLine($"Monotone in the noise level (averaged over windows): cosine {(Monotone(x => x.Cosine, true) ? "yes" : "no")}, relative regret {(Monotone(x => x.Regret, false) ? "yes" : "no")}, GSNR {(Monotone(x => x.Gsnr, true) ? "yes" : "no")}, EB {(Monotone(x => x.Eb, false) ? "yes" : "no")}.");
+
+    // Clean vs random labels, window by window (same steps), per seed.
+    md.AppendLine();
+    md.AppendLine("Clean vs 100% random labels, window by window after step " + WarmUp + " (the same steps in both runs): how often the clean run's value is on the clean side, and how often the two 95% intervals (value +- 1.96 stderr) do not overlap.");
+    md.AppendLine();
+    md.AppendLine("| indicator | clean side | intervals apart | windows |");
+    md.AppendLine("| --- | --- | --- | --- |");
+    foreach (var (label, value, error, higherIsClean) in new (string, Func<Window, double>, Func<Window, double>, bool)[]
+    {
+        ("gradient.cosine [euclidean]", x => x.Cosine, x => x.CosineError, true),
+        ("regret.relative [fisher]", x => x.Regret, x => x.RegretError, false),
+        ("gradient.gsnr", x => x.Gsnr, x => x.GsnrError, true),
+        ("gradient.cosine.smoothed [euclidean] (5 windows)", x => x.CosineSmoothed, x => x.CosineSmoothedError, true),
+        ("regret.relative.smoothed [fisher] (5 windows)", x => x.RegretSmoothed, x => x.RegretSmoothedError, false),
+        ("gradient.gsnr.smoothed (5 windows)", x => x.GsnrSmoothed, x => x.GsnrSmoothedError, true),
+        ("step.gradient.cosine [euclidean] (passive)", x => x.StepCosine, _ => double.NaN, true),
+    })
+    {
+        int windows = 0, side = 0, apart = 0;
+        foreach (int seed in allSeeds)
+        {
+            var clean = all.Single(r => r.Experiment == "a" && r.Seed == seed && r.Noise == 0).Windows.Where(x => x.Step > WarmUp).ToList();
+            var random = all.Single(r => r.Experiment == "a" && r.Seed == seed && r.Noise == 1).Windows.Where(x => x.Step > WarmUp).ToList();
+            foreach (var (c, r) in clean.Zip(random))
+            {
+                windows++;
+                double sign = higherIsClean ? 1 : -1;
+                if (sign * (value(c) - value(r)) > 0) side++;
+                if (sign * ((value(c) - sign * 1.96 * error(c)) - (value(r) + sign * 1.96 * error(r))) > 0) apart++;
+            }
+        }
+
+        md.AppendLine($"| {label} | {(double)side / windows:P0} | {(double.IsNaN(error(all[0].Windows[^1])) ? "n/a" : ((double)apart / windows).ToString("P0", inv))} | {windows} |");
+    }
+
+    // (b), (c): batch size and learning rate.
+    md.AppendLine();
+    md.AppendLine("### (b) Batch size and (c) learning rate (clean labels; means over the windows of the last third of each run, seeds " + string.Join(", ", selectionSeeds) + ")");
+    md.AppendLine();
+    md.AppendLine("| condition | steps | final training loss (window mean) | cosine | relative regret (fisher) | GSNR | test accuracy |");
+    md.AppendLine("| --- | --- | --- | --- | --- | --- | --- |");
+    foreach (var group in all.Where(r => r.Experiment is "b" or "c").GroupBy(r => r.Condition))
+    {
+        var w = group.SelectMany(r => r.Windows.Skip(r.Windows.Count * 2 / 3)).ToList();
+        md.AppendLine($"| {group.Key} | {group.Average(r => r.Steps):F0} | {F(group.Average(r => r.Windows[^1].TrainLoss))} | {F(w.Average(x => x.Cosine), "F4")} | {F(w.Average(x => x.Regret))} | {F(w.Average(x => x.Gsnr), "F4")} | {F(group.Average(r => r.Windows[^1].TestAccuracy), "P1")} |");
+    }
+
+    // Stopping.
+    var candidates = new[]
+    {
+        "eb_criterion > 0 for 3",
+        "gradient.gsnr < 0.01 for 3",
+        "gradient.gsnr < 0.02 for 3",
+        "gradient.cosine[euclidean] < 0.02 for 3",
+        "gradient.cosine[euclidean] < 0.05 for 3",
+        "regret.relative[fisher] > 0.97 for 3",
+        "eb_criterion.smoothed > 0 for 2",
+        "gradient.gsnr.smoothed < 0.01 for 2",
+        "gradient.gsnr.smoothed < 0.005 for 2",
+        "gradient.cosine.smoothed[euclidean] < 0.02 for 2",
+        "regret.relative.smoothed[fisher] > 0.98 for 2",
+    };
+    double Score(string rule, IEnumerable<int> seeds) => seeds.Sum(seed => StopQuality(rule, seed));
+    double StopQuality(string rule, int seed)
+    {
+        // One point for each of the issue's three conditions the rule meets on this seed.
+        var clean = Stop(rule, Find(seed, 0));
+        var random = Stop(rule, Find(seed, 1));
+        var noisy = Stop(rule, Find(seed, 0.2));
+        var validation = Stop(null, Find(seed, 0.2));
+        double best = Find(seed, 0).Windows.Max(x => x.TestAccuracy);
+        return (clean.Accuracy >= best - 0.01 ? 1 : 0) + (random.Stopped ? 1 : 0) + (Math.Abs(noisy.Accuracy - validation.Accuracy) <= 0.01 ? 1 : 0);
+    }
+
+    Run Find(int seed, double noise) => all.Single(r => r.Experiment == "a" && r.Seed == seed && r.Noise == noise);
+    string chosen = candidates.OrderByDescending(c => Score(c, selectionSeeds)).First();
+
+    md.AppendLine();
+    md.AppendLine("### Stopping (label-noise runs)");
+    md.AppendLine();
+    md.AppendLine($"Candidate probe rules, scored on the selection seeds {string.Join(", ", selectionSeeds)} (a point per seed for each of: on clean labels, test accuracy at the stop within 1 point of the run's best; on random labels, the rule stops; with 20% noise, test accuracy at the stop within 1 point of validation early stopping's): " +
+        string.Join("; ", candidates.Select(c => $"`{c}` {Score(c, selectionSeeds)}/{3 * selectionSeeds.Length}")) + $". Chosen: `{chosen}`. Reported below on the other seeds {string.Join(", ", reportSeeds)}.");
+    md.AppendLine();
+    md.AppendLine("| labels replaced | seed | best test accuracy (step) | no stop | validation early stopping: step, test accuracy | probe rule: step, test accuracy |");
+    md.AppendLine("| --- | --- | --- | --- | --- | --- |");
+    foreach (int seed in reportSeeds)
+        foreach (double noise in new[] { 0.0, 0.2, 0.5, 1.0 })
+        {
+            var run = Find(seed, noise);
+            var best = run.Windows.MaxBy(x => x.TestAccuracy)!;
+            var byValidation = Stop(null, run);
+            var byProbe = Stop(chosen, run);
+            string Cell((bool Stopped, long Step, double Accuracy) s) => s.Stopped ? $"{s.Step}, {s.Accuracy.ToString("P1", inv)}" : $"no stop, {s.Accuracy.ToString("P1", inv)}";
+            md.AppendLine($"| {noise:P0} | {seed} | {best.TestAccuracy.ToString("P1", inv)} ({best.Step}) | {run.Windows[^1].TestAccuracy.ToString("P1", inv)} | {Cell(byValidation)} | {Cell(byProbe)} |");
+        }
+
+    md.AppendLine();
+    md.AppendLine($"Reported seeds: the chosen rule met {Score(chosen, reportSeeds)} of {3 * reportSeeds.Length} conditions.");
+    return md.ToString();
+}
+
+// Replays a rule over a run's windows (the library's own rule objects, as a session would evaluate them); null is
+// validation-loss early stopping. Returns whether it stopped, the step, and the test accuracy there (at the end if not).
+static (bool Stopped, long Step, double Accuracy) Stop(string? rule, Run run)
+{
+    StoppingRule stopping = rule is null ? new EarlyStopping("val.loss", StoppingMode.Min) { Patience = 5 } : StoppingRule.Parse(rule);
+    foreach (var w in run.Windows)
+    {
+        double value = rule is null ? w.ValLoss : ValueOf(stopping, w);
+        stopping.Evaluate(value, w.Step);
+        if (stopping.Stopped) return (true, w.Step, w.TestAccuracy);
+    }
+
+    return (false, run.Windows[^1].Step, run.Windows[^1].TestAccuracy);
+}
+
+static double ValueOf(StoppingRule rule, Window w) => (rule.Monitor, rule.Geometry) switch
+{
+    (Indicators.EbCriterion, _) => w.Eb,
+    (Indicators.Gsnr, _) => w.Gsnr,
+    (Indicators.Cosine, Geometry.Euclidean) => w.Cosine,
+    (Indicators.RelativeRegret, Geometry.Fisher) => w.Regret,
+    (Indicators.EbCriterion + Indicators.SmoothedSuffix, _) => w.EbSmoothed,
+    (Indicators.Gsnr + Indicators.SmoothedSuffix, _) => w.GsnrSmoothed,
+    (Indicators.Cosine + Indicators.SmoothedSuffix, Geometry.Euclidean) => w.CosineSmoothed,
+    (Indicators.RelativeRegret + Indicators.SmoothedSuffix, Geometry.Fisher) => w.RegretSmoothed,
+    var other => throw new ArgumentException($"The evidence does not record {other}."),
+};
+
+static double Median(IEnumerable<double> values)
+{
+    var sorted = values.Where(v => !double.IsNaN(v)).Order().ToArray();
+    return sorted.Length == 0 ? double.NaN : sorted[sorted.Length / 2];
+}
+
+sealed record Window(long Step, double TrainLoss, double ValLoss, double ValAccuracy, double TestLoss, double TestAccuracy,
+    double Cosine, double CosineError, double Regret, double RegretError, double Gsnr, double GsnrError, double Eb, double EbError, double StepCosine,
+    double CosineSmoothed, double CosineSmoothedError, double RegretSmoothed, double RegretSmoothedError, double GsnrSmoothed, double GsnrSmoothedError,
+    double EbSmoothed);
+
+sealed class Run(string condition, string experiment, int seed, double noise, int batch, double lr)
+{
+    public string Condition { get; } = condition;
+    public string Experiment { get; } = experiment;
+    public int Seed { get; } = seed;
+    public double Noise { get; } = noise;
+    public int Batch { get; } = batch;
+    public double LearningRate { get; } = lr;
+    public List<Window> Windows { get; } = [];
+    public long Steps { get; set; }
+    public int Failures { get; set; }
+}

@@ -1,0 +1,52 @@
+namespace TrainingProbes.Statistics;
+
+/// <summary>
+/// The mean of each series over its last n windows, with the standard error of that mean,
+/// <c>sqrt(sum_i se_i^2) / m</c> over the m &lt;= n windows held (the windows' minibatches are independent draws, so
+/// their errors add in quadrature; the parameters move between windows, so the mean describes the recent past,
+/// not one theta). Undefined (NaN) values are not added. Allocates only at construction.
+/// </summary>
+internal sealed class WindowSmoother
+{
+    private readonly int _windows;
+    private readonly double[] _values;
+    private readonly double[] _variances;
+    private readonly int[] _count;
+    private readonly int[] _next;
+
+    /// <param name="series">Number of series.</param>
+    /// <param name="windows">Windows per mean (at least 2).</param>
+    public WindowSmoother(int series, int windows)
+    {
+        if (windows < 2) throw new ArgumentOutOfRangeException(nameof(windows), windows, "A mean over windows needs at least 2 windows.");
+        _windows = windows;
+        _values = new double[series * windows];
+        _variances = new double[series * windows];
+        _count = new int[series];
+        _next = new int[series];
+    }
+
+    /// <summary>Adds a window's value of <paramref name="series"/> and returns the mean over the last windows and its standard error.</summary>
+    public (double Mean, double StandardError) Add(int series, double value, double standardError)
+    {
+        if (!double.IsNaN(value))
+        {
+            int slot = series * _windows + _next[series];
+            _values[slot] = value;
+            _variances[slot] = standardError * standardError;
+            _next[series] = (_next[series] + 1) % _windows;
+            _count[series] = Math.Min(_count[series] + 1, _windows);
+        }
+
+        int m = _count[series];
+        if (m == 0) return (double.NaN, double.NaN);
+        double sum = 0, variance = 0;
+        for (int i = 0; i < m; i++)
+        {
+            sum += _values[series * _windows + i];
+            variance += _variances[series * _windows + i];
+        }
+
+        return (sum / m, Math.Sqrt(variance) / m);
+    }
+}
