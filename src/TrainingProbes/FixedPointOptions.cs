@@ -120,4 +120,12 @@ public sealed class FixedPointOptions
     /// (default false). Either way the mode, the buffers and the CPU random state are restored afterwards.
     /// </summary>
     public bool EvaluationMode { get; init; }
+
+    /// <summary>
+    /// Start each window's power iterations from the previous window's top eigenvector of the pooled Hessian (default
+    /// true): when theta moved little between windows it is nearly converged already, so the curvature costs a few
+    /// Hessian-vector products instead of up to <see cref="PowerIterations"/>. False starts every estimate from a
+    /// random vector of the probe's own seeded stream.
+    /// </summary>
+    public bool WarmStart { get; init; } = true;
 }

@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Logging;
 using TorchSharp;
 using TorchSharp.Modules;
 using TrainingProbes.Capture;
@@ -40,6 +41,7 @@ public sealed class FixedPointProbe : TrainingProbe
     private Generator? _generator;
     private IEnumerator<(Tensor Input, Tensor Target)>? _source;
     private Parameter[] _parameters = [];
+    private Tensor[]? _eigenvector;
     private int _windowsSeen;
 
     /// <summary>Creates the probe; add it to <see cref="ProbeOptions.Probes"/>.</summary>
@@ -307,21 +309,34 @@ public sealed class FixedPointProbe : TrainingProbe
         int stream = 0;
         Generator Stream() => _generator!.manual_seed((long)(_options.Seed + (ulong)(Runs * 64 + stream++)));
 
+        // Warm start: every power iteration starts from the previous window's top eigenvector of the pooled Hessian
+        // (zero before the first window, which starts from a random vector); when theta moved little it is nearly
+        // converged already.
+        if (_options.WarmStart) _eigenvector ??= _parameters.Select(p => torch.zeros_like(p).DetachFromDisposeScope()).ToArray();
+
         // Per minibatch: lambda_max(H_i), largest algebraic.
         double sumLambda = 0;
         foreach (var batch in batches)
         {
             using var scope = torch.NewDisposeScope();
             using var op = new HessianOperator(LossAt(batch), _parameters);
-            sumLambda += CurvatureEstimators.TopEigenvalues(op, power, Stream()).LargestAlgebraic.Eigenvalue;
+            sumLambda += CurvatureEstimators.TopEigenvalues(op, power, Stream(), start: _eigenvector).LargestAlgebraic.Eigenvalue;
         }
 
         using (var scope = torch.NewDisposeScope())
         {
             var pooled = torch.stack(batches.Select(LossAt).Select(l => l.reshape([])).ToArray()).mean();
             using var op = new HessianOperator(pooled, _parameters);
-            var top = CurvatureEstimators.TopEigenvalues(op, power, Stream());
+            var top = CurvatureEstimators.TopEigenvalues(op, power, Stream(), start: _eigenvector, final: _eigenvector);
             var hutchinson = CurvatureEstimators.Hutchinson(op, trace, Stream());
+            var estimate = top.LargestAlgebraic;
+            window.Report(Indicators.CurvatureIterations, estimate.Iterations, Geometry.Euclidean);
+            window.Report(Indicators.CurvatureConverged, estimate.Converged ? 1 : 0, Geometry.Euclidean);
+            window.Report(Indicators.CurvatureResidual, estimate.Residual, Geometry.Euclidean);
+            if (!estimate.Converged)
+                _session!.Logger.LogWarning(
+                    "TrainingProbes run {RunId}: the top Hessian eigenvalue {Eigenvalue} did not converge in {Iterations} power iterations (relative residual {Residual}); raise FixedPointOptions.PowerIterations or PowerTolerance.",
+                    _session.RunId, estimate.Eigenvalue, estimate.Iterations, estimate.Residual);
             window.Report(Indicators.CurvatureLambdaMax, top.LargestAlgebraic.Eigenvalue, Geometry.Euclidean);
             window.Report(Indicators.CurvatureLambdaMaxMagnitude, top.LargestMagnitude.Eigenvalue, Geometry.Euclidean);
             window.Report(Indicators.CurvatureContrastive, sumLambda / batches.Count / top.LargestAlgebraic.Eigenvalue, Geometry.Euclidean);
@@ -359,5 +374,6 @@ public sealed class FixedPointProbe : TrainingProbe
         _buffer?.Dispose();
         _generator?.Dispose();
         _source?.Dispose();
+        if (_eigenvector is not null) foreach (var t in _eigenvector) t.Dispose();
     }
 }

@@ -118,6 +118,15 @@ public static class Indicators
     /// <summary>Hutchinson estimate of the Hessian trace of the pooled loss (euclidean).</summary>
     public const string CurvatureTrace = "curvature.trace";
 
+    /// <summary>Power iterations the published <see cref="CurvatureLambdaMax"/> (euclidean) took (warm-started from the previous window's eigenvector).</summary>
+    public const string CurvatureIterations = "curvature.lambda_max.iterations";
+
+    /// <summary>1 when that power iteration met its tolerance, 0 when it stopped at the iteration limit (then it is logged).</summary>
+    public const string CurvatureConverged = "curvature.lambda_max.converged";
+
+    /// <summary>Relative residual <c>||H v - lambda v|| / |lambda|</c> of that eigenvalue.</summary>
+    public const string CurvatureResidual = "curvature.lambda_max.residual";
+
     /// <summary>Half-width of the 95% confidence interval of <see cref="CurvatureTrace"/>.</summary>
     public const string CurvatureTraceHalfWidth = "curvature.trace_half_width";
 
@@ -165,6 +174,9 @@ public static class Indicators
         [CurvatureLambdaMaxMagnitude] = "Hessian eigenvalue of largest magnitude of the pooled loss.",
         [CurvatureContrastive] = "mean_i lambda_max(H_i) / lambda_max(Hbar), at least 1.",
         [CurvatureTrace] = "Hutchinson estimate of the Hessian trace of the pooled loss.",
+        [CurvatureIterations] = "Power iterations the top Hessian eigenvalue took (warm-started from the previous window).",
+        [CurvatureConverged] = "1 when the top Hessian eigenvalue's power iteration met its tolerance, else 0.",
+        [CurvatureResidual] = "Relative residual ||H v - lambda v|| / |lambda| of the top Hessian eigenvalue.",
         [CurvatureTraceHalfWidth] = "Half-width of the 95% confidence interval of the trace estimate.",
     };
 

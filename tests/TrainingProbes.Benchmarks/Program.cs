@@ -2,7 +2,7 @@
 // that machine noise hits all of them alike, and prints the median time per step, its ratio to the plain loop,
 // the overhead the session itself measured (probe.overhead_total) and its last interval.
 //
-//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- intervals|budget|scrape [rounds] [steps-per-round] [--data <mnist folder>]
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- intervals|budget|scrape|curvature [rounds] [steps-per-round] [--data <mnist folder>]
 //
 // MNIST comes from the repository's data/mnist-10k unless --data or TRAININGPROBES_MNIST names another folder.
 using System.Diagnostics;
@@ -22,9 +22,33 @@ torch.set_num_threads(1);
 var (images, labels) = Mnist.Load(dataDirectory);
 Console.WriteLine($"suite {suite}: MNIST {images.shape[0]} digits; MLP 784-128-128-10, batch 64, SGD momentum; {rounds} rounds x {stepsPerRound} steps; torch threads 1");
 
+static Tensor CrossEntropy(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
+
+// Curvature: the fixed-point probe's Hessian estimates at every window, with and without the warm start of the power
+// iteration; prints the median probe seconds per window, the median iterations and how often it converged.
+if (suite == "curvature")
+{
+    foreach (bool warm in new[] { false, true })
+    {
+        var probe = new FixedPointProbe(new FixedPointOptions { Loss = CrossEntropy, Minibatches = 8, Every = 1, WarmStart = warm, FiniteRadius = false });
+        var run = new Run(images, labels, new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null, Interval = 100, Probes = [probe] });
+        run.Train(300);   // past the first, steep steps
+        run.Train(100 * rounds);
+        var windows = run.Session!.History.Skip(4).ToList();
+        double MedianOf(IEnumerable<double> v) { var a = v.Order().ToArray(); return a[a.Length / 2]; }
+        Console.WriteLine($"warm start {(warm ? "on " : "off")}: {windows.Count} windows, median fixed_point {MedianOf(windows.Select(s => s.ProbeSeconds["fixed_point"])):F3} s/window, " +
+            $"median iterations {MedianOf(windows.Select(s => s.Get(Indicators.CurvatureIterations, Geometry.Euclidean))):F0}, " +
+            $"converged {windows.Average(s => s.Get(Indicators.CurvatureConverged, Geometry.Euclidean)):P0}, " +
+            $"median lambda_max {MedianOf(windows.Select(s => s.Get(Indicators.CurvatureLambdaMax, Geometry.Euclidean))):F3}, training {MedianOf(windows.Select(s => s.Get(Indicators.ProbeOverhead))):F2} probe/training time");
+        run.Session.Dispose();
+    }
+
+    return;
+}
+
 FixedPointProbe FixedPoint() => new(new FixedPointOptions
 {
-    Loss = (output, target) => nn.functional.cross_entropy(output, target), Minibatches = 4, Every = 5,
+    Loss = CrossEntropy, Minibatches = 4, Every = 5,
 });
 
 var variants = suite switch
@@ -33,27 +57,27 @@ var variants = suite switch
     "intervals" => new (string Name, ProbeOptions? Options)[]
     {
         ("no probes", null),
-        ("K=8 N=100 fixed", new ProbeOptions { Output = null, OverheadBudget = null }),
-        ("K=8 N=100 fixed, euclidean only", new ProbeOptions { Output = null, OverheadBudget = null, Geometries = Geometry.Euclidean }),
-        ("K=8 N=20 fixed", new ProbeOptions { Output = null, OverheadBudget = null, Interval = 20 }),
-        ("K=16 N=16 fixed (every step)", new ProbeOptions { Output = null, OverheadBudget = null, WindowSize = 16, Interval = 16 }),
-        ("K=8 N=100 fixed, capture only", new ProbeOptions { Output = null, OverheadBudget = null, BuiltInProbes = false }),
+        ("K=8 N=100 fixed", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null }),
+        ("K=8 N=100 fixed, euclidean only", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null, Geometries = Geometry.Euclidean }),
+        ("K=8 N=20 fixed", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null, Interval = 20 }),
+        ("K=16 N=16 fixed (every step)", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null, WindowSize = 16, Interval = 16 }),
+        ("K=8 N=100 fixed, capture only", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null, BuiltInProbes = false }),
     },
     // The overhead budget: the session stretches or shortens its interval to cost the budgeted fraction.
     "budget" => new (string Name, ProbeOptions? Options)[]
     {
         ("no probes", null),
-        ("budget 5% (default options)", new ProbeOptions { Output = null }),
-        ("budget 5% + fixed-point probe", new ProbeOptions { Output = null, Probes = [FixedPoint()] }),
-        ("budget 2% + fixed-point probe", new ProbeOptions { Output = null, OverheadBudget = 0.02, Probes = [FixedPoint()] }),
+        ("budget 5% (default options)", new ProbeOptions { Loss = CrossEntropy, Output = null }),
+        ("budget 5% + fixed-point probe", new ProbeOptions { Loss = CrossEntropy, Output = null, Probes = [FixedPoint()] }),
+        ("budget 2% + fixed-point probe", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = 0.02, Probes = [FixedPoint()] }),
     },
     // Scrapes: the same options with a /metrics endpoint, scraped or not.
     "scrape" => new (string Name, ProbeOptions? Options)[]
     {
         ("no probes", null),
-        ("N=100 fixed + /metrics, not scraped", new ProbeOptions { Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
-        ("N=100 fixed + /metrics, ~20 scrapes/s", new ProbeOptions { Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
-        ("N=100 fixed + /metrics, ~200 scrapes/s", new ProbeOptions { Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
+        ("N=100 fixed + /metrics, not scraped", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
+        ("N=100 fixed + /metrics, ~20 scrapes/s", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
+        ("N=100 fixed + /metrics, ~200 scrapes/s", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
     },
     _ => throw new ArgumentException($"Unknown suite '{suite}': use intervals, budget or scrape."),
 };

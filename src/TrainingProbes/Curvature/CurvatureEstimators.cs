@@ -158,7 +158,15 @@ internal static class CurvatureEstimators
     /// relative change is below <see cref="PowerIterationOptions.Tolerance"/> or at
     /// <see cref="PowerIterationOptions.MaxIterations"/>. Returns the eigenvalue of <c>A</c> (shift added back).
     /// </summary>
-    public static PowerIterationResult PowerIteration(HessianOperator op, PowerIterationOptions options, Generator generator, double shift = 0)
+    /// <param name="op">The operator.</param>
+    /// <param name="options">Iterations and tolerance.</param>
+    /// <param name="generator">Draws the random start when there is no <paramref name="start"/>.</param>
+    /// <param name="shift">Shift subtracted from the operator.</param>
+    /// <param name="start">A start vector shaped like the parameters (for example the previous window's eigenvector: a
+    /// warm start needs few iterations when theta moved little); null or zero starts from a random Gaussian vector.</param>
+    /// <param name="final">Receives the final unit iterate when given (tensors shaped like the parameters).</param>
+    public static PowerIterationResult PowerIteration(HessianOperator op, PowerIterationOptions options, Generator generator, double shift = 0,
+        IReadOnlyList<Tensor>? start = null, IReadOnlyList<Tensor>? final = null)
     {
         ArgumentNullException.ThrowIfNull(op);
         ArgumentNullException.ThrowIfNull(options);
@@ -174,9 +182,21 @@ internal static class CurvatureEstimators
         {
             using (var scope = torch.NewDisposeScope())
             {
-                var start = TensorListAlgebra.Gaussian(op.Parameters, generator);
-                TensorListAlgebra.Divide(start, TensorListAlgebra.Norm(start));
-                v = TensorListAlgebra.DetachFromScope(start);
+                Tensor[] first;
+                Tensor norm;
+                if (start is not null && TensorListAlgebra.ToHost(TensorListAlgebra.Norm(start))[0] is > 0 and < double.PositiveInfinity)
+                {
+                    first = start.Select(t => t.detach().clone()).ToArray();
+                    norm = TensorListAlgebra.Norm(first);
+                }
+                else
+                {
+                    first = TensorListAlgebra.Gaussian(op.Parameters, generator);
+                    norm = TensorListAlgebra.Norm(first);
+                }
+
+                TensorListAlgebra.Divide(first, norm);
+                v = TensorListAlgebra.DetachFromScope(first);
             }
 
             double previous = double.NaN, estimate = double.NaN, residual = double.NaN;
@@ -225,6 +245,9 @@ internal static class CurvatureEstimators
                 }
             }
 
+            if (final is not null)
+                using (torch.no_grad())
+                    for (int i = 0; i < final.Count; i++) final[i].copy_(v[i]);
             return new PowerIterationResult(estimate + shift, iterations, converged, residual);
         }
         finally
@@ -238,9 +261,10 @@ internal static class CurvatureEstimators
     /// non-negative, otherwise the top eigenvalue of <c>A - lambda_m I</c> (all of whose eigenvalues are
     /// non-negative) plus <c>lambda_m</c>.
     /// </summary>
-    public static TopEigenvaluesResult TopEigenvalues(HessianOperator op, PowerIterationOptions options, Generator generator)
+    public static TopEigenvaluesResult TopEigenvalues(HessianOperator op, PowerIterationOptions options, Generator generator,
+        IReadOnlyList<Tensor>? start = null, IReadOnlyList<Tensor>? final = null)
     {
-        var magnitude = PowerIteration(op, options, generator);
+        var magnitude = PowerIteration(op, options, generator, start: start, final: final);
         if (!double.IsFinite(magnitude.Eigenvalue) || magnitude.Eigenvalue >= 0)
         {
             return new TopEigenvaluesResult(magnitude, magnitude);

@@ -59,6 +59,30 @@ public sealed class QuadraticHessianTests
 
     [Theory]
     [MemberData(nameof(Cases))]
+    public void A_warm_start_from_the_previous_eigenvector_needs_few_iterations(int which, int seed)
+    {
+        var problem = new QuadraticProblem(Spectrum(which), seed);
+        using var op = new HessianOperator(problem.Loss, problem.Parameters);
+        using var generator = new Generator((ulong)seed);
+        var options = new PowerIterationOptions { Tolerance = 1e-6, MaxIterations = 2000 };
+        var vector = problem.Parameters.Select(p => torch.zeros_like(p)).ToArray();
+
+        // A zero start is no start: a random one is drawn. The final iterate is handed back.
+        var cold = CurvatureEstimators.PowerIteration(op, options, generator, start: vector, final: vector);
+        double norm = Math.Sqrt(vector.Sum(v => v.square().sum().item<double>()));
+        Assert.Equal(1.0, norm, 9);
+
+        // From that vector (the previous window's eigenvector, theta unchanged), the same tolerance needs two iterations.
+        var warm = CurvatureEstimators.PowerIteration(op, options, generator, start: vector);
+        double expected = which == 0 ? 5 : -6;
+        Assert.True(cold.Converged && warm.Converged);
+        Assert.True(cold.Iterations > 5, $"a cold start took only {cold.Iterations} iterations: the case does not test the warm start");
+        Assert.True(warm.Iterations <= 2, $"the warm start took {warm.Iterations} iterations");
+        Assert.True(Math.Abs(warm.Eigenvalue - expected) <= 1e-5 * Math.Abs(expected), $"eigenvalue {warm.Eigenvalue:R}, expected {expected}");
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
     public void Top_eigenvalues_give_largest_magnitude_and_largest_algebraic(int which, int seed)
     {
         var problem = new QuadraticProblem(Spectrum(which), seed);
