@@ -15,7 +15,7 @@ public static class ModuleProbeExtensions
     /// </summary>
     /// <remarks>
     /// The generalization indicators are measured on K minibatch gradients at one theta: the session keeps the
-    /// window's step batches and evaluates them again at the window's last theta, for which it needs each step's
+    /// window's step batches and evaluates them at the window's first theta (before any was trained on), for which it needs each step's
     /// <paramref name="input"/> and <paramref name="target"/> and the <paramref name="lossFunction"/>:
     /// <c>model.Probe(loss, optimizer, x, y, lossFunction.call)</c>. With the loss alone, only the optimizer's
     /// step-to-step statistics (<c>step.*</c>) are published, and the session says so once.

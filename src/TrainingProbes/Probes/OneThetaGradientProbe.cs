@@ -10,16 +10,18 @@ namespace TrainingProbes.Probes;
 /// <summary>
 /// The default indicators: the first-order family (gradient agreement, regret, contrastive flatness, noise, GSNR and
 /// EB, with their standard errors) of K minibatch gradients taken at one theta. The window's own K step batches are
-/// kept on their device while the window is captured, and when it closes (after the last step's backward, before its
-/// optimizer step) the first K - 1 of them are evaluated again at the current theta; the last step's gradient already
-/// is at that theta. So a window costs K - 1 extra forward and backward passes, and no extra data.
+/// kept on their device while the window is captured, and when it closes they are evaluated at the window's first
+/// theta, the parameters before any of those batches was trained on: the first step's gradient already is there, so a
+/// window costs K - 1 extra forward and backward passes (and two parameter copies), and no extra data.
 /// </summary>
 /// <remarks>
 /// Passive step gradients come from K different parameter vectors: plain SGD overshoots across valleys, consecutive
 /// step gradients anti-correlate, and their statistics measure the optimizer (they are published as
-/// <c>step.*</c>). At one theta the minibatches differ only in their data, which is what generalization is about.
-/// The extra passes use <c>autograd.grad</c> (the parameters' <c>.grad</c> stays as the trainer left it); the model's
-/// buffers, mode and CPU random state are restored after them. Without the step's batch and loss function
+/// <c>step.*</c>). At one theta the minibatches differ only in their data, which is what generalization is about; and
+/// at the first theta none of them has been fitted yet (at the last theta the optimizer has just lowered the loss of
+/// each of them, which biases their agreement). The extra passes use <c>autograd.grad</c> (the parameters' <c>.grad</c>
+/// stays as the trainer left it); the parameters are put back exactly, and the model's buffers, mode and CPU random
+/// state are restored after them. Without the step's batch and loss function
 /// (<c>model.Probe(loss, optimizer, input, target, lossFunction.call)</c> or <see cref="ProbeOptions.Loss"/>) the probe
 /// says once what it misses and publishes nothing.
 /// </remarks>
@@ -29,6 +31,8 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
     private GradientWindow? _buffer;
     private FirstOrderFamily? _family;
     private Parameter[] _parameters = [];
+    private FlatParameterBuffer? _first;   // theta at the window's first step
+    private FlatParameterBuffer? _last;    // theta at its close, put back after the evaluations
     private Tensor?[] _inputs = [];
     private Tensor?[] _targets = [];
     private bool[] _stored = [];
@@ -42,6 +46,8 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
         _buffer = new GradientWindow(session.Model, options.ParameterFilter, options.WindowSize);
         _parameters = _buffer.Parameters.Select(p => p.Parameter).ToArray();
         _family = new FirstOrderFamily(options, options.Geometries, _buffer, prefix: "", options.LayerMetrics, options.SmoothingWindows);
+        _first = _buffer.CreateFlatBuffer();
+        _last = _buffer.CreateFlatBuffer();
         _inputs = new Tensor?[options.WindowSize];
         _targets = new Tensor?[options.WindowSize];
         _stored = new bool[options.WindowSize];
@@ -52,7 +58,13 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
         int slot = step.WindowSlot;
         if (slot < 0) return;
         _stored[slot] = false;
-        if (step.Input is null || step.Target is null || slot == options.WindowSize - 1) return;   // the last batch is not re-evaluated
+        if (slot == 0)
+        {
+            _first!.LoadParameters();   // the first batch's gradient is the trainer's own, at this theta
+            return;
+        }
+
+        if (step.Input is null || step.Target is null) return;
         _inputs[slot] = Keep(_inputs[slot], step.Input);
         _targets[slot] = Keep(_targets[slot], step.Target);
         _stored[slot] = true;
@@ -80,7 +92,7 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
         if (forward is null && session.Model is nn.Module<Tensor, Tensor> module) forward = module.call;
         string? missing = loss is null ? "a loss function"
             : forward is null ? $"a forward function ({session.Model.GetType().Name} is not a Module<Tensor, Tensor>: set ProbeOptions.Forward)"
-            : _stored.Take(k - 1).Contains(false) ? "the input and target of each step of the window"
+            : _stored.Skip(1).Contains(false) ? "the input and target of each step of the window"
             : null;
         if (missing is not null)
         {
@@ -89,26 +101,33 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
         }
 
         var buffer = _buffer!;
-        using (var state = new ModelStateGuard(session.Model))
-        using (torch.enable_grad())
+        using var state = new ModelStateGuard(session.Model);
+        _last!.LoadParameters();
+        _first!.StoreToParameters();
+        try
         {
-            for (int i = 0; i < k - 1; i++)
-            {
-                using var scope = torch.NewDisposeScope();
-                var value = loss!(forward!(_inputs[i]!), _targets[i]!);
-                if (value.numel() != 1)
-                    throw new InvalidOperationException(
-                        $"The loss function returned a tensor of shape [{string.Join(", ", value.shape)}]; it must return the scalar mean loss of the batch.");
-                var gradients = torch.autograd.grad([value], _parameters, retain_graph: false, create_graph: false, allow_unused: true);
-                buffer.Store(i, gradients.Select(g => g is null || g.IsInvalid ? null : g).ToArray());
-            }
-        }
+            using (torch.enable_grad())
+                for (int i = 1; i < k; i++)
+                {
+                    using var scope = torch.NewDisposeScope();
+                    var value = loss!(forward!(_inputs[i]!), _targets[i]!);
+                    if (value.numel() != 1)
+                        throw new InvalidOperationException(
+                            $"The loss function returned a tensor of shape [{string.Join(", ", value.shape)}]; it must return the scalar mean loss of the batch.");
+                    var gradients = torch.autograd.grad([value], _parameters, retain_graph: false, create_graph: false, allow_unused: true);
+                    buffer.Store(i, gradients.Select(g => g is null || g.IsInvalid ? null : g).ToArray());
+                }
 
-        // The last step's gradient, captured by the session this step, is already at this theta.
-        using (torch.no_grad())
-            for (int s = 0; s < buffer.Segments.Count; s++)
-                buffer.Segments[s].Gradients[k - 1].copy_(session.Window.Segments[s].Gradients[k - 1]);
-        _family!.Compute(window);
+            // The first step's gradient, captured by the session then, is already at this theta.
+            using (torch.no_grad())
+                for (int s = 0; s < buffer.Segments.Count; s++)
+                    buffer.Segments[s].Gradients[0].copy_(session.Window.Segments[s].Gradients[0]);
+            _family!.Compute(window);   // while the parameters are at the first theta: the adaptive geometry reads them
+        }
+        finally
+        {
+            _last.StoreToParameters();
+        }
     }
 
     private void TellOnce(ProbeSession session, string missing)
@@ -126,6 +145,8 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
     public override void OnSessionEnd()
     {
         _family?.Dispose();
+        _first?.Dispose();
+        _last?.Dispose();
         _buffer?.Dispose();
         foreach (var t in _inputs.Concat(_targets)) t?.Dispose();
     }
