@@ -30,7 +30,7 @@ const double OutputTolerance = 1e-10, InvarianceTolerance = 1e-3;
 double[] scales = [0.1, 10];
 
 string? dataDirectory = null, outputFile = null;
-double fisherFloor = 0;
+double fisherFloor = new ProbeOptions().FisherFloor;   // the library's default unless --fisher-floor says otherwise
 for (int i = 0; i < args.Length; i++)
 {
     switch (args[i])

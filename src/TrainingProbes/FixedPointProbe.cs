@@ -360,7 +360,11 @@ public sealed class FixedPointProbe : TrainingProbe
                 }
 
                 using var scaled = new HessianOperator(pooled, _parameters, scaling);
-                window.Report(Indicators.CurvatureLambdaMax, CurvatureEstimators.TopEigenvalues(scaled, power, Stream()).LargestAlgebraic.Eigenvalue, geometry);
+                var invariant = CurvatureEstimators.TopEigenvalues(scaled, power, Stream()).LargestAlgebraic;
+                window.Report(Indicators.CurvatureLambdaMax, invariant.Eigenvalue, geometry);
+                window.Report(Indicators.CurvatureIterations, invariant.Iterations, geometry);
+                window.Report(Indicators.CurvatureConverged, invariant.Converged ? 1 : 0, geometry);
+                window.Report(Indicators.CurvatureResidual, invariant.Residual, geometry);
             }
         }
     }

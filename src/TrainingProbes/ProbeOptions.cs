@@ -15,7 +15,6 @@ public sealed class ProbeOptions
     private Geometry _geometries = Geometry.All;
     private double _fisherDecay = 0.9;
     private double _adaptiveEta;
-    private double _fisherFloor;
     private double _gsnrEpsilon;
     private double _regretQuantile = 0.9;
     private int _historyCapacity = 1024;
@@ -93,11 +92,12 @@ public sealed class ProbeOptions
 
     /// <summary>
     /// Raises each coordinate's diagonal Fisher to at least this fraction of the mean Fisher of its parameter tensor
-    /// (default 0: no floor), in [0, 1). Coordinates that almost never receive a gradient (pixels that are rarely lit,
-    /// say) otherwise get an enormous whitening 1/sqrt(F) that dominates the Fisher geometry, above all the
-    /// finite-radius measures of <see cref="FixedPointProbe"/>. A floor keeps the invariance to rescaling a whole
-    /// parameter tensor (the symmetry of ReLU networks), but not to arbitrary per-coordinate rescaling; 1e-4 is a
-    /// reasonable value when you use the Fisher finite-radius measures.
+    /// (default 1e-4), in [0, 1); 0 is no floor. Coordinates that almost never receive a gradient (pixels that are
+    /// rarely lit, say) otherwise get an enormous whitening 1/sqrt(F) that dominates the Fisher geometry, above all
+    /// the finite-radius measures of <see cref="FixedPointProbe"/> (on a trained MNIST MLP, Fisher sharpness 1.1e8
+    /// without a floor). 1e-4 is the smallest floor, on that evidence, at which those measures stop depending on it,
+    /// and it moves the first-order Fisher values by a few percent. A floor keeps the invariance to rescaling a whole
+    /// parameter tensor (the symmetry of ReLU networks), but not to arbitrary per-coordinate rescaling: set 0 for that.
     /// </summary>
     public double FisherFloor
     {
@@ -106,6 +106,8 @@ public sealed class ProbeOptions
             ? value
             : throw new ArgumentOutOfRangeException(nameof(FisherFloor), value, "FisherFloor must be in [0, 1), for example 1e-4; 0 means no floor.");
     }
+
+    private double _fisherFloor = 1e-4;
 
     /// <summary>
     /// eta of the adaptive geometry <c>D = |theta| + eta</c> (default 0). Any eta &gt; 0 breaks the exact

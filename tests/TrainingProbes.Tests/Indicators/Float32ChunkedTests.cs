@@ -37,7 +37,8 @@ public sealed class Float32ChunkedTests
         Assert.True(parameters.Sum(p => p.numel()) > 32768, "the model must span two chunks (32768 columns each for K = 8)");
         var recorder = new Recorder(parameters);
         var optimizer = optim.SGD(model.parameters(), 0.1, momentum: 0.9);
-        var options = new ProbeOptions { WindowSize = 8, Interval = 10, Output = null, OverheadBudget = null, Probes = [recorder] };
+        // No Fisher floor: the reference whitens with 1/sqrt(F) itself (FisherFloorTests check the floor).
+        var options = new ProbeOptions { WindowSize = 8, Interval = 10, Output = null, OverheadBudget = null, FisherFloor = 0, Probes = [recorder] };
         using var session = ProbeSession.Attach(model, options, optimizer);
 
         var generator = new Generator(9);

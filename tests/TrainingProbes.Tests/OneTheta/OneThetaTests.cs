@@ -71,7 +71,7 @@ public sealed class OneThetaTests
         var recomputation = new IndependentRecomputation(k);
         var session = ProbeSession.Attach(model, new ProbeOptions
         {
-            WindowSize = k, Interval = k + 2, Output = null, OverheadBudget = null, FisherDecay = 0,
+            WindowSize = k, Interval = k + 2, Output = null, OverheadBudget = null, FisherDecay = 0, FisherFloor = 0,
             Probes = [recomputation], LayerMetrics = options?.LayerMetrics ?? 0, SmoothingWindows = options?.SmoothingWindows ?? 5,
         }, optimizer);
         var generator = new Generator(5);
