@@ -210,6 +210,51 @@ string Summarize(List<Run> all)
         md.AppendLine($"| {label} | {(double)side / windows:P0} | {(double.IsNaN(error(all[0].Windows[^1])) ? "n/a" : ((double)apart / windows).ToString("P0", inv))} | {windows} |");
     }
 
+    // How the separation of 95% intervals grows with the number of windows averaged (the mean of the last n windows'
+    // values, standard error sqrt(sum se^2) / n), from the same runs.
+    md.AppendLine();
+    md.AppendLine("Intervals apart (clean vs random, same windows as above) for a mean over the last n windows:");
+    md.AppendLine();
+    md.AppendLine("| indicator | n = 1 | n = 5 | n = 10 | n = 20 |");
+    md.AppendLine("| --- | --- | --- | --- | --- |");
+    foreach (var (label, value, error, higherIsClean) in new (string, Func<Window, double>, Func<Window, double>, bool)[]
+    {
+        ("gradient.cosine [euclidean]", x => x.Cosine, x => x.CosineError, true),
+        ("regret.relative [fisher]", x => x.Regret, x => x.RegretError, false),
+        ("gradient.gsnr", x => x.Gsnr, x => x.GsnrError, true),
+    })
+    {
+        var cells = new List<string>();
+        foreach (int n in new[] { 1, 5, 10, 20 })
+        {
+            int windows = 0, apart = 0;
+            foreach (int seed in allSeeds)
+            {
+                var clean = all.Single(r => r.Experiment == "a" && r.Seed == seed && r.Noise == 0).Windows;
+                var random = all.Single(r => r.Experiment == "a" && r.Seed == seed && r.Noise == 1).Windows;
+                for (int i = 0; i < Math.Min(clean.Count, random.Count); i++)
+                {
+                    if (clean[i].Step <= WarmUp) continue;
+                    (double Mean, double Error) Smooth(List<Window> w)
+                    {
+                        var last = w.Skip(Math.Max(0, i + 1 - n)).Take(Math.Min(n, i + 1)).ToList();
+                        return (last.Average(value), Math.Sqrt(last.Sum(x => error(x) * error(x))) / last.Count);
+                    }
+
+                    var (c, ce) = Smooth(clean);
+                    var (r, re) = Smooth(random);
+                    windows++;
+                    double sign = higherIsClean ? 1 : -1;
+                    if (sign * (c - r) - 1.96 * (ce + re) > 0) apart++;
+                }
+            }
+
+            cells.Add(((double)apart / windows).ToString("P0", inv));
+        }
+
+        md.AppendLine($"| {label} | {string.Join(" | ", cells)} |");
+    }
+
     // (b), (c): batch size and learning rate.
     md.AppendLine();
     md.AppendLine("### (b) Batch size and (c) learning rate (clean labels; means over the windows of the last third of each run, seeds " + string.Join(", ", selectionSeeds) + ")");
