@@ -171,7 +171,11 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
             Assert.False(string.IsNullOrWhiteSpace(Value("description")));
 
             using var readme = new StreamReader(package.GetEntry("README.md")!.Open(), Encoding.UTF8);
-            Assert.Contains($"dotnet add package {id}", readme.ReadToEnd());
+            string text = readme.ReadToEnd();
+            Assert.Contains($"dotnet add package {id}", text);
+            // The package's README shows the same one line as the repository's README and the consumer below.
+            Assert.Contains("model.Probe(loss, optimizer, x, y, lossFunction.call)", text);
+            Assert.Contains("model.Probe(loss, optimizer, x, y, lossFunction.call)", File.ReadAllText(RepositoryFiles.PathOf("README.md")));
         }
 
         using var symbols = ZipFile.OpenRead(pathWithoutExtension + ".snupkg");
