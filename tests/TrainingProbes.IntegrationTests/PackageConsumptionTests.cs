@@ -25,6 +25,16 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
         var work = Directory.CreateTempSubdirectory("trainingprobes-package-").FullName;
         try
         {
+            // As a user packs: no version override. The Prometheus package is a prerelease (its exporter is one),
+            // which NuGet requires; a stable version there fails the pack (NU5104).
+            string plain = Path.Combine(work, "plain");
+            foreach (var project in new[] { "src/TrainingProbes/TrainingProbes.csproj", "src/TrainingProbes.Prometheus/TrainingProbes.Prometheus.csproj" })
+                Cli(RepositoryFiles.Root, "pack", RepositoryFiles.PathOf(project), "--configuration", "Release", "--output", plain, "--artifacts-path", Path.Combine(work, "plain-artifacts"));
+            var packed = Directory.GetFiles(plain, "*.nupkg").Select(Path.GetFileName).Order().ToArray();
+            Assert.Equal(2, packed.Length);
+            Assert.Matches(@"^TrainingProbes\.\d+\.\d+\.\d+\.nupkg$", packed[0]);
+            Assert.Matches(@"^TrainingProbes\.Prometheus\.\d+\.\d+\.\d+-[0-9A-Za-z.]+\.nupkg$", packed[1]);
+
             string feed = Path.Combine(work, "feed");
             Pack("src/TrainingProbes/TrainingProbes.csproj", feed, Path.Combine(work, "artifacts"), version);
             Pack("src/TrainingProbes.Prometheus/TrainingProbes.Prometheus.csproj", feed, Path.Combine(work, "artifacts"), version);
