@@ -28,8 +28,8 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
             // As a user packs: no version override. The Prometheus package is a prerelease (its exporter is one),
             // which NuGet requires; a stable version there fails the pack (NU5104).
             string plain = Path.Combine(work, "plain");
-            foreach (var project in new[] { "src/TrainingProbes/TrainingProbes.csproj", "src/TrainingProbes.Prometheus/TrainingProbes.Prometheus.csproj" })
-                Cli(RepositoryFiles.Root, "pack", RepositoryFiles.PathOf(project), "--configuration", "Release", "--output", plain, "--artifacts-path", Path.Combine(work, "plain-artifacts"));
+            foreach (var packable in new[] { "src/TrainingProbes/TrainingProbes.csproj", "src/TrainingProbes.Prometheus/TrainingProbes.Prometheus.csproj" })
+                Cli(RepositoryFiles.Root, "pack", RepositoryFiles.PathOf(packable), "--configuration", "Release", "--output", plain, "--artifacts-path", Path.Combine(work, "plain-artifacts"));
             var packed = Directory.GetFiles(plain, "*.nupkg").Select(Path.GetFileName).Order().ToArray();
             Assert.Equal(2, packed.Length);
             Assert.Matches(@"^TrainingProbes\.\d+\.\d+\.\d+\.nupkg$", packed[0]);

@@ -11,8 +11,9 @@ namespace TrainingProbes.Probes;
 /// The default indicators: the first-order family (gradient agreement, regret, contrastive flatness, noise, GSNR and
 /// EB, with their standard errors) of K minibatch gradients taken at one theta. The window's own K step batches are
 /// kept on their device while the window is captured, and when it closes they are evaluated at the window's first
-/// theta, the parameters before any of those batches was trained on: the first step's gradient already is there, so a
-/// window costs K - 1 extra forward and backward passes (and two parameter copies), and no extra data.
+/// theta, the parameters before any of those batches was trained on. A window costs K extra forward and backward
+/// passes (and two parameter copies), and no extra data. All K go through the loss function, so what the trainer does
+/// to its own <c>.grad</c> (clipping, loss scaling, accumulation, extra penalty terms) does not mix into them.
 /// </summary>
 /// <remarks>
 /// Passive step gradients come from K different parameter vectors: plain SGD overshoots across valleys, consecutive
@@ -21,7 +22,9 @@ namespace TrainingProbes.Probes;
 /// at the first theta none of them has been fitted yet (at the last theta the optimizer has just lowered the loss of
 /// each of them, which biases their agreement). The extra passes use <c>autograd.grad</c> (the parameters' <c>.grad</c>
 /// stays as the trainer left it); the parameters are put back exactly, and the model's buffers, mode and CPU random
-/// state are restored after them. Without the step's batch and loss function
+/// state are restored after them (TorchSharp cannot save a CUDA generator's state: on a GPU, dropout draws after a
+/// window differ unless the model has none). Only the watched parameters (<see cref="ProbeOptions.ParameterFilter"/>)
+/// are moved to the first theta; parameters the filter leaves out stay where they are. Without the step's batch and loss function
 /// (<c>model.Probe(loss, optimizer, input, target, lossFunction.call)</c> or <see cref="ProbeOptions.Loss"/>) the probe
 /// says once what it misses and publishes nothing.
 /// </remarks>
@@ -58,12 +61,7 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
         int slot = step.WindowSlot;
         if (slot < 0) return;
         _stored[slot] = false;
-        if (slot == 0)
-        {
-            _first!.LoadParameters();   // the first batch's gradient is the trainer's own, at this theta
-            return;
-        }
-
+        if (slot == 0) _first!.LoadParameters();
         if (step.Input is null || step.Target is null) return;
         _inputs[slot] = Keep(_inputs[slot], step.Input);
         _targets[slot] = Keep(_targets[slot], step.Target);
@@ -92,7 +90,7 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
         if (forward is null && session.Model is nn.Module<Tensor, Tensor> module) forward = module.call;
         string? missing = loss is null ? "a loss function"
             : forward is null ? $"a forward function ({session.Model.GetType().Name} is not a Module<Tensor, Tensor>: set ProbeOptions.Forward)"
-            : _stored.Skip(1).Contains(false) ? "the input and target of each step of the window"
+            : _stored.Contains(false) ? "the input and target of each step of the window"
             : null;
         if (missing is not null)
         {
@@ -107,7 +105,7 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
         try
         {
             using (torch.enable_grad())
-                for (int i = 1; i < k; i++)
+                for (int i = 0; i < k; i++)
                 {
                     using var scope = torch.NewDisposeScope();
                     var value = loss!(forward!(_inputs[i]!), _targets[i]!);
@@ -118,10 +116,6 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
                     buffer.Store(i, gradients.Select(g => g is null || g.IsInvalid ? null : g).ToArray());
                 }
 
-            // The first step's gradient, captured by the session then, is already at this theta.
-            using (torch.no_grad())
-                for (int s = 0; s < buffer.Segments.Count; s++)
-                    buffer.Segments[s].Gradients[0].copy_(session.Window.Segments[s].Gradients[0]);
             _family!.Compute(window);   // while the parameters are at the first theta: the adaptive geometry reads them
         }
         finally

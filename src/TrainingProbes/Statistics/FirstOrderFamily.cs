@@ -164,11 +164,15 @@ internal sealed class FirstOrderFamily : IDisposable
         var varies = g.amax([0]).ne_(g.amin([0])).logical_and_(sumSquares.gt(0));
         var ratio = (mean.square() / (sumSquares / (k - 1) + _options.GsnrEpsilon)).masked_fill_(varies.logical_not(), 0);
 
-        // Leave-one-out, all K at once: m_(i) = (sum - g_i) / (K - 1), SS_(i) = SS - K / (K - 1) (g_i - m)^2.
+        // Leave-one-out, all K at once: m_(i) = (sum - g_i) / (K - 1), SS_(i) = SS - K / (K - 1) (g_i - m)^2, in
+        // float64: the downdate cancels when one minibatch is an outlier, which float32 would not survive.
         var nonzero = g.ne(0).to(ScalarType.Int32);
         var othersZero = nonzero.sum([0]).unsqueeze(0).sub(nonzero).eq(0);
-        var looMean = g.sum([0]).unsqueeze(0).sub(g).div_(k - 1);
-        var looVariance = squares.mul_(-(double)k / (k - 1)).add_(sumSquares).div_(Math.Max(k - 2, 1));
+        var g64 = g.to(ScalarType.Float64);
+        var centered64 = g64 - g64.mean([0]);
+        var squares64 = centered64.mul_(centered64);
+        var looMean = g64.sum([0]).unsqueeze(0).sub(g64).div_(k - 1);
+        var looVariance = squares64.sum([0]).unsqueeze(0).sub(squares64.mul_((double)k / (k - 1))).div_(Math.Max(k - 2, 1));
         var looVaries = looVariance.gt(0).logical_and_(othersZero.logical_not_()).logical_and_(varies);
         var looRatio = looMean.mul_(looMean).div_(looVariance.add_(_options.GsnrEpsilon)).masked_fill_(looVaries.logical_not(), 0);
 

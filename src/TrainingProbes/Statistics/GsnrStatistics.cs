@@ -9,7 +9,7 @@ namespace TrainingProbes.Statistics;
 /// mean mu_c and variance sigma_c^2, <c>E[m_c^2] = mu_c^2 + sigma_c^2 / K</c>, and for (near) Gaussian minibatch
 /// gradients <c>E[1 / v_c] = (K - 1) / ((K - 3) sigma_c^2)</c> with m_c and v_c independent. So
 /// <c>snr_c = (K - 3) / (K - 1) m_c^2 / v_c - 1 / K</c> estimates <c>mu_c^2 / sigma_c^2</c> without bias; the raw
-/// ratio m_c^2 / v_c of Liu et al. (2020) overstates it, by (K - 1) / (K (K - 3)) on pure noise (0.2 at K = 8).
+/// ratio m_c^2 / v_c of Liu et al. (2020) overstates it, by (K - 1) / (K (K - 3)) on pure noise (0.175 at K = 8).
 /// </para>
 /// <para>
 /// GSNR is the mean of snr_c over all coordinates; one whose K values are exactly equal (a dead unit's zeros) has no
