@@ -93,6 +93,35 @@ public sealed class SyntheticGradientCalibrationTests(Xunit.Abstractions.ITestOu
         Assert.InRange(coverage, 0.92, 0.98);
     }
 
+    [Fact]
+    public void The_GSNR_standard_error_survives_an_outlier_minibatch_in_float32()
+    {
+        // Seven minibatches near 1 and one at 30 on every coordinate: the leave-one-out variance without the outlier is
+        // about 1e-8, which a float32 downdate of the full variance (about 100) cannot resolve.
+        const int K = 8, Size = 64;
+        var model = new GradientIsInput(Size);
+        using var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = K, Interval = K, OverheadBudget = null, Output = null, Geometries = Geometry.Euclidean,
+        });
+        var generator = new Generator(3);
+        var window = new List<double[]>();
+        for (int step = 0; step < K; step++)
+        {
+            using var scope = NewDisposeScope();
+            var z = step == K - 1 ? torch.full([Size], 30f) : 1f + 1e-4f * randn([Size], generator: generator);
+            window.Add(z.data<float>().ToArray().Select(v => (double)v).ToArray());
+            model.zero_grad();
+            var loss = model.call(z);
+            loss.backward();
+            session.Step(loss);
+        }
+
+        double expected = IndicatorsTests.ReferenceIndicators.Jackknife(window, g => IndicatorsTests.ReferenceIndicators.Gsnr(g, 0));
+        double published = session.Latest!.Get(Step(Indicators.Gsnr + Indicators.StandardErrorSuffix));
+        IndicatorsTests.Close.Assert(expected, published, 1e-3, "gsnr.stderr with an outlier minibatch");
+    }
+
     /// <summary>
     /// E[cos(g1, g2)] for independent <c>g = mean + N(0, I)</c>, by Monte Carlo in double with its own generator
     /// (System.Random and Box-Muller), independent of torch and of the library.
