@@ -182,16 +182,19 @@ string Summarize(List<Run> all)
     md.AppendLine();
     md.AppendLine("| indicator | clean side | intervals apart | windows |");
     md.AppendLine("| --- | --- | --- | --- |");
-    foreach (var (label, value, error, higherIsClean) in new (string, Func<Window, double>, Func<Window, double>, bool)[]
+    var headline = new (string Label, Func<Window, double> Value, Func<Window, double> Error, bool HigherIsClean)[]
     {
         ("gradient.cosine [euclidean]", x => x.Cosine, x => x.CosineError, true),
         ("regret.relative [fisher]", x => x.Regret, x => x.RegretError, false),
         ("gradient.gsnr", x => x.Gsnr, x => x.GsnrError, true),
+    };
+    foreach (var (label, value, error, higherIsClean) in headline.Concat(new (string, Func<Window, double>, Func<Window, double>, bool)[]
+    {
         ("gradient.cosine.smoothed [euclidean] (5 windows)", x => x.CosineSmoothed, x => x.CosineSmoothedError, true),
         ("regret.relative.smoothed [fisher] (5 windows)", x => x.RegretSmoothed, x => x.RegretSmoothedError, false),
         ("gradient.gsnr.smoothed (5 windows)", x => x.GsnrSmoothed, x => x.GsnrSmoothedError, true),
         ("step.gradient.cosine [euclidean] (passive)", x => x.StepCosine, _ => double.NaN, true),
-    })
+    }))
     {
         int windows = 0, side = 0, apart = 0;
         foreach (int seed in allSeeds)
@@ -217,12 +220,7 @@ string Summarize(List<Run> all)
     md.AppendLine();
     md.AppendLine("| indicator | n = 1 | n = 5 | n = 10 | n = 20 |");
     md.AppendLine("| --- | --- | --- | --- | --- |");
-    foreach (var (label, value, error, higherIsClean) in new (string, Func<Window, double>, Func<Window, double>, bool)[]
-    {
-        ("gradient.cosine [euclidean]", x => x.Cosine, x => x.CosineError, true),
-        ("regret.relative [fisher]", x => x.Regret, x => x.RegretError, false),
-        ("gradient.gsnr", x => x.Gsnr, x => x.GsnrError, true),
-    })
+    foreach (var (label, value, error, higherIsClean) in headline)
     {
         var cells = new List<string>();
         foreach (int n in new[] { 1, 5, 10, 20 })

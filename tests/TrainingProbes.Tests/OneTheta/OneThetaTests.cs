@@ -74,7 +74,14 @@ public sealed class OneThetaTests
             WindowSize = k, Interval = k + 2, Output = null, OverheadBudget = null, FisherDecay = 0, FisherFloor = 0,
             Probes = [recomputation], LayerMetrics = options?.LayerMetrics ?? 0, SmoothingWindows = options?.SmoothingWindows ?? 5,
         }, optimizer);
-        var generator = new Generator(5);
+        Steps(model, optimizer, steps, seed: 5, passBatch: true);
+        return (session, recomputation);
+    }
+
+    /// <summary>Plain SGD steps on random batches with the one line, with or without the batch and loss function.</summary>
+    private static void Steps(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, int steps, ulong seed, bool passBatch)
+    {
+        var generator = new Generator(seed);
         for (int step = 0; step < steps; step++)
         {
             using var scope = NewDisposeScope();
@@ -83,11 +90,10 @@ public sealed class OneThetaTests
             optimizer.zero_grad();
             var loss = CrossEntropy(model.call(x), y);
             loss.backward();
-            model.Probe(loss, optimizer, x, y, CrossEntropy);
+            if (passBatch) model.Probe(loss, optimizer, x, y, CrossEntropy);
+            else model.Probe(loss, optimizer);
             optimizer.step();
         }
-
-        return (session, recomputation);
     }
 
     [Theory]
@@ -218,18 +224,7 @@ public sealed class OneThetaTests
         var optimizer = optim.SGD(model.parameters(), 0.1);
         var output = new StringWriter();
         using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 4, Interval = 4, Output = output, OverheadBudget = null }, optimizer);
-        var generator = new Generator(2);
-        for (int step = 0; step < 12; step++)
-        {
-            using var scope = NewDisposeScope();
-            var x = randn([Batch, Inputs], dtype: ScalarType.Float64, generator: generator);
-            var y = randint(0, Classes, [Batch], generator: generator);
-            optimizer.zero_grad();
-            var loss = CrossEntropy(model.call(x), y);
-            loss.backward();
-            model.Probe(loss, optimizer);
-            optimizer.step();
-        }
+        Steps(model, optimizer, 12, seed: 2, passBatch: false);
 
         var text = output.ToString();
         Assert.Equal(1, text.Split('\n').Count(l => l.Contains("need K minibatch gradients at one theta")));
