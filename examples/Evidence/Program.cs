@@ -26,9 +26,11 @@ var arguments = args.ToList();
 string dataDirectory = Mnist.DirectoryFromArguments(arguments);
 string output = Take(arguments, "--output") ?? Path.Combine(AppContext.BaseDirectory, "results");
 int steps = int.Parse(Take(arguments, "--steps") ?? "3000", CultureInfo.InvariantCulture);
+int windowSize = int.Parse(Take(arguments, "--window-size") ?? "8", CultureInfo.InvariantCulture);
+string experiments = Take(arguments, "--experiments") ?? "abc";
 if (arguments.Count > 0)
 {
-    Console.Error.WriteLine($"Unknown argument '{arguments[0]}'. usage: Evidence [--data <folder>] [--output <folder>] [--steps N]");
+    Console.Error.WriteLine($"Unknown argument '{arguments[0]}'. usage: Evidence [--data <folder>] [--output <folder>] [--steps N] [--window-size K] [--experiments abc]");
     return 2;
 }
 
@@ -44,13 +46,16 @@ int[] selectionSeeds = [1, 2], reportSeeds = [3, 4];
 int[] allSeeds = [.. selectionSeeds, .. reportSeeds];
 
 var runs = new List<Run>();
-foreach (int seed in allSeeds)
+foreach (int seed in experiments.Contains('a') ? allSeeds : [])
     foreach (double noise in new[] { 0.0, 0.2, 0.5, 1.0 })
         runs.Add(Train($"noise {noise:P0}", "a", seed, noise, batch: 64, lr: 0.05, steps, targetLoss: null));
-foreach (int seed in selectionSeeds)
+foreach (int seed in experiments.Contains('b') ? selectionSeeds : [])
 {
     runs.Add(Train("batch 64", "b", seed, 0, batch: 64, lr: 0.05, steps * 4, targetLoss: 0.05));
     runs.Add(Train("batch 1000", "b", seed, 0, batch: 1000, lr: 0.05, steps * 4, targetLoss: 0.05));
+}
+foreach (int seed in experiments.Contains('c') ? selectionSeeds : [])
+{
     runs.Add(Train("lr 0.01", "c", seed, 0, batch: 64, lr: 0.01, steps, targetLoss: null));
     runs.Add(Train("lr 0.2", "c", seed, 0, batch: 64, lr: 0.2, steps, targetLoss: null));
 }
@@ -90,7 +95,7 @@ Run Train(string condition, string experiment, int seed, double noise, int batch
     var run = new Run(condition, experiment, seed, noise, batch, lr);
     using var session = ProbeSession.Attach(model, new ProbeOptions
     {
-        Interval = Interval, OverheadBudget = null, Output = null, RunId = $"{condition}-{seed}", HistoryCapacity = 4096,
+        Interval = Interval, WindowSize = windowSize, OverheadBudget = null, Output = null, RunId = $"{condition}-{seed}", HistoryCapacity = 4096,
         Loss = lossFunction.call,
     }, optimizer);
     session.WindowClosed += (_, snapshot) =>
@@ -160,7 +165,7 @@ string Summarize(List<Run> all)
     string F(double v, string format = "F3") => double.IsNaN(v) ? "n/a" : v.ToString(format, inv);
 
     // (a) Label noise: the indicators averaged over windows after the warm-up, per noise level (all seeds).
-    md.AppendLine("### (a) Label noise (batch 64, lr 0.05, " + steps + " steps; means over windows after step " + WarmUp + " and over seeds " + string.Join(", ", allSeeds) + ")");
+    md.AppendLine("### (a) Label noise (batch 64, lr 0.05, K = " + windowSize + ", " + steps + " steps; means over windows after step " + WarmUp + " and over seeds " + string.Join(", ", allSeeds) + ")");
     md.AppendLine();
     md.AppendLine("| training labels replaced | cosine (euclidean) | typical stderr | relative regret (fisher) | GSNR | EB | step-to-step cosine | final test accuracy |");
     md.AppendLine("| --- | --- | --- | --- | --- | --- | --- | --- |");
