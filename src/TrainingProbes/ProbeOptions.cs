@@ -252,6 +252,18 @@ public sealed class ProbeOptions
     public ILoggerFactory? LoggerFactory { get; init; }
 
     /// <summary>
+    /// The clock the overhead budget measures training and probe time with (default <see cref="TimeProvider.System"/>);
+    /// a fake one makes the window schedule reproducible in tests.
+    /// </summary>
+    public TimeProvider TimeProvider
+    {
+        get => _timeProvider;
+        init => _timeProvider = value ?? throw new ArgumentNullException(nameof(TimeProvider), "TimeProvider cannot be null; leave it unset for the system clock.");
+    }
+
+    private TimeProvider _timeProvider = TimeProvider.System;
+
+    /// <summary>
     /// Default options, overridden by environment variables where set: <c>TRAININGPROBES_WINDOW_SIZE</c>,
     /// <c>TRAININGPROBES_INTERVAL</c>, <c>TRAININGPROBES_GEOMETRIES</c> (comma-separated names),
     /// <c>TRAININGPROBES_RUN_ID</c>, <c>TRAININGPROBES_WORKER</c>, <c>TRAININGPROBES_LAYER_METRICS</c>,

@@ -16,14 +16,6 @@ internal sealed class FirstOrderFamily : IDisposable
 {
     private static readonly Geometry[] Order = [Geometry.Euclidean, Geometry.Fisher, Geometry.Adaptive];
 
-    /// <summary>The published name of each value of <see cref="FirstOrderStatistics"/>, in its declaration order.</summary>
-    internal static readonly string[] FieldNames =
-    [
-        Indicators.GradientNorm, Indicators.MeanGradientNorm, Indicators.Cosine, Indicators.Regret, Indicators.RegretUpper,
-        Indicators.RelativeRegret, Indicators.JensenRatio, Indicators.ContrastiveFlatness, Indicators.GradientNoise,
-        Indicators.Coherence, Indicators.Disparity, Indicators.NormTest, Indicators.InnerProductTest, Indicators.OrthogonalityTest,
-    ];
-
     /// <summary>Elements (K x columns) per chunk on a CPU: 1 MiB of float32, which stays in cache.</summary>
     private const long CpuChunkElements = 1 << 18;
 
@@ -41,11 +33,12 @@ internal sealed class FirstOrderFamily : IDisposable
     private int _windows;
     private double _biasCorrection;
     private double[] _hostSums = [];
-    private double[] _scratch = [];
-    private readonly double[] _errorScratch;
+    private readonly IndicatorDefinition[] _definitions;   // the catalogue's first-order indicators
+    private readonly IndicatorDefinition[] _layerDefinitions;
+    private readonly GramSummary _summary;
+    private readonly GramSummary _leftOut;
+    private readonly double[] _leaveOneOut;               // K x definitions values with one minibatch left out
     private readonly WindowSmoother? _smoother;
-    private readonly double[] _values = new double[FirstOrderStatistics.FieldCount];
-    private readonly double[] _errors = new double[FirstOrderStatistics.FieldCount];
     private int _segmentsPending;
     private ProbeWindowContext? _window;
 
@@ -69,9 +62,12 @@ internal sealed class FirstOrderFamily : IDisposable
         if (_fisher is not null && options.FisherFloor > 0) _floor = window.CreateFlatBuffer(minimum: ScalarType.Float64);
         _layers = window.Parameters.Take(layerCount).ToArray();
         _hostSums = new double[SumsLength(window.K)];
-        _scratch = new double[window.K * (window.K - 1)];
-        _errorScratch = new double[FirstOrderStatistics.StandardErrorScratch(window.K)];
-        if (smoothing > 0) _smoother = new WindowSmoother(_geometries.Length * FirstOrderStatistics.FieldCount + 2, smoothing);
+        _definitions = IndicatorCatalogue.FirstOrder();
+        _layerDefinitions = _definitions.Where(d => d.PerLayer).ToArray();
+        _summary = new GramSummary(window.K, options.RegretQuantile);
+        _leftOut = new GramSummary(window.K, options.RegretQuantile);
+        _leaveOneOut = new double[window.K * _definitions.Length];
+        if (smoothing > 0) _smoother = new WindowSmoother(_geometries.Length * _definitions.Length + 2, smoothing);
     }
 
     // Per geometry a K x K Gram matrix, then the GSNR sums: R, U, N, then R_(i) and U_(i) for each left-out i
@@ -266,20 +262,47 @@ internal sealed class FirstOrderFamily : IDisposable
 
         var window = _window!;
         int k = _buffer.K;
+        int n = _definitions.Length;
         for (int index = 0; index < _geometries.Length; index++)
         {
             var geometry = _geometries[index];
             var gram = _hostSums.AsSpan(index * k * k, k * k);
-            FirstOrderStatistics.FromGram(gram, k, _options.RegretQuantile, _scratch).CopyTo(_values);
-            FirstOrderStatistics.StandardErrors(gram, k, _options.RegretQuantile, _errorScratch).CopyTo(_errors);
-            for (int f = 0; f < FirstOrderStatistics.FieldCount; f++)
-                Publish(window, index * FirstOrderStatistics.FieldCount + f, FieldNames[f], _values[f], _errors[f], geometry);
+            _summary.Load(gram, k);
+            // Jackknife over the K minibatches: each value recomputed from the Gram matrix that leaves minibatch i out
+            // (no device work), se = sqrt((K-1)/K sum_i (v_(i) - mean v_(i))^2); NaN below K = 3.
+            if (k >= 3)
+            {
+                for (int i = 0; i < k; i++)
+                {
+                    _leftOut.LoadLeavingOut(gram, k, i);
+                    for (int f = 0; f < n; f++) _leaveOneOut[i * n + f] = _definitions[f].FromGram!(_leftOut);
+                }
+            }
+
+            for (int f = 0; f < n; f++)
+                Publish(window, index * n + f, _definitions[f].Name, _definitions[f].FromGram!(_summary), k >= 3 ? Jackknife(f, k, n) : double.NaN, geometry);
         }
 
         var (gsnr, gsnrError) = Gsnr(_hostSums, k);
-        int series = _geometries.Length * FirstOrderStatistics.FieldCount;
+        int series = _geometries.Length * n;
         Publish(window, series, Indicators.Gsnr, gsnr, gsnrError, Geometry.None);
         Publish(window, series + 1, Indicators.EbCriterion, -k * gsnr, k * gsnrError, Geometry.None);
+    }
+
+    /// <summary>The jackknife standard error of definition <paramref name="f"/> from the leave-one-out values.</summary>
+    private double Jackknife(int f, int k, int n)
+    {
+        double mean = 0;
+        for (int i = 0; i < k; i++) mean += _leaveOneOut[i * n + f];
+        mean /= k;
+        double squares = 0;
+        for (int i = 0; i < k; i++)
+        {
+            double d = _leaveOneOut[i * n + f] - mean;
+            squares += d * d;
+        }
+
+        return Math.Sqrt((k - 1.0) / k * squares);
     }
 
     /// <summary>Reports a value and its standard error, and with smoothing their mean over the last windows.</summary>
@@ -300,10 +323,9 @@ internal sealed class FirstOrderFamily : IDisposable
         for (int index = 0; index < _geometries.Length; index++)
         {
             var geometry = _geometries[index];
-            var s = FirstOrderStatistics.FromGram(sums.Slice(index * k * k, k * k), k, _options.RegretQuantile, _scratch);
-            window.Report(_prefix + Indicators.GradientNorm, s.MeanNorm, geometry, layer);
-            window.Report(_prefix + Indicators.Cosine, s.Cosine, geometry, layer);
-            window.Report(_prefix + Indicators.RelativeRegret, s.RelativeRegret, geometry, layer);
+            _summary.Load(sums.Slice(index * k * k, k * k), k);
+            foreach (var definition in _layerDefinitions)
+                window.Report(_prefix + definition.Name, definition.FromGram!(_summary), geometry, layer);
         }
 
         window.Report(_prefix + Indicators.Gsnr, Gsnr(sums, k).Value, Geometry.None, layer);

@@ -201,14 +201,12 @@ public sealed class EarlyStopping : StoppingRule
     public int Wait { get; private set; }
 
     /// <summary>
-    /// Looks up whether lower or higher is better for a monitored name, after stripping a <c>fixed_point.</c> prefix.
-    /// Min: names with a part <c>loss</c> or ending in <c>_loss</c>, <c>error</c> or <c>_error</c>,
-    /// <c>perplexity</c>; <c>regret</c> and <c>regret.*</c>; <c>test.*</c>; <c>eb_criterion</c>;
-    /// <c>gradient.noise</c>; <c>gradient.disparity</c>; <c>flatness.contrastive*</c>; <c>sharpness</c>;
-    /// <c>curvature.lambda_max*</c>; <c>curvature.trace</c>; <c>curvature.contrastive</c>.
-    /// Max: names with a part starting with <c>acc</c> or ending in <c>_acc</c> or <c>_accuracy</c>, or a part
-    /// <c>f1</c>, <c>auc</c>, <c>precision</c>, <c>recall</c>; <c>gradient.cosine</c>; <c>gradient.gsnr</c>;
-    /// <c>gradient.coherence</c>; <c>flatness.jensen_ratio</c>. A name that matches both lists, or neither, is unknown.
+    /// Looks up whether lower or higher is better for a monitored name. An indicator of the
+    /// <see cref="IndicatorCatalogue"/> (also with a <c>step.</c> or <c>fixed_point.</c> prefix, and smoothed) has the
+    /// direction its <see cref="IndicatorDefinition.Better"/> says. Any other name: Min for a part <c>loss</c>,
+    /// <c>error</c> or <c>perplexity</c>, or one ending in <c>_loss</c> or <c>_error</c>; Max for a part starting with
+    /// <c>acc</c> or ending in <c>_acc</c> or <c>_accuracy</c>, or a part <c>f1</c>, <c>auc</c>, <c>precision</c>,
+    /// <c>recall</c>. A name that matches both lists, or neither, and a standard error (<c>.stderr</c>), is unknown.
     /// </summary>
     /// <param name="monitor">The monitored name.</param>
     /// <param name="mode">Min or Max when known.</param>
@@ -216,26 +214,16 @@ public sealed class EarlyStopping : StoppingRule
     public static bool TryInferMode(string monitor, out StoppingMode mode)
     {
         ArgumentNullException.ThrowIfNull(monitor);
-        string name = monitor.StartsWith(FixedPointProbe.Prefix, StringComparison.Ordinal) ? monitor[FixedPointProbe.Prefix.Length..] : monitor;
         mode = StoppingMode.Auto;
-        switch (name)
+        // The catalogue knows its indicators' direction (with a family prefix, and smoothed); a standard error has none.
+        if (!monitor.EndsWith(Indicators.StandardErrorSuffix, StringComparison.Ordinal)
+            && IndicatorCatalogue.TryFind(monitor, out var definition) && definition.Better != StoppingMode.Auto)
         {
-            case Indicators.EbCriterion or Indicators.GradientNoise or Indicators.Disparity or Indicators.Sharpness
-                or Indicators.CurvatureTrace or Indicators.CurvatureContrastive:
-                mode = StoppingMode.Min;
-                return true;
-            case Indicators.Cosine or Indicators.Gsnr or Indicators.Coherence or Indicators.JensenRatio:
-                mode = StoppingMode.Max;
-                return true;
-        }
-        if (name == Indicators.Regret || name.StartsWith(Indicators.Regret + ".", StringComparison.Ordinal)
-            || name.StartsWith("test.", StringComparison.Ordinal)
-            || name.StartsWith(Indicators.ContrastiveFlatness, StringComparison.Ordinal)
-            || name.StartsWith(Indicators.CurvatureLambdaMax, StringComparison.Ordinal))
-        {
-            mode = StoppingMode.Min;
+            mode = definition.Better;
             return true;
         }
+
+        string name = monitor;
         string[] parts = name.Split('.');
         bool lower = parts.Any(p => p is "loss" or "error" or "perplexity" || p.EndsWith("_loss", StringComparison.Ordinal) || p.EndsWith("_error", StringComparison.Ordinal));
         bool higher = parts.Any(p => p.StartsWith("acc", StringComparison.Ordinal) || p.EndsWith("_acc", StringComparison.Ordinal)

@@ -47,7 +47,8 @@ public sealed class TelemetryTests
         {
             var metric = byName[TrainingProbesMeter.InstrumentPrefix + value.Name];
             Assert.Equal(MetricType.DoubleGauge, metric.MetricType);
-            Assert.Equal("1", metric.Unit);
+            // Real units: a count of steps is {step}; every other value here is dimensionless.
+            Assert.Equal(value.Name == Indicators.ProbeInterval ? "{step}" : "1", metric.Unit);
             var point = Points(metric).Single(p =>
                 Tag(p, "run.id") == "otel-unit" && Tag(p, "geometry") == (value.Geometry == Geometry.None ? null : value.Geometry.ToString().ToLowerInvariant()));
             Assert.Equal(value.Value, point.GetGaugeLastValueDouble());

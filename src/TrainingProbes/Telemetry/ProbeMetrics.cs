@@ -4,17 +4,19 @@ using System.Diagnostics.Metrics;
 namespace TrainingProbes.Telemetry;
 
 /// <summary>
-/// The library's one <see cref="Meter"/> and its instruments. Indicator values are observable gauges whose callbacks
-/// read the last published value of each series of every live session: a collection (a Prometheus scrape, an OTLP export)
-/// only reads plain doubles, never touches a tensor, never waits for the training thread and never synchronizes
-/// with a device. A gauge is created the first time a value of that name is published (user probes included).
+/// The library's one <see cref="Meter"/> and its instruments, as OpenTelemetry's runtime instrumentation keeps one
+/// meter per process. Indicator values are observable gauges whose callbacks read the last published value of each
+/// series of every live session: a collection (a Prometheus scrape, an OTLP export) reads plain doubles, never touches
+/// a tensor, never waits for the training thread and never synchronizes with a device. The gauges of the catalogue's
+/// indicators exist from the start with their units; a name a user probe reports gets its gauge when first published.
+/// Sessions are held weakly: a session its user drops (and its model, and its buffers) can be collected.
 /// </summary>
-internal static class ProbeTelemetry
+internal static class ProbeMetrics
 {
-    private static readonly Meter Meter = new(TrainingProbesMeter.Name, typeof(ProbeTelemetry).Assembly.GetName().Version?.ToString(3));
+    private static readonly Meter Meter = new(TrainingProbesMeter.Name, typeof(ProbeMetrics).Assembly.GetName().Version?.ToString(3));
     private static readonly ConcurrentDictionary<string, ObservableGauge<double>> Gauges = new();
     private static readonly object Gate = new();
-    private static ProbeSession[] _sessions = [];
+    private static WeakReference<SessionTelemetry>[] _sessions = [];
 
     /// <summary>Seconds each probe spent on a window, recorded once per probe and window.</summary>
     public static readonly Histogram<double> ProbeDuration = Meter.CreateHistogram<double>(
@@ -37,20 +39,26 @@ internal static class ProbeTelemetry
         TrainingProbesMeter.InstrumentPrefix + Indicators.RulesFired, unit: "{firing}",
         description: "Stopping rules that fired, by rule and action (stop or warn).");
 
-    static ProbeTelemetry()
+    static ProbeMetrics()
     {
         Meter.CreateObservableGauge(TrainingProbesMeter.InstrumentPrefix + Indicators.Step, ObserveSteps, unit: "{step}",
             description: "Training steps the session has seen (calls of Probe/Step).");
+        foreach (var definition in IndicatorCatalogue.BuiltIn)
+            if (definition.IsSnapshotValue) EnsureInstrument(definition.Name);
     }
 
-    public static void Register(ProbeSession session)
+    /// <summary>Adds a session (weakly) to the ones the gauges report.</summary>
+    public static void Register(SessionTelemetry session)
     {
-        lock (Gate) _sessions = [.. _sessions, session];
+        lock (Gate)
+            _sessions = [.. _sessions.Where(w => w.TryGetTarget(out _)), new WeakReference<SessionTelemetry>(session)];
     }
 
-    public static void Unregister(ProbeSession session)
+    /// <summary>Removes a session from the ones the gauges report.</summary>
+    public static void Unregister(SessionTelemetry session)
     {
-        lock (Gate) _sessions = _sessions.Where(s => !ReferenceEquals(s, session)).ToArray();
+        lock (Gate)
+            _sessions = _sessions.Where(w => w.TryGetTarget(out var s) && !ReferenceEquals(s, session)).ToArray();
     }
 
     /// <summary>Creates the gauges of names published for the first time (once per name and process).</summary>
@@ -59,7 +67,7 @@ internal static class ProbeTelemetry
         foreach (var value in snapshot.Values) EnsureInstrument(value.Name);
     }
 
-    /// <summary>Creates the gauge of <paramref name="name"/> if it does not exist yet.</summary>
+    /// <summary>Creates the gauge of <paramref name="name"/>, with the catalogue's unit and description, if it does not exist yet.</summary>
     public static void EnsureInstrument(string name)
     {
         if (Gauges.ContainsKey(name)) return;
@@ -68,20 +76,24 @@ internal static class ProbeTelemetry
             if (Gauges.ContainsKey(name)) return;
             Gauges[name] = Meter.CreateObservableGauge(
                 TrainingProbesMeter.InstrumentPrefix + name, () => Observe(name),
-                unit: Indicators.UnitOf(name), description: Indicators.DescriptionOf(name));
+                unit: IndicatorCatalogue.UnitOf(name), description: IndicatorCatalogue.DescriptionOf(name));
         }
     }
 
     private static IEnumerable<Measurement<double>> Observe(string name)
     {
-        foreach (var session in Volatile.Read(ref _sessions))
+        foreach (var reference in Volatile.Read(ref _sessions))
+        {
+            if (!reference.TryGetTarget(out var session)) continue;
             foreach (var value in session.CurrentValues)
-                if (value.Name == name) yield return new Measurement<double>(value.Value, session.Attributes(value));
+                if (value.Name == name && session.Exports(value)) yield return new Measurement<double>(value.Value, session.Attributes(value));
+        }
     }
 
     private static IEnumerable<Measurement<long>> ObserveSteps()
     {
-        foreach (var session in Volatile.Read(ref _sessions))
-            yield return new Measurement<long>(session.StepCount, session.SessionAttributes);
+        foreach (var reference in Volatile.Read(ref _sessions))
+            if (reference.TryGetTarget(out var session))
+                yield return new Measurement<long>(session.Steps, session.SessionAttributes);
     }
 }

@@ -1,0 +1,147 @@
+namespace TrainingProbes.Session;
+
+/// <summary>
+/// When windows open, and the overhead budget's ledger. It counts steps, says which steps are captured (slot 0 to
+/// K - 1 of a window, or -1), and measures, on the session's <see cref="TimeProvider"/>, the training time between
+/// step calls and the time the probes take. After each window it chooses the wait until the next one: the fixed
+/// <see cref="ProbeOptions.Interval"/>, or with <see cref="ProbeOptions.OverheadBudget"/> the ledger below. A pure
+/// object over its clock: a fake <see cref="TimeProvider"/> drives it step by step in tests.
+/// </summary>
+internal sealed class WindowScheduler
+{
+    private readonly TimeProvider _clock;
+    private readonly int _windowSize;
+    private readonly int _interval;
+    private readonly double? _budget;
+    private long _lastStepEnded;         // timestamp at which the previous step call returned (0: none yet)
+    private double _gapAverage;          // average training ticks per step (capped gaps)
+    private long _gaps;                  // gaps measured
+    private long _intervalTrainingTicks; // training time since the previous window's publication
+    private long _intervalProbeTicks;    // probe time since then
+    private double _costAverage;         // average probe ticks per window
+    private long _totalProbeTicks, _totalTrainingTicks;
+
+    public WindowScheduler(ProbeOptions options, TimeProvider clock)
+    {
+        _clock = clock;
+        _windowSize = options.WindowSize;
+        _interval = options.Interval;
+        _budget = options.OverheadBudget;
+    }
+
+    /// <summary>Steps seen so far.</summary>
+    public long Steps { get; private set; }
+
+    /// <summary>Windows closed so far.</summary>
+    public int Windows { get; private set; }
+
+    /// <summary>The step at which the current (or next) window's first gradient is captured.</summary>
+    public long WindowStart { get; private set; }
+
+    /// <summary>The clock's current timestamp.</summary>
+    public long Now => _clock.GetTimestamp();
+
+    /// <summary>
+    /// Counts a step that starts now and returns its slot in the window (-1 outside one). The time since the
+    /// previous step returned is the trainer's own work on one step: a gap over ten times the average (an evaluation
+    /// pass, a checkpoint, another model trained in between) counts as ten averages, so that pauses outside training
+    /// do not buy the probes more time.
+    /// </summary>
+    public int BeginStep(long now, out long step)
+    {
+        step = Steps++;
+        if (_lastStepEnded != 0)
+        {
+            long gap = now - _lastStepEnded;
+            if (_gaps >= 10) gap = (long)Math.Min(gap, 10 * _gapAverage);
+            _gaps++;
+            _gapAverage += (gap - _gapAverage) / Math.Min(_gaps, 100);
+            _intervalTrainingTicks += gap;
+        }
+
+        long phase = step - WindowStart;
+        return phase >= 0 && phase < _windowSize ? (int)phase : -1;
+    }
+
+    /// <summary>The step call returns at <paramref name="now"/>: the trainer's time starts again.</summary>
+    public void EndStep(long now) => _lastStepEnded = now;
+
+    /// <summary>Charges probe time to the current interval.</summary>
+    public void AddProbeTicks(long ticks) => _intervalProbeTicks += ticks;
+
+    /// <summary>
+    /// Closes the window whose probe work began at <paramref name="windowStarted"/>: the interval's overhead,
+    /// the session's achieved overhead, and the steps from this window's start to the next one's.
+    /// </summary>
+    public (double Overhead, double OverheadTotal, long Interval) CloseWindow(long windowStarted)
+    {
+        long probeTicks = _intervalProbeTicks + (Now - windowStarted);
+        long trainingTicks = _intervalTrainingTicks;
+        double overhead = trainingTicks > 0 ? (double)probeTicks / trainingTicks : double.NaN;
+        // The first window pays one-time costs (JIT compilation, first allocations, loading kernels) that say nothing
+        // about the windows to come: it is left out of the ledger, and the second window follows the fixed Interval.
+        bool warmUp = Windows == 0;
+        if (!warmUp)
+        {
+            _totalProbeTicks += probeTicks;
+            _totalTrainingTicks += trainingTicks;
+            _costAverage = Windows == 1 ? probeTicks : 0.7 * _costAverage + 0.3 * probeTicks;
+        }
+
+        double total = _totalTrainingTicks > 0 ? (double)_totalProbeTicks / _totalTrainingTicks : double.NaN;
+        long wait = warmUp ? FixedWait() : StepsUntilNextWindow();
+        long interval = Steps - WindowStart + wait;
+        WindowStart = Steps + wait;
+        _intervalProbeTicks = 0;
+        _intervalTrainingTicks = 0;
+        Windows++;
+        return (overhead, total, interval);
+    }
+
+    /// <summary>Steps from now to <see cref="ProbeOptions.Interval"/> steps after this window's start.</summary>
+    private long FixedWait() => Math.Max(WindowStart + _interval - Steps, 0);
+
+    /// <summary>
+    /// Steps from now (the end of a window) to the start of the next window. Without a budget, the fixed interval from
+    /// start to start. With one, a ledger: all probe time P and all training time T so far, and the cost C of the next
+    /// window (a moving average of window costs), choose the wait S so that (P + C) / (T + (S + K) t) = budget, t the
+    /// average training time per step. An expensive window (an active one) is paid back by a longer wait, a cheap
+    /// stretch lets windows come sooner, and the achieved overhead stays at the budget over the run. Credit is spent at
+    /// most at twice the steady rate (S at least half of C / (budget t) - K). Never below 0 (windows back to back),
+    /// never above <see cref="ProbeOptions.MaxInterval"/>.
+    /// </summary>
+    private long StepsUntilNextWindow()
+    {
+        if (_budget is not { } budget || _gapAverage <= 0 || _totalTrainingTicks <= 0)
+            return FixedWait();
+        double ledger = ((_totalProbeTicks + _costAverage) / budget - _totalTrainingTicks) / _gapAverage - _windowSize;
+        double steady = _costAverage / budget / _gapAverage - _windowSize;
+        double wait = Math.Max(ledger, 0.5 * steady);
+        return (long)Math.Clamp(Math.Ceiling(wait), 0, ProbeOptions.MaxInterval);
+    }
+
+    /// <summary>The scheduler's state, for the session's saved state.</summary>
+    public SchedulerState Save() => new(Steps, Windows, WindowStart, _gapAverage, _gaps, _costAverage, _totalProbeTicks, _totalTrainingTicks,
+        _intervalProbeTicks, _intervalTrainingTicks, _clock.TimestampFrequency);
+
+    /// <summary>Restores <see cref="Save"/>'s state; tick counts are converted when the clock's frequency differs.</summary>
+    public void Restore(SchedulerState state)
+    {
+        double scale = state.TimestampFrequency > 0 ? (double)_clock.TimestampFrequency / state.TimestampFrequency : 1;
+        Steps = state.Steps;
+        Windows = state.Windows;
+        WindowStart = state.WindowStart;
+        _gapAverage = state.GapAverage * scale;
+        _gaps = state.Gaps;
+        _costAverage = state.CostAverage * scale;
+        _totalProbeTicks = (long)(state.TotalProbeTicks * scale);
+        _totalTrainingTicks = (long)(state.TotalTrainingTicks * scale);
+        _intervalProbeTicks = (long)(state.IntervalProbeTicks * scale);
+        _intervalTrainingTicks = (long)(state.IntervalTrainingTicks * scale);
+        _lastStepEnded = 0;   // the time between the save and the resumed run's first step is not training
+    }
+}
+
+/// <summary>What <see cref="WindowScheduler"/> saves: its counters and its ledger.</summary>
+internal sealed record SchedulerState(long Steps, int Windows, long WindowStart, double GapAverage, long Gaps, double CostAverage,
+    long TotalProbeTicks, long TotalTrainingTicks, long IntervalProbeTicks, long IntervalTrainingTicks, long TimestampFrequency);

@@ -1,0 +1,71 @@
+using TrainingProbes.Session;
+using TrainingProbes.Stopping;
+
+namespace TrainingProbes.Telemetry;
+
+/// <summary>
+/// One session's side of the metrics: its attributes, the counters it adds to, and what its gauges read. It subscribes
+/// to the session's failures, publisher and stopping rules. It holds the published values, never the session or its
+/// model, and <see cref="ProbeMetrics"/> holds it weakly.
+/// </summary>
+internal sealed class SessionTelemetry
+{
+    private readonly SnapshotPublisher _publisher;
+    private readonly WindowScheduler _scheduler;
+
+    public SessionTelemetry(string runId, string? worker, SnapshotPublisher publisher, WindowScheduler scheduler, ProbeFailures failures, StoppingController stopping)
+    {
+        _publisher = publisher;
+        _scheduler = scheduler;
+        SessionAttributes = worker is null
+            ? [new(TrainingProbesMeter.RunIdAttribute, runId)]
+            : [new(TrainingProbesMeter.RunIdAttribute, runId), new(TrainingProbesMeter.WorkerAttribute, worker)];
+
+        ProbeMetrics.Failures.Add(0, SessionAttributes);   // the series exists (at 0) before the first failure
+        foreach (var rule in stopping.Rules) ProbeMetrics.RulesFired.Add(0, RuleAttributes(rule));
+        failures.Failed += what => ProbeMetrics.Failures.Add(1, [.. SessionAttributes, new(TrainingProbesMeter.ProbeAttribute, what)]);
+        stopping.Fired += (rule, _, _) => ProbeMetrics.RulesFired.Add(1, RuleAttributes(rule));
+        publisher.Subscribe("telemetry", OnWindow);
+        ProbeMetrics.Register(this);
+    }
+
+    /// <summary>The attributes every metric of this session carries: run id, and worker when set.</summary>
+    public KeyValuePair<string, object?>[] SessionAttributes { get; }
+
+    /// <summary>The last value of every series (what the gauges report).</summary>
+    public IReadOnlyList<IndicatorValue> CurrentValues => _publisher.Current;
+
+    /// <summary>Steps the session has seen.</summary>
+    public long Steps => _scheduler.Steps;
+
+    /// <summary>Whether the registered instrumentation exports <paramref name="value"/> (per-layer values can be left out).</summary>
+    public bool Exports(in IndicatorValue value) => value.Layer is null || TrainingProbesInstrumentation.LayerValuesExported;
+
+    /// <summary>A reported value's gauge (a user's validation loss, say) exists from its first report.</summary>
+    public static void OnReported(string name) => ProbeMetrics.EnsureInstrument(name);
+
+    /// <summary>The attributes of one published value (called on the exporter's thread).</summary>
+    public KeyValuePair<string, object?>[] Attributes(in IndicatorValue value)
+    {
+        var attributes = new List<KeyValuePair<string, object?>>(SessionAttributes.Length + 3);
+        attributes.AddRange(SessionAttributes);
+        attributes.Add(new(TrainingProbesMeter.ProbeAttribute, value.Probe));
+        if (value.Geometry != Geometry.None) attributes.Add(new(TrainingProbesMeter.GeometryAttribute, value.Geometry.ToName()));
+        if (value.Layer is not null) attributes.Add(new(TrainingProbesMeter.LayerAttribute, value.Layer));
+        return attributes.ToArray();
+    }
+
+    /// <summary>Stops reporting this session.</summary>
+    public void Unregister() => ProbeMetrics.Unregister(this);
+
+    private void OnWindow(ProbeSnapshot snapshot)
+    {
+        ProbeMetrics.EnsureInstruments(snapshot);
+        ProbeMetrics.Windows.Add(1, SessionAttributes);
+        foreach (var (probe, seconds) in snapshot.ProbeSeconds)
+            ProbeMetrics.ProbeDuration.Record(seconds, [.. SessionAttributes, new(TrainingProbesMeter.ProbeAttribute, probe)]);
+    }
+
+    private KeyValuePair<string, object?>[] RuleAttributes(StoppingRule rule) =>
+        [.. SessionAttributes, new("rule", rule.Name), new("action", rule.Action.ToString().ToLowerInvariant())];
+}
