@@ -20,6 +20,7 @@ internal sealed class WindowScheduler
     private long _intervalProbeTicks;    // probe time since then
     private double _costAverage;         // average probe ticks per window
     private long _totalProbeTicks, _totalTrainingTicks;
+    private bool _resumed;               // restored from a saved state, before the first step
 
     public WindowScheduler(ProbeOptions options, TimeProvider clock)
     {
@@ -57,6 +58,12 @@ internal sealed class WindowScheduler
             _gaps++;
             _gapAverage += (gap - _gapAverage) / Math.Min(_gaps, 100);
             _intervalTrainingTicks += gap;
+        }
+        else if (_resumed)
+        {
+            // The first step of a resumed run: its gap (since the save) is not training; count an average step.
+            _intervalTrainingTicks += (long)_gapAverage;
+            _resumed = false;
         }
 
         long phase = step - WindowStart;
@@ -139,6 +146,7 @@ internal sealed class WindowScheduler
         _intervalProbeTicks = (long)(state.IntervalProbeTicks * scale);
         _intervalTrainingTicks = (long)(state.IntervalTrainingTicks * scale);
         _lastStepEnded = 0;   // the time between the save and the resumed run's first step is not training
+        _resumed = true;
     }
 }
 

@@ -1,0 +1,53 @@
+using System.Globalization;
+using System.Text.RegularExpressions;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.Tests.Session;
+
+public sealed partial class ConsoleSummaryTests
+{
+    [Fact]
+    public void The_console_line_shows_each_geometrys_cosine_relative_regret_and_flatness_with_their_errors()
+    {
+        torch.manual_seed(2);
+        var model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3));
+        var optimizer = optim.SGD(model.parameters(), 0.05);
+        var lossFunction = nn.CrossEntropyLoss();
+        var output = new StringWriter();
+        using var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = 4, Interval = 10, OverheadBudget = null, Output = output, Loss = lossFunction.call,
+        }, optimizer);
+        var generator = new Generator(3);
+        for (int i = 0; i < 40; i++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var x = torch.randn([16, 5], generator: generator);
+            var y = torch.randint(0, 3, [16], generator: generator);
+            optimizer.zero_grad();
+            var loss = lossFunction.call(model.call(x), y);
+            loss.backward();
+            session.Step(loss, x, y);
+            optimizer.step();
+        }
+
+        var snapshot = session.Latest!;
+        string line = output.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Last(l => l.StartsWith("[probes] step", StringComparison.Ordinal));
+        foreach (var (label, geometry) in new[] { ("euc", Geometry.Euclidean), ("fis", Geometry.Fisher), ("ada", Geometry.Adaptive) })
+        {
+            var part = Part().Match(line[line.IndexOf("| " + label, StringComparison.Ordinal)..]);
+            Assert.True(part.Success, line);
+            string Show(string name) => snapshot.Get(name, geometry).ToString("G3", CultureInfo.InvariantCulture);
+            string Error(string name) => snapshot.Get(name + Indicators.StandardErrorSuffix, geometry).ToString("G2", CultureInfo.InvariantCulture);
+            Assert.Equal(Show(Indicators.Cosine), part.Groups["cos"].Value);
+            Assert.Equal(Error(Indicators.Cosine), part.Groups["cosError"].Value);
+            Assert.Equal(Show(Indicators.RelativeRegret), part.Groups["regret"].Value);
+            Assert.Equal(Error(Indicators.RelativeRegret), part.Groups["regretError"].Value);
+            Assert.Equal(Show(Indicators.ContrastiveFlatness), part.Groups["kappa"].Value);
+        }
+    }
+
+    [GeneratedRegex(@"cos (?<cos>\S+)±(?<cosError>\S+) regret (?<regret>\S+)±(?<regretError>\S+) kappa (?<kappa>[^±\s]+)")]
+    private static partial Regex Part();
+}

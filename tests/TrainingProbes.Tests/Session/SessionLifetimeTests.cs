@@ -1,0 +1,49 @@
+using System.Runtime.CompilerServices;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.Tests.Session;
+
+public sealed class SessionLifetimeTests
+{
+    /// <summary>Trains a model with the one-line call, leaves its session undisposed, and returns weak references only.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static (WeakReference Model, WeakReference Session, WeakReference Buffer) TrainAndDrop()
+    {
+        torch.manual_seed(5);
+        var model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3));
+        var optimizer = optim.SGD(model.parameters(), 0.05);
+        var lossFunction = nn.CrossEntropyLoss();
+        var generator = new Generator(7);
+        for (int i = 0; i < 120; i++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var x = torch.randn([16, 6], generator: generator);
+            var y = torch.randint(0, 3, [16], generator: generator);
+            optimizer.zero_grad();
+            var loss = lossFunction.call(model.call(x), y);
+            loss.backward();
+            model.Probe(loss, optimizer, x, y, lossFunction.call);
+            optimizer.step();
+        }
+
+        var session = ProbeSession.Get(model)!;
+        Assert.NotNull(session.Latest);   // windows closed: the buffers were used
+        return (new WeakReference(model), new WeakReference(session), new WeakReference(session.Window.Segments[0].Gradients));
+    }
+
+    [Fact]
+    public void A_one_line_session_that_is_never_disposed_is_collected_with_its_model_and_buffers()
+    {
+        var (model, session, buffer) = TrainAndDrop();
+        for (int i = 0; i < 5 && (model.IsAlive || session.IsAlive || buffer.IsAlive); i++)
+        {
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+        }
+
+        Assert.False(model.IsAlive, "the model is still reachable after a full GC");
+        Assert.False(session.IsAlive, "the session is still reachable after a full GC");
+        Assert.False(buffer.IsAlive, "the session's gradient buffer is still reachable after a full GC");
+    }
+}
