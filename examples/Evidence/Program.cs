@@ -26,7 +26,7 @@ var arguments = args.ToList();
 string dataDirectory = Mnist.DirectoryFromArguments(arguments);
 string output = Take(arguments, "--output") ?? Path.Combine(AppContext.BaseDirectory, "results");
 int steps = int.Parse(Take(arguments, "--steps") ?? "3000", CultureInfo.InvariantCulture);
-int windowSize = int.Parse(Take(arguments, "--window-size") ?? "8", CultureInfo.InvariantCulture);
+int windowSize = int.Parse(Take(arguments, "--window-size") ?? new ProbeOptions().WindowSize.ToString(CultureInfo.InvariantCulture), CultureInfo.InvariantCulture);
 string experiments = Take(arguments, "--experiments") ?? "abc";
 if (arguments.Count > 0)
 {

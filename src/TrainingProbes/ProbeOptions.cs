@@ -10,7 +10,7 @@ namespace TrainingProbes;
 /// </summary>
 public sealed class ProbeOptions
 {
-    private int _windowSize = 8;
+    private int _windowSize = 16;
     private int _interval = 100;
     private Geometry _geometries = Geometry.All;
     private double _fisherDecay = 0.9;
@@ -25,8 +25,11 @@ public sealed class ProbeOptions
     private string? _checkpointPath;
 
     /// <summary>
-    /// K, the number of consecutive step gradients in a window (at least 2, default 8). The gradient buffer holds
-    /// K copies of the selected parameters on their device.
+    /// K, the number of consecutive step gradients in a window (at least 2, default 16). The gradient buffer holds
+    /// K copies of the selected parameters on their device, and the one-theta family costs K forward/backward passes
+    /// per window. The default is chosen from the evidence (examples/Evidence): at K = 8 a single window's GSNR put clean
+    /// above random labels in 85% of windows and the 5-window means' 95% intervals were apart in 53-64%; at K = 16,
+    /// 96-98% and 91-95%.
     /// </summary>
     public int WindowSize
     {
