@@ -7,7 +7,7 @@ using static TorchSharp.torch;
 namespace TrainingProbes.Tests.Build;
 
 /// <summary>
-/// Tests of the build-time libLibTorchSharp.so repair (src/TrainingProbes/buildTransitive/LibTorchSharpRepair.cs,
+/// Tests of the build-time libLibTorchSharp.so repair (src/TrainingProbes.NativeRepair/buildTransitive/LibTorchSharpRepair.cs,
 /// compiled into this assembly with TRAININGPROBES_REPAIR_TESTS). The ELF facts are checked with
 /// <see cref="MiniElf"/>, a reader written independently of the patcher.
 /// </summary>

@@ -1,10 +1,11 @@
 // Build-time repair of TorchSharp's libLibTorchSharp.so for Linux systems whose libstdc++ predates GCC 13.
 //
 // This file is compiled in three places and must stay compatible with all of them:
-//  * by MSBuild's RoslynCodeTaskFactory (see TrainingProbes.targets), against netstandard 2.0 reference
-//    assemblies plus Microsoft.Build.Framework / Microsoft.Build.Utilities.Core;
+//  * by MSBuild's RoslynCodeTaskFactory (see TrainingProbes.NativeRepair.targets), against netstandard 2.0
+//    reference assemblies plus Microsoft.Build.Framework / Microsoft.Build.Utilities.Core;
 //  * by the test project, with TRAININGPROBES_REPAIR_TESTS defined (no MSBuild references there);
-//  * never by the TrainingProbes library itself (it is excluded from Compile and packed under buildTransitive/).
+//  * never by the TrainingProbes.NativeRepair project itself (it is excluded from Compile and packed under
+//    buildTransitive/).
 //
 // So: no Span, no newer BCL APIs, no records/init accessors, explicit usings.
 //
