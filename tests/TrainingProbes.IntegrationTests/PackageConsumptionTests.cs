@@ -1,4 +1,5 @@
 using System.IO.Compression;
+using System.Reflection;
 using System.Text;
 using System.Text.RegularExpressions;
 using System.Xml.Linq;
@@ -235,11 +236,13 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
         return XDocument.Load(nuspec).Descendants().Where(e => e.Name.LocalName == "dependency").ToList();
     }
 
-    /// <summary>Whether the system libstdc++ defines the symbol version <paramref name="version"/> (read from its bytes).</summary>
+    /// <summary>Whether the system libstdc++ (the first found on the repair's search list, which the build gives this
+    /// assembly) defines the symbol version <paramref name="version"/> (read from its bytes).</summary>
     private static bool SystemLibstdcxxHas(string version)
     {
-        var library = new[] { "/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib/aarch64-linux-gnu/libstdc++.so.6", "/usr/lib64/libstdc++.so.6", "/usr/lib/libstdc++.so.6" }
-            .FirstOrDefault(File.Exists);
+        string searchPath = typeof(PackageConsumptionTests).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>()
+            .SingleOrDefault(a => a.Key == "TrainingProbesLibStdCxxSearchPath")?.Value ?? "";
+        var library = searchPath.Split(';', StringSplitOptions.RemoveEmptyEntries).FirstOrDefault(File.Exists);
         if (library is null) return true;   // not a glibc Linux we know: no negative control
         var bytes = File.ReadAllBytes(library);
         return bytes.AsSpan().IndexOf(Encoding.ASCII.GetBytes(version + "\0")) >= 0;
