@@ -1,4 +1,5 @@
 using System.IO.Compression;
+using System.Reflection;
 using System.Text;
 using System.Text.RegularExpressions;
 using System.Xml.Linq;
@@ -7,15 +8,24 @@ using Xunit.Abstractions;
 namespace TrainingProbes.IntegrationTests;
 
 /// <summary>
-/// The packages as a user gets them: <c>dotnet pack</c> makes both packages into a local feed, their contents are
-/// checked, and a fresh console project outside the repository (<c>dotnet new console</c>, <c>dotnet add package</c>)
-/// trains a few hundred steps with the one added line, serving its metrics through the Prometheus package. On a
-/// machine whose libstdc++ lacks GLIBCXX_3.4.32 (Debian 12, Ubuntu 22.04), the same project built with the repair
-/// switched off must fail to load TorchSharp: the package's buildTransitive repair is what makes it run.
+/// The packages as a user gets them: <c>dotnet pack</c> makes the three packages into a local feed, their contents
+/// are checked, and a fresh console project outside the repository (<c>dotnet new console</c>, <c>dotnet add
+/// package</c>) trains a few hundred steps with the one added line, serving its metrics through the Prometheus
+/// package. The project adds TrainingProbes, not TrainingProbes.NativeRepair: the repair's buildTransitive targets
+/// come with TrainingProbes' dependency on it. On a machine whose libstdc++ lacks GLIBCXX_3.4.32 (Debian 12, Ubuntu
+/// 22.04), the same project built with the repair switched off must fail to load TorchSharp: the repair is what makes
+/// it run.
 /// </summary>
 public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
 {
     private const string TorchSharpVersion = "0.107.0";
+    private const string RepairTargets = "buildTransitive/TrainingProbes.NativeRepair.targets";
+    private static readonly string[] Packables =
+    [
+        "src/TrainingProbes/TrainingProbes.csproj",
+        "src/TrainingProbes.NativeRepair/TrainingProbes.NativeRepair.csproj",
+        "src/TrainingProbes.Prometheus/TrainingProbes.Prometheus.csproj",
+    ];
     private static readonly TimeSpan CommandTimeout = TimeSpan.FromMinutes(5);
 
     [Fact]
@@ -28,18 +38,26 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
             // As a user packs: no version override. The Prometheus package is a prerelease (its exporter is one),
             // which NuGet requires; a stable version there fails the pack (NU5104).
             string plain = Path.Combine(work, "plain");
-            foreach (var packable in new[] { "src/TrainingProbes/TrainingProbes.csproj", "src/TrainingProbes.Prometheus/TrainingProbes.Prometheus.csproj" })
+            foreach (var packable in Packables)
                 Cli(RepositoryFiles.Root, "pack", RepositoryFiles.PathOf(packable), "--configuration", "Release", "--output", plain, "--artifacts-path", Path.Combine(work, "plain-artifacts"));
             var packed = Directory.GetFiles(plain, "*.nupkg").Select(Path.GetFileName).Order().ToArray();
-            Assert.Equal(2, packed.Length);
+            Assert.Equal(3, packed.Length);
             Assert.Matches(@"^TrainingProbes\.\d+\.\d+\.\d+\.nupkg$", packed[0]);
-            Assert.Matches(@"^TrainingProbes\.Prometheus\.\d+\.\d+\.\d+-[0-9A-Za-z.]+\.nupkg$", packed[1]);
+            Assert.Matches(@"^TrainingProbes\.NativeRepair\.\d+\.\d+\.\d+\.nupkg$", packed[1]);
+            Assert.Matches(@"^TrainingProbes\.Prometheus\.\d+\.\d+\.\d+-[0-9A-Za-z.]+\.nupkg$", packed[2]);
 
             string feed = Path.Combine(work, "feed");
-            Pack("src/TrainingProbes/TrainingProbes.csproj", feed, Path.Combine(work, "artifacts"), version);
-            Pack("src/TrainingProbes.Prometheus/TrainingProbes.Prometheus.csproj", feed, Path.Combine(work, "artifacts"), version);
-            CheckPackage(Path.Combine(feed, $"TrainingProbes.{version}"), "TrainingProbes", buildTransitive: true);
-            CheckPackage(Path.Combine(feed, $"TrainingProbes.Prometheus.{version}"), "TrainingProbes.Prometheus", buildTransitive: false);
+            foreach (var packable in Packables)
+                Pack(packable, feed, Path.Combine(work, "artifacts"), version);
+            CheckPackage(Path.Combine(feed, $"TrainingProbes.{version}"), "TrainingProbes", library: true);
+            CheckPackage(Path.Combine(feed, $"TrainingProbes.Prometheus.{version}"), "TrainingProbes.Prometheus", library: true);
+            CheckPackage(Path.Combine(feed, $"TrainingProbes.NativeRepair.{version}"), "TrainingProbes.NativeRepair", library: false);
+
+            // The repair ships in its own package, and TrainingProbes depends on it without holding back its
+            // buildTransitive assets (the default exclusion of a dependency's build/ folder does not cover them).
+            var dependency = Dependencies(Path.Combine(feed, $"TrainingProbes.{version}.nupkg")).Single(d => d.Attribute("id")?.Value == "TrainingProbes.NativeRepair");
+            Assert.Equal(version, dependency.Attribute("version")?.Value);
+            Assert.DoesNotContain("BuildTransitive", dependency.Attribute("exclude")?.Value ?? "", StringComparison.OrdinalIgnoreCase);
 
             // A user's project: outside the repository, so none of its Directory.Build.* files apply.
             string project = Path.Combine(work, "Consumer");
@@ -59,6 +77,7 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
             Cli(project, "add", "package", "TrainingProbes.Prometheus", "--version", version);
             Cli(project, "add", "package", "TorchSharp-cpu", "--version", TorchSharpVersion);
             File.WriteAllText(Path.Combine(project, "Program.cs"), ConsumerProgram);
+            Assert.DoesNotContain("NativeRepair", File.ReadAllText(Path.Combine(project, "Consumer.csproj")));
 
             int port = PrometheusServer.FreePort();
             var environment = new Dictionary<string, string?>
@@ -78,6 +97,10 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
             double cosine = double.Parse(result.Groups["cosine"].Value, System.Globalization.CultureInfo.InvariantCulture);
             Assert.InRange(cosine, -1.0, 1.0);
             Assert.True(int.Parse(result.Groups["series"].Value) >= 20, $"the scrape endpoint served too few trainingprobes_ series:\n{run}");
+
+            // NuGet imported the repair into the consumer's build through TrainingProbes' dependency.
+            string imports = File.ReadAllText(Path.Combine(project, "obj", "Consumer.csproj.nuget.g.targets"));
+            Assert.Contains($"trainingprobes.nativerepair/{version}/{RepairTargets}", imports);
 
             if (!SystemLibstdcxxHas("GLIBCXX_3.4.32"))
             {
@@ -100,7 +123,7 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
             string packages = Environment.GetEnvironmentVariable("NUGET_PACKAGES") is { Length: > 0 } configured
                 ? configured
                 : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
-            foreach (var id in new[] { "trainingprobes", "trainingprobes.prometheus" })
+            foreach (var id in new[] { "trainingprobes", "trainingprobes.nativerepair", "trainingprobes.prometheus" })
             {
                 var folder = Path.Combine(packages, id, version);
                 if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
@@ -155,20 +178,26 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
         return text;
     }
 
-    /// <summary>What a package must carry: README, licence, repository URL, XML docs, symbols, and the repair where it belongs.</summary>
-    private static void CheckPackage(string pathWithoutExtension, string id, bool buildTransitive)
+    /// <summary>What a package must carry: README, licence, repository URL, and either (a library) its assembly, XML docs
+    /// and symbols, or (the repair) only its buildTransitive targets and task source.</summary>
+    private static void CheckPackage(string pathWithoutExtension, string id, bool library)
     {
         using (var package = ZipFile.OpenRead(pathWithoutExtension + ".nupkg"))
         {
             var entries = package.Entries.Select(e => e.FullName).ToHashSet();
             Assert.Contains("README.md", entries);
             Assert.Contains("LICENSE", entries);
-            Assert.Contains($"lib/net10.0/{id}.dll", entries);
-            Assert.Contains($"lib/net10.0/{id}.xml", entries);
-            if (buildTransitive)
+            if (library)
             {
-                Assert.Contains("buildTransitive/TrainingProbes.targets", entries);
+                Assert.Contains($"lib/net10.0/{id}.dll", entries);
+                Assert.Contains($"lib/net10.0/{id}.xml", entries);
+                Assert.DoesNotContain(entries, e => e.StartsWith("buildTransitive/", StringComparison.Ordinal));
+            }
+            else
+            {
+                Assert.Contains(RepairTargets, entries);
                 Assert.Contains("buildTransitive/LibTorchSharpRepair.cs", entries);
+                Assert.DoesNotContain(entries, e => e.StartsWith("lib/", StringComparison.Ordinal));
             }
 
             using var nuspecStream = package.GetEntry($"{id}.nuspec")!.Open();
@@ -183,6 +212,13 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
             using var readme = new StreamReader(package.GetEntry("README.md")!.Open(), Encoding.UTF8);
             string text = readme.ReadToEnd();
             Assert.Contains($"dotnet add package {id}", text);
+            if (!library)
+            {
+                Assert.Contains("TrainingProbesRepairLibTorchSharp=false", text);
+                Assert.False(File.Exists(pathWithoutExtension + ".snupkg"), "the repair package has no assembly, so no symbols");
+                return;
+            }
+
             // The package's README shows the same one line as the repository's README and the consumer below.
             Assert.Contains("model.Probe(loss, optimizer, x, y, lossFunction.call)", text);
             Assert.Contains("model.Probe(loss, optimizer, x, y, lossFunction.call)", File.ReadAllText(RepositoryFiles.PathOf("README.md")));
@@ -192,11 +228,21 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
         Assert.Contains($"lib/net10.0/{id}.pdb", symbols.Entries.Select(e => e.FullName));
     }
 
-    /// <summary>Whether the system libstdc++ defines the symbol version <paramref name="version"/> (read from its bytes).</summary>
+    /// <summary>The <c>dependency</c> elements of a package's nuspec.</summary>
+    private static List<XElement> Dependencies(string nupkg)
+    {
+        using var package = ZipFile.OpenRead(nupkg);
+        using var nuspec = package.Entries.Single(e => e.FullName.EndsWith(".nuspec", StringComparison.Ordinal) && !e.FullName.Contains('/')).Open();
+        return XDocument.Load(nuspec).Descendants().Where(e => e.Name.LocalName == "dependency").ToList();
+    }
+
+    /// <summary>Whether the system libstdc++ (the first found on the repair's search list, which the build gives this
+    /// assembly) defines the symbol version <paramref name="version"/> (read from its bytes).</summary>
     private static bool SystemLibstdcxxHas(string version)
     {
-        var library = new[] { "/usr/lib/x86_64-linux-gnu/libstdc++.so.6", "/usr/lib/aarch64-linux-gnu/libstdc++.so.6", "/usr/lib64/libstdc++.so.6", "/usr/lib/libstdc++.so.6" }
-            .FirstOrDefault(File.Exists);
+        string searchPath = typeof(PackageConsumptionTests).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>()
+            .SingleOrDefault(a => a.Key == "TrainingProbesLibStdCxxSearchPath")?.Value ?? "";
+        var library = searchPath.Split(';', StringSplitOptions.RemoveEmptyEntries).FirstOrDefault(File.Exists);
         if (library is null) return true;   // not a glibc Linux we know: no negative control
         var bytes = File.ReadAllBytes(library);
         return bytes.AsSpan().IndexOf(Encoding.ASCII.GetBytes(version + "\0")) >= 0;

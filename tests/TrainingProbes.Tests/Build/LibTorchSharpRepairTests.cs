@@ -7,7 +7,7 @@ using static TorchSharp.torch;
 namespace TrainingProbes.Tests.Build;
 
 /// <summary>
-/// Tests of the build-time libLibTorchSharp.so repair (src/TrainingProbes/buildTransitive/LibTorchSharpRepair.cs,
+/// Tests of the build-time libLibTorchSharp.so repair (src/TrainingProbes.NativeRepair/buildTransitive/LibTorchSharpRepair.cs,
 /// compiled into this assembly with TRAININGPROBES_REPAIR_TESTS). The ELF facts are checked with
 /// <see cref="MiniElf"/>, a reader written independently of the patcher.
 /// </summary>
@@ -46,6 +46,13 @@ public sealed class LibTorchSharpRepairTests : IDisposable
                 : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".nuget", "packages");
         }
     }
+
+    /// <summary>The repair's one libstdc++ search list, as the build evaluated it for this assembly.</summary>
+    private static string[] LibStdCxxSearchPath =>
+        (typeof(LibTorchSharpRepairTests).Assembly.GetCustomAttributes(typeof(System.Reflection.AssemblyMetadataAttribute), false)
+            .Cast<System.Reflection.AssemblyMetadataAttribute>()
+            .SingleOrDefault(a => a.Key == "TrainingProbesLibStdCxxSearchPath")?.Value ?? string.Empty)
+        .Split(';', StringSplitOptions.RemoveEmptyEntries);
 
     private static string PristineLibrary =>
         Path.Combine(PackagesRoot, "torchsharp", "0.107.0", "runtimes", "linux-x64", "native", "libLibTorchSharp.so");
@@ -191,7 +198,7 @@ public sealed class LibTorchSharpRepairTests : IDisposable
             }
         }
 
-        string? libstdcxx = SystemLibStdCxx.Locate();
+        string? libstdcxx = SystemLibStdCxx.Locate(LibStdCxxSearchPath);
         if (libstdcxx != null && !SystemLibStdCxx.Contains(File.ReadAllBytes(libstdcxx), Version))
         {
             data.Add(libstdcxx);
@@ -354,6 +361,53 @@ public sealed class LibTorchSharpRepairTests : IDisposable
     }
 
     [Fact]
+    public void TheSearchListIsTheBuildsAndPutsThisArchitectureFirst()
+    {
+        if (!RuntimeInformation.IsOSPlatform(OSPlatform.Linux))
+        {
+            return;
+        }
+
+        string[] list = LibStdCxxSearchPath;
+        Assert.Equal(8, list.Length);
+        Assert.Equal(list.Length, list.Distinct(StringComparer.Ordinal).Count());
+        Assert.All(list, path => Assert.EndsWith("/libstdc++.so.6", path, StringComparison.Ordinal));
+        string triplet = RuntimeInformation.ProcessArchitecture == Architecture.Arm64 ? "aarch64-linux-gnu" : "x86_64-linux-gnu";
+        Assert.All(list.Take(2), path => Assert.Contains("/" + triplet + "/", path, StringComparison.Ordinal));
+        Assert.Equal(["/usr/lib64", "/lib64", "/usr/lib", "/lib"], list.Skip(2).Take(4).Select(Path.GetDirectoryName));
+
+        // On Debian and Ubuntu (multiarch), the list finds the system's libstdc++.
+        if (File.Exists("/etc/debian_version"))
+        {
+            Assert.NotNull(SystemLibStdCxx.Locate(list));
+        }
+    }
+
+    [Fact]
+    public void LocateTakesTheFirstExistingFileOfTheList()
+    {
+        string first = Path.Combine(_dir, "a", "libstdc++.so.6");
+        string second = Path.Combine(_dir, "b", "libstdc++.so.6");
+        Directory.CreateDirectory(Path.GetDirectoryName(first)!);
+        Directory.CreateDirectory(Path.GetDirectoryName(second)!);
+        File.WriteAllText(second, "GLIBCXX_3.4.30");
+        string missing = Path.Combine(_dir, "missing", "libstdc++.so.6");
+
+        Assert.Null(SystemLibStdCxx.Locate([]));
+        Assert.Null(SystemLibStdCxx.Locate([missing, ""]));
+        Assert.Equal(second, SystemLibStdCxx.Locate([missing, first, second]));
+        Assert.True(SystemLibStdCxx.LacksRequiredVersion([missing, second], out string? found));
+        Assert.Equal(second, found);
+
+        File.WriteAllText(first, "GLIBCXX_3.4.31\0GLIBCXX_3.4.32\0");
+        Assert.Equal(first, SystemLibStdCxx.Locate([missing, first, second]));
+        Assert.False(SystemLibStdCxx.LacksRequiredVersion([first, second], out found));
+        Assert.Equal(first, found);
+        Assert.False(SystemLibStdCxx.LacksRequiredVersion([missing], out found));
+        Assert.Null(found);
+    }
+
+    [Fact]
     public void ByteSearchFindsTheVersionString()
     {
         byte[] haystack = Encoding.ASCII.GetBytes("\0GLIBCXX_3.4.30\0GLIBCXX_3.4.3\0");
@@ -375,7 +429,7 @@ public sealed class LibTorchSharpRepairTests : IDisposable
         byte[] bytes = File.ReadAllBytes(output);
         var elf = new MiniElf(bytes);
 
-        if (SystemLibStdCxx.LacksRequiredVersion(out string? libstdcxx))
+        if (SystemLibStdCxx.LacksRequiredVersion(LibStdCxxSearchPath, out string? libstdcxx))
         {
             Assert.NotNull(libstdcxx);
             Assert.DoesNotContain(elf.Symbols, s => s.Name == OldName);

@@ -1,10 +1,11 @@
 // Build-time repair of TorchSharp's libLibTorchSharp.so for Linux systems whose libstdc++ predates GCC 13.
 //
 // This file is compiled in three places and must stay compatible with all of them:
-//  * by MSBuild's RoslynCodeTaskFactory (see TrainingProbes.targets), against netstandard 2.0 reference
-//    assemblies plus Microsoft.Build.Framework / Microsoft.Build.Utilities.Core;
+//  * by MSBuild's RoslynCodeTaskFactory (see TrainingProbes.NativeRepair.targets), against netstandard 2.0
+//    reference assemblies plus Microsoft.Build.Framework / Microsoft.Build.Utilities.Core;
 //  * by the test project, with TRAININGPROBES_REPAIR_TESTS defined (no MSBuild references there);
-//  * never by the TrainingProbes library itself (it is excluded from Compile and packed under buildTransitive/).
+//  * never by the TrainingProbes.NativeRepair project itself (it is excluded from Compile and packed under
+//    buildTransitive/).
 //
 // So: no Span, no newer BCL APIs, no records/init accessors, explicit usings.
 //
@@ -840,46 +841,22 @@ namespace TrainingProbes.Build
         }
     }
 
-    /// <summary>Finds the system's libstdc++ and tells whether it provides GLIBCXX_3.4.32.</summary>
+    /// <summary>Finds the system's libstdc++ and tells whether it provides GLIBCXX_3.4.32. The places to look are
+    /// the build's one search list (<c>_TrainingProbesLibStdCxxSearchPath</c> in TrainingProbes.NativeRepair.targets,
+    /// given to the task as <c>LibStdCxxSearchPath</c>).</summary>
     public static class SystemLibStdCxx
     {
-        /// <summary>The folders searched for <c>libstdc++.so.6</c>; those of the current process architecture first.</summary>
-        public static IReadOnlyList<string> SearchDirectories
-        {
-            get
-            {
-                var x64 = new[] { "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu" };
-                var arm64 = new[] { "/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu" };
-                var generic = new[] { "/usr/lib64", "/lib64", "/usr/lib", "/lib" };
-                var result = new List<string>();
-                if (RuntimeInformation.ProcessArchitecture == Architecture.Arm64)
-                {
-                    result.AddRange(arm64);
-                    result.AddRange(generic);
-                    result.AddRange(x64);
-                }
-                else
-                {
-                    result.AddRange(x64);
-                    result.AddRange(generic);
-                    result.AddRange(arm64);
-                }
-
-                return result;
-            }
-        }
-
-        /// <summary>Returns the path of the first <c>libstdc++.so.6</c> found in <see cref="SearchDirectories"/>,
-        /// or null when there is none.</summary>
+        /// <summary>Returns the first of <paramref name="searchPath"/> that is an existing file, or null when there is
+        /// none.</summary>
+        /// <param name="searchPath">Paths of <c>libstdc++.so.6</c> candidates, in order of preference.</param>
         /// <returns>The path, or null.</returns>
-        public static string? Locate()
+        public static string? Locate(IEnumerable<string> searchPath)
         {
-            foreach (string directory in SearchDirectories)
+            foreach (string candidate in searchPath ?? Array.Empty<string>())
             {
-                string candidate = Path.Combine(directory, "libstdc++.so.6");
                 try
                 {
-                    if (File.Exists(candidate))
+                    if (!string.IsNullOrWhiteSpace(candidate) && File.Exists(candidate))
                     {
                         return candidate;
                     }
@@ -898,11 +875,12 @@ namespace TrainingProbes.Build
         /// an unpatched libLibTorchSharp.so would fail to load. False when it has the version, or when no
         /// libstdc++ was found or it could not be read (then nothing should be done).
         /// </summary>
+        /// <param name="searchPath">Where to look for it, as for <see cref="Locate(IEnumerable{string})"/>.</param>
         /// <param name="libraryPath">The libstdc++ that was examined, or null.</param>
         /// <returns>Whether the repair is needed on this system.</returns>
-        public static bool LacksRequiredVersion(out string? libraryPath)
+        public static bool LacksRequiredVersion(IEnumerable<string> searchPath, out string? libraryPath)
         {
-            libraryPath = Locate();
+            libraryPath = Locate(searchPath);
             if (libraryPath == null)
             {
                 return false;
@@ -969,6 +947,9 @@ namespace TrainingProbes.Build
         /// <summary>Folders whose files are never modified (the NuGet package folders).</summary>
         public string[] ProtectedRoots { get; set; } = Array.Empty<string>();
 
+        /// <summary>Where the system libstdc++.so.6 is looked for, in order (the targets' one search list).</summary>
+        public string[] LibStdCxxSearchPath { get; set; } = Array.Empty<string>();
+
         /// <summary>The files that were repaired by this run.</summary>
         [Microsoft.Build.Framework.Output]
         public Microsoft.Build.Framework.ITaskItem[] PatchedFiles { get; set; } = Array.Empty<Microsoft.Build.Framework.ITaskItem>();
@@ -1001,7 +982,7 @@ namespace TrainingProbes.Build
                 return true;
             }
 
-            if (!SystemLibStdCxx.LacksRequiredVersion(out string? libstdcxx))
+            if (!SystemLibStdCxx.LacksRequiredVersion(LibStdCxxSearchPath, out string? libstdcxx))
             {
                 Log.LogMessage(
                     Microsoft.Build.Framework.MessageImportance.Low,
