@@ -322,22 +322,19 @@ public sealed class ProbeOptions
             : int.TryParse(text, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int value) ? value
             : throw new ArgumentException($"{variable} is '{text}'; it must be an integer.");
 
-        // The endpoint lives in the TrainingProbes.Prometheus package (ASP.NET Core stays out of the core library):
-        // found by name when the application references it.
+        // The endpoint lives in the TrainingProbes.Prometheus package (ASP.NET Core stays out of the core library),
+        // which registers its factory with EnvironmentProbes when it loads.
         static TrainingProbe PrometheusEndpoint(string value)
         {
-            var type = Type.GetType("TrainingProbes.Prometheus.PrometheusScrapeEndpoint, TrainingProbes.Prometheus", throwOnError: false);
-            var factory = type?.GetMethod("FromEnvironmentValue", [typeof(string)]);
-            if (factory is null)
-                throw new ArgumentException(
-                    $"TRAININGPROBES_PROMETHEUS is '{value}', but the application does not reference the TrainingProbes.Prometheus package that serves it. Add the package, or unset the variable.");
             try
             {
-                return (TrainingProbe)factory.Invoke(null, [value])!;
+                return EnvironmentProbes.Create("TRAININGPROBES_PROMETHEUS", value, "TrainingProbes.Prometheus")
+                    ?? throw new ArgumentException(
+                        $"TRAININGPROBES_PROMETHEUS is '{value}', but the application does not reference the TrainingProbes.Prometheus package that serves it. Add the package, or unset the variable.");
             }
-            catch (System.Reflection.TargetInvocationException ex) when (ex.InnerException is ArgumentException inner)
+            catch (ArgumentException ex) when (!ex.Message.StartsWith("TRAININGPROBES_", StringComparison.Ordinal))
             {
-                throw new ArgumentException($"TRAININGPROBES_PROMETHEUS: {inner.Message}", inner);
+                throw new ArgumentException($"TRAININGPROBES_PROMETHEUS: {ex.Message}", ex);
             }
         }
 
