@@ -24,12 +24,6 @@ internal sealed class FirstOrderFamily : IDisposable
         Indicators.Coherence, Indicators.Disparity, Indicators.NormTest, Indicators.InnerProductTest, Indicators.OrthogonalityTest,
     ];
 
-    /// <summary>Elements (K x columns) per chunk on a CPU: 1 MiB of float32, which stays in cache.</summary>
-    private const long CpuChunkElements = 1 << 18;
-
-    /// <summary>Elements per chunk on an accelerator: few, large kernels.</summary>
-    private const long DeviceChunkElements = 1 << 25;
-
     private readonly ProbeOptions _options;
     private readonly Geometry[] _geometries;
     private readonly GradientWindow _buffer;
@@ -121,12 +115,12 @@ internal sealed class FirstOrderFamily : IDisposable
         for (int i = 0; i < grams.Length; i++) grams[i] = sums.narrow(0, i * k * k, k * k).view(k, k);
         var gsnr = sums.narrow(0, _geometries.Length * k * k, 3 + 2 * k);
 
-        long chunk = ChunkColumns(segment, k);
+        long chunk = WindowChunks.Columns(segment, k);
         for (long offset = start; offset < start + count; offset += chunk)
         {
             using var scope = torch.NewDisposeScope();
             long length = Math.Min(chunk, start + count - offset);
-            var g = Columns(segment, offset, length);
+            var g = WindowChunks.Read(segment, offset, length);
             for (int i = 0; i < _geometries.Length; i++)
             {
                 var h = _geometries[i] switch
@@ -183,17 +177,6 @@ internal sealed class FirstOrderFamily : IDisposable
         ]));
     }
 
-    /// <summary>Columns per chunk: small enough to stay in cache on a CPU, large (few kernels) on other devices.</summary>
-    private static long ChunkColumns(WindowSegment segment, int k) =>
-        Math.Max(1, (segment.Device.type == DeviceType.CPU ? CpuChunkElements : DeviceChunkElements) / k);
-
-    /// <summary>The window's gradients in columns [offset, offset + length): [K, length], widened to at least float32.</summary>
-    private static Tensor Columns(WindowSegment segment, long offset, long length)
-    {
-        var g = segment.Gradients.narrow(1, offset, length);
-        return g.dtype is ScalarType.Float32 or ScalarType.Float64 ? g : g.to(ScalarType.Float32);
-    }
-
     /// <summary>
     /// D = 1/sqrt(F / (1 - decay^w)) where F &gt; 0 and 0 elsewhere, in the gradients' dtype (D of a tiny gradient is
     /// large, not subnormal); first folds this chunk's gradients into F (float64) when <paramref name="update"/> is set:
@@ -223,12 +206,12 @@ internal sealed class FirstOrderFamily : IDisposable
     private void UpdateFisherAndFloor(GradientWindow buffer, int s)
     {
         var segment = buffer.Segments[s];
-        long chunk = ChunkColumns(segment, buffer.K);
+        long chunk = WindowChunks.Columns(segment, buffer.K);
         for (long offset = 0; offset < segment.Count; offset += chunk)
         {
             using var scope = torch.NewDisposeScope();
             long length = Math.Min(chunk, segment.Count - offset);
-            FoldIntoFisher(Columns(segment, offset, length), _fisher!.Segments[s].narrow(0, offset, length));
+            FoldIntoFisher(WindowChunks.Read(segment, offset, length), _fisher!.Segments[s].narrow(0, offset, length));
         }
 
         for (int p = 0; p < buffer.Parameters.Count; p++)
@@ -247,8 +230,7 @@ internal sealed class FirstOrderFamily : IDisposable
     /// </summary>
     public Tensor? Whitening(Geometry geometry, int segment)
     {
-        var dtype = _buffer.Segments[segment].Gradients.dtype;
-        if (dtype is not (ScalarType.Float32 or ScalarType.Float64)) dtype = ScalarType.Float32;
+        var dtype = WindowChunks.ComputeType(_buffer.Segments[segment].Gradients.dtype);
         return geometry switch
         {
             Geometry.Euclidean => null,
