@@ -230,7 +230,7 @@ public sealed class FixedPointProbe : TrainingProbe
         using var noGrad = torch.no_grad();
 
         // u = D^2 g / ||D g||, per minibatch and for the mean gradient; eps = Radius * ||D^-1 theta|| (D > 0 only).
-        var d = Enumerable.Range(0, segments.Count).Select(s => _family!.Whitening(geometry, s)).ToArray();
+        var d = Enumerable.Range(0, segments.Count).Select(s => _family!.Whitening.Segment(geometry, s)).ToArray();
         Tensor Direction(Func<int, Tensor> gradientOfSegment, out Tensor[] perSegment)
         {
             var scaled = Enumerable.Range(0, segments.Count).Select(s => d[s] is null ? gradientOfSegment(s) : gradientOfSegment(s) * d[s]!).ToArray();
@@ -350,7 +350,7 @@ public sealed class FixedPointProbe : TrainingProbe
                 var scaling = new Tensor[_parameters.Length];
                 for (int s = 0; s < _buffer!.Segments.Count; s++)
                 {
-                    var d = _family!.Whitening(geometry, s)!;
+                    var d = _family!.Whitening.Segment(geometry, s)!;
                     for (int p = 0; p < _buffer.Parameters.Count; p++)
                     {
                         var parameter = _buffer.Parameters[p];

@@ -7,7 +7,8 @@ namespace TrainingProbes.Statistics;
 /// <summary>
 /// The first-order family of the K gradients held in a <see cref="GradientWindow"/>, in each enabled geometry, and the
 /// mean GSNR with the EB criterion; per layer too for the given parameters. Passive windows (the trainer's step
-/// gradients) and active windows (K minibatches at one theta) both use it, each with its own state (the Fisher average).
+/// gradients) and active windows (K minibatches at one theta) both use it, each with its own <see cref="Whitening"/>
+/// (the Fisher average), which it updates at every window and which gives D for every geometry.
 /// On the device, in the parameters' dtype (at least float32), chunk by chunk: one K x K Gram matrix per
 /// geometry and two GSNR sums, accumulated across chunks in float64.
 /// On the host: the O(K^2) formulas of <see cref="FirstOrderStatistics"/>.
@@ -16,22 +17,12 @@ internal sealed class FirstOrderFamily : IDisposable
 {
     private static readonly Geometry[] Order = [Geometry.Euclidean, Geometry.Fisher, Geometry.Adaptive];
 
-    /// <summary>Elements (K x columns) per chunk on a CPU: 1 MiB of float32, which stays in cache.</summary>
-    private const long CpuChunkElements = 1 << 18;
-
-    /// <summary>Elements per chunk on an accelerator: few, large kernels.</summary>
-    private const long DeviceChunkElements = 1 << 25;
 
     private readonly ProbeOptions _options;
     private readonly Geometry[] _geometries;
     private readonly GradientWindow _buffer;
     private readonly string _prefix;
-    private FlatParameterBuffer? _fisher;     // running average of squared gradients, float64
-    private FlatParameterBuffer? _theta;      // parameters at window close, for the adaptive geometry
-    private FlatParameterBuffer? _floor;      // FisherFloor x the mean Fisher of each parameter tensor, float64
     private CapturedParameter[] _layers = [];
-    private int _windows;
-    private double _biasCorrection;
     private double[] _hostSums = [];
     private readonly IndicatorDefinition[] _definitions;   // the catalogue's first-order indicators
     private readonly IndicatorDefinition[] _layerDefinitions;
@@ -55,11 +46,7 @@ internal sealed class FirstOrderFamily : IDisposable
         _buffer = buffer;
         _prefix = prefix;
         var window = buffer;
-        // The Fisher average is kept in float64: squares of small float32 gradients (below about 1e-19) are
-        // subnormal in float32, which is both inexact and, on CPUs, two orders of magnitude slower.
-        if (geometries.HasFlag(Geometry.Fisher)) _fisher = window.CreateFlatBuffer(minimum: ScalarType.Float64);
-        if (geometries.HasFlag(Geometry.Adaptive)) _theta = window.CreateFlatBuffer();
-        if (_fisher is not null && options.FisherFloor > 0) _floor = window.CreateFlatBuffer(minimum: ScalarType.Float64);
+        Whitening = new Whitening(options, geometries, window);
         _layers = window.Parameters.Take(layerCount).ToArray();
         _hostSums = new double[SumsLength(window.K)];
         _definitions = IndicatorCatalogue.FirstOrder();
@@ -69,6 +56,9 @@ internal sealed class FirstOrderFamily : IDisposable
         _leaveOneOut = new double[window.K * _definitions.Length];
         if (smoothing > 0) _smoother = new WindowSmoother(_geometries.Length * _definitions.Length + 2, smoothing);
     }
+
+    /// <summary>D of each geometry, as the last <see cref="Compute"/> used it; its state is this family's.</summary>
+    public Whitening Whitening { get; }
 
     // Per geometry a K x K Gram matrix, then the GSNR sums: R, U, N, then R_(i) and U_(i) for each left-out i
     // (see AccumulateGsnr).
@@ -80,26 +70,22 @@ internal sealed class FirstOrderFamily : IDisposable
         _window = window;
         var buffer = _buffer;
         int k = buffer.K;
-        _windows++;
-        _theta?.LoadParameters();
-        _biasCorrection = 1.0 / (1.0 - Math.Pow(_options.FisherDecay, _windows));
+        Whitening.Update();   // the whole window first: each tensor's floor needs the tensor's new average
 
         Array.Clear(_hostSums);
         _segmentsPending = buffer.Segments.Count;
         for (int s = 0; s < buffer.Segments.Count; s++)
         {
             var sums = torch.zeros(SumsLength(k), dtype: ScalarType.Float64, device: buffer.Segments[s].Device);
-            bool floored = _floor is not null;
-            if (floored) UpdateFisherAndFloor(buffer, s);   // the floor needs the whole tensor's new average first
-            Accumulate(buffer, s, 0, buffer.Segments[s].Count, sums, updateFisher: !floored);
+            Accumulate(buffer, s, 0, buffer.Segments[s].Count, sums);
             window.Fetch(sums, AddSegment);
         }
 
-        // Per-layer values read the Fisher average this window has just updated.
+        // Per-layer values read the D of the whole window.
         foreach (var layer in _layers)
         {
             var sums = torch.zeros(SumsLength(k), dtype: ScalarType.Float64, device: buffer.Segments[layer.Segment].Device);
-            Accumulate(buffer, layer.Segment, layer.Offset, layer.Count, sums, updateFisher: false);
+            Accumulate(buffer, layer.Segment, layer.Offset, layer.Count, sums);
             string name = layer.Name;
             window.Fetch(sums, host => PublishLayer(host, name));
         }
@@ -109,7 +95,7 @@ internal sealed class FirstOrderFamily : IDisposable
     /// Adds the Gram matrices (one per geometry) and the GSNR sum and count of columns
     /// [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>) of a segment into <paramref name="sums"/>.
     /// </summary>
-    private void Accumulate(GradientWindow buffer, int s, long start, long count, Tensor sums, bool updateFisher)
+    private void Accumulate(GradientWindow buffer, int s, long start, long count, Tensor sums)
     {
         int k = buffer.K;
         var segment = buffer.Segments[s];
@@ -117,21 +103,16 @@ internal sealed class FirstOrderFamily : IDisposable
         for (int i = 0; i < grams.Length; i++) grams[i] = sums.narrow(0, i * k * k, k * k).view(k, k);
         var gsnr = sums.narrow(0, _geometries.Length * k * k, 3 + 2 * k);
 
-        long chunk = ChunkColumns(segment, k);
+        long chunk = WindowChunks.Columns(segment, k);
         for (long offset = start; offset < start + count; offset += chunk)
         {
             using var scope = torch.NewDisposeScope();
             long length = Math.Min(chunk, start + count - offset);
-            var g = Columns(segment, offset, length);
+            var g = WindowChunks.Read(segment, offset, length);
             for (int i = 0; i < _geometries.Length; i++)
             {
-                var h = _geometries[i] switch
-                {
-                    Geometry.Euclidean => g,
-                    Geometry.Fisher => g * FisherWhitening(g, _fisher!.Segments[s].narrow(0, offset, length), _floor?.Segments[s].narrow(0, offset, length), updateFisher),
-                    Geometry.Adaptive => g * (_theta!.Segments[s].narrow(0, offset, length).to(g.dtype).abs() + _options.AdaptiveEta),
-                    var other => throw new InvalidOperationException(other.ToString()),
-                };
+                var d = Whitening.Chunk(_geometries[i], s, offset, length, g.dtype);
+                var h = d is null ? g : g * d;
                 grams[i].add_(h.mm(h.t()));
             }
 
@@ -177,82 +158,6 @@ internal sealed class FirstOrderFamily : IDisposable
             looRatio.sum([1], type: ScalarType.Float64),
             looVaries.sum([1]).to(ScalarType.Float64),
         ]));
-    }
-
-    /// <summary>Columns per chunk: small enough to stay in cache on a CPU, large (few kernels) on other devices.</summary>
-    private static long ChunkColumns(WindowSegment segment, int k) =>
-        Math.Max(1, (segment.Device.type == DeviceType.CPU ? CpuChunkElements : DeviceChunkElements) / k);
-
-    /// <summary>The window's gradients in columns [offset, offset + length): [K, length], widened to at least float32.</summary>
-    private static Tensor Columns(WindowSegment segment, long offset, long length)
-    {
-        var g = segment.Gradients.narrow(1, offset, length);
-        return g.dtype is ScalarType.Float32 or ScalarType.Float64 ? g : g.to(ScalarType.Float32);
-    }
-
-    /// <summary>
-    /// D = 1/sqrt(F / (1 - decay^w)) where F &gt; 0 and 0 elsewhere, in the gradients' dtype (D of a tiny gradient is
-    /// large, not subnormal); first folds this chunk's gradients into F (float64) when <paramref name="update"/> is set:
-    /// F &lt;- decay F + (1 - decay) mean_i g_i^2.
-    /// </summary>
-    private Tensor FisherWhitening(Tensor g, Tensor fisher, Tensor? floor, bool update)
-    {
-        if (update) FoldIntoFisher(g, fisher);
-        var raised = floor is null ? fisher * _biasCorrection : torch.maximum(fisher, floor).mul_(_biasCorrection);
-        return raised.rsqrt_().masked_fill_(fisher <= 0, 0).to(g.dtype);
-    }
-
-    /// <summary>F &lt;- decay F + (1 - decay) mean_i g_i^2, in float64.</summary>
-    private void FoldIntoFisher(Tensor g, Tensor fisher)
-    {
-        // to() returns the tensor itself when it is float64 already: square out of place then, never in the buffer.
-        var squares = g.dtype == ScalarType.Float64 ? g.square() : g.to(ScalarType.Float64);
-        if (g.dtype != ScalarType.Float64) squares.mul_(squares);
-        fisher.mul_(_options.FisherDecay).add_(squares.mean([0]), alpha: 1 - _options.FisherDecay);
-    }
-
-    /// <summary>
-    /// Folds the whole segment's gradients into F, then sets each parameter tensor's floor to FisherFloor times the
-    /// mean of its F. Rescaling a whole tensor rescales its F and its floor alike, so the floor keeps the invariance to
-    /// layer rescaling (the symmetry of ReLU networks), though not to arbitrary per-coordinate rescaling.
-    /// </summary>
-    private void UpdateFisherAndFloor(GradientWindow buffer, int s)
-    {
-        var segment = buffer.Segments[s];
-        long chunk = ChunkColumns(segment, buffer.K);
-        for (long offset = 0; offset < segment.Count; offset += chunk)
-        {
-            using var scope = torch.NewDisposeScope();
-            long length = Math.Min(chunk, segment.Count - offset);
-            FoldIntoFisher(Columns(segment, offset, length), _fisher!.Segments[s].narrow(0, offset, length));
-        }
-
-        for (int p = 0; p < buffer.Parameters.Count; p++)
-        {
-            var parameter = buffer.Parameters[p];
-            if (parameter.Segment != s) continue;
-            using var scope = torch.NewDisposeScope();
-            var mean = _fisher!.Segments[s].narrow(0, parameter.Offset, parameter.Count).mean();
-            _floor!.Segments[s].narrow(0, parameter.Offset, parameter.Count).copy_(mean * _options.FisherFloor);
-        }
-    }
-
-    /// <summary>
-    /// The whitening D of a segment (flat, in the gradients' dtype) as the last <see cref="Compute"/> used it:
-    /// null for the euclidean geometry.
-    /// </summary>
-    public Tensor? Whitening(Geometry geometry, int segment)
-    {
-        var dtype = _buffer.Segments[segment].Gradients.dtype;
-        if (dtype is not (ScalarType.Float32 or ScalarType.Float64)) dtype = ScalarType.Float32;
-        return geometry switch
-        {
-            Geometry.Euclidean => null,
-            Geometry.Fisher => (_floor is null ? _fisher!.Segments[segment] * _biasCorrection : torch.maximum(_fisher!.Segments[segment], _floor.Segments[segment]).mul_(_biasCorrection))
-                .rsqrt_().masked_fill_(_fisher.Segments[segment] <= 0, 0).to(dtype),
-            Geometry.Adaptive => _theta!.Segments[segment].to(dtype).abs() + _options.AdaptiveEta,
-            _ => throw new ArgumentOutOfRangeException(nameof(geometry), geometry, "One geometry at a time."),
-        };
     }
 
     private void AddSegment(ReadOnlySpan<double> values)
@@ -338,10 +243,5 @@ internal sealed class FirstOrderFamily : IDisposable
     private (double Value, double StandardError) Gsnr(ReadOnlySpan<double> sums, int k) =>
         GsnrStatistics.FromSums(sums[(_geometries.Length * k * k)..], k);
 
-    public void Dispose()
-    {
-        _fisher?.Dispose();
-        _theta?.Dispose();
-        _floor?.Dispose();
-    }
+    public void Dispose() => Whitening.Dispose();
 }
