@@ -26,7 +26,7 @@ namespace TrainingProbes;
 /// offers no way to save the CUDA random state, so a model with dropout sees another dropout stream after an active
 /// window unless <see cref="FixedPointOptions.EvaluationMode"/> is set.
 /// </remarks>
-public sealed class FixedPointProbe : TrainingProbe
+public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
 {
     /// <summary>Prefix of the names this probe reports.</summary>
     public const string Prefix = "fixed_point.";
@@ -379,5 +379,35 @@ public sealed class FixedPointProbe : TrainingProbe
         _generator?.Dispose();
         _source?.Dispose();
         if (_eigenvector is not null) foreach (var t in _eigenvector) t.Dispose();
+    }
+
+    string Session.IStatefulPart.StateKey => Name;
+
+    void Session.IStatefulPart.Save(Session.SessionStateWriter state)
+    {
+        state.Set("runs", Runs);
+        state.Set("windows_seen", _windowsSeen);
+        _family?.Save(state.For("family"));
+        if (_eigenvector is not null)
+            for (int i = 0; i < _eigenvector.Length; i++) state.SetTensor($"eigenvector.{i}", _eigenvector[i]);
+    }
+
+    Action Session.IStatefulPart.Prepare(Session.SessionStateReader state)
+    {
+        int runs = state.Get<int>("runs"), windowsSeen = state.Get<int>("windows_seen");
+        var family = _family?.Prepare(state.For("family")) ?? (() => { });
+        Tensor[]? eigenvector = state.Has("eigenvector.0")
+            ? _parameters.Select((p, i) => state.GetTensor($"eigenvector.{i}", p.shape, p.dtype)).ToArray()
+            : null;
+        return () =>
+        {
+            Runs = runs;
+            _windowsSeen = windowsSeen;
+            family();
+            if (eigenvector is null) return;
+            using var noGrad = torch.no_grad();
+            _eigenvector ??= _parameters.Select(p => torch.zeros_like(p).DetachFromDisposeScope()).ToArray();
+            for (int i = 0; i < eigenvector.Length; i++) _eigenvector[i].copy_(eigenvector[i]);
+        };
     }
 }

@@ -199,6 +199,70 @@ public sealed class ProbeSession : IDisposable
     /// <exception cref="ArgumentException">A saved rule is not among this session's rules, or the reverse.</exception>
     public void RestoreStoppingState(string json) => _stopping.Restore(json);
 
+    /// <summary>
+    /// Saves everything the session carries from window to window, to resume it later with <see cref="RestoreState"/>:
+    /// the step and window counters, the schedule and the overhead budget's ledger, the stopping rules, the Fisher
+    /// averages, the smoothed means and the fixed-point probe's counters and warm start. Save it with the model's and
+    /// the optimizer's checkpoint, between steps; a state saved in the middle of a window resumes at the next window.
+    /// </summary>
+    /// <param name="path">A <c>.safetensors</c> file (tensors, with the other values as JSON in its metadata); replaced atomically.</param>
+    /// <exception cref="ArgumentException">The path does not end in <c>.safetensors</c>.</exception>
+    public void SaveState(string path)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var writer = new SessionStateWriter();
+        try
+        {
+            foreach (var part in StatefulParts()) part.Save(writer.For(part.StateKey));
+            var metadata = new Dictionary<string, string>(writer.Values)
+            {
+                [StateFormatKey] = StateFormat,
+                [StateShapeKey] = StateShape,
+            };
+            CheckpointFile.SaveTensors(writer.Tensors, path, metadata);
+        }
+        finally
+        {
+            foreach (var tensor in writer.Tensors.Values) tensor.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Restores what <see cref="SaveState"/> wrote, all or nothing: every part checks its state before any changes, so a
+    /// file that does not fit this session (another model, other options or probes) leaves the session as it was. The
+    /// resumed session continues the step count, the schedule and the decisions of the one that saved.
+    /// </summary>
+    /// <param name="path">The file <see cref="SaveState"/> wrote.</param>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    /// <exception cref="InvalidDataException">The file is not a saved probe state, or it does not fit this session; the message says what differs.</exception>
+    public void RestoreState(string path)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var (tensors, metadata) = CheckpointFile.LoadTensors(path);
+        try
+        {
+            if (!metadata.TryGetValue(StateFormatKey, out var format) || format != StateFormat)
+                throw new InvalidDataException($"'{path}' is not a probe state saved by ProbeSession.SaveState (format '{format ?? "none"}', expected '{StateFormat}').");
+            if (metadata.GetValueOrDefault(StateShapeKey) is var shape && shape != StateShape)
+                throw new InvalidDataException($"'{path}' was saved by a session watching {shape}; this one watches {StateShape}.");
+            var reader = new SessionStateReader(metadata, tensors);
+            var commits = StatefulParts().Select(part => part.Prepare(reader.For(part.StateKey))).ToList();
+            foreach (var commit in commits) commit();
+        }
+        finally
+        {
+            foreach (var tensor in tensors.Values) tensor.Dispose();
+        }
+    }
+
+    private const string StateFormatKey = "trainingprobes.format", StateFormat = "trainingprobes.session-state/1", StateShapeKey = "trainingprobes.shape";
+
+    /// <summary>What a saved state must match: the watched parameters and the window size.</summary>
+    private string StateShape => $"{Window.ParameterCount} parameters in {Window.Parameters.Count} tensors, K = {Options.WindowSize}, geometries {Options.Geometries}";
+
+    private IEnumerable<IStatefulPart> StatefulParts() =>
+        [_scheduler, _stopping, .. _runner.Probes.OfType<IStatefulPart>()];
+
     internal GradientWindow Window { get; }
 
     internal bool IsDisposed => _disposed;

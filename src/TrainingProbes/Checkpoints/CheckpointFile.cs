@@ -201,6 +201,16 @@ public static class CheckpointFile
         }
     }
 
+    /// <summary>Reads a safetensors file's tensors (on the CPU) and its <c>__metadata__</c>, checking the header first.</summary>
+    internal static (Dictionary<string, Tensor> Tensors, IReadOnlyDictionary<string, string> Metadata) LoadTensors(string path)
+    {
+        using var stream = File.OpenRead(path);
+        var header = SafetensorsCodec.ReadHeader(stream, path);
+        if (header.Entries.Count == 0) return ([], header.Metadata);
+        stream.Position = 0;
+        return (ReadSafetensors(stream, path), header.Metadata);
+    }
+
     private static Dictionary<string, Tensor> ReadSafetensors(FileStream stream, string path)
     {
         // Validate the header here (PyBridge trusts it: a corrupted length would have it allocate up to 2 GB, and

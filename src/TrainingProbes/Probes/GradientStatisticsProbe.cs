@@ -8,7 +8,7 @@ namespace TrainingProbes.Probes;
 /// generalization: a negative <c>step.gradient.cosine</c> means consecutive steps overshoot across a valley
 /// (oscillation, compare Cohen et al. 2021 on the edge of stability).
 /// </summary>
-internal sealed class GradientStatisticsProbe(ProbeOptions options) : TrainingProbe
+internal sealed class GradientStatisticsProbe(ProbeOptions options) : TrainingProbe, Session.IStatefulPart
 {
     /// <summary>Prefix of the names this probe reports.</summary>
     public const string Prefix = "step.";
@@ -23,4 +23,11 @@ internal sealed class GradientStatisticsProbe(ProbeOptions options) : TrainingPr
     public override void OnWindowClosed(ProbeWindowContext window) => _family!.Compute(window);
 
     public override void OnSessionEnd() => _family?.Dispose();
+
+    public string StateKey => Name;
+
+    public void Save(Session.SessionStateWriter state) => _family?.Save(state.For("family"));
+
+    public Action Prepare(Session.SessionStateReader state) =>
+        _family?.Prepare(state.For("family")) ?? throw new InvalidDataException($"The probe '{Name}' did not start, so it has no state to restore.");
 }

@@ -28,7 +28,7 @@ namespace TrainingProbes.Probes;
 /// (<c>model.Probe(loss, optimizer, input, target, lossFunction.call)</c> or <see cref="ProbeOptions.Loss"/>) the probe
 /// says once what it misses and publishes nothing.
 /// </remarks>
-internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProbe
+internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProbe, Session.IStatefulPart
 {
     private ProbeSession? _session;
     private GradientWindow? _buffer;
@@ -144,4 +144,11 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
         _buffer?.Dispose();
         foreach (var t in _inputs.Concat(_targets)) t?.Dispose();
     }
+
+    public string StateKey => Name;
+
+    public void Save(Session.SessionStateWriter state) => _family?.Save(state.For("family"));
+
+    public Action Prepare(Session.SessionStateReader state) =>
+        _family?.Prepare(state.For("family")) ?? throw new InvalidDataException($"The probe '{Name}' did not start, so it has no state to restore.");
 }

@@ -7,7 +7,7 @@ namespace TrainingProbes.Session;
 /// <see cref="ProbeOptions.Interval"/>, or with <see cref="ProbeOptions.OverheadBudget"/> the ledger below. A pure
 /// object over its clock: a fake <see cref="TimeProvider"/> drives it step by step in tests.
 /// </summary>
-internal sealed class WindowScheduler
+internal sealed class WindowScheduler : IStatefulPart
 {
     private readonly TimeProvider _clock;
     private readonly int _windowSize;
@@ -131,7 +131,7 @@ internal sealed class WindowScheduler
     public SchedulerState Save() => new(Steps, Windows, WindowStart, _gapAverage, _gaps, _costAverage, _totalProbeTicks, _totalTrainingTicks,
         _intervalProbeTicks, _intervalTrainingTicks, _clock.TimestampFrequency);
 
-    /// <summary>Restores <see cref="Save"/>'s state; tick counts are converted when the clock's frequency differs.</summary>
+    /// <summary>Restores <see cref="Save()"/>'s state; tick counts are converted when the clock's frequency differs.</summary>
     public void Restore(SchedulerState state)
     {
         double scale = state.TimestampFrequency > 0 ? (double)_clock.TimestampFrequency / state.TimestampFrequency : 1;
@@ -147,6 +147,22 @@ internal sealed class WindowScheduler
         _intervalTrainingTicks = (long)(state.IntervalTrainingTicks * scale);
         _lastStepEnded = 0;   // the time between the save and the resumed run's first step is not training
         _resumed = true;
+    }
+
+    public string StateKey => "schedule";
+
+    public void Save(SessionStateWriter state) => state.Set("state", Save());
+
+    public Action Prepare(SessionStateReader state)
+    {
+        var saved = state.Get<SchedulerState>("state");
+        if (saved.Steps < 0 || saved.Windows < 0 || saved.WindowStart < 0)
+            throw new InvalidDataException($"The saved schedule has negative counters (step {saved.Steps}, window {saved.Windows}).");
+        // Saved in the middle of a window: its first gradients are not in the state, so a new window starts at the
+        // next step rather than a window with missing slots.
+        if (saved.Steps > saved.WindowStart && saved.Steps < saved.WindowStart + _windowSize)
+            saved = saved with { WindowStart = saved.Steps };
+        return () => Restore(saved);
     }
 }
 

@@ -243,5 +243,42 @@ internal sealed class FirstOrderFamily : IDisposable
     private (double Value, double StandardError) Gsnr(ReadOnlySpan<double> sums, int k) =>
         GsnrStatistics.FromSums(sums[(_geometries.Length * k * k)..], k);
 
+    /// <summary>Saves what carries from window to window: the whitening's Fisher average and its update count, and the smoother.</summary>
+    public void Save(Session.SessionStateWriter state)
+    {
+        state.Set("whitening.updates", Whitening.Updates);
+        var tensors = Whitening.StateTensors;
+        for (int i = 0; i < tensors.Count; i++) state.SetTensor($"whitening.{i}", tensors[i]);
+        if (_smoother is not null)
+        {
+            var (values, variances, count, next) = _smoother.State;
+            state.Set("smoother.values", values);
+            state.Set("smoother.variances", variances);
+            state.Set("smoother.count", count);
+            state.Set("smoother.next", next);
+        }
+    }
+
+    /// <summary>Checks <see cref="Save"/>'s state against this family; returns what restores it.</summary>
+    public Action Prepare(Session.SessionStateReader state)
+    {
+        long updates = state.Get<long>("whitening.updates");
+        var targets = Whitening.StateTensors;
+        var saved = targets.Select((t, i) => state.GetTensor($"whitening.{i}", t.shape, t.dtype)).ToArray();
+        if (state.Has($"whitening.{targets.Count}"))
+            throw new InvalidDataException("The saved whitening state has more tensors than this session's geometries use: it was saved with other Geometries or FisherFloor.");
+        Action smoother = () => { };
+        if (_smoother is not null)
+            smoother = _smoother.Prepare(state.Get<double[]>("smoother.values"), state.Get<double[]>("smoother.variances"),
+                state.Get<int[]>("smoother.count"), state.Get<int[]>("smoother.next"));
+        return () =>
+        {
+            using (torch.no_grad())
+                for (int i = 0; i < targets.Count; i++) targets[i].copy_(saved[i]);
+            Whitening.Updates = updates;
+            smoother();
+        };
+    }
+
     public void Dispose() => Whitening.Dispose();
 }

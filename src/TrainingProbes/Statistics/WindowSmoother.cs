@@ -49,4 +49,23 @@ internal sealed class WindowSmoother
 
         return (sum / m, Math.Sqrt(variance) / m);
     }
+
+    /// <summary>The smoother's windows, to save: values, variances, counts and next slots.</summary>
+    public (double[] Values, double[] Variances, int[] Count, int[] Next) State => ((double[])_values.Clone(), (double[])_variances.Clone(), (int[])_count.Clone(), (int[])_next.Clone());
+
+    /// <summary>Checks a saved <see cref="State"/> against this smoother's shape; returns what restores it.</summary>
+    public Action Prepare(double[] values, double[] variances, int[] count, int[] next)
+    {
+        if (values.Length != _values.Length || variances.Length != _variances.Length || count.Length != _count.Length || next.Length != _next.Length
+            || count.Any(c => c < 0 || c > _windows) || next.Any(n => n < 0 || n >= _windows))
+            throw new InvalidDataException(
+                $"The saved smoothing state holds {count.Length} series over {(count.Length > 0 ? values.Length / count.Length : 0)} windows; this session smooths {_count.Length} series over {_windows} (ProbeOptions.SmoothingWindows).");
+        return () =>
+        {
+            values.CopyTo(_values, 0);
+            variances.CopyTo(_variances, 0);
+            count.CopyTo(_count, 0);
+            next.CopyTo(_next, 0);
+        };
+    }
 }

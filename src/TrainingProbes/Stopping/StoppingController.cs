@@ -10,7 +10,7 @@ namespace TrainingProbes.Stopping;
 /// writes checkpoints, sets <see cref="ShouldStop"/> and cancels <see cref="StopToken"/> when a stop rule fires, and
 /// saves and restores the rules' state.
 /// </summary>
-internal sealed class StoppingController : IDisposable
+internal sealed class StoppingController : IDisposable, TrainingProbes.Session.IStatefulPart
 {
     private readonly nn.Module _model;
     private readonly ProbeOptions _options;
@@ -99,7 +99,7 @@ internal sealed class StoppingController : IDisposable
     /// <summary>The rules' state as JSON.</summary>
     public string Save() => StoppingState.ToJson(_options.Stopping.Select(r => r.SaveState()).ToArray());
 
-    /// <summary>Restores <see cref="Save"/>'s state, matched by rule name. A restored stop rule that had fired stops again.</summary>
+    /// <summary>Restores <see cref="Save()"/>'s state, matched by rule name. A restored stop rule that had fired stops again.</summary>
     public void Restore(string json)
     {
         var states = StoppingState.FromJson(json);
@@ -113,6 +113,22 @@ internal sealed class StoppingController : IDisposable
         foreach (var state in states) byName[state.Name].RestoreState(state);
         foreach (var rule in _options.Stopping)
             if (rule.Action == RuleAction.Stop && rule.Stopped && _fired.Add(rule)) SetStop();
+    }
+
+    public string StateKey => "stopping";
+
+    public void Save(TrainingProbes.Session.SessionStateWriter state) => state.Set("rules", Save());
+
+    public Action Prepare(TrainingProbes.Session.SessionStateReader state)
+    {
+        string json = state.Get<string>("rules");
+        // Check the rules match before anything changes; the restore itself only assigns parsed values.
+        var states = StoppingState.FromJson(json);
+        var names = _options.Stopping.Select(r => r.Name).ToHashSet();
+        if (!names.SetEquals(states.Select(s => s.Name)))
+            throw new InvalidDataException(
+                $"The saved stopping rules ({string.Join(", ", states.Select(s => s.Name))}) are not this session's ({string.Join(", ", names)}).");
+        return () => Restore(json);
     }
 
     public void Dispose()
