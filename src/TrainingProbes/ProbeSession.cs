@@ -210,21 +210,7 @@ public sealed class ProbeSession : IDisposable
     public void SaveState(string path)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var writer = new SessionStateWriter();
-        try
-        {
-            foreach (var part in StatefulParts()) part.Save(writer.For(part.StateKey));
-            var metadata = new Dictionary<string, string>(writer.Values)
-            {
-                [StateFormatKey] = StateFormat,
-                [StateShapeKey] = StateShape,
-            };
-            CheckpointFile.SaveTensors(writer.Tensors, path, metadata);
-        }
-        finally
-        {
-            foreach (var tensor in writer.Tensors.Values) tensor.Dispose();
-        }
+        SessionStateFile.Save(StatefulParts(), path, StateShape);
     }
 
     /// <summary>
@@ -238,24 +224,8 @@ public sealed class ProbeSession : IDisposable
     public void RestoreState(string path)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var (tensors, metadata) = CheckpointFile.LoadTensors(path);
-        try
-        {
-            if (!metadata.TryGetValue(StateFormatKey, out var format) || format != StateFormat)
-                throw new InvalidDataException($"'{path}' is not a probe state saved by ProbeSession.SaveState (format '{format ?? "none"}', expected '{StateFormat}').");
-            if (metadata.GetValueOrDefault(StateShapeKey) is var shape && shape != StateShape)
-                throw new InvalidDataException($"'{path}' was saved by a session watching {shape}; this one watches {StateShape}.");
-            var reader = new SessionStateReader(metadata, tensors);
-            var commits = StatefulParts().Select(part => part.Prepare(reader.For(part.StateKey))).ToList();
-            foreach (var commit in commits) commit();
-        }
-        finally
-        {
-            foreach (var tensor in tensors.Values) tensor.Dispose();
-        }
+        SessionStateFile.Restore(StatefulParts(), path, StateShape);
     }
-
-    private const string StateFormatKey = "trainingprobes.format", StateFormat = "trainingprobes.session-state/1", StateShapeKey = "trainingprobes.shape";
 
     /// <summary>What a saved state must match: the watched parameters and the window size.</summary>
     private string StateShape => $"{Window.ParameterCount} parameters in {Window.Parameters.Count} tensors, K = {Options.WindowSize}, geometries {Options.Geometries}";

@@ -4,7 +4,7 @@ using TorchSharp;
 using TrainingProbes.Build;
 using static TorchSharp.torch;
 
-namespace TrainingProbes.Tests.Build;
+namespace TrainingProbes.Tests.NativeRepair;
 
 /// <summary>
 /// Tests of the build-time libLibTorchSharp.so repair (src/TrainingProbes.NativeRepair/buildTransitive/LibTorchSharpRepair.cs,

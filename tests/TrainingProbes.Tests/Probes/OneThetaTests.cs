@@ -2,7 +2,7 @@ using TorchSharp;
 using TrainingProbes.Tests.IndicatorsTests;
 using static TorchSharp.torch;
 
-namespace TrainingProbes.Tests.OneTheta;
+namespace TrainingProbes.Tests.Probes;
 
 /// <summary>
 /// The default indicators are taken at one theta: when a window closes, its K step batches are evaluated at the

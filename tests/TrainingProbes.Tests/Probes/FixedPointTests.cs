@@ -3,7 +3,7 @@ using TrainingProbes.Tests.Curvature;
 using TrainingProbes.Tests.IndicatorsTests;
 using static TorchSharp.torch;
 
-namespace TrainingProbes.Tests.FixedPoint;
+namespace TrainingProbes.Tests.Probes;
 
 public sealed class FixedPointTests
 {

@@ -3,7 +3,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace TrainingProbes.Tests.Calibration;
+namespace TrainingProbes.Tests.Statistics;
 
 /// <summary>
 /// The estimators against known answers, on gradients drawn from a known distribution and fed through the whole

@@ -4,7 +4,7 @@ using TrainingProbes.Examples;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
 
-namespace TrainingProbes.Tests.Invariance;
+namespace TrainingProbes.Tests.Statistics;
 
 /// <summary>
 /// A trained ReLU MLP on real MNIST digits (784-32-32-10, float64), its measurements by

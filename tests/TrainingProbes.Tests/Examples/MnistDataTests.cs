@@ -3,7 +3,7 @@ using System.Security.Cryptography;
 using TrainingProbes.Examples;
 using static TorchSharp.torch;
 
-namespace TrainingProbes.Tests.Data;
+namespace TrainingProbes.Tests.Examples;
 
 /// <summary>
 /// The digits travel with the repository (a user's clone has nothing beside it), match their published checksums,
