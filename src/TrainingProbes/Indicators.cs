@@ -127,6 +127,9 @@ public static class Indicators
     /// <summary>Relative residual <c>||H v - lambda v|| / |lambda|</c> of that eigenvalue.</summary>
     public const string CurvatureResidual = "curvature.lambda_max.residual";
 
+    /// <summary>1 when the Hutchinson estimate of <see cref="CurvatureTrace"/> met its tolerance, 0 when it stopped at its sample limit (then it is logged).</summary>
+    public const string CurvatureTraceConverged = "curvature.trace.converged";
+
     /// <summary>Half-width of the 95% confidence interval of <see cref="CurvatureTrace"/>.</summary>
     public const string CurvatureTraceHalfWidth = "curvature.trace_half_width";
 

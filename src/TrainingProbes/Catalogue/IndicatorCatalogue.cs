@@ -60,6 +60,7 @@ public static class IndicatorCatalogue
         new(CurvatureIterations, "{iteration}", "Power iterations the top Hessian eigenvalue took (warm-started from the previous window).", PerGeometry: true),
         new(CurvatureConverged, One, "1 when the top Hessian eigenvalue's power iteration met its tolerance, else 0 (the estimate is then logged as unconverged).", PerGeometry: true),
         new(CurvatureResidual, One, "Relative residual ||H v - lambda v|| / |lambda| of the top Hessian eigenvalue.", PerGeometry: true),
+        new(CurvatureTraceConverged, One, "1 when the Hutchinson trace estimate met its tolerance, else 0 (then it is logged).", PerGeometry: true),
         new(CurvatureTraceHalfWidth, One, "Half-width of the 95% confidence interval of the trace estimate.", PerGeometry: true),
 
         // Instruments that are not snapshot values.
@@ -102,6 +103,19 @@ public static class IndicatorCatalogue
         }
 
         if (definition.IsSnapshotValue) Telemetry.ProbeMetrics.EnsureInstrument(definition.Name);
+    }
+
+    /// <summary>Removes a registered (not built-in) indicator; sessions attached before keep computing it. For tests.</summary>
+    internal static void Unregister(string name)
+    {
+        lock (Gate)
+        {
+            if (BuiltIn.Any(d => d.Name == name) || !_byName.ContainsKey(name)) return;
+            var byName = new Dictionary<string, IndicatorDefinition>(_byName);
+            byName.Remove(name);
+            Volatile.Write(ref _byName, byName);
+            Volatile.Write(ref _all, _all.Where(d => d.Name != name).ToArray());
+        }
     }
 
     /// <summary>The first-order indicators (those with <see cref="IndicatorDefinition.FromGram"/>), in catalogue order.</summary>

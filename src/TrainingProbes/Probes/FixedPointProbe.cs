@@ -41,7 +41,7 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
     private Generator? _generator;
     private IEnumerator<(Tensor Input, Tensor Target)>? _source;
     private Parameter[] _parameters = [];
-    private Tensor[]? _eigenvector;
+    private CurvatureWindow? _curvature;
     private int _windowsSeen;
 
     /// <summary>Creates the probe; add it to <see cref="ProbeOptions.Probes"/>.</summary>
@@ -114,6 +114,7 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
         _theta = _buffer.CreateFlatBuffer();
         _work = _buffer.CreateFlatBuffer();
         _generator = new Generator(_options.Seed, _parameters[0].device);
+        _curvature = new CurvatureWindow(_options, session, _parameters, _buffer!, _family!.Whitening, _generator, LossAt);
     }
 
     /// <inheritdoc />
@@ -206,7 +207,7 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
                         FiniteRadius(window, batches, geometry, atTheta);
 
             // 3. Curvature by Hessian-vector products.
-            if (_options.Curvature) Curvature(window, batches);
+            if (_options.Curvature) _curvature!.Estimate(window, batches, Runs);
         }
         finally
         {
@@ -298,77 +299,6 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
         });
     }
 
-    private void Curvature(ProbeWindowContext window, List<(Tensor Input, Tensor Target)> batches)
-    {
-        var power = new PowerIterationOptions { MaxIterations = _options.PowerIterations, Tolerance = _options.PowerTolerance };
-        var trace = new HutchinsonOptions { MaxSamples = _options.TraceSamples, MinSamples = Math.Min(10, _options.TraceSamples), RelativeTolerance = _options.TraceTolerance };
-        using var grad = torch.enable_grad();
-
-        // Each estimate draws its random vectors from its own stream (the probe's seed and the estimate's index), so
-        // that how many draws one estimate needed (data dependent) never changes what the next one draws.
-        int stream = 0;
-        Generator Stream() => _generator!.manual_seed((long)(_options.Seed + (ulong)(Runs * 64 + stream++)));
-
-        // Warm start: every power iteration starts from the previous window's top eigenvector of the pooled Hessian
-        // (zero before the first window, which starts from a random vector); when theta moved little it is nearly
-        // converged already.
-        if (_options.WarmStart) _eigenvector ??= _parameters.Select(p => torch.zeros_like(p).DetachFromDisposeScope()).ToArray();
-
-        // Per minibatch: lambda_max(H_i), largest algebraic.
-        double sumLambda = 0;
-        foreach (var batch in batches)
-        {
-            using var scope = torch.NewDisposeScope();
-            using var op = new HessianOperator(LossAt(batch), _parameters);
-            sumLambda += CurvatureEstimators.TopEigenvalues(op, power, Stream(), start: _eigenvector).LargestAlgebraic.Eigenvalue;
-        }
-
-        using (var scope = torch.NewDisposeScope())
-        {
-            var pooled = torch.stack(batches.Select(LossAt).Select(l => l.reshape([])).ToArray()).mean();
-            using var op = new HessianOperator(pooled, _parameters);
-            var top = CurvatureEstimators.TopEigenvalues(op, power, Stream(), start: _eigenvector, final: _eigenvector);
-            var hutchinson = CurvatureEstimators.Hutchinson(op, trace, Stream());
-            var estimate = top.LargestAlgebraic;
-            window.Report(Indicators.CurvatureIterations, estimate.Iterations, Geometry.Euclidean);
-            window.Report(Indicators.CurvatureConverged, estimate.Converged ? 1 : 0, Geometry.Euclidean);
-            window.Report(Indicators.CurvatureResidual, estimate.Residual, Geometry.Euclidean);
-            if (!estimate.Converged)
-                _session!.Logger.LogWarning(
-                    "TrainingProbes run {RunId}: the top Hessian eigenvalue {Eigenvalue} did not converge in {Iterations} power iterations (relative residual {Residual}); raise FixedPointOptions.PowerIterations or PowerTolerance.",
-                    _session.RunId, estimate.Eigenvalue, estimate.Iterations, estimate.Residual);
-            window.Report(Indicators.CurvatureLambdaMax, top.LargestAlgebraic.Eigenvalue, Geometry.Euclidean);
-            window.Report(Indicators.CurvatureLambdaMaxMagnitude, top.LargestMagnitude.Eigenvalue, Geometry.Euclidean);
-            window.Report(Indicators.CurvatureContrastive, sumLambda / batches.Count / top.LargestAlgebraic.Eigenvalue, Geometry.Euclidean);
-            window.Report(Indicators.CurvatureTrace, hutchinson.Trace, Geometry.Euclidean);
-            window.Report(Indicators.CurvatureTraceHalfWidth, hutchinson.HalfWidth, Geometry.Euclidean);
-
-            // Invariant curvature: the top eigenvalue of D Hbar D.
-            foreach (var geometry in new[] { Geometry.Fisher, Geometry.Adaptive })
-            {
-                if (!_options.Geometries.HasFlag(geometry)) continue;
-                var scaling = new Tensor[_parameters.Length];
-                for (int s = 0; s < _buffer!.Segments.Count; s++)
-                {
-                    var d = _family!.Whitening.Segment(geometry, s)!;
-                    for (int p = 0; p < _buffer.Parameters.Count; p++)
-                    {
-                        var parameter = _buffer.Parameters[p];
-                        if (parameter.Segment == s)
-                            scaling[p] = d.narrow(0, parameter.Offset, parameter.Count).view(parameter.Shape).to(parameter.Parameter.dtype);
-                    }
-                }
-
-                using var scaled = new HessianOperator(pooled, _parameters, scaling);
-                var invariant = CurvatureEstimators.TopEigenvalues(scaled, power, Stream()).LargestAlgebraic;
-                window.Report(Indicators.CurvatureLambdaMax, invariant.Eigenvalue, geometry);
-                window.Report(Indicators.CurvatureIterations, invariant.Iterations, geometry);
-                window.Report(Indicators.CurvatureConverged, invariant.Converged ? 1 : 0, geometry);
-                window.Report(Indicators.CurvatureResidual, invariant.Residual, geometry);
-            }
-        }
-    }
-
     /// <inheritdoc />
     public override void OnSessionEnd()
     {
@@ -378,7 +308,7 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
         _buffer?.Dispose();
         _generator?.Dispose();
         _source?.Dispose();
-        if (_eigenvector is not null) foreach (var t in _eigenvector) t.Dispose();
+        _curvature?.Dispose();
     }
 
     string Session.IStatefulPart.StateKey => Name;
@@ -388,8 +318,8 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
         state.Set("runs", Runs);
         state.Set("windows_seen", _windowsSeen);
         _family?.Save(state.For("family"));
-        if (_eigenvector is not null)
-            for (int i = 0; i < _eigenvector.Length; i++) state.SetTensor($"eigenvector.{i}", _eigenvector[i]);
+        if (_curvature?.Eigenvector is { } eigenvector)
+            for (int i = 0; i < eigenvector.Length; i++) state.SetTensor($"eigenvector.{i}", eigenvector[i]);
     }
 
     Action Session.IStatefulPart.Prepare(Session.SessionStateReader state)
@@ -405,9 +335,7 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
             _windowsSeen = windowsSeen;
             family();
             if (eigenvector is null) return;
-            using var noGrad = torch.no_grad();
-            _eigenvector ??= _parameters.Select(p => torch.zeros_like(p).DetachFromDisposeScope()).ToArray();
-            for (int i = 0; i < eigenvector.Length; i++) _eigenvector[i].copy_(eigenvector[i]);
+            _curvature?.LoadEigenvector(eigenvector);
         };
     }
 }

@@ -44,7 +44,21 @@ public sealed class IndicatorCatalogueTests
     [Fact]
     public void One_catalogue_entry_is_enough_for_a_new_indicator_to_reach_the_snapshot_the_meter_and_the_rules()
     {
+        // The catalogue is process-wide (as instrument names are): take the entry out again so that later tests'
+        // sessions do not compute it.
         IndicatorCatalogue.Register(MeanSquaredNorm);
+        try
+        {
+            RunWithMadeUpIndicator();
+        }
+        finally
+        {
+            IndicatorCatalogue.Unregister(MeanSquaredNorm.Name);
+        }
+    }
+
+    private static void RunWithMadeUpIndicator()
+    {
 
         torch.manual_seed(4);
         var model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3));
