@@ -73,6 +73,7 @@ public sealed class ProbeSession : IDisposable
         try
         {
             _runner.Start(this);
+            _telemetry.Announce();
         }
         catch
         {

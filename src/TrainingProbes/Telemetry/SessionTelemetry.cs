@@ -21,12 +21,23 @@ internal sealed class SessionTelemetry
             ? [new(TrainingProbesMeter.RunIdAttribute, runId)]
             : [new(TrainingProbesMeter.RunIdAttribute, runId), new(TrainingProbesMeter.WorkerAttribute, worker)];
 
-        ProbeMetrics.Failures.Add(0, SessionAttributes);   // the series exists (at 0) before the first failure
-        foreach (var rule in stopping.Rules) ProbeMetrics.RulesFired.Add(0, RuleAttributes(rule));
+        _rules = stopping.Rules;
         failures.Failed += what => ProbeMetrics.Failures.Add(1, [.. SessionAttributes, new(TrainingProbesMeter.ProbeAttribute, what)]);
         stopping.Fired += (rule, _, _) => ProbeMetrics.RulesFired.Add(1, RuleAttributes(rule));
         publisher.Subscribe("telemetry", OnWindow);
         ProbeMetrics.Register(this);
+    }
+
+    private readonly IReadOnlyList<StoppingRule> _rules;
+
+    /// <summary>
+    /// Makes the failure and firing series exist at 0 before the first failure or firing. Called once the probes have
+    /// started, so that a MeterProvider a probe creates (the Prometheus endpoint's) sees it.
+    /// </summary>
+    public void Announce()
+    {
+        ProbeMetrics.Failures.Add(0, SessionAttributes);
+        foreach (var rule in _rules) ProbeMetrics.RulesFired.Add(0, RuleAttributes(rule));
     }
 
     /// <summary>The attributes every metric of this session carries: run id, and worker when set.</summary>
