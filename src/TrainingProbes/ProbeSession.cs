@@ -65,7 +65,11 @@ public sealed class ProbeSession : IDisposable
         _stopping = new StoppingController(model, options, _logger, RunId);
         _telemetry = new SessionTelemetry(RunId, options.Worker, _publisher, _scheduler, _failures, _stopping);
         if (options.Output is { } output)
-            _publisher.Subscribe("console", snapshot => output.WriteLine(ConsoleSummary.Format(snapshot, options.Geometries)));
+            _publisher.Subscribe("console", snapshot =>
+            {
+                if (snapshot.Window == 0) output.WriteLine(ConsoleSummary.Legend(options));
+                output.WriteLine(ConsoleSummary.Format(snapshot, options.Geometries));
+            });
         _publisher.Subscribe("stopping", _stopping.OnSnapshot);
         _publisher.Subscribe("WindowClosed", snapshot => WindowClosed?.Invoke(this, snapshot));
         _stopping.Fired += (rule, decision, restored) => RuleFired?.Invoke(this, new StoppingEventArgs(rule, decision, restored));

@@ -4,9 +4,21 @@ using TrainingProbes.Probes;
 
 namespace TrainingProbes.Session;
 
-/// <summary>The one line per window that <see cref="ProbeOptions.Output"/> gets: a subscriber of the publisher.</summary>
+/// <summary>
+/// The one line per window that <see cref="ProbeOptions.Output"/> gets: a subscriber of the publisher. It shows the
+/// latest window's values with their standard errors, so that the line follows training as it goes; the means over the
+/// last windows (<c>*.smoothed</c>) are for rules and dashboards, where a window that came thousands of steps ago
+/// under the overhead budget does not hide what the latest one says.
+/// </summary>
 internal static class ConsoleSummary
 {
+    /// <summary>The line printed before the first window's, saying what the numbers are.</summary>
+    public static string Legend(ProbeOptions options) =>
+        $"[probes] gsnr, cos, regret (relative) and kappa (contrastive flatness) of each window come from K = {options.WindowSize} minibatches at one theta, "
+        + "value±standard error (a 95% interval is about ±2 of them)"
+        + (options.SmoothingWindows > 0 ? $"; their means over the last {options.SmoothingWindows} windows are published as *.smoothed" : "")
+        + "; 'step cos' is the optimizer's step-to-step cosine (negative: oscillation).";
+
     public static string Format(ProbeSnapshot s, Geometry geometries)
     {
         var text = new StringBuilder();

@@ -8,7 +8,7 @@ namespace TrainingProbes.Tests.Session;
 public sealed partial class ConsoleSummaryTests
 {
     [Fact]
-    public void The_console_line_shows_each_geometrys_cosine_relative_regret_and_flatness_with_their_errors()
+    public void The_console_line_shows_each_geometrys_cosine_relative_regret_and_flatness_with_their_errors_after_a_legend()
     {
         torch.manual_seed(2);
         var model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3));
@@ -33,6 +33,7 @@ public sealed partial class ConsoleSummaryTests
         }
 
         var snapshot = session.Latest!;
+        Assert.Contains("K = 4 minibatches at one theta", output.ToString().Split('\n')[0]);
         string line = output.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Last(l => l.StartsWith("[probes] step", StringComparison.Ordinal));
         foreach (var (label, geometry) in new[] { ("euc", Geometry.Euclidean), ("fis", Geometry.Fisher), ("ada", Geometry.Adaptive) })
         {
