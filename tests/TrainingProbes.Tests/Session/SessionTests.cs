@@ -177,7 +177,7 @@ public sealed class SessionTests
     }
 
     [Fact]
-    public void Output_gets_one_line_per_window()
+    public void Output_gets_a_legend_then_one_line_per_window()
     {
         var (model, optimizer) = SmallModel();
         var output = new StringWriter();
@@ -185,7 +185,9 @@ public sealed class SessionTests
         Train(model, optimizer, session, 8);
 
         var lines = output.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
-        Assert.Equal(2, lines.Length);
+        Assert.Equal(3, lines.Length);
+        Assert.StartsWith("[probes] gsnr, cos, regret (relative) and kappa", lines[0]);
+        lines = lines[1..];
         // K = 2: GSNR needs K >= 4, so it is left out rather than printed as NaN; the cosine carries a jackknife error
         // only from K = 3 on, so none here either.
         Assert.All(lines, line => Assert.Matches(@"^\[probes\] step +\d+ loss [\d.]+ drift [\d.e-]+ \| euc cos [\d.e-]+ regret .* \| step cos [\d.e-]+$", line));
