@@ -3,6 +3,11 @@
 // the overhead the session itself measured (probe.overhead_total) and its last interval.
 //
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- intervals|budget|scrape|curvature [rounds] [steps-per-round] [--data <mnist folder>]
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- kernels [windows]
+//
+// The kernels suite measures one window's statistics (the step family, per geometry set) and the drift probe through
+// the public API on one Linear layer of P weights, beside the read-once floor (one sum() over the K x P buffer) and the
+// obvious implementation (K^2 dot products of flattened gradients, each read back), and prints medians and ratios.
 //
 // MNIST comes from the repository's data/mnist-10k unless --data or TRAININGPROBES_MNIST names another folder.
 using System.Diagnostics;
@@ -11,6 +16,12 @@ using TrainingProbes;
 using TrainingProbes.Examples;
 using TrainingProbes.Prometheus;
 using static TorchSharp.torch;
+
+if (args.Length > 0 && args[0] == "kernels")
+{
+    KernelSuite.Run(args.Length > 1 ? int.Parse(args[1]) : 5);
+    return;
+}
 
 var arguments = args.ToList();
 string dataDirectory = Mnist.DirectoryFromArguments(arguments);

@@ -132,33 +132,44 @@ internal sealed class FirstOrderFamily : IDisposable
     /// </summary>
     private void AccumulateGsnr(Tensor g, Tensor gsnr, int k)
     {
-        // Two passes by hand: torch's var over the leading dimension of [K, P] is ~20x slower on CPU.
-        var mean = g.mean([0]);
-        var centered = g - mean;
-        var squares = centered.square();
+        // Everything per coordinate in float64: squares of large float32 gradients overflow (inf / inf is NaN), and the
+        // leave-one-out downdate cancels when one minibatch is an outlier. Two passes by hand: torch's var over the
+        // leading dimension of [K, P] is ~20x slower on CPU.
+        var g64 = g.to(ScalarType.Float64);
+        var sum = g64.sum([0]);
+        var mean = sum / k;
+        var centered = g64 - mean;
+        var squares = centered.mul_(centered);
         var sumSquares = squares.sum([0]);
-        // Equal values, or values so close that their variance underflows in the gradients' dtype, count as constant.
-        var varies = g.amax([0]).ne_(g.amin([0])).logical_and_(sumSquares.gt(0));
+        // A coordinate varies when its K values are not all equal and their spread is above the rounding of the
+        // gradients' dtype (K values one ulp apart are rounding, and would give a ratio of 1 / eps^2).
+        var rounding = mean.abs().mul_(RoundingFactor * Epsilon(g.dtype));
+        rounding.mul_(rounding);
+        var varies = g.amax([0]).ne_(g.amin([0])).logical_and_(sumSquares.gt(rounding.mul(k - 1)));
         var ratio = (mean.square() / (sumSquares / (k - 1) + _options.GsnrEpsilon)).masked_fill_(varies.logical_not(), 0);
 
-        // Leave-one-out, all K at once: m_(i) = (sum - g_i) / (K - 1), SS_(i) = SS - K / (K - 1) (g_i - m)^2, in
-        // float64: the downdate cancels when one minibatch is an outlier, which float32 would not survive.
+        // Leave-one-out, all K at once: m_(i) = (sum - g_i) / (K - 1), SS_(i) = SS - K / (K - 1) (g_i - m)^2.
         var nonzero = g.ne(0).to(ScalarType.Int32);
         var othersZero = nonzero.sum([0]).unsqueeze(0).sub(nonzero).eq(0);
-        var g64 = g.to(ScalarType.Float64);
-        var centered64 = g64 - g64.mean([0]);
-        var squares64 = centered64.mul_(centered64);
-        var looMean = g64.sum([0]).unsqueeze(0).sub(g64).div_(k - 1);
-        var looVariance = squares64.sum([0]).unsqueeze(0).sub(squares64.mul_((double)k / (k - 1))).div_(Math.Max(k - 2, 1));
-        var looVaries = looVariance.gt(0).logical_and_(othersZero.logical_not_()).logical_and_(varies);
+        var looMean = sum.unsqueeze(0).sub(g64).div_(k - 1);
+        var looVariance = sumSquares.unsqueeze(0).sub(squares.mul_((double)k / (k - 1))).div_(Math.Max(k - 2, 1));
+        var looRounding = looMean.abs().mul_(RoundingFactor * Epsilon(g.dtype));
+        looRounding.mul_(looRounding);
+        var looVaries = looVariance.gt(looRounding).logical_and_(othersZero.logical_not_()).logical_and_(varies);
         var looRatio = looMean.mul_(looMean).div_(looVariance.add_(_options.GsnrEpsilon)).masked_fill_(looVaries.logical_not(), 0);
 
         gsnr.add_(torch.cat([
-            torch.stack([ratio.sum(ScalarType.Float64), varies.sum().to(ScalarType.Float64), torch.tensor((double)g.shape[1], ScalarType.Float64, g.device)]),
-            looRatio.sum([1], type: ScalarType.Float64),
+            torch.stack([ratio.sum(), varies.sum().to(ScalarType.Float64), torch.tensor((double)g.shape[1], ScalarType.Float64, g.device)]),
+            looRatio.sum([1]),
             looVaries.sum([1]).to(ScalarType.Float64),
         ]));
     }
+
+    /// <summary>How many units of the dtype's rounding (eps |mean|) a coordinate's standard deviation must exceed to count as noise.</summary>
+    private const double RoundingFactor = 8;
+
+    /// <summary>The machine epsilon of the gradients' dtype (float32 for narrower dtypes, which are widened to it).</summary>
+    private static double Epsilon(ScalarType dtype) => dtype == ScalarType.Float64 ? Math.Pow(2, -52) : Math.Pow(2, -23);
 
     private void AddSegment(ReadOnlySpan<double> values)
     {

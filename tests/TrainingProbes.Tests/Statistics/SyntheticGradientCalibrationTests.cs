@@ -122,6 +122,63 @@ public sealed class SyntheticGradientCalibrationTests(Xunit.Abstractions.ITestOu
         IndicatorsTests.Close.Assert(expected, published, 1e-3, "gsnr.stderr with an outlier minibatch");
     }
 
+    /// <summary>Feeds K given gradients (rows of floats) through a passive window; returns the snapshot.</summary>
+    private static ProbeSnapshot OneWindow(float[][] rows)
+    {
+        int k = rows.Length, size = rows[0].Length;
+        var model = new GradientIsInput(size);
+        using var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = k, Interval = k, OverheadBudget = null, Output = null, Geometries = Geometry.Euclidean,
+        });
+        foreach (var row in rows)
+        {
+            using var scope = NewDisposeScope();
+            model.zero_grad();
+            var loss = model.call(torch.tensor(row));
+            loss.backward();
+            session.Step(loss);
+        }
+
+        Assert.Equal(0, session.FailureCount);
+        return session.Latest!;
+    }
+
+    [Fact]
+    public void Coordinates_whose_values_differ_only_by_rounding_count_as_constant()
+    {
+        // 32 noisy coordinates, and 32 whose 8 values are 1 or the next float32 above it: a spread of one ulp is
+        // rounding (a parameter only in an L2 term, say), not noise; as noise it would give each a ratio of about 1e14.
+        const int K = 8, Noisy = 32, Size = 64;
+        var random = new Random(5);
+        var rows = new float[K][];
+        for (int i = 0; i < K; i++)
+        {
+            rows[i] = new float[Size];
+            for (int c = 0; c < Noisy; c++) rows[i][c] = 0.3f + (float)(random.NextDouble() * 2 - 1);
+            for (int c = Noisy; c < Size; c++) rows[i][c] = (i + c) % 2 == 0 ? 1f : MathF.BitIncrement(1f);
+        }
+
+        // The reference: the same window in double with those coordinates exactly constant (they contribute 0).
+        var reference = rows.Select(r => r.Select((v, c) => c < Noisy ? (double)v : 1.0).ToArray()).ToList();
+        double expected = IndicatorsTests.ReferenceIndicators.Gsnr(reference, 0);
+        var snapshot = OneWindow(rows);
+        IndicatorsTests.Close.Assert(expected, snapshot.Get(Step(Indicators.Gsnr)), 1e-6, "gsnr with coordinates one ulp apart");
+    }
+
+    [Fact]
+    public void Gradients_whose_squares_overflow_float32_give_a_finite_gsnr()
+    {
+        // Values near 3e19: their squares (9e38) overflow float32, which made m^2 / v = inf / inf = NaN.
+        const int K = 8, Size = 16;
+        var random = new Random(7);
+        var rows = Enumerable.Range(0, K).Select(_ => Enumerable.Range(0, Size).Select(_ => 3e19f * (1f + 0.5f * (float)random.NextDouble())).ToArray()).ToArray();
+        double expected = IndicatorsTests.ReferenceIndicators.Gsnr(rows.Select(r => r.Select(v => (double)v).ToArray()).ToList(), 0);
+        var snapshot = OneWindow(rows);
+        Assert.True(double.IsFinite(snapshot.Get(Step(Indicators.Gsnr))), "gsnr is not finite");
+        IndicatorsTests.Close.Assert(expected, snapshot.Get(Step(Indicators.Gsnr)), 1e-6, "gsnr of large gradients");
+    }
+
     /// <summary>
     /// E[cos(g1, g2)] for independent <c>g = mean + N(0, I)</c>, by Monte Carlo in double with its own generator
     /// (System.Random and Box-Muller), independent of torch and of the library.
