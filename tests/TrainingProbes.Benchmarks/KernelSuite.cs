@@ -9,13 +9,13 @@ using static TorchSharp.torch;
 /// </summary>
 internal static class KernelSuite
 {
-    public static void Run(int windows)
+    public static void Run(int windows, long maxParameters = long.MaxValue)
     {
         torch.set_num_threads(1);
         Console.WriteLine($"kernels: one Linear layer of P float32 weights, one torch thread, median of {windows} windows; {DateTime.UtcNow:yyyy-MM-dd}");
         Console.WriteLine("| P | K | geometries | window stats (ms) | floor (ms) | naive (ms) | window / floor | naive / window | drift (ms) | param read (ms) | drift / read |");
         Console.WriteLine("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-        foreach (var (p, k) in new[] { (100_000L, 8), (1_000_000L, 8), (1_000_000L, 32), (10_000_000L, 8) })
+        foreach (var (p, k) in new[] { (100_000L, 8), (1_000_000L, 8), (1_000_000L, 32), (10_000_000L, 8) }.Where(s => s.Item1 <= maxParameters))
             foreach (var geometries in new[] { Geometry.Euclidean, Geometry.All })
                 Measure(p, k, geometries, windows);
     }
@@ -64,6 +64,62 @@ internal static class KernelSuite
         double stats = Median(step), driftMs = Median(drift);
         Console.WriteLine($"| {p:G2} | {k} | {(geometries == Geometry.All ? "all three" : "euclidean")} | {stats:F2} | {floor:F2} | {naive:F2} | {stats / floor:F1} | {naive / stats:F1} | {driftMs:F2} | {read:F3} | {driftMs / read:F1} |");
         session.Dispose();
+    }
+
+    /// <summary>What single torch operations cost on a K x P float32 buffer (one torch thread), to see where a window's time goes.</summary>
+    private static float[]? Managed;
+
+    public static void Operations(long p, int k)
+    {
+        torch.set_num_threads(1);
+        using var scope = torch.NewDisposeScope();
+        var g = torch.randn(k, p);
+        var g64 = g.to(ScalarType.Float64);
+        var row = torch.randn(p);
+        var ops = new (string Name, Func<object> Op)[]
+        {
+            ("sum (floor)", () => g.sum().item<float>()),
+            ("to(float64)", () => g.to(ScalarType.Float64)),
+            ("sum(dtype float64)", () => g.sum(ScalarType.Float64).item<double>()),
+            ("square().sum(float64) of a row", () => row.square().sum(ScalarType.Float64).item<double>()),
+            ("mm (Gram)", () => g.mm(g.t()).sum().item<float>()),
+            ("mean over K", () => g.mean([0])),
+            ("amax over K", () => g.amax([0])),
+            ("g - mean (float32)", () => g - g.mean([0])),
+            ("g64 - mean (float64)", () => g64 - g64.mean([0])),
+            ("g64 * g64", () => g64 * g64),
+            ("g64.sum over K", () => g64.sum([0])),
+            ("g.ne(0)", () => g.ne(0)),
+            ("masked_fill f64", () => (g64 * 1).masked_fill_(g64.gt(0), 0)),
+            ("bytes span, sum of all rows", () =>
+            {
+                double total = 0;
+                for (int i = 0; i < k; i++)
+                {
+                    var row = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(g[i].bytes);
+                    var lanes = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(row);
+                    var acc = System.Numerics.Vector<float>.Zero;
+                    foreach (var v in lanes) acc += v;
+                    total += System.Numerics.Vector.Sum(acc);
+                }
+                return total;
+            }),
+            ("CopyTo managed, all rows", () =>
+            {
+                var buffer = Managed ??= new float[k * p];
+                for (int i = 0; i < k; i++) g[i].data<float>().CopyTo(buffer.AsSpan((int)(i * p), (int)p));
+                return buffer;
+            }),
+        };
+        var probe = torch.zeros(4);
+        System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(probe.bytes)[1] = 5f;
+        var view = torch.zeros(2, 4)[1];
+        Console.WriteLine($"bytes is a view of the tensor's memory: {probe[1].item<float>() == 5f}; of a row view, length {view.bytes.Length} (of 16)");
+        foreach (var (name, op) in ops)
+        {
+            double ms = Time(() => { using var s = torch.NewDisposeScope(); return op(); }, 5);
+            Console.WriteLine($"{name,-36} {ms,9:F2} ms");
+        }
     }
 
     private static double Time<T>(Func<T> action, int repetitions)

@@ -3,7 +3,7 @@
 // the overhead the session itself measured (probe.overhead_total) and its last interval.
 //
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- intervals|budget|scrape|curvature [rounds] [steps-per-round] [--data <mnist folder>]
-//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- kernels [windows]
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- kernels [windows] [largest P]
 //
 // The kernels suite measures one window's statistics (the step family, per geometry set) and the drift probe through
 // the public API on one Linear layer of P weights, beside the read-once floor (one sum() over the K x P buffer) and the
@@ -17,9 +17,15 @@ using TrainingProbes.Examples;
 using TrainingProbes.Prometheus;
 using static TorchSharp.torch;
 
+if (args.Length > 0 && args[0] == "operations")
+{
+    KernelSuite.Operations(args.Length > 1 ? long.Parse(args[1]) : 1_000_000, args.Length > 2 ? int.Parse(args[2]) : 8);
+    return;
+}
+
 if (args.Length > 0 && args[0] == "kernels")
 {
-    KernelSuite.Run(args.Length > 1 ? int.Parse(args[1]) : 5);
+    KernelSuite.Run(args.Length > 1 ? int.Parse(args[1]) : 5, args.Length > 2 ? long.Parse(args[2]) : long.MaxValue);
     return;
 }
 

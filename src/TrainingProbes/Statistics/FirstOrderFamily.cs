@@ -103,6 +103,8 @@ internal sealed class FirstOrderFamily : IDisposable
         for (int i = 0; i < grams.Length; i++) grams[i] = sums.narrow(0, i * k * k, k * k).view(k, k);
         var gsnr = sums.narrow(0, _geometries.Length * k * k, 3 + 2 * k);
 
+        // On a CPU the GSNR sums come from one managed pass over the float32 buffer; elsewhere from tensor operations.
+        bool managed = GsnrKernel.Supports(segment.Gradients);
         long chunk = WindowChunks.Columns(segment, k);
         for (long offset = start; offset < start + count; offset += chunk)
         {
@@ -116,7 +118,15 @@ internal sealed class FirstOrderFamily : IDisposable
                 grams[i].add_(h.mm(h.t()));
             }
 
-            AccumulateGsnr(g, gsnr, k);
+            if (!managed) AccumulateGsnr(g, gsnr, k);
+        }
+
+        if (managed)
+        {
+            var host = new double[3 + 2 * k];
+            GsnrKernel.Accumulate(segment.Gradients, start, count, _options.GsnrEpsilon, host);
+            using var add = torch.tensor(host, ScalarType.Float64, gsnr.device);
+            gsnr.add_(add);
         }
     }
 
