@@ -7,12 +7,16 @@ namespace TrainingProbes.Probes;
 /// <summary>
 /// How far the parameters moved while a passive window was captured:
 /// <c>||theta_last - theta_first|| / ||theta_first||</c>, with theta read when the first and the last
-/// gradient of the window were captured (before their optimizer steps).
+/// gradient of the window were captured (before their optimizer steps). One copy of the parameters is kept (theta at
+/// the first step). On a CPU with float32 parameters both sums come from one managed pass over that copy and the
+/// parameters themselves; elsewhere the last theta is copied too and the sums are tensor reductions.
 /// </summary>
 internal sealed class ParameterDriftProbe : TrainingProbe
 {
+    private GradientWindow? _window;
     private FlatParameterBuffer? _first;
     private FlatParameterBuffer? _last;
+    private bool _managed;
     private double _moved;
     private double _norm;
     private int _pending;
@@ -21,8 +25,10 @@ internal sealed class ParameterDriftProbe : TrainingProbe
 
     public override void OnSessionStart(ProbeSession session)
     {
+        _window = session.Window;
         _first = session.Window.CreateFlatBuffer();
-        _last = session.Window.CreateFlatBuffer();
+        _managed = _first.Segments.All(s => s.device_type == DeviceType.CPU && s.dtype == ScalarType.Float32);
+        if (!_managed) _last = session.Window.CreateFlatBuffer();
     }
 
     public override void OnStep(ProbeStepContext step)
@@ -32,7 +38,14 @@ internal sealed class ParameterDriftProbe : TrainingProbe
 
     public override void OnWindowClosed(ProbeWindowContext window)
     {
-        _last!.LoadParameters();
+        if (_managed && ManagedSums() is var (moved, norm))
+        {
+            window.Report(Indicators.ParameterDrift, norm > 0 ? Math.Sqrt(moved / norm) : double.NaN);
+            return;
+        }
+
+        _last ??= _window!.CreateFlatBuffer();
+        _last.LoadParameters();
         _moved = 0;
         _norm = 0;
         _pending = _first!.Segments.Length;
@@ -50,6 +63,28 @@ internal sealed class ParameterDriftProbe : TrainingProbe
                     window.Report(Indicators.ParameterDrift, _norm > 0 ? Math.Sqrt(_moved / _norm) : double.NaN);
             });
         }
+    }
+
+    /// <summary>
+    /// The two sums over every watched parameter, read in place: the copy of theta at the first step and the parameters
+    /// now. Null when a parameter is not a contiguous CPU float32 tensor (then the tensor path runs).
+    /// </summary>
+    private (double Moved, double Norm)? ManagedSums()
+    {
+        double moved = 0, norm = 0;
+        foreach (var parameter in _window!.Parameters)
+        {
+            var current = parameter.Parameter;
+            if (current.device_type != DeviceType.CPU || current.dtype != ScalarType.Float32 || !current.is_contiguous()) return null;
+            using var first = _first!.Segments[parameter.Segment].narrow(0, parameter.Offset, parameter.Count);
+            var (m, n) = Statistics.VectorSums.DriftSums(
+                System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(first.bytes),
+                System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(current.bytes));
+            moved += m;
+            norm += n;
+        }
+
+        return (moved, norm);
     }
 
     public override void OnSessionEnd()

@@ -1,0 +1,37 @@
+using System.Numerics;
+using System.Runtime.InteropServices;
+
+namespace TrainingProbes.Statistics;
+
+/// <summary>Sums over float32 memory in one SIMD pass, accumulated in float64.</summary>
+internal static class VectorSums
+{
+    /// <summary><c>sum (b - a)^2</c> and <c>sum a^2</c>, in float64.</summary>
+    public static (double Moved, double Norm) DriftSums(ReadOnlySpan<float> first, ReadOnlySpan<float> now)
+    {
+        if (first.Length != now.Length)
+            throw new ArgumentException($"The copy holds {first.Length} values and the parameter {now.Length}.", nameof(now));
+        var a = MemoryMarshal.Cast<float, Vector<float>>(first);
+        var b = MemoryMarshal.Cast<float, Vector<float>>(now);
+        Vector<double> moved = Vector<double>.Zero, norm = Vector<double>.Zero;
+        for (int i = 0; i < a.Length; i++)
+        {
+            Vector.Widen(a[i], out var a0, out var a1);
+            Vector.Widen(b[i], out var b0, out var b1);
+            var d0 = b0 - a0;
+            var d1 = b1 - a1;
+            moved += d0 * d0 + d1 * d1;
+            norm += a0 * a0 + a1 * a1;
+        }
+
+        double m = Vector.Sum(moved), n = Vector.Sum(norm);
+        for (int i = a.Length * Vector<float>.Count; i < first.Length; i++)
+        {
+            double d = (double)now[i] - first[i];
+            m += d * d;
+            n += (double)first[i] * first[i];
+        }
+
+        return (m, n);
+    }
+}
