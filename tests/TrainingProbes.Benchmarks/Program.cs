@@ -4,6 +4,7 @@
 //
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- intervals|budget|scrape|curvature [rounds] [steps-per-round] [--data <mnist folder>]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- kernels [windows] [largest P]
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- bdn [BenchmarkDotNet arguments]
 //
 // The kernels suite measures one window's statistics (the step family, per geometry set) and the drift probe through
 // the public API on one Linear layer of P weights, beside the read-once floor (one sum() over the K x P buffer) and the
@@ -16,6 +17,13 @@ using TrainingProbes;
 using TrainingProbes.Examples;
 using TrainingProbes.Prometheus;
 using static TorchSharp.torch;
+
+if (args.Length > 0 && args[0] == "bdn")
+{
+    // BenchmarkDotNet over the window kernels; further arguments go to it (for example --filter '*Window*').
+    BenchmarkDotNet.Running.BenchmarkRunner.Run<WindowKernelBenchmarks>(args: args[1..]);
+    return;
+}
 
 if (args.Length > 0 && args[0] == "operations")
 {
