@@ -52,7 +52,7 @@ public static class Indicators
     /// <summary>Mean gradient signal-to-noise ratio over coordinates (geometry free).</summary>
     public const string Gsnr = "gradient.gsnr";
 
-    /// <summary>Early-stopping EB criterion, <c>1 - K meanGSNR</c>; positive suggests stopping (geometry free).</summary>
+    /// <summary>Early-stopping EB criterion, <c>-K gsnr</c> with the GSNR corrected for finite K: 0 on pure noise, positive when the gradient is indistinguishable from noise (geometry free).</summary>
     public const string EbCriterion = "eb_criterion";
 
     /// <summary>Relative parameter drift over the window, <c>||theta_last - theta_first|| / ||theta_first||</c>.</summary>

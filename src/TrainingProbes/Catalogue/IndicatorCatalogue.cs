@@ -9,7 +9,7 @@ namespace TrainingProbes;
 /// from these definitions, the meter declares its instruments from them, the stopping rules look up their direction
 /// here, and a test checks the README's tables against them. Adding an indicator of the first-order family is one
 /// <see cref="Register"/> call (or one entry below) with its <see cref="IndicatorDefinition.FromGram"/>.
-/// Formulas and references: INDICATORS.md (docs/indicators.md).
+/// Formulas and references: the README's "The indicators" section.
 /// </summary>
 public static class IndicatorCatalogue
 {

@@ -33,7 +33,8 @@ internal static class SessionStateFile
             if (!metadata.TryGetValue(FormatKey, out var format) || format != Format)
                 throw new InvalidDataException($"'{path}' is not a probe state saved by ProbeSession.SaveState (format '{format ?? "none"}', expected '{Format}').");
             if (metadata.GetValueOrDefault(ShapeKey) is var saved && saved != shape)
-                throw new InvalidDataException($"'{path}' was saved by a session watching {saved}; this one watches {shape}.");
+                throw new InvalidDataException(
+                    $"'{path}' was saved by a session watching {saved}; this one watches {shape}. Restore it into the same architecture with the same ParameterFilter, WindowSize and Geometries.");
             var reader = new SessionStateReader(metadata, tensors);
             // Every part checks its state first; only then does any change.
             var commits = parts.Select(part => part.Prepare(reader.For(part.StateKey))).ToList();
