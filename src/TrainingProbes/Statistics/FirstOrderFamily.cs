@@ -28,7 +28,7 @@ internal sealed class FirstOrderFamily : IDisposable
     private readonly IndicatorDefinition[] _layerDefinitions;
     private readonly GramSummary _summary;
     private readonly GramSummary _leftOut;
-    private readonly double[] _leaveOneOut;               // K x definitions values with one minibatch left out
+    private readonly double[] _leaveOneOut;               // per definition, its K values with one minibatch left out
     private readonly WindowSmoother? _smoother;
     private int _segmentsPending;
     private ProbeWindowContext? _window;
@@ -201,34 +201,18 @@ internal sealed class FirstOrderFamily : IDisposable
                 for (int i = 0; i < k; i++)
                 {
                     _leftOut.LoadLeavingOut(gram, k, i);
-                    for (int f = 0; f < n; f++) _leaveOneOut[i * n + f] = _definitions[f].FromGram!(_leftOut);
+                    for (int f = 0; f < n; f++) _leaveOneOut[f * k + i] = _definitions[f].FromGram!(_leftOut);
                 }
             }
 
             for (int f = 0; f < n; f++)
-                Publish(window, index * n + f, _definitions[f].Name, _definitions[f].FromGram!(_summary), k >= 3 ? Jackknife(f, k, n) : double.NaN, geometry);
+                Publish(window, index * n + f, _definitions[f].Name, _definitions[f].FromGram!(_summary), k >= 3 ? Jackknife.StandardError(_leaveOneOut.AsSpan(f * k, k)) : double.NaN, geometry);
         }
 
         var (gsnr, gsnrError) = Gsnr(_hostSums, k);
         int series = _geometries.Length * n;
         Publish(window, series, Indicators.Gsnr, gsnr, gsnrError, Geometry.None);
         Publish(window, series + 1, Indicators.EbCriterion, -k * gsnr, k * gsnrError, Geometry.None);
-    }
-
-    /// <summary>The jackknife standard error of definition <paramref name="f"/> from the leave-one-out values.</summary>
-    private double Jackknife(int f, int k, int n)
-    {
-        double mean = 0;
-        for (int i = 0; i < k; i++) mean += _leaveOneOut[i * n + f];
-        mean /= k;
-        double squares = 0;
-        for (int i = 0; i < k; i++)
-        {
-            double d = _leaveOneOut[i * n + f] - mean;
-            squares += d * d;
-        }
-
-        return Math.Sqrt((k - 1.0) / k * squares);
     }
 
     /// <summary>Reports a value and its standard error, and with smoothing their mean over the last windows.</summary>

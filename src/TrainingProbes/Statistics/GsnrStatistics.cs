@@ -33,16 +33,8 @@ internal static class GsnrStatistics
         if (k - 1 < 4 || !(n > 0)) return (value, double.NaN);
 
         Span<double> leftOut = stackalloc double[k];
-        double mean = 0;
-        for (int i = 0; i < k; i++)
-        {
-            leftOut[i] = Corrected(sums[3 + i], sums[3 + k + i], n, k - 1);
-            mean += leftOut[i] / k;
-        }
-
-        double squares = 0;
-        for (int i = 0; i < k; i++) squares += (leftOut[i] - mean) * (leftOut[i] - mean);
-        return (value, Math.Sqrt((k - 1.0) / k * squares));
+        for (int i = 0; i < k; i++) leftOut[i] = Corrected(sums[3 + i], sums[3 + k + i], n, k - 1);
+        return (value, Jackknife.StandardError(leftOut));
     }
 
     /// <summary><c>((K - 3) / (K - 1) R - U / K) / N</c>, or NaN for K &lt; 4 or no coordinates.</summary>

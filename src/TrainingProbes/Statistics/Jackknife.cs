@@ -1,0 +1,20 @@
+namespace TrainingProbes.Statistics;
+
+/// <summary>The delete-one jackknife over a window's K minibatches.</summary>
+internal static class Jackknife
+{
+    /// <summary>
+    /// <c>se = sqrt((K-1)/K sum_i (v_(i) - mean_i v_(i))^2)</c> from the K leave-one-out values v_(i); NaN when one of
+    /// them is undefined.
+    /// </summary>
+    public static double StandardError(ReadOnlySpan<double> leaveOneOut)
+    {
+        int k = leaveOneOut.Length;
+        double mean = 0;
+        foreach (double v in leaveOneOut) mean += v;
+        mean /= k;
+        double squares = 0;
+        foreach (double v in leaveOneOut) squares += (v - mean) * (v - mean);
+        return Math.Sqrt((k - 1.0) / k * squares);
+    }
+}
