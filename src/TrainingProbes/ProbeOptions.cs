@@ -12,7 +12,7 @@ public sealed class ProbeOptions
 {
     private int _windowSize = 16;
     private int _interval = 100;
-    private Geometry _geometries = Geometry.All;
+    private Geometry? _geometries;
     private double _fisherDecay = 0.9;
     private double _adaptiveEta;
     private double _gsnrEpsilon;
@@ -71,15 +71,50 @@ public sealed class ProbeOptions
                 "OverheadBudget is a fraction of the training time in (0, 1), for example 0.05; null keeps the interval fixed.");
     }
 
-    /// <summary>Geometries in which the first-order family is computed (default all three).</summary>
+    /// <summary>
+    /// Geometries in which the first-order family is computed (default all three; euclidean and adaptive with
+    /// <see cref="WindowStorage.Sketch"/>, which cannot keep the fisher geometry's per-coordinate average).
+    /// </summary>
     public Geometry Geometries
     {
-        get => _geometries;
+        get => _geometries ?? (Storage == WindowStorage.Sketch ? Geometry.Euclidean | Geometry.Adaptive : Geometry.All);
         init => _geometries = value != Geometry.None && (value & ~Geometry.All) == 0
             ? value
             : throw new ArgumentOutOfRangeException(nameof(Geometries), value,
                 "Geometries must name at least one of Euclidean, Fisher, Adaptive (combine them with |).");
     }
+
+    /// <summary>
+    /// How a window keeps its K gradients (default <see cref="WindowStorage.Full"/>): in full precision, in bfloat16
+    /// (half the memory), or as CountSketches of <see cref="SketchDimension"/> numbers (4 bytes per watched parameter
+    /// in all, for models too large for K copies; what it cannot compute is listed on <see cref="WindowStorage.Sketch"/>).
+    /// </summary>
+    public WindowStorage Storage
+    {
+        get => _storage;
+        init => _storage = Enum.IsDefined(value)
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(Storage), value, "Storage is Full, BFloat16 or Sketch.");
+    }
+
+    private WindowStorage _storage;
+
+    /// <summary>
+    /// d, the numbers each gradient is compressed to with <see cref="WindowStorage.Sketch"/> (default 65,536 = 2^16),
+    /// from 1,024 to 2^24. A cosine estimated from sketches has a standard deviation of about (1 - cosine^2) / sqrt(d):
+    /// at most 0.004 at the default, so its error stays under 0.02 (five standard deviations). Memory: K x d x 4 bytes
+    /// per window and geometry.
+    /// </summary>
+    public int SketchDimension
+    {
+        get => _sketchDimension;
+        init => _sketchDimension = value is >= 1024 and <= 1 << 24
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(SketchDimension), value,
+                "SketchDimension (d) is from 1,024 to 16,777,216; the default 65,536 keeps a cosine's error under 0.02.");
+    }
+
+    private int _sketchDimension = 1 << 16;
 
     /// <summary>
     /// Decay of the running average of squared gradients that defines the diagonal Fisher, per window,
@@ -271,6 +306,7 @@ public sealed class ProbeOptions
     /// <c>TRAININGPROBES_INTERVAL</c>, <c>TRAININGPROBES_GEOMETRIES</c> (comma-separated names),
     /// <c>TRAININGPROBES_RUN_ID</c>, <c>TRAININGPROBES_WORKER</c>, <c>TRAININGPROBES_LAYER_METRICS</c>,
     /// <c>TRAININGPROBES_OVERHEAD_BUDGET</c> (a fraction, or <c>none</c> for a fixed interval),
+    /// <c>TRAININGPROBES_STORAGE</c> (<c>full</c>, <c>bfloat16</c> or <c>sketch</c>), <c>TRAININGPROBES_SKETCH_DIMENSION</c>,
     /// <c>TRAININGPROBES_OUTPUT</c> (<c>console</c> or <c>none</c>) and <c>TRAININGPROBES_PROMETHEUS</c> (a port or
     /// host:port: serves a Prometheus scrape endpoint there; needs the TrainingProbes.Prometheus package),
     /// <c>TRAININGPROBES_STOP</c> (rules as text, separated by <c>;</c>, see <see cref="StoppingRule.Parse"/>)
@@ -285,11 +321,18 @@ public sealed class ProbeOptions
         var defaults = new ProbeOptions();
         try
         {
+            var storage = read("TRAININGPROBES_STORAGE")?.Trim() switch
+            {
+                null or "" => defaults.Storage,
+                var text => Enum.TryParse<WindowStorage>(text, ignoreCase: true, out var parsed) && Enum.IsDefined(parsed) && !char.IsDigit(text[0])
+                    ? parsed
+                    : throw new ArgumentException($"TRAININGPROBES_STORAGE is '{text}'; use full, bfloat16 or sketch."),
+            };
             return new ProbeOptions
             {
                 WindowSize = Integer(read, "TRAININGPROBES_WINDOW_SIZE") ?? defaults.WindowSize,
                 Interval = Integer(read, "TRAININGPROBES_INTERVAL") ?? defaults.Interval,
-                Geometries = read("TRAININGPROBES_GEOMETRIES") is { Length: > 0 } names ? ParseGeometries(names) : defaults.Geometries,
+                Geometries = read("TRAININGPROBES_GEOMETRIES") is { Length: > 0 } names ? ParseGeometries(names) : new ProbeOptions { Storage = storage }.Geometries,
                 RunId = read("TRAININGPROBES_RUN_ID") is { Length: > 0 } id ? id : null,
                 Worker = read("TRAININGPROBES_WORKER") is { Length: > 0 } worker ? worker : null,
                 OverheadBudget = read("TRAININGPROBES_OVERHEAD_BUDGET")?.Trim() switch
@@ -301,6 +344,8 @@ public sealed class ProbeOptions
                         : throw new ArgumentException($"TRAININGPROBES_OVERHEAD_BUDGET is '{text}'; use a fraction such as 0.05, or none for a fixed interval."),
                 },
                 LayerMetrics = Integer(read, "TRAININGPROBES_LAYER_METRICS") ?? defaults.LayerMetrics,
+                Storage = storage,
+                SketchDimension = Integer(read, "TRAININGPROBES_SKETCH_DIMENSION") ?? defaults.SketchDimension,
                 Probes = read("TRAININGPROBES_PROMETHEUS") is { Length: > 0 } endpoint ? [PrometheusEndpoint(endpoint)] : [],
                 Stopping = read("TRAININGPROBES_STOP") is { Length: > 0 } rules ? ParseRules(rules) : [],
                 CheckpointPath = read("TRAININGPROBES_CHECKPOINT") is { Length: > 0 } checkpoint ? checkpoint : null,
@@ -367,6 +412,14 @@ public sealed class ProbeOptions
             throw new ArgumentException(
                 $"Interval ({Interval}) must be at least WindowSize ({WindowSize}): a window of K consecutive steps opens every N steps. " +
                 $"Raise Interval to {WindowSize} or more, or lower WindowSize.", nameof(Interval));
+        if (Storage == WindowStorage.Sketch && Geometries.HasFlag(Geometry.Fisher))
+            throw new ArgumentException(
+                "The fisher geometry needs a per-coordinate average of squared gradients, which Storage = Sketch does not keep. " +
+                "Leave Geometries unset (euclidean and adaptive) or drop Fisher, or use Storage = Full or BFloat16.", nameof(Geometries));
+        if (Storage == WindowStorage.Sketch && LayerMetrics > 0)
+            throw new ArgumentException(
+                "Per-layer values are not available with Storage = Sketch (one sketch holds the whole model). Set LayerMetrics = 0, or use Storage = Full or BFloat16.",
+                nameof(LayerMetrics));
         if (Probes.Any(p => p is null))
             throw new ArgumentException("Probes contains a null entry.", nameof(Probes));
         if (Stopping.Any(r => r is null))

@@ -45,7 +45,8 @@ public sealed class ProbeSession : IDisposable
         _scheduler = new WindowScheduler(options, options.TimeProvider);
         _failures = new ProbeFailures(_logger, RunId, () => _scheduler.Steps);
 
-        Window = new GradientWindow(model, options.ParameterFilter, options.WindowSize);
+        Window = new GradientWindow(model, options.ParameterFilter, options.WindowSize, options.Storage,
+            options.SketchDimension, options.Geometries, options.AdaptiveEta);
         try
         {
             var builtIn = options.BuiltInProbes

@@ -55,12 +55,17 @@ public sealed partial class ProbeWindowContext
     internal string CurrentProbe { get; set; } = "";
 
     /// <summary>
-    /// The window's gradients of one parameter, shaped [K, ...parameter shape], on the parameter's device.
+    /// The window's gradients of one parameter, shaped [K, ...parameter shape], on the parameter's device (in bfloat16
+    /// with <see cref="WindowStorage.BFloat16"/>).
     /// A view into the session's buffer: read it, do not modify or dispose it.
     /// </summary>
     /// <param name="parameterName">A name from <see cref="ParameterNames"/>.</param>
+    /// <exception cref="InvalidOperationException">The session keeps sketches (<see cref="WindowStorage.Sketch"/>), not the gradients.</exception>
     public Tensor Gradients(string parameterName)
     {
+        if (_gradients.Sketch is not null)
+            throw new InvalidOperationException(
+                "This session keeps CountSketches of the gradients (ProbeOptions.Storage = Sketch), not the gradients themselves; use Storage = Full or BFloat16 for a probe that reads them.");
         if (!_parameterIndex.TryGetValue(parameterName, out int index))
             throw new ArgumentException(
                 $"'{parameterName}' is not a watched parameter. Watched: {string.Join(", ", ParameterNames.Take(8))}{(ParameterNames.Count > 8 ? ", ..." : "")}.",

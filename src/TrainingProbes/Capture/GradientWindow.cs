@@ -31,22 +31,35 @@ internal sealed class WindowSegment
     public required ScalarType DType { get; init; }
     public required long Count { get; init; }
 
-    /// <summary>[K, Count] buffer of the window's gradients, allocated once.</summary>
+    /// <summary>
+    /// [K, Count] buffer of the window's gradients, allocated once: in <see cref="DType"/>, or bfloat16 with
+    /// <see cref="WindowStorage.BFloat16"/>. Null with <see cref="WindowStorage.Sketch"/> (see <see cref="GradientWindow.Sketch"/>).
+    /// </summary>
     public Tensor Gradients { get; set; } = null!;
 }
 
 /// <summary>
 /// The device-resident ring of the K gradients of the current window. Allocated once at attach time and
 /// reused window after window; a capture is one in-place copy per parameter into a preallocated view,
-/// with no new device memory and no host transfer.
+/// with no new device memory and no host transfer. With <see cref="WindowStorage.Sketch"/> a capture is a
+/// <see cref="GradientSketch"/> of each geometry instead, and no parameter-sized buffer is kept.
 /// </summary>
 internal sealed class GradientWindow : IDisposable
 {
     private readonly List<Tensor> _owned = [];
 
-    public GradientWindow(nn.Module model, Func<string, bool>? filter, int k)
+    /// <param name="model">The model whose parameters are watched.</param>
+    /// <param name="filter">Which parameters (by name); null: all that require a gradient.</param>
+    /// <param name="k">K, gradients per window.</param>
+    /// <param name="storage">How the gradients are kept.</param>
+    /// <param name="sketchDimension">d, with <see cref="WindowStorage.Sketch"/>.</param>
+    /// <param name="sketchGeometries">The geometries sketched, with <see cref="WindowStorage.Sketch"/>.</param>
+    /// <param name="eta">Adaptive eta, with <see cref="WindowStorage.Sketch"/>.</param>
+    public GradientWindow(nn.Module model, Func<string, bool>? filter, int k, WindowStorage storage = WindowStorage.Full,
+        int sketchDimension = 0, Geometry sketchGeometries = Geometry.None, double eta = 0)
     {
         K = k;
+        Storage = storage;
         var selected = new List<(string Name, Parameter Parameter)>();
         foreach (var (name, parameter) in model.named_parameters())
         {
@@ -86,9 +99,17 @@ internal sealed class GradientWindow : IDisposable
         Segments = segments.Select((s, i) => new WindowSegment { Device = s.Device, DType = s.DType, Count = counts[i] }).ToArray();
         Parameters = parameters;
 
+        if (storage == WindowStorage.Sketch)
+        {
+            Sketch = new GradientSketch(this, sketchDimension,
+                new[] { Geometry.Euclidean, Geometry.Adaptive }.Where(g => sketchGeometries.HasFlag(g)).ToArray(), eta);
+            return;
+        }
+
         using var scope = torch.NewDisposeScope();
         foreach (var segment in Segments)
-            segment.Gradients = Own(torch.zeros([k, segment.Count], dtype: segment.DType, device: segment.Device));
+            segment.Gradients = Own(torch.zeros([k, segment.Count],
+                dtype: storage == WindowStorage.BFloat16 ? ScalarType.BFloat16 : segment.DType, device: segment.Device));
         foreach (var p in Parameters)
         {
             var buffer = Segments[p.Segment].Gradients;
@@ -100,6 +121,12 @@ internal sealed class GradientWindow : IDisposable
     }
 
     public int K { get; }
+
+    /// <summary>How the gradients are kept.</summary>
+    public WindowStorage Storage { get; }
+
+    /// <summary>The sketches, with <see cref="WindowStorage.Sketch"/>; null otherwise.</summary>
+    public GradientSketch? Sketch { get; }
 
     public IReadOnlyList<WindowSegment> Segments { get; }
 
@@ -114,6 +141,12 @@ internal sealed class GradientWindow : IDisposable
     /// </summary>
     public void Capture(int slot)
     {
+        if (Sketch is not null)
+        {
+            Sketch.Store(slot, q => Parameters[q].Parameter.grad);
+            return;
+        }
+
         foreach (var p in Parameters)
         {
             var target = p.Slots[slot];
@@ -131,6 +164,12 @@ internal sealed class GradientWindow : IDisposable
     /// </summary>
     public void Store(int slot, IReadOnlyList<Tensor?> gradients)
     {
+        if (Sketch is not null)
+        {
+            Sketch.Store(slot, q => gradients[q]);
+            return;
+        }
+
         for (int i = 0; i < Parameters.Count; i++)
         {
             var target = Parameters[i].Slots[slot];
@@ -154,6 +193,7 @@ internal sealed class GradientWindow : IDisposable
 
     public void Dispose()
     {
+        Sketch?.Dispose();
         foreach (var tensor in _owned) tensor.Dispose();
         _owned.Clear();
     }
@@ -204,6 +244,48 @@ internal sealed class FlatParameterBuffer : IDisposable
         for (int i = 0; i < parameters.Count; i++)
             parameters[i].Parameter.copy_(_views[i]);
     }
+
+    /// <summary>
+    /// Exchanges the buffer's values with the watched parameters', exactly, through a work space of at most
+    /// <see cref="SwapChunk"/> elements: one copy of theta is enough to visit another theta and come back.
+    /// </summary>
+    public void SwapWithParameters()
+    {
+        using var noGrad = torch.no_grad();
+        using var scope = torch.NewDisposeScope();
+        var work = new Dictionary<(DeviceType, int, ScalarType), Tensor>();
+        var parameters = _window.Parameters;
+        for (int i = 0; i < parameters.Count; i++)
+        {
+            var parameter = parameters[i].Parameter;
+            if (!parameter.is_contiguous())
+            {
+                var saved = parameter.detach().clone();
+                parameter.copy_(_views[i]);
+                _views[i].copy_(saved);
+                continue;
+            }
+
+            var mine = _views[i].view(-1);
+            var theirs = parameter.detach().view(-1);
+            long n = theirs.numel();
+            var key = (parameter.device_type, parameter.device_index, parameter.dtype);
+            if (!work.TryGetValue(key, out var space))
+                work[key] = space = torch.empty(SwapChunk, parameter.dtype, parameter.device);
+            for (long offset = 0; offset < n; offset += SwapChunk)
+            {
+                long length = Math.Min(SwapChunk, n - offset);
+                var a = theirs.narrow(0, offset, length);
+                var b = mine.narrow(0, offset, length);
+                var t = space.narrow(0, 0, length).copy_(a);
+                a.copy_(b);
+                b.copy_(t);
+            }
+        }
+    }
+
+    /// <summary>Elements per step of <see cref="SwapWithParameters"/>.</summary>
+    public const long SwapChunk = 1 << 20;
 
     /// <summary>The view of parameter <paramref name="index"/> (in the window's order) in this buffer.</summary>
     public Tensor View(int index) => _views[index];

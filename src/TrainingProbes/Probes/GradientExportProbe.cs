@@ -36,6 +36,8 @@ public sealed class GradientExportProbe : TrainingProbe
     /// <inheritdoc />
     public override void OnSessionStart(ProbeSession session)
     {
+        if (session.Options.Storage == WindowStorage.Sketch)
+            throw new ProbeConfigurationException("GradientExportProbe writes the window's gradients, which ProbeOptions.Storage = Sketch does not keep; use Storage = Full or BFloat16.");
         if (File.Exists(_directory))
             throw new ProbeConfigurationException($"GradientExportProbe: '{_directory}' is a file, not a folder; choose a folder to write the windows to.");
         try

@@ -12,7 +12,7 @@ namespace TrainingProbes.Probes;
 /// EB, with their standard errors) of K minibatch gradients taken at one theta. The window's own K step batches are
 /// kept on their device while the window is captured, and when it closes they are evaluated at the window's first
 /// theta, the parameters before any of those batches was trained on. A window costs K extra forward and backward
-/// passes (and two parameter copies), and no extra data. All K go through the loss function, so what the trainer does
+/// passes (and one parameter copy, exchanged with the parameters for the evaluations), and no extra data. All K go through the loss function, so what the trainer does
 /// to its own <c>.grad</c> (clipping, loss scaling, accumulation, extra penalty terms) does not mix into them.
 /// </summary>
 /// <remarks>
@@ -34,8 +34,7 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
     private GradientWindow? _buffer;
     private FirstOrderFamily? _family;
     private Parameter[] _parameters = [];
-    private FlatParameterBuffer? _first;   // theta at the window's first step
-    private FlatParameterBuffer? _last;    // theta at its close, put back after the evaluations
+    private FlatParameterBuffer? _first;   // theta at the window's first step; during the evaluations, theta at its close
     private Tensor?[] _inputs = [];
     private Tensor?[] _targets = [];
     private bool[] _stored = [];
@@ -46,11 +45,11 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
     public override void OnSessionStart(ProbeSession session)
     {
         _session = session;
-        _buffer = new GradientWindow(session.Model, options.ParameterFilter, options.WindowSize);
+        _buffer = new GradientWindow(session.Model, options.ParameterFilter, options.WindowSize, options.Storage,
+            options.SketchDimension, options.Geometries, options.AdaptiveEta);
         _parameters = _buffer.Parameters.Select(p => p.Parameter).ToArray();
         _family = new FirstOrderFamily(options, options.Geometries, _buffer, prefix: "", options.LayerMetrics, options.SmoothingWindows);
         _first = _buffer.CreateFlatBuffer();
-        _last = _buffer.CreateFlatBuffer();
         _inputs = new Tensor?[options.WindowSize];
         _targets = new Tensor?[options.WindowSize];
         _stored = new bool[options.WindowSize];
@@ -100,8 +99,7 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
 
         var buffer = _buffer!;
         using var state = new ModelStateGuard(session.Model);
-        _last!.LoadParameters();
-        _first!.StoreToParameters();
+        _first!.SwapWithParameters();   // the parameters at the first theta, the buffer holding the last
         try
         {
             using (torch.enable_grad())
@@ -120,7 +118,7 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
         }
         finally
         {
-            _last.StoreToParameters();
+            _first.SwapWithParameters();
         }
     }
 
@@ -140,7 +138,6 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
     {
         _family?.Dispose();
         _first?.Dispose();
-        _last?.Dispose();
         _buffer?.Dispose();
         foreach (var t in _inputs.Concat(_targets)) t?.Dispose();
     }

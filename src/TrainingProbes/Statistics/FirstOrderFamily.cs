@@ -46,7 +46,8 @@ internal sealed class FirstOrderFamily : IDisposable
         _buffer = buffer;
         _prefix = prefix;
         var window = buffer;
-        Whitening = new Whitening(options, geometries, window);
+        // With sketches each gradient was whitened when it was sketched: no per-coordinate state here.
+        Whitening = new Whitening(options, buffer.Sketch is null ? geometries : Geometry.None, window);
         _layers = window.Parameters.Take(layerCount).ToArray();
         _hostSums = new double[SumsLength(window.K)];
         _definitions = IndicatorCatalogue.FirstOrder();
@@ -74,6 +75,24 @@ internal sealed class FirstOrderFamily : IDisposable
 
         Array.Clear(_hostSums);
         _segmentsPending = buffer.Segments.Count;
+        if (buffer.Sketch is { } sketch)
+        {
+            // Gram matrices of the [K, d] sketches: unbiased estimates of the full ones. No GSNR, no per-layer values.
+            for (int s = 0; s < buffer.Segments.Count; s++)
+            {
+                var sums = torch.zeros(SumsLength(k), dtype: ScalarType.Float64, device: buffer.Segments[s].Device);
+                for (int i = 0; i < _geometries.Length; i++)
+                {
+                    var h = sketch.Windows[sketch.IndexOf(_geometries[i])][s].to(ScalarType.Float64);
+                    sums.narrow(0, i * k * k, k * k).view(k, k).add_(h.mm(h.t()));
+                }
+
+                window.Fetch(sums, AddSegment);
+            }
+
+            return;
+        }
+
         for (int s = 0; s < buffer.Segments.Count; s++)
         {
             var sums = torch.zeros(SumsLength(k), dtype: ScalarType.Float64, device: buffer.Segments[s].Device);
@@ -209,6 +228,7 @@ internal sealed class FirstOrderFamily : IDisposable
                 Publish(window, index * n + f, _definitions[f].Name, _definitions[f].FromGram!(_summary), k >= 3 ? Jackknife.StandardError(_leaveOneOut.AsSpan(f * k, k)) : double.NaN, geometry);
         }
 
+        if (_buffer.Sketch is not null) return;   // per-coordinate values need the gradients themselves
         var (gsnr, gsnrError) = Gsnr(_hostSums, k);
         int series = _geometries.Length * n;
         Publish(window, series, Indicators.Gsnr, gsnr, gsnrError, Geometry.None);

@@ -1,0 +1,103 @@
+using System.Runtime.InteropServices;
+using TorchSharp;
+using TrainingProbes;
+using TrainingProbes.Capture;
+using static TorchSharp.torch;
+
+/// <summary>
+/// What a session adds to a process's resident memory, per storage mode: one Linear layer of P float32 weights
+/// (sqrt(P) x sqrt(P), SGD), a few steps without a session, then a session with the built-in probes until three windows
+/// have closed. Resident memory is read after a full GC and glibc's malloc_trim, so that it counts what the process
+/// holds, not what the allocator keeps of freed blocks; a session on a small model runs first, so that loading and
+/// compiling the library's code is not counted. For the sketch mode it prints the formula
+/// (<see cref="GradientSketch.SessionBytes"/>) and the ratio. Run one mode per process: another mode's freed memory
+/// would blur the next measure.
+///
+///   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- memory [P] [full|bfloat16|sketch]
+/// </summary>
+internal static class MemorySuite
+{
+    public static void Run(long requested, WindowStorage storage)
+    {
+        const int k = 16, batch = 8;
+        torch.set_num_threads(1);
+        long side = (long)Math.Round(Math.Sqrt(requested));
+        long parameters = side * side;
+        torch.manual_seed(1);
+        var model = nn.Linear(side, side, hasBias: false);
+        var optimizer = optim.SGD(model.parameters(), 1e-4);
+        var x = torch.randn(batch, side);
+        var y = torch.randn(batch, side);
+        static Tensor Loss(Tensor output, Tensor target) => nn.functional.mse_loss(output, target);
+        void Step(ProbeSession? session)
+        {
+            using var scope = torch.NewDisposeScope();
+            optimizer.zero_grad();
+            var loss = Loss(model.call(x), y);
+            loss.backward();
+            session?.Step(loss, x, y);
+            optimizer.step();
+        }
+
+        for (int i = 0; i < 3; i++) Step(null);
+        WarmUp(storage);
+        long before = Resident();
+        var options = new ProbeOptions { WindowSize = k, Interval = k + 2, OverheadBudget = null, Output = null, Storage = storage, Loss = Loss };
+        var started = DateTime.UtcNow;
+        using var session = ProbeSession.Attach(model, options, optimizer);
+        long attached = Resident() - before;
+        int windows = int.TryParse(Environment.GetEnvironmentVariable("MEMORY_WINDOWS"), out int w) ? w : 3;
+        for (int i = 0; i < windows * (k + 2); i++) Step(session);
+        long after = Resident();
+        long added = after - before;
+        if (session.History.Count < 3) throw new InvalidOperationException($"only {session.History.Count} windows closed");
+        Console.WriteLine($"memory: P = {parameters:N0} float32 parameters ({4.0 * parameters / 1e6:F0} MB), K = {k}, storage {storage}, geometries {options.Geometries}, {session.History.Count} windows in {(DateTime.UtcNow - started).TotalSeconds:F0} s");
+        Console.WriteLine($"  added resident memory at attach: {attached / 1e6:F1} MB; after the windows: {added / 1e6:F1} MB = {(double)added / parameters:F2} bytes per parameter");
+        if (storage == WindowStorage.Sketch)
+        {
+            int geometries = options.Geometries.HasFlag(Geometry.Adaptive) ? 2 : 1;
+            long formula = GradientSketch.SessionBytes(parameters, k, options.SketchDimension, geometries, batchBytes: k * (x.NumberOfElements + y.NumberOfElements) * 4);
+            Console.WriteLine($"  formula: {formula / 1e6:F1} MB (4 bytes per parameter, then K x d x 4 bytes per window and geometry, d = {options.SketchDimension})");
+            Console.WriteLine($"  added / formula: {(double)added / formula:F3}");
+        }
+    }
+
+    /// <summary>
+    /// A session on a small model, run and disposed first: loading and compiling the library's code (a fixed cost of
+    /// some tens of MB, whatever the model) is then not counted as the session's memory.
+    /// </summary>
+    private static void WarmUp(WindowStorage storage)
+    {
+        var model = nn.Linear(64, 64);
+        var optimizer = optim.SGD(model.parameters(), 1e-3);
+        var x = torch.randn(8, 64);
+        var y = torch.randn(8, 64);
+        static Tensor Loss(Tensor output, Tensor target) => nn.functional.mse_loss(output, target);
+        using (var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 16, Interval = 18, OverheadBudget = null, Output = null, Storage = storage, Loss = Loss }, optimizer))
+            for (int i = 0; i < 3 * 18; i++)
+            {
+                using var scope = torch.NewDisposeScope();
+                optimizer.zero_grad();
+                var loss = Loss(model.call(x), y);
+                loss.backward();
+                session.Step(loss, x, y);
+                optimizer.step();
+            }
+
+        model.Dispose();
+    }
+
+    [DllImport("libc", EntryPoint = "malloc_trim")]
+    private static extern int MallocTrim(nuint pad);
+
+    private static long Resident()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+        if (OperatingSystem.IsLinux()) MallocTrim(0);
+        using var process = System.Diagnostics.Process.GetCurrentProcess();
+        process.Refresh();
+        return process.WorkingSet64;
+    }
+}
