@@ -118,12 +118,20 @@ internal sealed class FirstOrderFamily : IDisposable
     {
         int k = buffer.K;
         var segment = buffer.Segments[s];
+
+        // On a CPU, float32: one managed pass over the buffer, read in place, for every Gram matrix and the GSNR sums.
+        if (WindowKernel.Supports(segment.Gradients))
+        {
+            var host = new double[SumsLength(k)];
+            WindowKernel.Accumulate(segment.Gradients, s, start, count, Whitening, _geometries, _options.GsnrEpsilon, host);
+            using var add = torch.tensor(host, ScalarType.Float64, sums.device);
+            sums.add_(add);
+            return;
+        }
+
         var grams = new Tensor[_geometries.Length];
         for (int i = 0; i < grams.Length; i++) grams[i] = sums.narrow(0, i * k * k, k * k).view(k, k);
         var gsnr = sums.narrow(0, _geometries.Length * k * k, 3 + 2 * k);
-
-        // On a CPU the GSNR sums come from one managed pass over the float32 buffer; elsewhere from tensor operations.
-        bool managed = GsnrKernel.Supports(segment.Gradients);
         long chunk = WindowChunks.Columns(segment, k);
         for (long offset = start; offset < start + count; offset += chunk)
         {
@@ -137,15 +145,7 @@ internal sealed class FirstOrderFamily : IDisposable
                 grams[i].add_(h.mm(h.t()));
             }
 
-            if (!managed) AccumulateGsnr(g, gsnr, k);
-        }
-
-        if (managed)
-        {
-            var host = new double[3 + 2 * k];
-            GsnrKernel.Accumulate(segment.Gradients, start, count, _options.GsnrEpsilon, host);
-            using var add = torch.tensor(host, ScalarType.Float64, gsnr.device);
-            gsnr.add_(add);
+            AccumulateGsnr(g, gsnr, k);
         }
     }
 

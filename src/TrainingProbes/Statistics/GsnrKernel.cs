@@ -1,16 +1,17 @@
 using System.Numerics;
-using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace TrainingProbes.Statistics;
 
 /// <summary>
-/// The GSNR sums of a window on the CPU in one pass over its float32 gradients, in managed code: per coordinate the K
-/// values are read once into registers (several coordinates per SIMD vector, widened to float64), and the mean, the
-/// sum of squares, the ratio and its K leave-one-out ratios are formed there. The same definitions as the tensor path
-/// (<c>FirstOrderFamily.AccumulateGsnr</c>): a coordinate varies when its K values are not all equal and their spread
-/// is above 8 float32 eps of their mean; with minibatch i left out, also when the other K - 1 values are not all 0.
+/// The GSNR sums of a window on the CPU, read in place from its float32 gradients, with the same definitions as the
+/// tensor path (<c>FirstOrderFamily.AccumulateGsnr</c>): a coordinate varies when its K values are not all equal and
+/// their spread is above 8 float32 eps of their mean; with minibatch i left out, also when the other K - 1 values are
+/// not all 0 and the leave-one-out variance (a downdate of the full one) is above 8 eps of the leave-one-out mean.
+/// <see cref="WindowKernel"/> computes them in float32 where that decides as float64 does, and with
+/// <see cref="Exact"/> (every value widened to float64) elsewhere.
 /// Torch on a CPU needs about twenty passes over K x P float64 temporaries for the same sums.
 /// </summary>
 internal static unsafe class GsnrKernel
@@ -19,8 +20,7 @@ internal static unsafe class GsnrKernel
     private static readonly double FloatEpsilon = Math.Pow(2, -23);
 
     /// <summary>Whether the kernel can read <paramref name="gradients"/> ([K, P], CPU, float32, contiguous).</summary>
-    public static bool Supports(Tensor gradients) =>
-        gradients.device_type == DeviceType.CPU && gradients.dtype == ScalarType.Float32 && gradients.is_contiguous() && gradients.dim() == 2;
+    public static bool Supports(Tensor gradients) => WindowKernel.Supports(gradients);
 
     /// <summary>
     /// Adds the sums <c>[R, U, N, R_(0..K-1), U_(0..K-1)]</c> of columns [<paramref name="start"/>, <paramref name="start"/> +
@@ -29,50 +29,87 @@ internal static unsafe class GsnrKernel
     public static void Accumulate(Tensor gradients, long start, long count, double epsilon, Span<double> sums)
     {
         int k = (int)gradients.shape[0];
-        var rows = new float*[k];
-        for (int i = 0; i < k; i++)
+        new WindowKernel(k, epsilon).Accumulate(WindowKernel.Address<float>(gradients), gradients.shape[1], start, count,
+            default, euclidean: -1, fisher: -1, adaptive: -1, gsnr: 0, sums);
+    }
+
+    /// <summary>
+    /// The GSNR sums of 8 columns at a time with every value widened to float64 (two vectors of 4), accumulated in
+    /// float64: the reference formulas, for the columns where float32 could decide differently.
+    /// </summary>
+    public sealed class Exact
+    {
+        private readonly int _k;
+        private readonly double _epsilon;
+        private readonly Vector256<double>[] _values, _high, _looRatio, _looCount;
+        private Vector256<double> _ratio, _varying;
+
+        public Exact(int k, double epsilon)
         {
-            using var row = gradients[i];
-            var span = MemoryMarshal.Cast<byte, float>(row.bytes);
-            rows[i] = (float*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref MemoryMarshal.GetReference(span)) + start;
+            _k = k;
+            _epsilon = epsilon;
+            _values = new Vector256<double>[k];
+            _high = new Vector256<double>[k];
+            _looRatio = new Vector256<double>[k];
+            _looCount = new Vector256<double>[k];
         }
 
-        int w = Vector<double>.Count;
-        var values = new Vector<double>[k];
-        var looRatio = new Vector<double>[k];
-        var looCount = new Vector<double>[k];
-        var ratio = Vector<double>.Zero;
-        var varying = Vector<double>.Zero;
-        double kd = k, invK = 1.0 / k, invK1 = 1.0 / (k - 1), invK2 = 1.0 / Math.Max(k - 2, 1), downdate = kd / (k - 1);
-        double rounding = RoundingFactor * FloatEpsilon;
-
-        long c = 0;
-        int floats = Vector<float>.Count;   // 2w: one float vector widens into two double vectors
-        var high = new Vector<double>[k];
-        for (; c + floats <= count; c += floats)
+        public void Clear()
         {
+            Array.Clear(_looRatio);
+            Array.Clear(_looCount);
+            _ratio = _varying = Vector256<double>.Zero;
+        }
+
+        /// <summary>Adds columns [c, c + 8) of the K rows at <paramref name="rows"/>.</summary>
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+        public void Add(float** rows, int c)
+        {
+            for (int i = 0; i < _k; i++)
+            {
+                var v = Vector256.Load(rows[i] + c);
+                _values[i] = Vector256.WidenLower(v);
+                _high[i] = Vector256.WidenUpper(v);
+            }
+
+            Block(_values);
+            Block(_high);
+        }
+
+        /// <summary>Adds R, U, R_(i), U_(i) (not N) into <paramref name="sums"/> [R, U, N, R_(i), U_(i)].</summary>
+        public void AddTo(Span<double> sums)
+        {
+            int k = _k;
+            sums[0] += Vector256.Sum(_ratio);
+            sums[1] += Vector256.Sum(_varying);
             for (int i = 0; i < k; i++)
-                Vector.Widen(System.Runtime.CompilerServices.Unsafe.ReadUnaligned<Vector<float>>(rows[i] + c), out values[i], out high[i]);
-            Block(values);
-            Block(high);
+            {
+                sums[3 + i] += Vector256.Sum(_looRatio[i]);
+                sums[3 + k + i] += Vector256.Sum(_looCount[i]);
+            }
         }
 
-        void Block(Vector<double>[] x)
+        private void Block(Vector256<double>[] x)
         {
-            var sum = Vector<double>.Zero;
-            var min = new Vector<double>(double.PositiveInfinity);
-            var max = new Vector<double>(double.NegativeInfinity);
-            var nonzero = Vector<double>.Zero;
+            int k = _k;
+            double invK = 1.0 / k, invK1 = 1.0 / (k - 1), invK2 = 1.0 / Math.Max(k - 2, 1), downdate = (double)k / (k - 1);
+            double rounding = RoundingFactor * FloatEpsilon;
+            var one = Vector256<double>.One;
+            var zero = Vector256<double>.Zero;
+            var sum = zero;
+            var min = Vector256.Create(double.PositiveInfinity);
+            var max = Vector256.Create(double.NegativeInfinity);
+            var nonzero = zero;
             for (int i = 0; i < k; i++)
             {
                 sum += x[i];
-                min = Vector.Min(min, x[i]);
-                max = Vector.Max(max, x[i]);
-                nonzero += Vector.ConditionalSelect(Vector.Equals(x[i], Vector<double>.Zero), Vector<double>.Zero, Vector<double>.One);
+                min = Vector256.Min(min, x[i]);
+                max = Vector256.Max(max, x[i]);
+                nonzero += Vector256.ConditionalSelect(Vector256.Equals(x[i], zero), zero, one);
             }
 
             var mean = sum * invK;
-            var squares = Vector<double>.Zero;
+            var squares = zero;
             for (int i = 0; i < k; i++)
             {
                 var d = x[i] - mean;
@@ -80,70 +117,23 @@ internal static unsafe class GsnrKernel
             }
 
             var variance = squares * invK1;
-            var scale = Vector.Abs(mean) * rounding;
-            var varies = Vector.BitwiseAnd(Vector.OnesComplement(Vector.Equals(max, min)), Vector.GreaterThan(variance, scale * scale));
-            if (Vector.EqualsAll(varies, Vector<long>.Zero)) return;
-            var eps = new Vector<double>(epsilon);
-            ratio += Vector.ConditionalSelect(varies, mean * mean / (variance + eps), Vector<double>.Zero);
-            varying += Vector.ConditionalSelect(varies, Vector<double>.One, Vector<double>.Zero);
+            var scale = Vector256.Abs(mean) * rounding;
+            var varies = ~Vector256.Equals(max, min) & Vector256.GreaterThan(variance, scale * scale);
+            if (varies == zero) return;
+            var eps = Vector256.Create(_epsilon);
+            _ratio += Vector256.ConditionalSelect(varies, mean * mean / (variance + eps), zero);
+            _varying += Vector256.ConditionalSelect(varies, one, zero);
             for (int i = 0; i < k; i++)
             {
                 var looMean = (sum - x[i]) * invK1;
                 var d = x[i] - mean;
                 var looVariance = (squares - d * d * downdate) * invK2;
-                var self = Vector.ConditionalSelect(Vector.Equals(x[i], Vector<double>.Zero), Vector<double>.Zero, Vector<double>.One);
-                var looScale = Vector.Abs(looMean) * rounding;
-                var looVaries = Vector.BitwiseAnd(Vector.BitwiseAnd(varies, Vector.GreaterThan(nonzero - self, Vector<double>.Zero)),
-                    Vector.GreaterThan(looVariance, looScale * looScale));
-                looRatio[i] += Vector.ConditionalSelect(looVaries, looMean * looMean / (looVariance + eps), Vector<double>.Zero);
-                looCount[i] += Vector.ConditionalSelect(looVaries, Vector<double>.One, Vector<double>.Zero);
+                var self = Vector256.ConditionalSelect(Vector256.Equals(x[i], zero), zero, one);
+                var looScale = Vector256.Abs(looMean) * rounding;
+                var looVaries = varies & Vector256.GreaterThan(nonzero - self, zero) & Vector256.GreaterThan(looVariance, looScale * looScale);
+                _looRatio[i] += Vector256.ConditionalSelect(looVaries, looMean * looMean / (looVariance + eps), zero);
+                _looCount[i] += Vector256.ConditionalSelect(looVaries, one, zero);
             }
-        }
-
-        // The last columns, one at a time, with the same formulas.
-        double tailRatio = 0, tailVarying = 0;
-        var tailLoo = new double[2 * k];
-        var x1 = new double[k];
-        for (; c < count; c++)
-        {
-            double sum = 0, min = double.PositiveInfinity, max = double.NegativeInfinity;
-            int nonzero = 0;
-            for (int i = 0; i < k; i++)
-            {
-                double x = x1[i] = rows[i][c];
-                sum += x;
-                min = Math.Min(min, x);
-                max = Math.Max(max, x);
-                if (x != 0) nonzero++;
-            }
-
-            double mean = sum * invK, squares = 0;
-            for (int i = 0; i < k; i++) squares += (x1[i] - mean) * (x1[i] - mean);
-            double variance = squares * invK1, scale = Math.Abs(mean) * rounding;
-            bool varies = max != min && variance > scale * scale;
-            if (!varies) continue;
-            tailRatio += mean * mean / (variance + epsilon);
-            tailVarying++;
-            for (int i = 0; i < k; i++)
-            {
-                double looMean = (sum - x1[i]) * invK1, d = x1[i] - mean;
-                double looVariance = (squares - d * d * downdate) * invK2, looScale = Math.Abs(looMean) * rounding;
-                bool othersNonzero = nonzero - (x1[i] != 0 ? 1 : 0) > 0;
-                if (othersNonzero && looVariance > looScale * looScale)
-                {
-                    tailLoo[i] += looMean * looMean / (looVariance + epsilon);
-                    tailLoo[k + i]++;
-                }
-            }
-        }
-
-        sums[0] += Vector.Sum(ratio) + tailRatio;
-        sums[1] += Vector.Sum(varying) + tailVarying;
-        sums[2] += count;
-        for (int i = 0; i < k; i++)
-        {
-            sums[3 + i] += Vector.Sum(looRatio[i]) + tailLoo[i];
-            sums[3 + k + i] += Vector.Sum(looCount[i]) + tailLoo[k + i];
         }
     }
 }

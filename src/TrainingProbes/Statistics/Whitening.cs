@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using TorchSharp;
 using TrainingProbes.Capture;
 using static TorchSharp.torch;
@@ -22,7 +23,7 @@ namespace TrainingProbes.Statistics;
 /// never subnormal. The Fisher average and its floor are kept in float64: squares of small float32 gradients (below
 /// about 1e-19) are subnormal in float32, which is both inexact and, on CPUs, two orders of magnitude slower.
 /// </summary>
-internal sealed class Whitening : IDisposable
+internal sealed unsafe class Whitening : IDisposable
 {
     private readonly GradientWindow _window;
     private readonly double _decay;
@@ -90,6 +91,12 @@ internal sealed class Whitening : IDisposable
         for (int s = 0; s < _window.Segments.Count; s++)
         {
             var segment = _window.Segments[s];
+            if (Managed(s))
+            {
+                FoldManaged(s);
+                continue;
+            }
+
             long chunk = WindowChunks.Columns(segment, _window.K);
             for (long offset = 0; offset < segment.Count; offset += chunk)
             {
@@ -102,9 +109,97 @@ internal sealed class Whitening : IDisposable
         if (_floor is null) return;
         foreach (var parameter in _window.Parameters)
         {
+            if (Managed(parameter.Segment)) continue;   // FoldManaged set its floor
             using var scope = torch.NewDisposeScope();
             var mean = _fisher.Segments[parameter.Segment].narrow(0, parameter.Offset, parameter.Count).mean();
             _floor.Segments[parameter.Segment].narrow(0, parameter.Offset, parameter.Count).copy_(mean * _floorFraction);
+        }
+    }
+
+    /// <summary>Whether segment <paramref name="segment"/>'s state is read and written in managed code (CPU, float32 gradients).</summary>
+    internal bool Managed(int segment) => WindowKernel.Supports(_window.Segments[segment].Gradients);
+
+    /// <summary>
+    /// The fold of a managed segment in one pass over its gradients, read in place: per coordinate the K squares in
+    /// float64 (never overflowing or subnormal), F updated in place, and per parameter tensor the sum of the new F for
+    /// its floor.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    private void FoldManaged(int s)
+    {
+        var gradients = _window.Segments[s].Gradients;
+        float* g = WindowKernel.Address<float>(gradients);
+        double* fisher = WindowKernel.Address<double>(_fisher!.Segments[s]);
+        long columns = gradients.shape[1];
+        int k = _window.K;
+        double decay = _decay, weight = (1 - _decay) / k;
+        var decayV = Vector256.Create(decay);
+        var weightV = Vector256.Create(weight);
+        foreach (var parameter in _window.Parameters)
+        {
+            if (parameter.Segment != s) continue;
+            long start = parameter.Offset, end = parameter.Offset + parameter.Count, c = start;
+            var total = Vector256<double>.Zero;
+            for (; c + 4 <= end; c += 4)
+            {
+                var squares = Vector256<double>.Zero;
+                for (int i = 0; i < k; i++)
+                {
+                    var x = Vector256.WidenLower(Vector128.Load(g + i * columns + c).ToVector256Unsafe());
+                    squares += x * x;
+                }
+
+                var f = Vector256.Load(fisher + c) * decayV + squares * weightV;
+                Vector256.Store(f, fisher + c);
+                total += f;
+            }
+
+            double sum = Vector256.Sum(total);
+            for (; c < end; c++)
+            {
+                double squares = 0;
+                for (int i = 0; i < k; i++)
+                {
+                    double x = g[i * columns + c];
+                    squares += x * x;
+                }
+
+                sum += fisher[c] = fisher[c] * decay + squares * weight;
+            }
+
+            if (_floor is not null)
+                _floor.Segments[s].narrow(0, parameter.Offset, parameter.Count).fill_(sum / parameter.Count * _floorFraction);
+        }
+    }
+
+    /// <summary>
+    /// D's state for the managed kernel over columns starting at <paramref name="offset"/> of segment
+    /// <paramref name="segment"/>, as of the last <see cref="Update"/>; the floor is the one of the parameter tensor
+    /// holding that column (see <see cref="ConstantFloorRanges"/>).
+    /// </summary>
+    internal WindowKernel.Whitenings ManagedState(int segment, long offset) => new()
+    {
+        Fisher = _fisher is null ? null : WindowKernel.Address<double>(_fisher.Segments[segment]),
+        Floor = _floor is null ? 0 : WindowKernel.Address<double>(_floor.Segments[segment])[offset],
+        BiasCorrection = _biasCorrection,
+        Theta = _theta is null ? null : WindowKernel.Address<float>(_theta.Segments[segment]),
+        Eta = (float)_eta,
+    };
+
+    /// <summary>Columns [start, start + count) of a segment cut where the Fisher floor changes (at parameter tensors' edges).</summary>
+    internal IEnumerable<(long Start, long Count)> ConstantFloorRanges(int segment, long start, long count)
+    {
+        if (_floor is null)
+        {
+            yield return (start, count);
+            yield break;
+        }
+
+        foreach (var parameter in _window.Parameters)
+        {
+            if (parameter.Segment != segment) continue;
+            long from = Math.Max(start, parameter.Offset), to = Math.Min(start + count, parameter.Offset + parameter.Count);
+            if (to > from) yield return (from, to - from);
         }
     }
 
