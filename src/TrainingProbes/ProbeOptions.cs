@@ -283,6 +283,18 @@ public sealed class ProbeOptions
 
     private int _smoothingWindows = 5;
 
+    /// <summary>
+    /// Whether a window's statistics run on a worker thread while training goes on (default true): the probes take what
+    /// they need from the model on the training thread when the window closes (the one-theta evaluations, a copy of
+    /// theta), and the statistics over the window's buffers and the transfer of their few numbers to the host run on the
+    /// worker. The snapshot is published on the training thread at the first <see cref="ProbeSession.Step"/> after the
+    /// worker is done (or at <see cref="ProbeSession.Flush"/> and <see cref="ProbeSession.Dispose"/>), in order; the
+    /// next window does not start before the previous one is read (with windows back to back the training thread waits
+    /// for it). The overhead budget charges the worker's time to the next interval. False computes everything on the
+    /// training thread at the window's last step and publishes at once.
+    /// </summary>
+    public bool BackgroundStatistics { get; init; } = true;
+
     /// <summary>Whether the built-in probes (gradient statistics at one theta and step to step, drift, loss) run (default true).</summary>
     public bool BuiltInProbes { get; init; } = true;
 
@@ -307,6 +319,7 @@ public sealed class ProbeOptions
     /// <c>TRAININGPROBES_RUN_ID</c>, <c>TRAININGPROBES_WORKER</c>, <c>TRAININGPROBES_LAYER_METRICS</c>,
     /// <c>TRAININGPROBES_OVERHEAD_BUDGET</c> (a fraction, or <c>none</c> for a fixed interval),
     /// <c>TRAININGPROBES_STORAGE</c> (<c>full</c>, <c>bfloat16</c> or <c>sketch</c>), <c>TRAININGPROBES_SKETCH_DIMENSION</c>,
+    /// <c>TRAININGPROBES_BACKGROUND</c> (<c>true</c> or <c>false</c>),
     /// <c>TRAININGPROBES_OUTPUT</c> (<c>console</c> or <c>none</c>) and <c>TRAININGPROBES_PROMETHEUS</c> (a port or
     /// host:port: serves a Prometheus scrape endpoint there; needs the TrainingProbes.Prometheus package),
     /// <c>TRAININGPROBES_STOP</c> (rules as text, separated by <c>;</c>, see <see cref="StoppingRule.Parse"/>)
@@ -346,6 +359,13 @@ public sealed class ProbeOptions
                 LayerMetrics = Integer(read, "TRAININGPROBES_LAYER_METRICS") ?? defaults.LayerMetrics,
                 Storage = storage,
                 SketchDimension = Integer(read, "TRAININGPROBES_SKETCH_DIMENSION") ?? defaults.SketchDimension,
+                BackgroundStatistics = read("TRAININGPROBES_BACKGROUND")?.Trim().ToLowerInvariant() switch
+                {
+                    null or "" => defaults.BackgroundStatistics,
+                    "true" or "1" => true,
+                    "false" or "0" => false,
+                    var other => throw new ArgumentException($"TRAININGPROBES_BACKGROUND is '{other}'; use true or false."),
+                },
                 Probes = read("TRAININGPROBES_PROMETHEUS") is { Length: > 0 } endpoint ? [PrometheusEndpoint(endpoint)] : [],
                 Stopping = read("TRAININGPROBES_STOP") is { Length: > 0 } rules ? ParseRules(rules) : [],
                 CheckpointPath = read("TRAININGPROBES_CHECKPOINT") is { Length: > 0 } checkpoint ? checkpoint : null,

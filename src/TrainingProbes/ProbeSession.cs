@@ -216,6 +216,7 @@ public sealed class ProbeSession : IDisposable
     public void SaveState(string path)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        Publish();
         SessionStateFile.Save(StatefulParts(), path, StateShape);
     }
 
@@ -230,6 +231,7 @@ public sealed class ProbeSession : IDisposable
     public void RestoreState(string path)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        Publish();
         SessionStateFile.Restore(StatefulParts(), path, StateShape);
     }
 
@@ -276,7 +278,9 @@ public sealed class ProbeSession : IDisposable
                 nameof(loss));
 
         long started = _scheduler.Now;
+        if (_pending is { } pending && pending.Job.IsCompleted) Publish();
         int slot = _scheduler.BeginStep(started, out long step);
+        if (slot == 0 && _pending is not null) Publish();   // the next window never overwrites buffers the worker still reads
         if (slot < 0 && !_runner.ObservesEveryStep)
         {
             _scheduler.EndStep(started);
@@ -302,7 +306,12 @@ public sealed class ProbeSession : IDisposable
         return this;
     }
 
-    /// <summary>Runs the probes on the complete window, reads their values back, and publishes the snapshot.</summary>
+    /// <summary>
+    /// Runs the probes on the complete window (on the training thread: they take what they need from the model), then
+    /// the window's job (their deferred statistics and the transfer; on the worker with
+    /// <see cref="ProbeOptions.BackgroundStatistics"/>), and chooses the next window. The snapshot is published when the
+    /// job is done (<see cref="Publish"/>).
+    /// </summary>
     private void CloseWindow(Tensor? input, Tensor? target)
     {
         long started = _scheduler.Now;
@@ -313,33 +322,75 @@ public sealed class ProbeSession : IDisposable
         context.Target = target;
         using (var scope = torch.NewDisposeScope())
         using (torch.no_grad())
-        {
             _runner.Window(context);
-            _runner.Timed(_runner.Transfer, "transfer", static a => a.Context.Resolve(a.Failures.Fail), (Context: context, Failures: _failures));
-        }
-
-        context.CurrentProbe = "session";
-        if (_optimizer?.ParamGroups.FirstOrDefault() is { } group)
-            _failures.Guard("session", static a => a.Context.Report(Indicators.LearningRate, a.Group.LearningRate), (Context: context, Group: group));
-
-        // Overhead: probe time over the training time without probes, since the previous window.
-        var (overhead, overheadTotal, interval) = _scheduler.CloseWindow(started);
-        context.Report(Indicators.ProbeOverhead, overhead);
-        context.Report(Indicators.ProbeOverheadTotal, overheadTotal);
-        context.Report(Indicators.ProbeInterval, interval);
         context.Input = context.Target = null;
 
-        var snapshot = new ProbeSnapshot(RunId, context.Step, window, DateTimeOffset.UtcNow, context.Values.ToArray(), _runner.TakeSeconds());
-        long publishing = _scheduler.Now;
+        bool background = Options.BackgroundStatistics;
+        var job = WindowJob.Start(context, background ? _worker : null, Options.TimeProvider);
+        var values = new List<(string Name, double Value)>();
+        if (_optimizer?.ParamGroups.FirstOrDefault() is { } group)
+            _failures.Guard("session", static a => a.Values.Add((Indicators.LearningRate, a.Group.LearningRate)), (Values: values, Group: group));
+
+        // Overhead: probe time over the training time without probes, since the previous window. An inline job is this
+        // window's; a background one is charged to the next interval when it is published.
+        var (overhead, overheadTotal, interval) = _scheduler.CloseWindow(started);
+        values.Add((Indicators.ProbeOverhead, overhead));
+        values.Add((Indicators.ProbeOverheadTotal, overheadTotal));
+        values.Add((Indicators.ProbeInterval, interval));
+        _pending = new PendingWindow(job, values, _runner.TakeSeconds(), background);
+        if (!background) Publish();
+    }
+
+    /// <summary>A closed window whose job may still run: what the training thread measured, to publish with it.</summary>
+    private sealed record PendingWindow(WindowJob Job, List<(string Name, double Value)> Values, Dictionary<string, double> Seconds, bool Background);
+
+    private PendingWindow? _pending;
+    private readonly StatisticsWorker _worker = new();
+
+    /// <summary>The worker thread of background statistics (tests read its thread-local counters through it).</summary>
+    internal StatisticsWorker Worker => _worker;
+
+    /// <summary>Publishes the pending window, waiting for its job if it is still running (training thread only).</summary>
+    private void Publish()
+    {
+        if (_pending is not { } pending) return;
+        _pending = null;
+        long waiting = _scheduler.Now;
+        pending.Job.Wait();
+        foreach (var (what, exception) in pending.Job.Failures) _failures.Fail(what, exception);
+
+        var context = pending.Job.Context;
+        context.CurrentProbe = "session";
+        foreach (var (name, value) in pending.Values) context.Report(name, value);
+        var seconds = pending.Seconds;
+        foreach (var (name, value) in pending.Job.Seconds) seconds[name] = seconds.GetValueOrDefault(name) + value;
+
+        var snapshot = new ProbeSnapshot(RunId, context.Step, context.Window, DateTimeOffset.UtcNow, context.Values.ToArray(), seconds);
         _publisher.Publish(snapshot);
-        _scheduler.AddProbeTicks(_scheduler.Now - publishing);   // charged to the next interval
+        // Charged to the next interval: the publication, and a background job's time wherever it ran.
+        long ticks = _scheduler.Now - waiting;
+        if (pending.Background) ticks += pending.Job.Ticks;
+        _scheduler.AddProbeTicks(ticks);
+    }
+
+    /// <summary>
+    /// Waits for the window whose statistics are still being computed (with <see cref="ProbeOptions.BackgroundStatistics"/>)
+    /// and publishes it: after it, <see cref="Latest"/> and <see cref="History"/> hold every window closed so far. Call it
+    /// on the training thread, for example after the training loop; <see cref="Dispose"/> calls it.
+    /// </summary>
+    public void Flush()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        Publish();
     }
 
     /// <summary>Ends the session: calls each probe's end callback and frees the gradient buffer.</summary>
     public void Dispose()
     {
         if (_disposed) return;
+        _failures.Guard("session", static s => s.Publish(), this);
         _disposed = true;
+        _worker.Dispose();
         _runner.End();
         _telemetry.Unregister();
         Window.Dispose();

@@ -108,15 +108,36 @@ public sealed partial class ProbeWindowContext
     /// </summary>
     internal void Fetch(Tensor values, Action<ReadOnlySpan<double>> onHost)
     {
-        var flat = values.detach().flatten().to(ScalarType.Float64);
+        // Out of every dispose scope: with background statistics the transfer happens on the worker, after the
+        // training thread's scope of the window has ended. Resolve disposes it.
+        var flat = values.detach().flatten().to(ScalarType.Float64).DetachFromDisposeScope();
         _pending.Add(new PendingFetch(flat, onHost, CurrentProbe));
     }
+
+    /// <summary>
+    /// Queues work of the current probe that reads only the window's buffers and the probe's own state (never the model,
+    /// which training changes meanwhile): it runs before the window's transfer, on the session's worker with
+    /// <see cref="ProbeOptions.BackgroundStatistics"/>, else right after the probes. It may report and fetch.
+    /// </summary>
+    internal void Defer(Action work) => _deferred.Add((CurrentProbe, work));
+
+    /// <summary>The work queued by <see cref="Defer"/> this window, with the probe that queued it.</summary>
+    internal IReadOnlyList<(string Probe, Action Work)> Deferred => _deferred;
+
+    private readonly List<(string Probe, Action Work)> _deferred = [];
 
     internal void Begin(long step, int window)
     {
         Step = step;
         Window = window;
         _values.Clear();
+        DisposePending();
+        _deferred.Clear();
+    }
+
+    private void DisposePending()
+    {
+        foreach (var item in _pending) item.Values.Dispose();
         _pending.Clear();
     }
 
@@ -147,7 +168,7 @@ public sealed partial class ProbeWindowContext
                 offset += length;
             }
         }
-        _pending.Clear();
+        DisposePending();
     }
 
     internal IReadOnlyList<IndicatorValue> Values => _values;

@@ -85,6 +85,7 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
             throw new InvalidOperationException($"The fixed-point measurement failed: {error.Message}", error);
 
         // Only the probe's own values: the session's timing values mean nothing for two back-to-back calls.
+        session.Flush();
         var latest = session.Latest!;
         return new ProbeSnapshot(latest.RunId, latest.Step, latest.Window, latest.Timestamp,
             latest.Values.Where(v => v.Probe == probe.Name).ToArray(), latest.ProbeSeconds);
@@ -197,7 +198,7 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
                 }
             }
 
-            _family!.Compute(window);
+            _family!.Compute(window, defer: false);   // the finite-radius and curvature steps below read its updated whitening
             var atTheta = torch.stack(losses);
 
             // 2. Finite-radius regret and contrastive flatness, per geometry, from loss evaluations.

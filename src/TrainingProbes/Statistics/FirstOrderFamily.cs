@@ -65,13 +65,28 @@ internal sealed class FirstOrderFamily : IDisposable
     // (see AccumulateGsnr).
     private int SumsLength(int k) => _geometries.Length * k * k + 3 + 2 * k;
 
-    /// <summary>Computes the family on the device and reports it through <paramref name="window"/> after the window's transfer.</summary>
-    public void Compute(ProbeWindowContext window)
+    /// <summary>
+    /// Computes the family on the device and reports it through <paramref name="window"/> after the window's transfer.
+    /// Only the adaptive geometry's copy of theta is taken now (call at the window's theta); the rest reads the window's
+    /// buffer and this family's state only, and is deferred (<see cref="ProbeWindowContext.Defer"/>): with
+    /// <see cref="ProbeOptions.BackgroundStatistics"/> it runs on the session's worker while training goes on.
+    /// </summary>
+    /// <param name="window">The closed window.</param>
+    /// <param name="defer">False computes everything now (for a caller that reads the updated whitening right after).</param>
+    public void Compute(ProbeWindowContext window, bool defer = true)
     {
         _window = window;
+        Whitening.LoadTheta();
+        if (defer) window.Defer(ComputeFromBuffer);
+        else ComputeFromBuffer();
+    }
+
+    private void ComputeFromBuffer()
+    {
+        var window = _window!;
         var buffer = _buffer;
         int k = buffer.K;
-        Whitening.Update();   // the whole window first: each tensor's floor needs the tensor's new average
+        Whitening.Fold();   // the whole window first: each tensor's floor needs the tensor's new average
 
         Array.Clear(_hostSums);
         _segmentsPending = buffer.Segments.Count;

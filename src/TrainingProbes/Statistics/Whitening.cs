@@ -83,9 +83,25 @@ internal sealed unsafe class Whitening : IDisposable
     /// </summary>
     public void Update()
     {
+        LoadTheta();
+        Fold();
+    }
+
+    /// <summary>The first half of <see cref="Update"/>: copies the parameters for the adaptive geometry (call at the window's theta).</summary>
+    public void LoadTheta()
+    {
         using var noGrad = torch.no_grad();   // state, never part of a graph (and the parameters require gradients)
-        Updates = _updates + 1;
         _theta?.LoadParameters();
+    }
+
+    /// <summary>
+    /// The second half of <see cref="Update"/>: counts the update, folds the window's K gradients into F and sets the
+    /// floors. It reads the window's buffer and this object's state only, never the parameters: it may run on a worker.
+    /// </summary>
+    public void Fold()
+    {
+        using var noGrad = torch.no_grad();
+        Updates = _updates + 1;
         if (_fisher is null) return;
 
         for (int s = 0; s < _window.Segments.Count; s++)

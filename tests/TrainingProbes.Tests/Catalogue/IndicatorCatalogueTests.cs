@@ -89,6 +89,7 @@ public sealed class IndicatorCatalogueTests
 
         // The snapshot: in both families and every geometry, with a standard error; the step family's euclidean value
         // equals the mean squared norm of the recorded step gradients.
+        session.Flush();
         var snapshot = session.Latest!;
         double expected = recorder.SquaredNorms[^1].Average();
         Assert.Equal(expected, snapshot.Get("step.gradient.test_mean_squared_norm", Geometry.Euclidean), expected * 1e-5);

@@ -29,6 +29,7 @@ public sealed class FixedPointTests
             Train(watched, 30, 8, (loss, x, y) => session.Step(loss, x, y));
             Assert.Equal(0, session.FailureCount);
             Assert.Equal(6, fixedPoint.Runs);
+            session.Flush();
             var last = session.Latest!;
             foreach (var name in new[] { "fixed_point.regret.finite", "fixed_point.flatness.contrastive_eps", "fixed_point.gradient.cosine" })
                 Assert.True(double.IsFinite(last.Get(name, Geometry.Fisher)), name);

@@ -105,6 +105,7 @@ public sealed class OneThetaTests
         using (session)
         {
             Assert.Equal(0, session.FailureCount);
+            session.Flush();
             var history = session.History;
             Assert.Equal(3, history.Count);
             for (int w = 0; w < history.Count; w++)
@@ -145,6 +146,7 @@ public sealed class OneThetaTests
         var (session, _) = Train(K, steps: Windows * (K + 2), new ProbeOptions { SmoothingWindows = 3 });
         using (session)
         {
+            session.Flush();
             var history = session.History;
             Assert.Equal(Windows, history.Count);
             foreach (var (name, geometry) in new[] { (Indicators.Cosine, Geometry.Euclidean), (Indicators.RelativeRegret, Geometry.Fisher), (Indicators.Gsnr, Geometry.None) })
@@ -166,6 +168,7 @@ public sealed class OneThetaTests
         var (session, recomputation) = Train(K, steps: K + 2, new ProbeOptions { LayerMetrics = 1 });
         using (session)
         {
+            session.Flush();
             var snapshot = session.Latest!;
             Assert.Equal(["0.weight"], snapshot.Values.Where(v => v.Layer is not null).Select(v => v.Layer!).Distinct().ToArray());
             int count = Inputs * 10;   // 0.weight comes first in the flattened order
@@ -207,6 +210,7 @@ public sealed class OneThetaTests
                 optimizer.step();
             }
 
+            session?.Flush();
             if (probe) Assert.Equal(6, session!.History.Count(s => s.TryGetValue(Indicators.Cosine, Geometry.Euclidean, out _)));
             return model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone().DetachFromDisposeScope());
         }
@@ -230,6 +234,7 @@ public sealed class OneThetaTests
         Assert.Equal(1, text.Split('\n').Count(l => l.Contains("need K minibatch gradients at one theta")));
         Assert.Contains("model.Probe(loss, optimizer, input, target, lossFunction.call)", text);
         Assert.Equal(0, session.FailureCount);
+        session.Flush();
         Assert.All(session.History, s => Assert.False(s.TryGetValue(Indicators.Cosine, Geometry.Euclidean, out _)));
         Assert.All(session.History, s => Assert.True(s.TryGetValue(StepNames.Step(Indicators.Cosine), Geometry.Euclidean, out _)));
     }

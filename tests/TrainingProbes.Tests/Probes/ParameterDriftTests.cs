@@ -54,6 +54,7 @@ public sealed class ParameterDriftTests
         double moved = recorder.First!.Zip(recorder.Last!).Sum(p => (p.Second - p.First) * (p.Second - p.First));
         double norm = recorder.First!.Sum(v => v * v);
         double expected = Math.Sqrt(moved / norm);
+        session.Flush();
         double published = session.Latest!.Get(Indicators.ParameterDrift);
         Assert.True(expected > 1e-3, $"the parameters barely moved ({expected})");
         Assert.Equal(expected, published, expected * 1e-6);

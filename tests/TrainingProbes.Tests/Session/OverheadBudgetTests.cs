@@ -36,9 +36,11 @@ public sealed class OverheadBudgetTests
         // The first window is a warm-up, left out of the ledger: the second follows the fixed interval. From then on,
         // 20 ms per window against steps of 10 microseconds: at 5% the budget allows one window per tens of thousands
         // of steps, so no third window opens in 400 steps.
+        budgeted.Flush();
         Assert.Equal(2, budgeted.History.Count);
         Assert.Equal(10, budgeted.History[0].Get(Indicators.ProbeInterval));
         Assert.True(budgeted.Latest!.Get(Indicators.ProbeInterval) > 400, $"interval {budgeted.Latest.Get(Indicators.ProbeInterval)}");
+        fixedSchedule.Flush();
         Assert.Equal(40, fixedSchedule.History.Count);
         Assert.All(fixedSchedule.History, s => Assert.Equal(10, s.Get(Indicators.ProbeInterval)));
     }
@@ -50,6 +52,7 @@ public sealed class OverheadBudgetTests
 
         // Capture-only windows of a two-parameter model cost far less than a 0.5 ms step: a 90% budget lets them come
         // much sooner than the initial interval of 200 steps.
+        session.Flush();
         Assert.True(session.History.Count > 20, $"only {session.History.Count} windows in 400 steps");
         Assert.True(session.History.Skip(1).Average(s => s.Get(Indicators.ProbeInterval)) < 200);
     }

@@ -49,6 +49,7 @@ public sealed class ReadmeExampleTests
             optimizer.step();
         }
 
+        session.Flush();
         var value = session.Latest!.Values.Single(v => v.Name == "gradient_share.of_parameter");
         Assert.Equal("gradient_share", value.Probe);
         Assert.Equal(share / total, value.Value, 12);

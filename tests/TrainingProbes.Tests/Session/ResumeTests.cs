@@ -39,6 +39,8 @@ public sealed class ResumeTests : IDisposable
             session.Step(loss, x, y);
             optimizer.step();
         }
+
+        session.Flush();
     }
 
     /// <summary>A snapshot's values without the ones that measure time.</summary>

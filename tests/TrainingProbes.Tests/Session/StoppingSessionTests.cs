@@ -83,6 +83,7 @@ public sealed class StoppingSessionTests
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
             WindowSize = 2, Interval = 5, Output = output, OverheadBudget = null, Stopping = [stopRule, warnRule],
+            BackgroundStatistics = false,   // published at the window's last step: the stop is seen at that step exactly
         }, optimizer);
         var events = new List<StoppingEventArgs>();
         session.RuleFired += (_, e) => events.Add(e);

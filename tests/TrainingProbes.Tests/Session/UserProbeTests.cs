@@ -60,6 +60,7 @@ public sealed class UserProbeTests
         Assert.True(session.FailureCount >= windows, $"FailureCount is {session.FailureCount}, expected at least {windows}.");
 
         var expected = RegressionReplay.Run(data, weight, bias, LearningRate, steps, options);
+        session.Flush();
         var history = session.History;
         Assert.Equal(windows, history.Count);
         for (int w = 0; w < windows; w++)
@@ -85,6 +86,7 @@ public sealed class UserProbeTests
 
         Assert.Equal(0, session.FailureCount);
         var expected = RegressionReplay.Run(data, weight, bias, LearningRate, steps, options);
+        session.Flush();
         var history = session.History;
         Assert.Equal(windows, history.Count);
         for (int w = 0; w < windows; w++)

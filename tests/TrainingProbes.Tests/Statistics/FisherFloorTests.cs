@@ -47,6 +47,7 @@ public sealed class FisherFloorTests
             loss.backward();
             session.Step(loss);
         }
+        session.Flush();
         return session.Latest!;
     }
 

@@ -61,6 +61,7 @@ public sealed class Float32ChunkedTests
         for (int w = 0; w < 3; w++)
         {
             var (g, theta) = recorder.Windows[w];
+            session.Flush();
             var snapshot = session.History[w];
             var expected = new Dictionary<Geometry, Dictionary<string, double>>
             {

@@ -55,6 +55,7 @@ public sealed class LinearRegressionIndicatorTests
             RegressionTraining.Train(model, session, optimizer, data, steps, usesUnused);
             var expected = RegressionReplay.Run(data, weight, bias, LearningRate, steps, options, usesUnused);
 
+            session.Flush();
             var history = session.History;
             Assert.Equal(windows, expected.Count);
             Assert.Equal(windows, history.Count);

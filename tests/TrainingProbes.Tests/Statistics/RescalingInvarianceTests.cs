@@ -116,6 +116,7 @@ public sealed class RescalingInvarianceTests
         }
 
         Assert.Equal(0, session.FailureCount);
+        session.Flush();
         var history = session.History;
         Assert.Equal(Windows, history.Count);
         return history;

@@ -55,6 +55,7 @@ public sealed class SyntheticGradientCalibrationTests(Xunit.Abstractions.ITestOu
         }
 
         Assert.Equal(0, session.FailureCount);
+        session.Flush();
         return session.History.ToList();
     }
 
@@ -118,6 +119,7 @@ public sealed class SyntheticGradientCalibrationTests(Xunit.Abstractions.ITestOu
         }
 
         double expected = IndicatorsTests.ReferenceIndicators.Jackknife(window, g => IndicatorsTests.ReferenceIndicators.Gsnr(g, 0));
+        session.Flush();
         double published = session.Latest!.Get(Step(Indicators.Gsnr + Indicators.StandardErrorSuffix));
         IndicatorsTests.Close.Assert(expected, published, 1e-3, "gsnr.stderr with an outlier minibatch");
     }
@@ -141,6 +143,7 @@ public sealed class SyntheticGradientCalibrationTests(Xunit.Abstractions.ITestOu
         }
 
         Assert.Equal(0, session.FailureCount);
+        session.Flush();
         return session.Latest!;
     }
 

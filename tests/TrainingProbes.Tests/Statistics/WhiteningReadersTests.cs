@@ -132,6 +132,7 @@ public sealed class WhiteningReadersTests
 
             Assert.Equal(0, session.FailureCount);
             Assert.Equal(1, fixedPoint.Runs);
+            session.Flush();
             snapshot = session.Latest!;
         }
 

@@ -28,6 +28,7 @@ public sealed class TelemetryTests
             session.Step(loss);
             optimizer.step();
         }
+        session.Flush();
         return session;
     }
 
@@ -73,6 +74,7 @@ public sealed class TelemetryTests
     public void Instrument_names_are_dotted_snake_case_under_the_prefix_without_units()
     {
         using var session = TrainSmallModel(new ProbeOptions { WindowSize = 2, Interval = 2, Output = null, OverheadBudget = null, LayerMetrics = 1 }, 2, out _);
+        session.Flush();
         foreach (var value in session.Latest!.Values)
         {
             Assert.Matches("^[a-z][a-z0-9_]*(\\.[a-z][a-z0-9_]*)*$", value.Name);

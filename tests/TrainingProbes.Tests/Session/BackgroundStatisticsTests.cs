@@ -1,0 +1,160 @@
+using TorchSharp;
+using TrainingProbes.Stopping;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.Tests.Session;
+
+/// <summary>
+/// <see cref="ProbeOptions.BackgroundStatistics"/>: a window's statistics run on the session's worker while the
+/// training thread goes on; they are the same numbers as computed inline, published in order on the training thread,
+/// and the next window never starts before the previous one has been read.
+/// </summary>
+public sealed class BackgroundStatisticsTests
+{
+    private static Tensor CrossEntropy(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
+
+    private static (nn.Module<Tensor, Tensor> Model, optim.Optimizer Optimizer) Model()
+    {
+        torch.manual_seed(1);
+        var model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3));
+        return (model, optim.SGD(model.parameters(), 0.05));
+    }
+
+    private static void Step(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ProbeSession session, Generator generator)
+    {
+        using var scope = torch.NewDisposeScope();
+        var x = torch.randn([16, 5], generator: generator);
+        var y = torch.randint(0, 3, [16], generator: generator);
+        optimizer.zero_grad();
+        var loss = CrossEntropy(model.call(x), y);
+        loss.backward();
+        session.Step(loss, x, y);
+        optimizer.step();
+    }
+
+    private static List<ProbeSnapshot> Run(bool background, int steps)
+    {
+        var (model, optimizer) = Model();
+        using var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = 4, Interval = 7, OverheadBudget = null, Output = null, Loss = CrossEntropy, LayerMetrics = 2, BackgroundStatistics = background,
+        }, optimizer);
+        var generator = new Generator(3);
+        for (int i = 0; i < steps; i++) Step(model, optimizer, session, generator);
+        session.Flush();
+        return [.. session.History];
+    }
+
+    [Fact]
+    public void Background_windows_publish_the_same_values_as_inline_ones_in_order()
+    {
+        var inline = Run(background: false, steps: 60);
+        var background = Run(background: true, steps: 60);
+        Assert.Equal(9, inline.Count);
+        Assert.Equal(inline.Select(s => (s.Window, s.Step)), background.Select(s => (s.Window, s.Step)));
+        foreach (var (expected, actual) in inline.Zip(background))
+        {
+            // Everything but the timings (overhead, and the budget's interval, which here is fixed anyway).
+            var want = expected.Values.Where(v => !v.Name.StartsWith("probe.", StringComparison.Ordinal)).ToList();
+            var got = actual.Values.Where(v => !v.Name.StartsWith("probe.", StringComparison.Ordinal)).ToList();
+            Assert.True(want.Count > 40, $"only {want.Count} values");
+            Assert.Equal(want.Select(v => (v.Name, v.Geometry, v.Layer)), got.Select(v => (v.Name, v.Geometry, v.Layer)));
+            Assert.Equal(want.Select(v => v.Value), got.Select(v => v.Value));   // bit for bit: the same arithmetic on another thread
+        }
+    }
+
+    /// <summary>A probe whose deferred work waits for the test's signal, the way slow statistics would.</summary>
+    private sealed class GatedProbe : TrainingProbe
+    {
+        public ManualResetEventSlim Gate { get; } = new(false);
+        public int Started;
+        public int Finished;
+        public bool Throw;
+
+        public override string Name => "gated";
+
+        public override void OnWindowClosed(ProbeWindowContext window)
+        {
+            int index = window.Window;
+            window.Defer(() =>
+            {
+                Interlocked.Increment(ref Started);
+                if (!Gate.Wait(TimeSpan.FromSeconds(30))) throw new TimeoutException("the test never opened the gate");
+                Interlocked.Increment(ref Finished);
+                if (Throw) throw new InvalidOperationException("deferred failure");
+                window.Report("gated.window", index);
+            });
+        }
+    }
+
+    [Fact]
+    public void The_training_thread_goes_on_while_the_statistics_run_and_waits_only_before_the_next_window()
+    {
+        var (model, optimizer) = Model();
+        var gated = new GatedProbe();
+        using var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = 3, Interval = 10, OverheadBudget = null, Output = null, Loss = CrossEntropy, Probes = [gated],
+        }, optimizer);
+        var generator = new Generator(3);
+        for (int i = 0; i < 3; i++) Step(model, optimizer, session, generator);   // window 0 closes at step 2
+
+        // Seven more steps (3 to 9) while the window's job is blocked: none of them waits for it, nothing is published.
+        for (int i = 0; i < 7; i++) Step(model, optimizer, session, generator);
+        Assert.True(SpinWait.SpinUntil(() => Volatile.Read(ref gated.Started) == 1, TimeSpan.FromSeconds(10)), "the window's job never started");
+        Assert.Equal(0, Volatile.Read(ref gated.Finished));
+        Assert.Null(session.Latest);
+
+        // Step 10 would open window 1 over the buffers the job still reads: it waits, then publishes window 0 first.
+        using var opener = new Timer(_ => gated.Gate.Set(), null, 200, Timeout.Infinite);
+        Step(model, optimizer, session, generator);   // step 10
+        Assert.Equal(1, Volatile.Read(ref gated.Finished));
+        Assert.NotNull(session.Latest);
+        Assert.Equal(0, session.Latest!.Window);
+        Assert.Equal(0.0, session.Latest.Get("gated.window"));
+        Assert.True(session.Latest.TryGetValue(Indicators.Cosine, Geometry.Euclidean, out _));
+    }
+
+    [Fact]
+    public void A_failing_background_job_is_counted_at_publication_and_training_goes_on()
+    {
+        var (model, optimizer) = Model();
+        var gated = new GatedProbe { Throw = true };
+        gated.Gate.Set();
+        using var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = 3, Interval = 5, OverheadBudget = null, Output = null, Loss = CrossEntropy, Probes = [gated],
+        }, optimizer);
+        var generator = new Generator(3);
+        for (int i = 0; i < 20; i++) Step(model, optimizer, session, generator);
+        session.Flush();
+
+        Assert.Equal(4, session.History.Count);
+        Assert.Equal(4, session.FailureCount);
+        Assert.All(session.History, s => Assert.False(s.TryGetValue("gated.window", Geometry.None, out _)));
+        Assert.All(session.History, s => Assert.True(s.TryGetValue(Indicators.Cosine, Geometry.Euclidean, out _)));   // the other probes' values are there
+    }
+
+    [Fact]
+    public void A_stop_rule_fires_once_the_window_is_published_within_a_few_steps_of_its_close()
+    {
+        var (model, optimizer) = Model();
+        using var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = 2, Interval = 5, OverheadBudget = null, Output = null, Stopping = [StoppingRule.Parse("step.gradient.cosine[euclidean] < 2 for 3")],
+        }, optimizer);
+        var generator = new Generator(4);
+        int steps = 0;
+        for (; steps < 100; steps++)
+        {
+            Step(model, optimizer, session, generator);
+            if (session.ShouldStop) break;
+        }
+
+        // The third window closes at step 11; its snapshot is published at a later step call, at the latest when the
+        // fourth window opens (step 15).
+        Assert.True(session.ShouldStop);
+        Assert.InRange(steps, 12, 15);
+        Assert.Equal(11, session.Latest!.Step - 1);
+    }
+}
