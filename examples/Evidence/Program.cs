@@ -97,6 +97,7 @@ Run Train(string condition, string experiment, int seed, double noise, int batch
     {
         Interval = Interval, WindowSize = windowSize, OverheadBudget = null, Output = null, RunId = $"{condition}-{seed}", HistoryCapacity = 4096,
         Loss = lossFunction.call,
+        BackgroundStatistics = false,   // the handler below evaluates the model at the window's own step
     }, optimizer);
     session.WindowClosed += (_, snapshot) =>
     {

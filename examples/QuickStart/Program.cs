@@ -43,5 +43,6 @@ for (; step < Steps; step++)
 }
 
 var session = TrainingProbes.ProbeSession.Get(model)!;
+session.Flush();   // the last window's statistics may still be running beside training
 Console.WriteLine($"done: {step} steps{(session.ShouldStop ? " (stopped early)" : "")}, {session.History.Count} windows, {session.FailureCount} probe failures.");
 session.Dispose();

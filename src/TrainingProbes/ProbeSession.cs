@@ -243,6 +243,9 @@ public sealed class ProbeSession : IDisposable
 
     internal GradientWindow Window { get; }
 
+    /// <summary>The session's probes, built-in first.</summary>
+    internal IReadOnlyList<TrainingProbe> RunningProbes => _runner.Probes;
+
     internal bool IsDisposed => _disposed;
 
     /// <summary>The loss function (output, target) -> scalar mean loss: <see cref="ProbeOptions.Loss"/>, or the one the one-line call passed.</summary>

@@ -6,6 +6,7 @@
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- kernels [windows] [largest P]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- bdn [BenchmarkDotNet arguments]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- memory [P] [full|bfloat16|sketch]
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- steps [P] [windows]
 //
 // The kernels suite measures one window's statistics (the step family, per geometry set) and the drift probe through
 // the public API on one Linear layer of P weights, beside the read-once floor (one sum() over the K x P buffer) and the
@@ -29,6 +30,12 @@ if (args.Length > 0 && args[0] == "bdn")
 if (args.Length > 0 && args[0] == "operations")
 {
     KernelSuite.Operations(args.Length > 1 ? long.Parse(args[1]) : 1_000_000, args.Length > 2 ? int.Parse(args[2]) : 8);
+    return;
+}
+
+if (args.Length > 0 && args[0] == "steps")
+{
+    StepSuite.Run(args.Length > 1 ? long.Parse(args[1]) : 2_000_000, args.Length > 2 ? int.Parse(args[2]) : 20);
     return;
 }
 

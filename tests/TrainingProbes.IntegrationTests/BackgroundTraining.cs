@@ -80,6 +80,8 @@ internal sealed class BackgroundTraining : IDisposable
                 session.Step(loss, x, y);
                 optimizer.step();
             }
+
+            session.Flush();
         }
         catch (Exception ex)
         {

@@ -156,6 +156,7 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
         }
 
         var session = TrainingProbes.ProbeSession.Get(model)!;
+        session.Flush();
         using var http = new System.Net.Http.HttpClient();
         var metrics = await http.GetStringAsync($"http://{Environment.GetEnvironmentVariable("TRAININGPROBES_PROMETHEUS")}/metrics");
         int series = metrics.Split('\n').Count(line => line.StartsWith("trainingprobes_"));

@@ -55,6 +55,7 @@ public sealed class PyTorchInteropTests(ITestOutputHelper output)
             }
 
             Assert.Equal(2, export.Files.Count);
+            session.Flush();
             var snapshot = session.History.Single(s => s.Window == 1);
             session.Dispose();
 

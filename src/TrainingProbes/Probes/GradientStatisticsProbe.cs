@@ -22,6 +22,9 @@ internal sealed class GradientStatisticsProbe(ProbeOptions options) : TrainingPr
 
     public override void OnWindowClosed(ProbeWindowContext window) => _family!.Compute(window);
 
+    /// <summary>The parameters at the close of the current window, copied by this probe's whitening (null without the adaptive geometry).</summary>
+    public Capture.FlatParameterBuffer? ThetaAtClose => _family?.Whitening.Theta;
+
     public override void OnSessionEnd() => _family?.Dispose();
 
     public string StateKey => Name;

@@ -8,10 +8,12 @@ namespace TrainingProbes.Probes;
 /// How far the parameters moved while a passive window was captured:
 /// <c>||theta_last - theta_first|| / ||theta_first||</c>, with theta read when the first and the last
 /// gradient of the window were captured (before their optimizer steps). One copy of the parameters is kept (theta at
-/// the first step). On a CPU with float32 parameters both sums come from one managed pass over that copy and the
-/// parameters themselves; elsewhere the last theta is copied too and the sums are tensor reductions. With
-/// <see cref="WindowStorage.Sketch"/> no copy is kept: both norms are estimated from CountSketches of theta (d numbers
-/// each; relative standard deviation of a squared norm at most sqrt(2 / d), 0.6% at the default d).
+/// the first step). On a CPU with float32 parameters both sums come from one managed pass over that copy and the step
+/// family's copy of theta at the close (its adaptive geometry's), deferred to the session's worker; without the
+/// adaptive geometry, over the parameters themselves at the close. Elsewhere the last theta is copied too and the sums
+/// are tensor reductions. With <see cref="WindowStorage.Sketch"/> no copy is kept: both norms are estimated from
+/// CountSketches of theta (d numbers each; relative standard deviation of a squared norm at most sqrt(2 / d), 0.6% at
+/// the default d).
 /// </summary>
 internal sealed class ParameterDriftProbe : TrainingProbe
 {
@@ -60,9 +62,31 @@ internal sealed class ParameterDriftProbe : TrainingProbe
             return;
         }
 
-        if (_managed && ManagedSums() is var (moved, norm))
+        // The step family copies theta at the close for its adaptive geometry: read that copy on the worker, after the
+        // probes, rather than the parameters now (which keeps the managed sums off the training thread).
+        _stepProbe ??= window.Session.RunningProbes.OfType<GradientStatisticsProbe>().FirstOrDefault();
+        if (_managed && _stepProbe?.ThetaAtClose is { } atClose)
         {
-            window.Report(Indicators.ParameterDrift, norm > 0 ? Math.Sqrt(moved / norm) : double.NaN);
+            window.Defer(() =>
+            {
+                double moved = 0, norm = 0;
+                for (int s = 0; s < _first!.Segments.Length; s++)
+                {
+                    var (m, n) = Statistics.VectorSums.DriftSums(
+                        System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(_first.Segments[s].bytes),
+                        System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(atClose.Segments[s].bytes));
+                    moved += m;
+                    norm += n;
+                }
+
+                window.Report(Indicators.ParameterDrift, norm > 0 ? Math.Sqrt(moved / norm) : double.NaN);
+            });
+            return;
+        }
+
+        if (_managed && ManagedSums() is var (managedMoved, managedNorm))
+        {
+            window.Report(Indicators.ParameterDrift, managedNorm > 0 ? Math.Sqrt(managedMoved / managedNorm) : double.NaN);
             return;
         }
 
@@ -86,6 +110,8 @@ internal sealed class ParameterDriftProbe : TrainingProbe
             });
         }
     }
+
+    private GradientStatisticsProbe? _stepProbe;
 
     /// <summary>
     /// The two sums over every watched parameter, read in place: the copy of theta at the first step and the parameters

@@ -87,6 +87,13 @@ internal sealed unsafe class Whitening : IDisposable
         Fold();
     }
 
+    /// <summary>
+    /// The parameters as of the last <see cref="LoadTheta"/> (the window's theta), laid out like the window's segments;
+    /// null without the adaptive geometry. Other probes of the same window may read it (the drift probe does, on the
+    /// worker, instead of keeping a copy of its own).
+    /// </summary>
+    public FlatParameterBuffer? Theta => _theta;
+
     /// <summary>The first half of <see cref="Update"/>: copies the parameters for the adaptive geometry (call at the window's theta).</summary>
     public void LoadTheta()
     {
