@@ -7,6 +7,7 @@
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- bdn [BenchmarkDotNet arguments]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- memory [P] [full|bfloat16|sketch]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- steps [P] [windows]
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- all      (every suite above that issue 11 asks for, under ten minutes)
 //
 // The kernels suite measures one window's statistics (the step family, per geometry set) and the drift probe through
 // the public API on one Linear layer of P weights, beside the read-once floor (one sum() over the K x P buffer) and the
@@ -30,6 +31,33 @@ if (args.Length > 0 && args[0] == "bdn")
 if (args.Length > 0 && args[0] == "operations")
 {
     KernelSuite.Operations(args.Length > 1 ? long.Parse(args[1]) : 1_000_000, args.Length > 2 ? int.Parse(args[2]) : 8);
+    return;
+}
+
+if (args.Length > 0 && args[0] == "all")
+{
+    // Every figure of issue 11, each suite in a process of its own (the memory suite needs a fresh one): the window
+    // kernels against the floor and the naive loop, drift against one read, the closing step against the median step,
+    // the sketch session's memory against its formula, and the windows the 5% budget allows.
+    var allClock = Stopwatch.StartNew();
+    foreach (var suiteArguments in new[]
+    {
+        new[] { "kernels", "5", "10000000" },
+        ["steps", "2000000", "12"],
+        ["memory", "67108864", "sketch"],
+        ["budget", "5", "2000"],
+    })
+    {
+        Console.WriteLine($"== {string.Join(' ', suiteArguments)} ({allClock.Elapsed.TotalSeconds:F0} s)");
+        var start = new ProcessStartInfo(Environment.ProcessPath!) { UseShellExecute = false };
+        if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet") start.ArgumentList.Add(typeof(MemorySuite).Assembly.Location);
+        foreach (var argument in suiteArguments) start.ArgumentList.Add(argument);
+        using var child = Process.Start(start)!;
+        child.WaitForExit();
+        if (child.ExitCode != 0) Console.WriteLine($"   exited with {child.ExitCode}");
+    }
+
+    Console.WriteLine($"== done in {allClock.Elapsed.TotalMinutes:F1} minutes");
     return;
 }
 
@@ -107,6 +135,7 @@ var variants = suite switch
     "budget" => new (string Name, ProbeOptions? Options)[]
     {
         ("no probes", null),
+        ("budget 5%, passive windows only", new ProbeOptions { Output = null }),
         ("budget 5% (default options)", new ProbeOptions { Loss = CrossEntropy, Output = null }),
         ("budget 5% + fixed-point probe", new ProbeOptions { Loss = CrossEntropy, Output = null, Probes = [FixedPoint()] }),
         ("budget 2% + fixed-point probe", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = 0.02, Probes = [FixedPoint()] }),
