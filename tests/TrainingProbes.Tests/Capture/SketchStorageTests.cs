@@ -87,6 +87,32 @@ public sealed class SketchStorageTests(Xunit.Abstractions.ITestOutputHelper outp
     }
 
     [Fact]
+    public void BFloat16_storage_gives_the_full_values_within_its_rounding_GSNR_included()
+    {
+        var (exact, _) = TrainOnMnist(WindowStorage.Full, 120);
+        var (rounded, _) = TrainOnMnist(WindowStorage.BFloat16, 120);
+        Assert.Equal(3, rounded.Count);
+        double largest = 0, largestGsnr = 0;
+        foreach (var (full, half) in exact.Zip(rounded))
+        {
+            foreach (var name in new[] { Indicators.Cosine, Indicators.RelativeRegret, "step." + Indicators.Cosine })
+                foreach (var geometry in new[] { Geometry.Euclidean, Geometry.Adaptive })
+                {
+                    double want = full.Get(name, geometry), got = half.Get(name, geometry);
+                    // Each coordinate rounded to 8 significant bits (relative error <= 2^-9): Gram entries move by far less.
+                    Assert.True(Math.Abs(got - want) <= 1e-3, $"window {full.Window} {name} {geometry}: bfloat16 {got}, full {want}");
+                    largest = Math.Max(largest, Math.Abs(got - want));
+                }
+
+            double gsnr = full.Get(Indicators.Gsnr), halfGsnr = half.Get(Indicators.Gsnr);
+            Assert.InRange(halfGsnr / gsnr, 0.99, 1.01);
+            largestGsnr = Math.Max(largestGsnr, Math.Abs(halfGsnr / gsnr - 1));
+        }
+
+        output.WriteLine($"largest |bfloat16 - full|: {largest:G3}; largest relative GSNR difference {largestGsnr:G3}");
+    }
+
+    [Fact]
     public void The_sketch_error_on_periodic_nonnegative_vectors_is_within_five_standard_deviations_of_its_formula()
     {
         // Vectors with a positive mean and period 1024 (which divides the chunk length): with a hash that repeats per
