@@ -18,6 +18,36 @@ internal static class KernelSuite
         foreach (var (p, k) in new[] { (100_000L, 8), (1_000_000L, 8), (1_000_000L, 32), (10_000_000L, 8) }.Where(s => s.Item1 <= maxParameters))
             foreach (var geometries in new[] { Geometry.Euclidean, Geometry.All })
                 Measure(p, k, geometries, windows);
+
+        // The euclidean window's two parts on the CPU kernel (WindowKernel), each alone on a K x P buffer: the Gram
+        // matrix, which is all the naive loop computes, and the GSNR sums with their K leave-one-out ratios per
+        // coordinate (the jackknife), which it does not.
+        Console.WriteLine();
+        Console.WriteLine("| P | K | floor (ms) | Gram alone (ms) | Gram / floor | naive / Gram | GSNR sums alone (ms) | GSNR / floor |");
+        Console.WriteLine("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        foreach (var (p, k) in new[] { (1_000_000L, 8), (1_000_000L, 32), (10_000_000L, 8) }.Where(s => s.Item1 <= maxParameters))
+            Parts(p, k, windows);
+    }
+
+    private static void Parts(long p, int k, int windows)
+    {
+        using var scope = torch.NewDisposeScope();
+        var buffer = torch.randn(k, p);
+        var kernel = new TrainingProbes.Statistics.WindowKernel(k, 0);
+        var sums = new double[k * k + 3 + 2 * k];
+        double floor = Time(() => buffer.sum().item<float>(), windows);
+        double gram = Time(() => { kernel.Accumulate(buffer, 0, p, null, 0, 1, null, 0, euclidean: 0, fisherOffset: -1, adaptive: -1, gsnr: -1, sums); return sums[0]; }, windows);
+        double gsnr = Time(() => { kernel.Accumulate(buffer, 0, p, null, 0, 1, null, 0, euclidean: -1, fisherOffset: -1, adaptive: -1, gsnr: k * k, sums); return sums[0]; }, windows);
+        var rows = Enumerable.Range(0, k).Select(i => buffer[i]).ToArray();
+        double naive = Time(() =>
+        {
+            double total = 0;
+            for (int i = 0; i < k; i++)
+                for (int j = 0; j < k; j++)
+                    total += torch.dot(rows[i], rows[j]).item<float>();
+            return total;
+        }, Math.Min(windows, 3));
+        Console.WriteLine($"| {p:G2} | {k} | {floor:F2} | {gram:F2} | {gram / floor:F1} | {naive / gram:F1} | {gsnr:F2} | {gsnr / floor:F1} |");
     }
 
     private static void Measure(long p, int k, Geometry geometries, int windows)
