@@ -43,6 +43,7 @@ for (; step < Steps; step++)
 }
 
 var session = TrainingProbes.ProbeSession.Get(model)!;
+bool stoppedEarly = session.ShouldStop;   // before Flush: a rule that fires on the last window did not stop this loop
 session.Flush();   // the last window's statistics may still be running beside training
-Console.WriteLine($"done: {step} steps{(session.ShouldStop ? " (stopped early)" : "")}, {session.History.Count} windows, {session.FailureCount} probe failures.");
+Console.WriteLine($"done: {step} steps{(stoppedEarly ? " (stopped early)" : "")}, {session.History.Count} windows, {session.FailureCount} probe failures.");
 session.Dispose();

@@ -436,6 +436,12 @@ public sealed class ProbeOptions
             throw new ArgumentException(
                 "The fisher geometry needs a per-coordinate average of squared gradients, which Storage = Sketch does not keep. " +
                 "Leave Geometries unset (euclidean and adaptive) or drop Fisher, or use Storage = Full or BFloat16.", nameof(Geometries));
+        if (Storage == WindowStorage.Sketch
+            && Stopping.FirstOrDefault(r => r is not null && (r.Geometry == Geometry.Fisher || r.Monitor.Split('.').Any(part => part is "gsnr" or "eb_criterion"))) is { } unavailable)
+            throw new ArgumentException(
+                $"The stopping rule '{unavailable.Name}' monitors {unavailable.MonitorLabel}, which Storage = Sketch does not compute (GSNR and EB are " +
+                "per-coordinate, and the fisher geometry needs a per-coordinate average); it would never fire. Monitor a Gram indicator such as " +
+                "gradient.cosine or regret.relative in the euclidean or adaptive geometry, or use Storage = Full or BFloat16.", nameof(Stopping));
         if (Storage == WindowStorage.Sketch && LayerMetrics > 0)
             throw new ArgumentException(
                 "Per-layer values are not available with Storage = Sketch (one sketch holds the whole model). Set LayerMetrics = 0, or use Storage = Full or BFloat16.",

@@ -47,6 +47,13 @@ public sealed class ProbeSession : IDisposable
 
         Window = new GradientWindow(model, options.ParameterFilter, options.WindowSize, options.Storage,
             options.SketchDimension, options.Geometries, options.AdaptiveEta);
+        if (options.Storage == WindowStorage.Sketch)
+        {
+            string sketch = $"[probes] Storage = Sketch: each gradient is kept as a CountSketch of {options.SketchDimension} numbers; the Gram indicators and the drift are " +
+                $"estimated from them in the {options.Geometries} geometries, and GSNR, EB, per-layer values, the fisher geometry and the raw gradients are not available.";
+            options.Output?.WriteLine(sketch);
+            _logger.LogInformation("{Message}", sketch);
+        }
         try
         {
             var builtIn = options.BuiltInProbes
@@ -146,13 +153,21 @@ public sealed class ProbeSession : IDisposable
     /// <summary>Number of probe callbacks that threw; each is logged, and training goes on.</summary>
     public int FailureCount => _failures.Count;
 
-    /// <summary>The last published snapshot, or null before the first window closes. Safe from any thread.</summary>
+    /// <summary>
+    /// The last published snapshot, or null before the first window's is published. Safe from any thread. With
+    /// <see cref="ProbeOptions.BackgroundStatistics"/> a window is published at a step after its close, when its
+    /// statistics are done: call <see cref="Flush"/> after the training loop before reading the last one.
+    /// </summary>
     public ProbeSnapshot? Latest => _publisher.Latest;
 
-    /// <summary>The last <see cref="ProbeOptions.HistoryCapacity"/> snapshots, oldest first (a copy; safe from any thread).</summary>
+    /// <summary>The last <see cref="ProbeOptions.HistoryCapacity"/> published snapshots, oldest first (a copy; safe from any thread; see <see cref="Latest"/>).</summary>
     public IReadOnlyList<ProbeSnapshot> History => _publisher.History;
 
-    /// <summary>Raised on the training thread after each window's snapshot is published.</summary>
+    /// <summary>
+    /// Raised on the training thread after each window's snapshot is published: with
+    /// <see cref="ProbeOptions.BackgroundStatistics"/>, during a later <see cref="Step"/> call than the window's last
+    /// (the model has moved on since the window's theta), or in <see cref="Flush"/> and <see cref="Dispose"/>.
+    /// </summary>
     public event EventHandler<ProbeSnapshot>? WindowClosed;
 
     /// <summary>
@@ -328,7 +343,9 @@ public sealed class ProbeSession : IDisposable
             _runner.Window(context);
         context.Input = context.Target = null;
 
-        bool background = Options.BackgroundStatistics;
+        // A rule that keeps weights (a checkpoint, best weights to restore) copies them when it sees the window's
+        // values: those must be published while the parameters are still the window's, so its windows run inline.
+        bool background = Options.BackgroundStatistics && !_stopping.KeepsWeights;
         var job = WindowJob.Start(context, background ? _worker : null, Options.TimeProvider);
         var values = new List<(string Name, double Value)>();
         if (_optimizer?.ParamGroups.FirstOrDefault() is { } group)

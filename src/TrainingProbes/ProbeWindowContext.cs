@@ -108,9 +108,10 @@ public sealed partial class ProbeWindowContext
     /// </summary>
     internal void Fetch(Tensor values, Action<ReadOnlySpan<double>> onHost)
     {
-        // Out of every dispose scope: with background statistics the transfer happens on the worker, after the
-        // training thread's scope of the window has ended. Resolve disposes it.
-        var flat = values.detach().flatten().to(ScalarType.Float64).DetachFromDisposeScope();
+        // A copy (to() shares a float64 tensor's storage, which the probe may change before the worker reads it), out
+        // of every dispose scope: with background statistics the transfer happens on the worker, after the training
+        // thread's scope of the window has ended. Resolve disposes it.
+        var flat = values.detach().flatten().to(ScalarType.Float64, copy: true).DetachFromDisposeScope();
         _pending.Add(new PendingFetch(flat, onHost, CurrentProbe));
     }
 

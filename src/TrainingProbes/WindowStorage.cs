@@ -1,10 +1,12 @@
 namespace TrainingProbes;
 
 /// <summary>
-/// How a window keeps its K gradients (<see cref="ProbeOptions.Storage"/>). Memory per watched parameter, besides
-/// the model's own: about (2K + 3) x 4 bytes in <see cref="Full"/> float32, about half in <see cref="BFloat16"/>,
-/// and 4 bytes in <see cref="Sketch"/> (one copy of theta for the one-theta evaluation) plus
-/// 2 x geometries x K x d x 4 bytes in all.
+/// How a window keeps its K gradients (<see cref="ProbeOptions.Storage"/>). Memory a session with the built-in probes
+/// adds per watched float32 parameter at K = 16 and the default geometries, measured (tests/TrainingProbes.Benchmarks,
+/// <c>memory</c>): 178 bytes in <see cref="Full"/> (two buffers of K gradients, three copies of theta, and per family
+/// a float64 Fisher average and floor), 114 in <see cref="BFloat16"/>, and in <see cref="Sketch"/> 4 bytes (the copy
+/// of theta for the one-theta evaluations) plus, in all, K x d x 4 bytes per window, geometry and segment and about
+/// 5 MiB of hash tables per window and segment.
 /// </summary>
 public enum WindowStorage
 {
@@ -13,7 +15,9 @@ public enum WindowStorage
 
     /// <summary>
     /// Every gradient rounded to bfloat16 (8 significant bits): every indicator, from gradients with a relative rounding
-    /// error of about 0.4% each. Parameters and the whitening state stay in their own precision.
+    /// error of at most 0.2% each. Parameters and the whitening state stay in their own precision. The GSNR is the value
+    /// most sensitive to it: a coordinate whose spread over the K minibatches is within bfloat16's rounding of its mean
+    /// counts as constant (it contributes 0), where full storage would resolve it.
     /// </summary>
     BFloat16,
 
@@ -22,7 +26,12 @@ public enum WindowStorage
     /// in its geometry's whitening: the Gram-matrix indicators (norms, cosine, regret, flatness, noise, coherence, the
     /// tests) and the parameter drift are estimated, unbiased, from K x d numbers. Unavailable: per-coordinate values
     /// (GSNR and the EB criterion), per-layer values, the fisher geometry (its per-coordinate average of squared
-    /// gradients is what the mode saves), and the raw gradients (<see cref="ProbeWindowContext.Gradients"/>).
+    /// gradients is what the mode saves), and the raw gradients (<see cref="ProbeWindowContext.Gradients"/>); the session
+    /// refuses stopping rules on them when it is created. The adaptive geometry's D is applied when each gradient is
+    /// sketched, at that step's theta: for the step-to-step values (<c>step.*</c>) that is each step's own theta, not the
+    /// window's last one as in full storage, which changes their adaptive values when theta moves much within a window.
+    /// The hash is fixed, so a window's sketch error recurs in the next windows: the published standard errors and
+    /// smoothed means do not include it (its size is given on <see cref="ProbeOptions.SketchDimension"/>).
     /// </summary>
     Sketch,
 }

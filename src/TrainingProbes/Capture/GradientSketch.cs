@@ -23,6 +23,12 @@ namespace TrainingProbes.Capture;
 /// cosine estimated from sketches has a standard deviation of about <c>(1 - rho^2) / sqrt(d)</c>. The default
 /// d = 2^16 gives at most 1/256 = 0.004, so an error of 0.02 is five standard deviations.
 /// </para>
+/// <para>
+/// What the chunked hash adds to a fully random one: two offsets that collide in one chunk collide in every chunk (the
+/// table repeats); two chunks that draw the same shift (about n^2 / 2d pairs among n chunks: none below about 3e7
+/// coordinates, about 100 at 1e9) collide offset by offset, with one sign for the pair; and the seed is fixed, so the
+/// same gradients give the same error in every window and every run.
+/// </para>
 /// Each sketch is float32 (whatever the parameters' dtype), accumulated in a [2d] scratch per geometry and folded
 /// (buckets b and b + d add) into its row.
 /// </summary>

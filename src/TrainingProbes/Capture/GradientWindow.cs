@@ -253,34 +253,59 @@ internal sealed class FlatParameterBuffer : IDisposable
     {
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
-        var work = new Dictionary<(DeviceType, int, ScalarType), Tensor>();
         var parameters = _window.Parameters;
-        for (int i = 0; i < parameters.Count; i++)
-        {
-            var parameter = parameters[i].Parameter;
-            if (!parameter.is_contiguous())
-            {
-                var saved = parameter.detach().clone();
-                parameter.copy_(_views[i]);
-                _views[i].copy_(saved);
-                continue;
-            }
+        // Every work space first, so that nothing is exchanged when one cannot be allocated.
+        var work = parameters
+            .GroupBy(p => (p.Parameter.device_type, p.Parameter.device_index, p.Parameter.dtype))
+            .ToDictionary(g => g.Key, g => torch.empty(Math.Min(SwapChunk, g.Max(p => p.Count)), g.Key.dtype, g.First().Parameter.device));
 
-            var mine = _views[i].view(-1);
-            var theirs = parameter.detach().view(-1);
-            long n = theirs.numel();
-            var key = (parameter.device_type, parameter.device_index, parameter.dtype);
-            if (!work.TryGetValue(key, out var space))
-                work[key] = space = torch.empty(SwapChunk, parameter.dtype, parameter.device);
-            for (long offset = 0; offset < n; offset += SwapChunk)
+        int done = 0;
+        long reached = 0;   // elements of parameter `done` exchanged so far
+        try
+        {
+            for (; done < parameters.Count; done++)
             {
-                long length = Math.Min(SwapChunk, n - offset);
-                var a = theirs.narrow(0, offset, length);
-                var b = mine.narrow(0, offset, length);
-                var t = space.narrow(0, 0, length).copy_(a);
-                a.copy_(b);
-                b.copy_(t);
+                reached = 0;
+                Swap(done, work, long.MaxValue, ref reached);
             }
+        }
+        catch
+        {
+            // Exchange back exactly what was exchanged, then report the failure.
+            long ignored = 0;
+            for (int i = 0; i < done; i++) Swap(i, work, long.MaxValue, ref ignored);
+            if (done < parameters.Count) Swap(done, work, reached, ref ignored);
+            throw;
+        }
+    }
+
+    /// <summary>Exchanges the first <paramref name="limit"/> elements of parameter <paramref name="index"/> with the buffer, counting them in <paramref name="reached"/>.</summary>
+    private void Swap(int index, Dictionary<(DeviceType, int, ScalarType), Tensor> work, long limit, ref long reached)
+    {
+        var parameter = _window.Parameters[index].Parameter;
+        if (!parameter.is_contiguous())
+        {
+            if (limit < parameter.numel()) return;   // exchanged whole or not at all
+            var saved = parameter.detach().clone();
+            parameter.copy_(_views[index]);
+            _views[index].copy_(saved);
+            reached = parameter.numel();
+            return;
+        }
+
+        var mine = _views[index].view(-1);
+        var theirs = parameter.detach().view(-1);
+        long n = Math.Min(theirs.numel(), limit);
+        var space = work[(parameter.device_type, parameter.device_index, parameter.dtype)];
+        for (long offset = 0; offset < n; offset += SwapChunk)
+        {
+            long length = Math.Min(SwapChunk, n - offset);
+            var a = theirs.narrow(0, offset, length);
+            var b = mine.narrow(0, offset, length);
+            var t = space.narrow(0, 0, length).copy_(a);
+            a.copy_(b);
+            b.copy_(t);
+            reached = offset + length;
         }
     }
 

@@ -55,10 +55,19 @@ internal sealed class ParameterDriftProbe : TrainingProbe
     {
         if (_firstSketch is not null)
         {
+            // One fetch per segment: segments may live on different devices.
             _window!.Sketch!.SketchParameters(_lastSketch!);
-            var sums = torch.stack(_firstSketch.Select((first, s) => torch.stack([
-                (_lastSketch![s] - first).square().sum(ScalarType.Float64), first.square().sum(ScalarType.Float64)])).ToArray()).sum([0]);
-            window.Fetch(sums, host => window.Report(Indicators.ParameterDrift, host[1] > 0 ? Math.Sqrt(host[0] / host[1]) : double.NaN));
+            _moved = 0;
+            _norm = 0;
+            _pending = _firstSketch.Length;
+            for (int s = 0; s < _firstSketch.Length; s++)
+                window.Fetch(torch.stack([(_lastSketch![s] - _firstSketch[s]).square().sum(ScalarType.Float64), _firstSketch[s].square().sum(ScalarType.Float64)]), host =>
+                {
+                    _moved += host[0];
+                    _norm += host[1];
+                    if (--_pending == 0)
+                        window.Report(Indicators.ParameterDrift, _norm > 0 ? Math.Sqrt(_moved / _norm) : double.NaN);
+                });
             return;
         }
 

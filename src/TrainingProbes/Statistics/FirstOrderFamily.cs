@@ -160,7 +160,7 @@ internal sealed class FirstOrderFamily : IDisposable
                 grams[i].add_(h.mm(h.t()));
             }
 
-            AccumulateGsnr(g, gsnr, k);
+            AccumulateGsnr(g, gsnr, k, segment.Gradients.dtype);
         }
     }
 
@@ -174,7 +174,7 @@ internal sealed class FirstOrderFamily : IDisposable
     /// coordinate is taken as constant when its other K - 1 values are all zero, or when the leave-one-out variance
     /// (a downdate of the full one) is not positive.
     /// </summary>
-    private void AccumulateGsnr(Tensor g, Tensor gsnr, int k)
+    private void AccumulateGsnr(Tensor g, Tensor gsnr, int k, ScalarType stored)
     {
         // Everything per coordinate in float64: squares of large float32 gradients overflow (inf / inf is NaN), and the
         // leave-one-out downdate cancels when one minibatch is an outlier. Two passes by hand: torch's var over the
@@ -187,7 +187,7 @@ internal sealed class FirstOrderFamily : IDisposable
         var sumSquares = squares.sum([0]);
         // A coordinate varies when its K values are not all equal and their spread is above the rounding of the
         // gradients' dtype (K values one ulp apart are rounding, and would give a ratio of 1 / eps^2).
-        var rounding = mean.abs().mul_(RoundingFactor * Epsilon(g.dtype));
+        var rounding = mean.abs().mul_(RoundingFactor * Epsilon(stored));
         rounding.mul_(rounding);
         var varies = g.amax([0]).ne_(g.amin([0])).logical_and_(sumSquares.gt(rounding.mul(k - 1)));
         var ratio = (mean.square() / (sumSquares / (k - 1) + _options.GsnrEpsilon)).masked_fill_(varies.logical_not(), 0);
@@ -197,7 +197,7 @@ internal sealed class FirstOrderFamily : IDisposable
         var othersZero = nonzero.sum([0]).unsqueeze(0).sub(nonzero).eq(0);
         var looMean = sum.unsqueeze(0).sub(g64).div_(k - 1);
         var looVariance = sumSquares.unsqueeze(0).sub(squares.mul_((double)k / (k - 1))).div_(Math.Max(k - 2, 1));
-        var looRounding = looMean.abs().mul_(RoundingFactor * Epsilon(g.dtype));
+        var looRounding = looMean.abs().mul_(RoundingFactor * Epsilon(stored));
         looRounding.mul_(looRounding);
         var looVaries = looVariance.gt(looRounding).logical_and_(othersZero.logical_not_()).logical_and_(varies);
         var looRatio = looMean.mul_(looMean).div_(looVariance.add_(_options.GsnrEpsilon)).masked_fill_(looVaries.logical_not(), 0);
@@ -212,8 +212,17 @@ internal sealed class FirstOrderFamily : IDisposable
     /// <summary>How many units of the dtype's rounding (eps |mean|) a coordinate's standard deviation must exceed to count as noise.</summary>
     private const double RoundingFactor = 8;
 
-    /// <summary>The machine epsilon of the gradients' dtype (float32 for narrower dtypes, which are widened to it).</summary>
-    private static double Epsilon(ScalarType dtype) => dtype == ScalarType.Float64 ? Math.Pow(2, -52) : Math.Pow(2, -23);
+    /// <summary>
+    /// The machine epsilon of the dtype the gradients are stored in: their rounding, which a coordinate's spread must
+    /// exceed (bfloat16 storage rounds float32 gradients to 8 significant bits).
+    /// </summary>
+    private static double Epsilon(ScalarType stored) => stored switch
+    {
+        ScalarType.Float64 => Math.Pow(2, -52),
+        ScalarType.BFloat16 => Math.Pow(2, -7),
+        ScalarType.Float16 => Math.Pow(2, -10),
+        _ => Math.Pow(2, -23),
+    };
 
     private void AddSegment(ReadOnlySpan<double> values)
     {

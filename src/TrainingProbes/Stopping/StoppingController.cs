@@ -52,6 +52,9 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     }
 
     /// <summary>Evaluates the rules that monitor a value the trainer reported (a validation loss, say).</summary>
+    /// <summary>Whether a rule copies the weights when it improves (a checkpoint action, or best weights to restore).</summary>
+    public bool KeepsWeights => _options.Stopping.Any(rule => rule.Action == RuleAction.Checkpoint || rule is EarlyStopping { RestoreBestWeights: true });
+
     public void OnReported(string name, Geometry geometry, double value, long step)
     {
         foreach (var rule in _options.Stopping)

@@ -186,6 +186,10 @@ public sealed class SketchStorageTests(Xunit.Abstractions.ITestOutputHelper outp
         var layers = Assert.Throws<ArgumentException>(() => ProbeSession.Attach(model,
             new ProbeOptions { Storage = WindowStorage.Sketch, LayerMetrics = 2, Output = null }, optimizer));
         Assert.Contains("LayerMetrics = 0", layers.Message);
+        var rule = Assert.Throws<ArgumentException>(() => ProbeSession.Attach(model,
+            new ProbeOptions { Storage = WindowStorage.Sketch, Output = null, Stopping = [TrainingProbes.Stopping.StoppingRule.Parse("gradient.gsnr < 0.01 for 3")] }, optimizer));
+        Assert.Contains("gradient.gsnr", rule.Message);
+        Assert.Contains("never fire", rule.Message);
         Assert.Equal(Geometry.Euclidean | Geometry.Adaptive, new ProbeOptions { Storage = WindowStorage.Sketch }.Geometries);
         Assert.Equal(Geometry.All, new ProbeOptions().Geometries);
         Assert.Throws<ArgumentOutOfRangeException>(() => new ProbeOptions { SketchDimension = 100 });

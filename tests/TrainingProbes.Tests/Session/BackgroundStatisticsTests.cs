@@ -157,4 +157,56 @@ public sealed class BackgroundStatisticsTests
         Assert.InRange(steps, 12, 15);
         Assert.Equal(11, session.Latest!.Step - 1);
     }
+
+    /// <summary>Reports a float64 tensor it keeps, then overwrites it on the next steps, as a probe of its own state may.</summary>
+    private sealed class ReusedTensorProbe : TrainingProbe
+    {
+        private readonly Tensor _value = torch.zeros(1, dtype: ScalarType.Float64).DetachFromDisposeScope();
+
+        public override string Name => "reused";
+
+        public override void OnStep(ProbeStepContext step) => _value.fill_(-1.0);
+
+        public override void OnWindowClosed(ProbeWindowContext window)
+        {
+            _value.fill_((double)window.Window);
+            window.Report("reused.window", _value);
+        }
+    }
+
+    [Fact]
+    public void A_reported_tensor_is_read_as_it_was_when_reported_even_if_the_probe_changes_it_before_the_worker_reads_it()
+    {
+        var (model, optimizer) = Model();
+        using var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = 3, Interval = 4, OverheadBudget = null, Output = null, Loss = CrossEntropy, Probes = [new ReusedTensorProbe()],
+        }, optimizer);
+        var generator = new Generator(3);
+        for (int i = 0; i < 24; i++) Step(model, optimizer, session, generator);
+        session.Flush();
+        Assert.Equal(6, session.History.Count);
+        Assert.All(session.History, s => Assert.Equal(s.Window, s.Get("reused.window")));
+    }
+
+    [Fact]
+    public void A_session_whose_rules_keep_weights_publishes_each_window_at_its_own_step()
+    {
+        // The weights a checkpoint or best-weights rule keeps must be the window's: such a session runs inline.
+        var (model, optimizer) = Model();
+        var early = new EarlyStopping(StepNames.Step(Indicators.GradientNorm), StoppingMode.Min) { Geometry = Geometry.Euclidean, RestoreBestWeights = true, Patience = 100 };
+        using var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = 3, Interval = 5, OverheadBudget = null, Output = null, Stopping = [early],
+        }, optimizer);
+        var generator = new Generator(3);
+        for (int i = 0; i < 13; i++)
+        {
+            Step(model, optimizer, session, generator);
+            int closed = (i + 1 + 2) / 5;   // windows close at steps 2, 7, 12
+            Assert.Equal(closed, session.History.Count);
+        }
+
+        Assert.NotNull(session.BestWeights(early));
+    }
 }

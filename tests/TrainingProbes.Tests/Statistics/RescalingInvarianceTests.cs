@@ -32,6 +32,10 @@ public sealed class RescalingInvarianceTests
     [InlineData(10.0)]
     public void FisherAdaptiveAndGsnrAreInvariantEuclideanIsNot(double a)
     {
+        // A seed of its own: drawn from whatever state earlier tests left, the weights were sometimes a network whose
+        // ReLUs were all off on these batches, where only the last layer (not rescaled) has a gradient and the
+        // euclidean values cannot move.
+        torch.manual_seed(17);
         using var original = Mlp();
         using var rescaled = Mlp();
         using (torch.no_grad())
