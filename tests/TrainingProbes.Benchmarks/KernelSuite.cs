@@ -38,15 +38,7 @@ internal static class KernelSuite
         double floor = Time(() => buffer.sum().item<float>(), windows);
         double gram = Time(() => { kernel.Accumulate(buffer, 0, p, null, 0, 1, null, 0, euclidean: 0, fisherOffset: -1, adaptive: -1, gsnr: -1, sums); return sums[0]; }, windows);
         double gsnr = Time(() => { kernel.Accumulate(buffer, 0, p, null, 0, 1, null, 0, euclidean: -1, fisherOffset: -1, adaptive: -1, gsnr: k * k, sums); return sums[0]; }, windows);
-        var rows = Enumerable.Range(0, k).Select(i => buffer[i]).ToArray();
-        double naive = Time(() =>
-        {
-            double total = 0;
-            for (int i = 0; i < k; i++)
-                for (int j = 0; j < k; j++)
-                    total += torch.dot(rows[i], rows[j]).item<float>();
-            return total;
-        }, Math.Min(windows, 3));
+        double naive = Naive(buffer, k, windows);
         Console.WriteLine($"| {p:G2} | {k} | {floor:F2} | {gram:F2} | {gram / floor:F1} | {naive / gram:F1} | {gsnr:F2} | {gsnr / floor:F1} |");
     }
 
@@ -81,15 +73,7 @@ internal static class KernelSuite
         // The floor: one read of a K x P float32 buffer. The naive loop: K^2 dot products, each read back.
         using var buffer = torch.randn(k, p);
         double floor = Time(() => buffer.sum().item<float>(), windows);
-        var rows = Enumerable.Range(0, k).Select(i => buffer[i]).ToArray();
-        double naive = Time(() =>
-        {
-            double total = 0;
-            for (int i = 0; i < k; i++)
-                for (int j = 0; j < k; j++)
-                    total += torch.dot(rows[i], rows[j]).item<float>();
-            return total;
-        }, Math.Min(windows, 3));
+        double naive = Naive(buffer, k, windows);
         // One read of the parameters from memory, as the drift's copy of the first theta is read (the K captures since
         // have pushed it out of the cache): a 64 MB sweep before each timed read evicts the 32 MB L3 of this machine.
         using var sweep = torch.ones(16L << 20);
@@ -154,6 +138,20 @@ internal static class KernelSuite
             double ms = Time(() => { using var s = torch.NewDisposeScope(); return op(); }, 5);
             Console.WriteLine($"{name,-36} {ms,9:F2} ms");
         }
+    }
+
+    /// <summary>The obvious implementation: K^2 `dot` products of the buffer's rows, each read back.</summary>
+    private static double Naive(Tensor buffer, int k, int windows)
+    {
+        var rows = Enumerable.Range(0, k).Select(i => buffer[i]).ToArray();
+        return Time(() =>
+        {
+            double total = 0;
+            for (int i = 0; i < k; i++)
+                for (int j = 0; j < k; j++)
+                    total += torch.dot(rows[i], rows[j]).item<float>();
+            return total;
+        }, Math.Min(windows, 3));
     }
 
     private static double Time<T>(Func<T> action, int repetitions, Func<object>? before = null)

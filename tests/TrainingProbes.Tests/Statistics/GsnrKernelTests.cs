@@ -6,37 +6,8 @@ namespace TrainingProbes.Tests.Statistics;
 
 public sealed class GsnrKernelTests
 {
-    /// <summary>The sums [R, U, N, R_(i), U_(i)] written out in double, one coordinate at a time.</summary>
-    private static double[] Reference(float[,] g, long start, long count, double epsilon)
-    {
-        int k = g.GetLength(0);
-        double rounding = 8 * Math.Pow(2, -23);
-        var sums = new double[3 + 2 * k];
-        for (long c = start; c < start + count; c++)
-        {
-            var x = Enumerable.Range(0, k).Select(i => (double)g[i, c]).ToArray();
-            double mean = x.Average();
-            double variance = x.Sum(v => (v - mean) * (v - mean)) / (k - 1);
-            bool varies = x.Max() != x.Min() && variance > Math.Pow(rounding * Math.Abs(mean), 2);
-            sums[2]++;
-            if (!varies) continue;
-            sums[0] += mean * mean / (variance + epsilon);
-            sums[1]++;
-            for (int i = 0; i < k; i++)
-            {
-                var others = x.Where((_, j) => j != i).ToArray();
-                double m = others.Average();
-                double v = others.Sum(o => (o - m) * (o - m)) / (k - 2);
-                if (others.Any(o => o != 0) && v > Math.Pow(rounding * Math.Abs(m), 2))
-                {
-                    sums[3 + i] += m * m / (v + epsilon);
-                    sums[3 + k + i]++;
-                }
-            }
-        }
-
-        return sums;
-    }
+    private static double[] Reference(float[,] g, long start, long count, double epsilon) =>
+        GsnrReference.Sums(g, start, count, epsilon, downdate: false);
 
     [Theory]
     [InlineData(8, 1037, 0, 1037)]

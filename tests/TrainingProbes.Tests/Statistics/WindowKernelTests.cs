@@ -55,37 +55,8 @@ public sealed class WindowKernelTests
         return gram;
     }
 
-    /// <summary>The GSNR sums [R, U, N, R_(i), U_(i)] of the definition, one column at a time in float64.</summary>
-    private static double[] ReferenceGsnr(float[,] g, long start, long count)
-    {
-        int k = g.GetLength(0);
-        double rounding = 8 * Math.Pow(2, -23);
-        var sums = new double[3 + 2 * k];
-        for (long c = start; c < start + count; c++)
-        {
-            var x = Enumerable.Range(0, k).Select(i => (double)g[i, c]).ToArray();
-            double mean = x.Average();
-            double ss = x.Sum(v => (v - mean) * (v - mean));
-            double variance = ss / (k - 1);
-            sums[2]++;
-            if (x.Max() == x.Min() || !(variance > Math.Pow(rounding * Math.Abs(mean), 2))) continue;
-            sums[0] += mean * mean / variance;
-            sums[1]++;
-            for (int i = 0; i < k; i++)
-            {
-                var others = x.Where((_, j) => j != i).ToArray();
-                double m = others.Average();
-                double v = (ss - (double)k / (k - 1) * (x[i] - mean) * (x[i] - mean)) / Math.Max(k - 2, 1);   // the downdate
-                if (others.Any(o => o != 0) && v > Math.Pow(rounding * Math.Abs(m), 2))
-                {
-                    sums[3 + i] += m * m / v;
-                    sums[3 + k + i]++;
-                }
-            }
-        }
-
-        return sums;
-    }
+    private static double[] ReferenceGsnr(float[,] g, long start, long count) =>
+        GsnrReference.Sums(g, start, count, epsilon: 0, downdate: true);
 
     private static void AssertGram(double[] expected, ReadOnlySpan<double> actual, int k, string what)
     {
