@@ -9,7 +9,8 @@ using static TorchSharp.torch;
 /// (sqrt(P) x sqrt(P), SGD), a few steps without a session, then a session with the built-in probes until three windows
 /// have closed. Resident memory is read after a full GC and glibc's malloc_trim, so that it counts what the process
 /// holds, not what the allocator keeps of freed blocks; a session on a small model runs first, so that loading and
-/// compiling the library's code is not counted. For the sketch mode it prints the formula
+/// compiling the library's code is not counted. Set <c>MALLOC_MMAP_THRESHOLD_=1048576</c> (as the integration test does)
+/// so that glibc maps large blocks and unmaps them when freed, rather than keeping some in its heaps. For the sketch mode it prints the formula
 /// (<see cref="GradientSketch.SessionBytes"/>) and the ratio. Run one mode per process: another mode's freed memory
 /// would blur the next measure.
 ///
@@ -46,13 +47,20 @@ internal static class MemorySuite
         var started = DateTime.UtcNow;
         using var session = ProbeSession.Attach(model, options, optimizer);
         long attached = Resident() - before;
-        int windows = int.TryParse(Environment.GetEnvironmentVariable("MEMORY_WINDOWS"), out int w) ? w : 3;
-        for (int i = 0; i < windows * (k + 2); i++) Step(session);
-        long after = Resident();
+        // After each window from the second on: the median, as allocators give freed blocks back at their own pace.
+        var afterWindows = new List<long>();
+        for (int window = 0; window < 4; window++)
+        {
+            for (int i = 0; i < k + 2; i++) Step(session);
+            session.Flush();
+            if (window > 0) afterWindows.Add(Resident());
+        }
+
+        long after = afterWindows.Order().ElementAt(afterWindows.Count / 2);
         long added = after - before;
         if (session.History.Count < 3) throw new InvalidOperationException($"only {session.History.Count} windows closed");
         Console.WriteLine($"memory: P = {parameters:N0} float32 parameters ({4.0 * parameters / 1e6:F0} MB), K = {k}, storage {storage}, geometries {options.Geometries}, {session.History.Count} windows in {(DateTime.UtcNow - started).TotalSeconds:F0} s");
-        Console.WriteLine($"  added resident memory at attach: {attached / 1e6:F1} MB; after the windows: {added / 1e6:F1} MB = {(double)added / parameters:F2} bytes per parameter");
+        Console.WriteLine($"  added resident memory at attach: {attached / 1e6:F1} MB; after the windows (median of 3): {added / 1e6:F1} MB = {(double)added / parameters:F2} bytes per parameter");
         if (storage == WindowStorage.Sketch)
         {
             int geometries = options.Geometries.HasFlag(Geometry.Adaptive) ? 2 : 1;

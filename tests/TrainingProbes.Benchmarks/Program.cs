@@ -52,6 +52,7 @@ if (args.Length > 0 && args[0] == "all")
         var start = new ProcessStartInfo(Environment.ProcessPath!) { UseShellExecute = false };
         if (Path.GetFileNameWithoutExtension(Environment.ProcessPath!) == "dotnet") start.ArgumentList.Add(typeof(MemorySuite).Assembly.Location);
         foreach (var argument in suiteArguments) start.ArgumentList.Add(argument);
+        if (suiteArguments[0] == "memory") start.Environment["MALLOC_MMAP_THRESHOLD_"] = "1048576";   // see MemorySuite
         using var child = Process.Start(start)!;
         child.WaitForExit();
         if (child.ExitCode != 0) Console.WriteLine($"   exited with {child.ExitCode}");
