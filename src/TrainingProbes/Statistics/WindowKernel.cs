@@ -54,6 +54,7 @@ internal sealed unsafe class WindowKernel
 
     // GSNR accumulators: float32 lanes over up to 32 vectors, then float64.
     private readonly Vector256<float>* _looFast;   // [K]
+    private readonly Vector256<float>* _looExcluded;   // [K]: columns the fast path took whose minibatch i was their only nonzero value
     private readonly Vector256<float>* _deviations;   // [K]
     private Vector256<float> _ratioFast, _countFast;
     private int _fastVectors;
@@ -86,6 +87,7 @@ internal sealed unsafe class WindowKernel
         _blockGram = Pinned<double>(_kp * _kp);
         _values = (Vector256<float>*)Pinned<float>(8 * k);
         _looFast = (Vector256<float>*)Pinned<float>(8 * k);
+        _looExcluded = (Vector256<float>*)Pinned<float>(8 * k);
         _deviations = (Vector256<float>*)Pinned<float>(8 * k);
         _pins = [.. pins];
         _gsnr = new double[3 + 2 * k];
@@ -163,7 +165,7 @@ internal sealed unsafe class WindowKernel
         var gram = stackalloc double[3 * k * k];
         new Span<double>(gram, 3 * k * k).Clear();
         Array.Clear(_gsnr);
-        for (int i = 0; i < k; i++) _looFast[i] = Vector256<float>.Zero;
+        for (int i = 0; i < k; i++) _looFast[i] = _looExcluded[i] = Vector256<float>.Zero;
         _ratioFast = _countFast = Vector256<float>.Zero;
         _fastVectors = 0;
         _exact.Clear();
@@ -482,6 +484,7 @@ internal sealed unsafe class WindowKernel
             var first = Vector256.Load(_rows[0] + c);
             var maxAbs = Vector256.Abs(first);
             var equal = Vector256<float>.AllBitsSet;
+            var nonzero = ~Vector256.Equals(first, Vector256<float>.Zero) & Vector256<float>.One;
             values[0] = first;
             for (int i = 1; i < k; i++)
             {
@@ -489,6 +492,7 @@ internal sealed unsafe class WindowKernel
                 values[i] = v;
                 maxAbs = Vector256.Max(maxAbs, Vector256.Abs(v));
                 equal &= Vector256.Equals(v, first);
+                nonzero += ~Vector256.Equals(v, Vector256<float>.Zero) & Vector256<float>.One;
             }
 
             if (equal == Vector256<float>.AllBitsSet) continue;   // 8 constant columns (dead units): nothing to add
@@ -527,10 +531,14 @@ internal sealed unsafe class WindowKernel
             var sum = mean * kf;
             var looMin = NegatedMultiplyAdd(downdate, maxSquare, squares);   // the smallest leave-one-out sum of squares
             var looMax = Vector256.Abs(sum) + maxAbs * scale;                 // a bound on |sum - y_i|
+            // A column with one nonzero value (a sparse input seen by one minibatch of the K: most columns of a first layer
+            // on MNIST) is exact here from K = 3 on: with its one minibatch left out the others are all 0 (no noise, 0 by
+            // the definition), and with any other left out the sum of squares keeps (K - 2) / (K - 1) of itself.
+            var single = k >= 3 ? Vector256.Equals(nonzero, Vector256<float>.One) : Vector256<float>.Zero;
             var hard = badExponent.AsSingle()
                 | Vector256.LessThanOrEqual(squares, spread * mean * mean)
-                | Vector256.GreaterThanOrEqual(downdate * maxSquare, keep * squares)
-                | Vector256.LessThanOrEqual(looMin, looSpread * looMax * looMax);
+                | ((Vector256.GreaterThanOrEqual(downdate * maxSquare, keep * squares)
+                    | Vector256.LessThanOrEqual(looMin, looSpread * looMax * looMax)) & ~single);
             if ((hard & varies) != Vector256<float>.Zero)
             {
                 _exact.Add(_rows, c);
@@ -545,12 +553,21 @@ internal sealed unsafe class WindowKernel
             _ratioFast += (mean * mean & varies) * Reciprocal(squares);
             _countFast += Vector256<float>.One & varies;
             var looFast = _looFast;
+            bool anySingle = (single & varies) != zero;
             for (int i = 0; i < k; i++)
             {
                 var d = deviations[i];
                 var looSum = sum - (values[i] & varies);
                 var looSquares = NegatedMultiplyAdd(downdate * d, d, squares);
-                looFast[i] += looSum * looSum * Reciprocal(looSquares);
+                var term = looSum * looSum * Reciprocal(looSquares);
+                if (anySingle)
+                {
+                    var alone = single & varies & ~Vector256.Equals(values[i], zero);   // minibatch i was the only nonzero
+                    term = Vector256.ConditionalSelect(alone, zero, term);
+                    _looExcluded[i] += alone & Vector256<float>.One;
+                }
+
+                looFast[i] += term;
             }
 
             if (++_fastVectors == 32) FlushGsnr();
@@ -568,8 +585,9 @@ internal sealed unsafe class WindowKernel
         for (int i = 0; i < k; i++)
         {
             _gsnr[3 + i] += Sum(_looFast[i]) * loo;
-            _gsnr[3 + k + i] += count;   // a column the fast path takes varies with every minibatch left out
-            _looFast[i] = Vector256<float>.Zero;
+            // A column the fast path takes varies with every minibatch left out, but the one nonzero of a sparse column.
+            _gsnr[3 + k + i] += count - Sum(_looExcluded[i]);
+            _looFast[i] = _looExcluded[i] = Vector256<float>.Zero;
         }
 
         _ratioFast = _countFast = Vector256<float>.Zero;

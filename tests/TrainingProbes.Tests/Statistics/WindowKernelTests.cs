@@ -107,6 +107,36 @@ public sealed class WindowKernelTests
         }
     }
 
+    [Theory]
+    [InlineData(3)]
+    [InlineData(8)]
+    [InlineData(16)]
+    public void Gsnr_of_sparse_columns_with_one_nonzero_minibatch_matches_float64(int k)
+    {
+        // Every other column has one nonzero value, in a different minibatch each time (a first layer's input pixel
+        // that one minibatch of the K saw), the others noise: whole vectors the float32 path takes, sparse lanes
+        // included. With that minibatch left out such a column has no noise (it counts for nothing); with any other
+        // left out its ratio is 1 / (K - 1).
+        const int P = 2_001;
+        var random = new Random(k);
+        var g = new float[k, P];
+        for (int c = 0; c < P; c++)
+            for (int i = 0; i < k; i++)
+                g[i, c] = c % 2 == 0
+                    ? (i == c / 2 % k ? (float)((random.NextDouble() + 0.1) * (random.Next(2) == 0 ? -1 : 1) * Math.Pow(10, random.Next(-6, 6))) : 0f)
+                    : (float)(random.NextDouble() * 2 - 1 + 0.3);
+        using var gradients = torch.tensor(g);
+        var sums = new double[3 + 2 * k];
+        GsnrKernel.Accumulate(gradients, 0, P, 0, sums);
+        var expected = ReferenceGsnr(g, 0, P);
+        for (int i = 0; i < expected.Length; i++)
+        {
+            bool count = i is 1 or 2 || i >= 3 + k;
+            double tolerance = count ? 0 : 1e-5 * Math.Max(1, Math.Abs(expected[i]));
+            Assert.True(Math.Abs(expected[i] - sums[i]) <= tolerance, $"K = {k}, GSNR sum {i}: expected {expected[i]}, got {sums[i]}");
+        }
+    }
+
     [Fact]
     public void Gsnr_on_pure_noise_takes_the_float32_path_and_matches_float64()
     {
