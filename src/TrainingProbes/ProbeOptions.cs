@@ -77,12 +77,16 @@ public sealed class ProbeOptions
     /// </summary>
     public Geometry Geometries
     {
-        get => _geometries ?? (Storage == WindowStorage.Sketch ? Geometry.Euclidean | Geometry.Adaptive : Geometry.All);
+        get => _geometries ?? DefaultGeometries(Storage);
         init => _geometries = value != Geometry.None && (value & ~Geometry.All) == 0
             ? value
             : throw new ArgumentOutOfRangeException(nameof(Geometries), value,
                 "Geometries must name at least one of Euclidean, Fisher, Adaptive (combine them with |).");
     }
+
+    /// <summary>The geometries of a session that does not set them: all three, or those a sketch can hold.</summary>
+    private static Geometry DefaultGeometries(WindowStorage storage) =>
+        storage == WindowStorage.Sketch ? Geometry.Euclidean | Geometry.Adaptive : Geometry.All;
 
     /// <summary>
     /// How a window keeps its K gradients (default <see cref="WindowStorage.Full"/>): in full precision, in bfloat16
@@ -345,7 +349,7 @@ public sealed class ProbeOptions
             {
                 WindowSize = Integer(read, "TRAININGPROBES_WINDOW_SIZE") ?? defaults.WindowSize,
                 Interval = Integer(read, "TRAININGPROBES_INTERVAL") ?? defaults.Interval,
-                Geometries = read("TRAININGPROBES_GEOMETRIES") is { Length: > 0 } names ? ParseGeometries(names) : new ProbeOptions { Storage = storage }.Geometries,
+                Geometries = read("TRAININGPROBES_GEOMETRIES") is { Length: > 0 } names ? ParseGeometries(names) : DefaultGeometries(storage),
                 RunId = read("TRAININGPROBES_RUN_ID") is { Length: > 0 } id ? id : null,
                 Worker = read("TRAININGPROBES_WORKER") is { Length: > 0 } worker ? worker : null,
                 OverheadBudget = read("TRAININGPROBES_OVERHEAD_BUDGET")?.Trim() switch

@@ -47,6 +47,7 @@ internal sealed class WindowSegment
 internal sealed class GradientWindow : IDisposable
 {
     private readonly List<Tensor> _owned = [];
+    private Func<int, Tensor?>? _gradientOf;
 
     /// <param name="model">The model whose parameters are watched.</param>
     /// <param name="filter">Which parameters (by name); null: all that require a gradient.</param>
@@ -143,7 +144,7 @@ internal sealed class GradientWindow : IDisposable
     {
         if (Sketch is not null)
         {
-            Sketch.Store(slot, q => Parameters[q].Parameter.grad);
+            Sketch.Store(slot, _gradientOf ??= q => Parameters[q].Parameter.grad);   // one delegate, not one per step
             return;
         }
 

@@ -55,19 +55,8 @@ internal sealed class ParameterDriftProbe : TrainingProbe
     {
         if (_firstSketch is not null)
         {
-            // One fetch per segment: segments may live on different devices.
             _window!.Sketch!.SketchParameters(_lastSketch!);
-            _moved = 0;
-            _norm = 0;
-            _pending = _firstSketch.Length;
-            for (int s = 0; s < _firstSketch.Length; s++)
-                window.Fetch(torch.stack([(_lastSketch![s] - _firstSketch[s]).square().sum(ScalarType.Float64), _firstSketch[s].square().sum(ScalarType.Float64)]), host =>
-                {
-                    _moved += host[0];
-                    _norm += host[1];
-                    if (--_pending == 0)
-                        window.Report(Indicators.ParameterDrift, _norm > 0 ? Math.Sqrt(_moved / _norm) : double.NaN);
-                });
+            FetchSums(window, _firstSketch, _lastSketch!);
             return;
         }
 
@@ -81,44 +70,53 @@ internal sealed class ParameterDriftProbe : TrainingProbe
                 double moved = 0, norm = 0;
                 for (int s = 0; s < _first!.Segments.Length; s++)
                 {
-                    var (m, n) = Statistics.VectorSums.DriftSums(
-                        System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(_first.Segments[s].bytes),
-                        System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(atClose.Segments[s].bytes));
+                    var (m, n) = Sums(_first.Segments[s], atClose.Segments[s]);
                     moved += m;
                     norm += n;
                 }
 
-                window.Report(Indicators.ParameterDrift, norm > 0 ? Math.Sqrt(moved / norm) : double.NaN);
+                Report(window, moved, norm);
             });
             return;
         }
 
         if (_managed && ManagedSums() is var (managedMoved, managedNorm))
         {
-            window.Report(Indicators.ParameterDrift, managedNorm > 0 ? Math.Sqrt(managedMoved / managedNorm) : double.NaN);
+            Report(window, managedMoved, managedNorm);
             return;
         }
 
         _last ??= _window!.CreateFlatBuffer();
         _last.LoadParameters();
+        FetchSums(window, _first!.Segments, _last.Segments);
+    }
+
+    /// <summary>
+    /// Queues <c>sum (last - first)^2</c> and <c>sum first^2</c> of each segment (one fetch per segment: segments may live
+    /// on different devices) and reports the drift when the last one is on the host.
+    /// </summary>
+    private void FetchSums(ProbeWindowContext window, Tensor[] first, Tensor[] last)
+    {
         _moved = 0;
         _norm = 0;
-        _pending = _first!.Segments.Length;
-        for (int s = 0; s < _first.Segments.Length; s++)
-        {
-            var first = _first.Segments[s];
-            var sums = torch.stack([
-                (_last.Segments[s] - first).square().sum(ScalarType.Float64),
-                first.square().sum(ScalarType.Float64)]);
-            window.Fetch(sums, host =>
+        _pending = first.Length;
+        for (int s = 0; s < first.Length; s++)
+            window.Fetch(torch.stack([(last[s] - first[s]).square().sum(ScalarType.Float64), first[s].square().sum(ScalarType.Float64)]), host =>
             {
                 _moved += host[0];
                 _norm += host[1];
-                if (--_pending == 0)
-                    window.Report(Indicators.ParameterDrift, _norm > 0 ? Math.Sqrt(_moved / _norm) : double.NaN);
+                if (--_pending == 0) Report(window, _moved, _norm);
             });
-        }
     }
+
+    private static void Report(ProbeWindowContext window, double moved, double norm) =>
+        window.Report(Indicators.ParameterDrift, norm > 0 ? Math.Sqrt(moved / norm) : double.NaN);
+
+    /// <summary>The two sums of a copy of theta at the first step and theta now, CPU float32, read in place.</summary>
+    private static (double Moved, double Norm) Sums(Tensor first, Tensor now) =>
+        Statistics.VectorSums.DriftSums(
+            System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(first.bytes),
+            System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(now.bytes));
 
     private GradientStatisticsProbe? _stepProbe;
 
@@ -134,9 +132,7 @@ internal sealed class ParameterDriftProbe : TrainingProbe
             var current = parameter.Parameter;
             if (current.device_type != DeviceType.CPU || current.dtype != ScalarType.Float32 || !current.is_contiguous()) return null;
             using var first = _first!.Segments[parameter.Segment].narrow(0, parameter.Offset, parameter.Count);
-            var (m, n) = Statistics.VectorSums.DriftSums(
-                System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(first.bytes),
-                System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(current.bytes));
+            var (m, n) = Sums(first, current);
             moved += m;
             norm += n;
         }

@@ -5,14 +5,14 @@ namespace TrainingProbes.Session;
 
 /// <summary>
 /// Runs the session's probes: starts them, calls them on captured steps and closed windows, ends them, each call
-/// guarded (an exception is a counted, logged failure) and timed per probe. The times, with the capture and the
-/// transfer, become the window's <see cref="ProbeSnapshot.ProbeSeconds"/>.
+/// guarded (an exception is a counted, logged failure) and timed per probe. The times, with the capture, become the
+/// training thread's part of the window's <see cref="ProbeSnapshot.ProbeSeconds"/> (the window's job adds its own).
 /// </summary>
 internal sealed class ProbeRunner
 {
     private readonly TrainingProbe[] _probes;
     private readonly bool[] _started;
-    private readonly long[] _ticks;   // per probe, then capture, then transfer; reset per window
+    private readonly long[] _ticks;   // per probe, then capture; reset per window
     private readonly ProbeFailures _failures;
 
     public ProbeRunner(IEnumerable<TrainingProbe> builtIn, IReadOnlyList<TrainingProbe> user, ProbeFailures failures)
@@ -22,7 +22,7 @@ internal sealed class ProbeRunner
         if (clash is not null)
             throw new ArgumentException($"A probe named '{clash.Key}' is already built in; give yours another Name.", "options");
         _started = new bool[_probes.Length];
-        _ticks = new long[_probes.Length + 2];
+        _ticks = new long[_probes.Length + 1];
         _failures = failures;
         // Steps outside a window cost nothing unless a user probe overrides OnStep (the built-in ones only act on
         // captured steps): then every step opens a dispose scope and calls the probes.
@@ -32,9 +32,6 @@ internal sealed class ProbeRunner
 
     /// <summary>Index of the capture's time in the timing table.</summary>
     public int Capture => _probes.Length;
-
-    /// <summary>Index of the transfer's time in the timing table.</summary>
-    public int Transfer => _probes.Length + 1;
 
     /// <summary>True when a user probe overrides <see cref="TrainingProbe.OnStep"/>: every step must call the probes.</summary>
     public bool ObservesEveryStep { get; }
@@ -93,7 +90,7 @@ internal sealed class ProbeRunner
         }
     }
 
-    /// <summary>Runs <paramref name="action"/> guarded, timed under <paramref name="slot"/> (<see cref="Capture"/> or <see cref="Transfer"/>).</summary>
+    /// <summary>Runs <paramref name="action"/> guarded, timed under <paramref name="slot"/> (<see cref="Capture"/>).</summary>
     public void Timed<T>(int slot, string what, Action<T> action, T argument)
     {
         long started = Stopwatch.GetTimestamp();
@@ -101,13 +98,12 @@ internal sealed class ProbeRunner
         _ticks[slot] += Stopwatch.GetTimestamp() - started;
     }
 
-    /// <summary>The window's seconds per probe, capture and transfer; the timing table starts over.</summary>
+    /// <summary>The window's seconds per probe and capture on the training thread; the timing table starts over.</summary>
     public Dictionary<string, double> TakeSeconds()
     {
         var seconds = new Dictionary<string, double>(_ticks.Length);
         for (int i = 0; i < _probes.Length; i++) seconds[_probes[i].Name] = Stopwatch.GetElapsedTime(0, _ticks[i]).TotalSeconds;
         seconds["capture"] = Stopwatch.GetElapsedTime(0, _ticks[Capture]).TotalSeconds;
-        seconds["transfer"] = Stopwatch.GetElapsedTime(0, _ticks[Transfer]).TotalSeconds;
         Array.Clear(_ticks);
         return seconds;
     }
