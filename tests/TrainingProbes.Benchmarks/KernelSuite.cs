@@ -29,17 +29,34 @@ internal static class KernelSuite
             Parts(p, k, windows);
     }
 
-    private static void Parts(long p, int k, int windows)
+    /// <summary>
+    /// The second table alone, and the same on a sparse buffer (each value nonzero with probability 0.3, like a first
+    /// layer's gradients on sparse inputs: many columns where one or two minibatches carry all of the spread).
+    /// </summary>
+    public static void Parts(int windows)
+    {
+        torch.set_num_threads(1);
+        Console.WriteLine("| P | K | buffer | floor (ms) | Gram alone (ms) | Gram / floor | naive / Gram | GSNR sums alone (ms) | GSNR / floor |");
+        Console.WriteLine("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        foreach (bool sparse in new[] { false, true })
+            foreach (var (p, k) in new[] { (1_000_000L, 8), (1_000_000L, 32) })
+                Parts(p, k, windows, sparse);
+    }
+
+    private static void Parts(long p, int k, int windows, bool? sparse = null)
     {
         using var scope = torch.NewDisposeScope();
-        var buffer = torch.randn(k, p);
+        torch.manual_seed(1);
+        var buffer = sparse == true ? torch.randn(k, p) * torch.rand(k, p).lt(0.3) : torch.randn(k, p);
         var kernel = new TrainingProbes.Statistics.WindowKernel(k, 0);
         var sums = new double[k * k + 3 + 2 * k];
         double floor = Time(() => buffer.sum().item<float>(), windows);
         double gram = Time(() => { kernel.Accumulate(buffer, 0, p, null, 0, 1, null, 0, euclidean: 0, fisherOffset: -1, adaptive: -1, gsnr: -1, sums); return sums[0]; }, windows);
         double gsnr = Time(() => { kernel.Accumulate(buffer, 0, p, null, 0, 1, null, 0, euclidean: -1, fisherOffset: -1, adaptive: -1, gsnr: k * k, sums); return sums[0]; }, windows);
         double naive = Naive(buffer, k, windows);
-        Console.WriteLine($"| {p:G2} | {k} | {floor:F2} | {gram:F2} | {gram / floor:F1} | {naive / gram:F1} | {gsnr:F2} | {gsnr / floor:F1} |");
+        string kind = sparse is null ? "" : sparse.Value ? " sparse |" : " dense |";
+        if (sparse is not null) kind = kind.TrimEnd('|') + $"({100.0 * kernel.ExactVectors / kernel.GsnrVectors:F1}% in float64) |";
+        Console.WriteLine($"| {p:G2} | {k} |{kind} {floor:F2} | {gram:F2} | {gram / floor:F1} | {naive / gram:F1} | {gsnr:F2} | {gsnr / floor:F1} |");
     }
 
     private static void Measure(long p, int k, Geometry geometries, int windows)

@@ -62,6 +62,12 @@ if (args.Length > 0 && args[0] == "all")
     return;
 }
 
+if (args.Length > 0 && args[0] == "parts")
+{
+    KernelSuite.Parts(args.Length > 1 ? int.Parse(args[1]) : 5);
+    return;
+}
+
 if (args.Length > 0 && args[0] == "steps")
 {
     StepSuite.Run(args.Length > 1 ? long.Parse(args[1]) : 2_000_000, args.Length > 2 ? int.Parse(args[2]) : 20);

@@ -160,7 +160,7 @@ internal sealed class FirstOrderFamily : IDisposable
                 grams[i].add_(h.mm(h.t()));
             }
 
-            AccumulateGsnr(g, gsnr, k, segment.Gradients.dtype);
+            AccumulateGsnr(g, gsnr, k, segment.Gradients.dtype, _options.GsnrEpsilon);
         }
     }
 
@@ -171,14 +171,13 @@ internal sealed class FirstOrderFamily : IDisposable
     /// left out (its K - 1 values), for the jackknife. A coordinate whose values are all exactly equal (a dead unit's
     /// zeros), or so close that their variance underflows to 0 in the gradients' dtype, has no noise to compare with:
     /// it is counted in N and contributes 0. With minibatch i left out, a
-    /// coordinate is taken as constant when its other K - 1 values are all zero, or when the leave-one-out variance
-    /// (a downdate of the full one) is not positive.
+    /// coordinate is taken as constant when its other K - 1 values are all zero, or when their variance is not above
+    /// the rounding of their mean.
     /// </summary>
-    private void AccumulateGsnr(Tensor g, Tensor gsnr, int k, ScalarType stored)
+    internal static void AccumulateGsnr(Tensor g, Tensor gsnr, int k, ScalarType stored, double epsilon)
     {
-        // Everything per coordinate in float64: squares of large float32 gradients overflow (inf / inf is NaN), and the
-        // leave-one-out downdate cancels when one minibatch is an outlier. Two passes by hand: torch's var over the
-        // leading dimension of [K, P] is ~20x slower on CPU.
+        // Everything per coordinate in float64: squares of large float32 gradients overflow (inf / inf is NaN). Two
+        // passes by hand: torch's var over the leading dimension of [K, P] is ~20x slower on CPU.
         var g64 = g.to(ScalarType.Float64);
         var sum = g64.sum([0]);
         var mean = sum / k;
@@ -190,17 +189,28 @@ internal sealed class FirstOrderFamily : IDisposable
         var rounding = mean.abs().mul_(RoundingFactor * Epsilon(stored));
         rounding.mul_(rounding);
         var varies = g.amax([0]).ne_(g.amin([0])).logical_and_(sumSquares.gt(rounding.mul(k - 1)));
-        var ratio = (mean.square() / (sumSquares / (k - 1) + _options.GsnrEpsilon)).masked_fill_(varies.logical_not(), 0);
+        var ratio = (mean.square() / (sumSquares / (k - 1) + epsilon)).masked_fill_(varies.logical_not(), 0);
 
-        // Leave-one-out, all K at once: m_(i) = (sum - g_i) / (K - 1), SS_(i) = SS - K / (K - 1) (g_i - m)^2.
+        // Leave-one-out: the mean and the sum of squares of the other K - 1 values, summed directly (a downdate of the
+        // full sums, m_(i) = (sum - g_i) / (K - 1), cancels when minibatch i is an outlier or the only nonzero value).
         var nonzero = g.ne(0).to(ScalarType.Int32);
         var othersZero = nonzero.sum([0]).unsqueeze(0).sub(nonzero).eq(0);
-        var looMean = sum.unsqueeze(0).sub(g64).div_(k - 1);
-        var looVariance = sumSquares.unsqueeze(0).sub(squares.mul_((double)k / (k - 1))).div_(Math.Max(k - 2, 1));
+        var looMeans = new Tensor[k];
+        var looSquares = new Tensor[k];
+        for (int i = 0; i < k; i++)
+        {
+            var others = torch.cat([g64.narrow(0, 0, i), g64.narrow(0, i + 1, k - 1 - i)]);
+            looMeans[i] = others.mean([0]);
+            var deviations = others.sub_(looMeans[i]);
+            looSquares[i] = deviations.mul_(deviations).sum([0]);
+        }
+
+        var looMean = torch.stack(looMeans);
+        var looVariance = torch.stack(looSquares).div_(Math.Max(k - 2, 1));
         var looRounding = looMean.abs().mul_(RoundingFactor * Epsilon(stored));
         looRounding.mul_(looRounding);
         var looVaries = looVariance.gt(looRounding).logical_and_(othersZero.logical_not_()).logical_and_(varies);
-        var looRatio = looMean.mul_(looMean).div_(looVariance.add_(_options.GsnrEpsilon)).masked_fill_(looVaries.logical_not(), 0);
+        var looRatio = looMean.mul_(looMean).div_(looVariance.add_(epsilon)).masked_fill_(looVaries.logical_not(), 0);
 
         gsnr.add_(torch.cat([
             torch.stack([ratio.sum(), varies.sum().to(ScalarType.Float64), torch.tensor((double)g.shape[1], ScalarType.Float64, g.device)]),

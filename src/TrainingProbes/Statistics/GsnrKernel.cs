@@ -9,7 +9,7 @@ namespace TrainingProbes.Statistics;
 /// The GSNR sums of a window on the CPU, read in place from its float32 gradients, with the same definitions as the
 /// tensor path (<c>FirstOrderFamily.AccumulateGsnr</c>): a coordinate varies when its K values are not all equal and
 /// their spread is above 8 float32 eps of their mean; with minibatch i left out, also when the other K - 1 values are
-/// not all 0 and the leave-one-out variance (a downdate of the full one) is above 8 eps of the leave-one-out mean.
+/// not all 0 and the leave-one-out variance (of those K - 1 values) is above 8 eps of the leave-one-out mean.
 /// <see cref="WindowKernel"/> computes them in float32 where that decides as float64 does, and with
 /// <see cref="Exact"/> (every value widened to float64) elsewhere.
 /// Torch on a CPU needs about twenty passes over K x P float64 temporaries for the same sums.
@@ -92,7 +92,7 @@ internal static unsafe class GsnrKernel
         private void Block(Vector256<double>[] x)
         {
             int k = _k;
-            double invK = 1.0 / k, invK1 = 1.0 / (k - 1), invK2 = 1.0 / Math.Max(k - 2, 1), downdate = (double)k / (k - 1);
+            double invK = 1.0 / k, invK1 = 1.0 / (k - 1), invK2 = 1.0 / Math.Max(k - 2, 1);
             double rounding = RoundingFactor * FloatEpsilon;
             var one = Vector256<double>.One;
             var zero = Vector256<double>.Zero;
@@ -125,9 +125,20 @@ internal static unsafe class GsnrKernel
             _varying += Vector256.ConditionalSelect(varies, one, zero);
             for (int i = 0; i < k; i++)
             {
-                var looMean = (sum - x[i]) * invK1;
-                var d = x[i] - mean;
-                var looVariance = (squares - d * d * downdate) * invK2;
+                // The other K - 1 values summed directly: a downdate of the full sums cancels when minibatch i is an outlier.
+                var looSum = zero;
+                for (int j = 0; j < k; j++)
+                    if (j != i) looSum += x[j];
+                var looMean = looSum * invK1;
+                var looSquares = zero;
+                for (int j = 0; j < k; j++)
+                {
+                    if (j == i) continue;
+                    var e = x[j] - looMean;
+                    looSquares += e * e;
+                }
+
+                var looVariance = looSquares * invK2;
                 var self = Vector256.ConditionalSelect(Vector256.Equals(x[i], zero), zero, one);
                 var looScale = Vector256.Abs(looMean) * rounding;
                 var looVaries = varies & Vector256.GreaterThan(nonzero - self, zero) & Vector256.GreaterThan(looVariance, looScale * looScale);

@@ -21,10 +21,12 @@ namespace TrainingProbes.Statistics;
 /// never materialised beyond one block;</description></item>
 /// <item><description>the GSNR sums: per column the K values, scaled by a power of two (exact) so that their squares
 /// fit float32, centred on the first value, then the ratio and its K leave-one-out ratios in float32 with reciprocal
-/// estimates refined by a Newton step, summed in float32 over 32 vectors and then in float64. Columns where float32
-/// could decide differently from float64 (a spread within 32 float32 eps of the mean, four times the definition's
-/// threshold; one value carrying more than 15/16 of the leave-one-out downdate; subnormal, huge or non-finite values;
-/// a nonzero epsilon) are summed with <see cref="GsnrKernel"/>'s float64 formulas instead, 8 columns at a time.</description></item>
+/// estimates refined by a Newton step, summed in float32 over 32 vectors and then in float64. A leave-one-out sum of
+/// squares is a downdate of the full one, or, where minibatch i carries more than 15/16 of the column's spread (an outlier,
+/// or a sparse input only one or two minibatches saw), summed from the other K - 1 values. Columns where float32 could
+/// decide differently from float64 (a spread within 32 float32 eps of the mean, four times the definition's threshold;
+/// subnormal, huge or non-finite values; a nonzero epsilon) are summed with <see cref="GsnrKernel"/>'s float64 formulas
+/// instead, 8 columns at a time.</description></item>
 /// </list>
 /// No float64 copy of the buffer and no threads. One instance per K, reused window after window (its scratch is pinned).
 /// </summary>
@@ -56,6 +58,8 @@ internal sealed unsafe class WindowKernel
     private readonly Vector256<float>* _looFast;   // [K]
     private readonly Vector256<float>* _looExcluded;   // [K]: columns the fast path took whose minibatch i was their only nonzero value
     private readonly Vector256<float>* _deviations;   // [K]
+    private readonly Vector256<float>* _looSums;   // [K]
+    private readonly Vector256<float>* _looSquares;   // [K]
     private Vector256<float> _ratioFast, _countFast;
     private int _fastVectors;
     private readonly double[] _gsnr;   // [R, U, N, R_(i), U_(i)] in float64, the fast path's sums after their constants
@@ -89,6 +93,8 @@ internal sealed unsafe class WindowKernel
         _looFast = (Vector256<float>*)Pinned<float>(8 * k);
         _looExcluded = (Vector256<float>*)Pinned<float>(8 * k);
         _deviations = (Vector256<float>*)Pinned<float>(8 * k);
+        _looSums = (Vector256<float>*)Pinned<float>(8 * k);
+        _looSquares = (Vector256<float>*)Pinned<float>(8 * k);
         _pins = [.. pins];
         _gsnr = new double[3 + 2 * k];
         _exact = new GsnrKernel.Exact(k, epsilon);
@@ -97,6 +103,9 @@ internal sealed unsafe class WindowKernel
     }
 
     public int K => _k;
+
+    /// <summary>Vectors of 8 columns the GSNR pass has read, and those of them it summed in float64 (for tests and benchmarks).</summary>
+    internal long GsnrVectors, ExactVectors;
 
     [ThreadStatic] private static WindowKernel? _last;
 
@@ -296,8 +305,8 @@ internal sealed unsafe class WindowKernel
         {
             var f0 = Vector256.Load(fisher + c);
             var f1 = Vector256.Load(fisher + c + 4);
-            var r0 = Vector256.Max(f0, floorV) * bias;
-            var r1 = Vector256.Max(f1, floorV) * bias;
+            var r0 = MaxOrSecond(floorV, f0) * bias;   // F when F is NaN, so the range check below sends it to the scalar loop
+            var r1 = MaxOrSecond(floorV, f1) * bias;
             // Each lane is either F <= 0 (D = 0) or a raised F well inside float32's normal range.
             var inRange0 = Vector256.LessThanOrEqual(f0, Vector256<double>.Zero) | (Vector256.GreaterThan(r0, low) & Vector256.LessThan(r0, high));
             var inRange1 = Vector256.LessThanOrEqual(f1, Vector256<double>.Zero) | (Vector256.GreaterThan(r1, low) & Vector256.LessThan(r1, high));
@@ -347,6 +356,16 @@ internal sealed unsafe class WindowKernel
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> MultiplyAdd(Vector256<float> a, Vector256<float> b, Vector256<float> c) =>
         Fma.IsSupported ? Fma.MultiplyAdd(a, b, c) : a * b + c;
+
+    /// <summary>a b - c, rounded once where the hardware has FMA.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> MultiplySubtract(Vector256<float> a, Vector256<float> b, Vector256<float> c) =>
+        Fma.IsSupported ? Fma.MultiplySubtract(a, b, c) : a * b - c;
+
+    /// <summary>max(a, b) as the hardware takes it: b when either is NaN (<c>Vector256.Max</c> costs eight instructions for IEEE NaN and -0 rules).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<double> MaxOrSecond(Vector256<double> a, Vector256<double> b) =>
+        Avx.IsSupported ? Avx.Max(a, b) : Vector256.ConditionalSelect(Vector256.GreaterThan(a, b), a, b);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> NegatedMultiplyAdd(Vector256<float> a, Vector256<float> b, Vector256<float> c) =>
@@ -452,7 +471,10 @@ internal sealed unsafe class WindowKernel
     /// <summary>The fast path leaves to float64 the columns whose spread is within this many float32 eps of their mean.</summary>
     private const float Margin = 32;
 
-    /// <summary>... and those where one value carries more than 1 - this of the leave-one-out downdate.</summary>
+    /// <summary>
+    /// A leave-one-out sum of squares is a downdate of the full one, <c>SS - K / (K - 1) d_i^2</c>, unless minibatch i
+    /// carries more than 1 - this of SS: then the downdate cancels, and it is summed from the other K - 1 values.
+    /// </summary>
     private const float Downdate = 1f / 16;
 
     /// <summary>
@@ -464,7 +486,8 @@ internal sealed unsafe class WindowKernel
     {
         int k = _k;
         var values = _values;
-        bool fast = _epsilon == 0 && Vector256.IsHardwareAccelerated;
+        var deviations = _deviations;
+        bool fast = _epsilon == 0 && k >= 3 && Vector256.IsHardwareAccelerated;
         float kf = k;
         var invK = Vector256.Create(1f / k);
         var downdate = Vector256.Create(kf / (k - 1));
@@ -472,106 +495,214 @@ internal sealed unsafe class WindowKernel
         var spread = Vector256.Create(Margin * FloatEpsilon * Margin * FloatEpsilon * (k - 1));
         var keep = Vector256.Create(1 - Downdate);
         // looVar <= (Margin eps looMean)^2 with looVar = looSS / (K - 2), looMean = looSum / (K - 1).
-        var looSpread = Vector256.Create(Margin * FloatEpsilon * Margin * FloatEpsilon * Math.Max(k - 2, 1) / ((k - 1f) * (k - 1f)));
+        var looSpread = Vector256.Create(Margin * FloatEpsilon * Margin * FloatEpsilon * (k - 2) / ((k - 1f) * (k - 1f)));
+        var zero = Vector256<float>.Zero;
         for (int c = 0; c < n; c += 8)
         {
+            GsnrVectors++;
             if (!fast)
             {
                 _exact.Add(_rows, c);
+                ExactVectors++;
                 continue;
             }
 
+            // The largest |value| as the largest bit pattern of |value| (one integer max; NaN above every number).
             var first = Vector256.Load(_rows[0] + c);
-            var maxAbs = Vector256.Abs(first);
+            var maxAbsBits = Vector256.Abs(first).AsInt32();
             var equal = Vector256<float>.AllBitsSet;
-            var nonzero = ~Vector256.Equals(first, Vector256<float>.Zero) & Vector256<float>.One;
             values[0] = first;
             for (int i = 1; i < k; i++)
             {
                 var v = Vector256.Load(_rows[i] + c);
                 values[i] = v;
-                maxAbs = Vector256.Max(maxAbs, Vector256.Abs(v));
+                maxAbsBits = Vector256.Max(maxAbsBits, Vector256.Abs(v).AsInt32());
                 equal &= Vector256.Equals(v, first);
-                nonzero += ~Vector256.Equals(v, Vector256<float>.Zero) & Vector256<float>.One;
             }
+
+            var maxAbs = maxAbsBits.AsSingle();
 
             if (equal == Vector256<float>.AllBitsSet) continue;   // 8 constant columns (dead units): nothing to add
             var varies = ~equal;
 
             // Scale each column by the power of two that brings its largest value into [1, 2): exact, and its squares fit float32.
             var exponent = Vector256.ShiftRightLogical(maxAbs.AsInt32(), 23);
-            var badExponent = (Vector256.Equals(exponent, Vector256<int>.Zero) & ~Vector256.Equals(maxAbs, Vector256<float>.Zero).AsInt32())
+            var badExponent = (Vector256.Equals(exponent, Vector256<int>.Zero) & ~Vector256.Equals(maxAbs, zero).AsInt32())
                 | Vector256.GreaterThan(exponent, Vector256.Create(252));
             var scale = Vector256.ShiftLeft(Vector256.Create(254) - Vector256.Max(exponent, Vector256<int>.One), 23).AsSingle();
 
             // Centred on the first value (exact for values within a factor 2 of it), then two passes.
+            // y_i = scale x_i is exact, so x_i scale - y0 rounds once, as y_i - y0 does (the values stay unscaled in _values).
+            // Two chains of sums (even and odd minibatches), so that consecutive additions do not wait on each other.
             var y0 = first * scale;
-            var zSum = Vector256<float>.Zero;
-            for (int i = 0; i < k; i++)
+            var zSum0 = zero;
+            var zSum1 = zero;
+            int pairs = k & ~1;
+            for (int i = 0; i < pairs; i += 2)
             {
-                var y = values[i] * scale;
-                values[i] = y;
-                zSum += y - y0;
+                zSum0 += MultiplySubtract(values[i], scale, y0);
+                zSum1 += MultiplySubtract(values[i + 1], scale, y0);
             }
 
-            var zMean = zSum * invK;
-            var squares = Vector256<float>.Zero;
-            var maxSquare = Vector256<float>.Zero;
-            var deviations = _deviations;
-            for (int i = 0; i < k; i++)
+            if (pairs < k) zSum0 += MultiplySubtract(values[pairs], scale, y0);
+            var zMean = (zSum0 + zSum1) * invK;
+            var squares0 = zero;
+            var squares1 = zero;
+            var maxSquareBits = Vector256<int>.Zero;
+            for (int i = 0; i < pairs; i += 2)
             {
-                var d = values[i] - y0 - zMean;
-                deviations[i] = d;
-                var d2 = d * d;
-                squares += d2;
-                maxSquare = Vector256.Max(maxSquare, d2);
+                var d0 = MultiplySubtract(values[i], scale, y0) - zMean;
+                var d1 = MultiplySubtract(values[i + 1], scale, y0) - zMean;
+                deviations[i] = d0;
+                deviations[i + 1] = d1;
+                var e0 = d0 * d0;
+                var e1 = d1 * d1;
+                squares0 += e0;
+                squares1 += e1;
+                maxSquareBits = Vector256.Max(maxSquareBits, Vector256.Max(e0.AsInt32(), e1.AsInt32()));
             }
+
+            if (pairs < k)
+            {
+                var d = MultiplySubtract(values[pairs], scale, y0) - zMean;
+                deviations[pairs] = d;
+                squares0 += d * d;
+                maxSquareBits = Vector256.Max(maxSquareBits, (d * d).AsInt32());
+            }
+
+            var squares = squares0 + squares1;
+            var maxSquare = maxSquareBits.AsSingle();
 
             var mean = y0 + zMean;
             var sum = mean * kf;
-            var looMin = NegatedMultiplyAdd(downdate, maxSquare, squares);   // the smallest leave-one-out sum of squares
-            var looMax = Vector256.Abs(sum) + maxAbs * scale;                 // a bound on |sum - y_i|
-            // A column with one nonzero value (a sparse input seen by one minibatch of the K: most columns of a first layer
-            // on MNIST) is exact here from K = 3 on: with its one minibatch left out the others are all 0 (no noise, 0 by
-            // the definition), and with any other left out the sum of squares keeps (K - 2) / (K - 1) of itself.
-            var single = k >= 3 ? Vector256.Equals(nonzero, Vector256<float>.One) : Vector256<float>.Zero;
-            var hard = badExponent.AsSingle()
-                | Vector256.LessThanOrEqual(squares, spread * mean * mean)
-                | ((Vector256.GreaterThanOrEqual(downdate * maxSquare, keep * squares)
-                    | Vector256.LessThanOrEqual(looMin, looSpread * looMax * looMax)) & ~single);
-            if ((hard & varies) != Vector256<float>.Zero)
+            if (((badExponent.AsSingle() | Vector256.LessThanOrEqual(squares, spread * mean * mean)) & varies) != zero)
             {
                 _exact.Add(_rows, c);
+                ExactVectors++;
                 continue;
             }
 
             // mean^2 / var = (K - 1) mean^2 / SS; looMean^2 / looVar = (K - 2) / (K - 1)^2 looSum^2 / looSS (constants at the flush).
-            // Constant columns get SS = 1 and a zero numerator: nothing added, no division by 0.
-            var zero = Vector256<float>.Zero;
-            squares = Vector256.ConditionalSelect(varies, squares, Vector256<float>.One);
-            sum &= varies;
-            _ratioFast += (mean * mean & varies) * Reciprocal(squares);
-            _countFast += Vector256<float>.One & varies;
+            // Constant columns, and excluded leave-one-out columns, get SS = 1 and a zero numerator: nothing added, no division by 0.
+            var keepSquares = keep * squares;
+            var dominant = Vector256.GreaterThanOrEqual(downdate * maxSquare, keepSquares) & varies;
+            // Where no minibatch dominates, each leave-one-out sum of squares keeps more than Downdate of SS; and looSum is
+            // at most |sum| + max |y|. When that bound is clear of the threshold everywhere, no column needs a closer look.
+            var looMax = Vector256.Abs(sum) + maxAbs * scale;
+            var near = Vector256.LessThanOrEqual(squares * Vector256.Create(Downdate), looSpread * looMax * looMax) & varies;
             var looFast = _looFast;
-            bool anySingle = (single & varies) != zero;
-            for (int i = 0; i < k; i++)
+            if ((dominant | near) == zero)
             {
-                var d = deviations[i];
-                var looSum = sum - (values[i] & varies);
-                var looSquares = NegatedMultiplyAdd(downdate * d, d, squares);
-                var term = looSum * looSum * Reciprocal(looSquares);
-                if (anySingle)
+                var pad = Vector256<float>.One & ~varies;
+                var squaresPadded = squares + pad;   // SS is exactly 0 in the constant columns
+                var meanVaries = mean & varies;
+                _ratioFast += meanVaries * meanVaries * Reciprocal(squaresPadded);
+                _countFast += Vector256<float>.One & varies;
+                var looMean = meanVaries * Vector256.Create(kf - 1);   // sum - y_i = (K - 1) mean - d_i (0 in a constant column)
+                for (int i = 0; i < k; i++)
                 {
-                    var alone = single & varies & ~Vector256.Equals(values[i], zero);   // minibatch i was the only nonzero
-                    term = Vector256.ConditionalSelect(alone, zero, term);
-                    _looExcluded[i] += alone & Vector256<float>.One;
+                    var d = deviations[i];
+                    var looSum = looMean - d;
+                    var looSS = NegatedMultiplyAdd(downdate * d, d, squaresPadded);
+                    looFast[i] = MultiplyAdd(looSum * looSum, Reciprocal(looSS), looFast[i]);
                 }
-
-                looFast[i] += term;
+            }
+            else if (!LeaveOneOutCareful(scale, varies, sum, squares, keepSquares, dominant, looSpread, downdate, mean))
+            {
+                _exact.Add(_rows, c);
+                ExactVectors++;
+                continue;
             }
 
             if (++_fastVectors == 32) FlushGsnr();
         }
+    }
+
+    /// <summary>
+    /// The leave-one-out sums of a vector where a minibatch dominates some column or a column may sit near the
+    /// definition's threshold: each leave-one-out sum of squares downdated, or summed directly where minibatch i carries
+    /// more than 1 - <see cref="Downdate"/> of SS, then checked against the threshold column by column. Adds the vector
+    /// to the fast sums and returns true, or adds nothing and returns false when float32 cannot decide as float64 would.
+    /// </summary>
+    private bool LeaveOneOutCareful(Vector256<float> scale, Vector256<float> varies, Vector256<float> sum, Vector256<float> squares,
+        Vector256<float> keepSquares, Vector256<float> dominant, Vector256<float> looSpread, Vector256<float> downdate,
+        Vector256<float> mean)
+    {
+        int k = _k;
+        var zero = Vector256<float>.Zero;
+        var values = _values;
+        var deviations = _deviations;
+        var looSums = _looSums;
+        var looSquares = _looSquares;
+        for (int i = 0; i < k; i++) values[i] *= scale;
+        bool anyDominant = dominant != zero;
+        var looHard = zero;
+        var anyExcluded = zero;
+        for (int i = 0; i < k; i++)
+        {
+            var d = deviations[i];
+            var looSum = sum - values[i];
+            var looSS = NegatedMultiplyAdd(downdate * d, d, squares);
+            if (anyDominant)
+            {
+                var dominantHere = Vector256.GreaterThanOrEqual(downdate * d * d, keepSquares) & varies;
+                if (dominantHere != zero)
+                {
+                    var (directSum, directSS) = LeaveOneOut(i);
+                    looSum = Vector256.ConditionalSelect(dominantHere, directSum, looSum);
+                    looSS = Vector256.ConditionalSelect(dominantHere, directSS, looSS);
+                    // The other K - 1 values all equal (all 0 in a sparse column): no noise, excluded by the definition.
+                    anyExcluded |= Vector256.Equals(looSS, zero) & dominantHere;
+                }
+            }
+
+            looSums[i] = looSum;
+            looSquares[i] = looSS;
+            looHard |= Vector256.GreaterThan(looSS, zero) & Vector256.LessThanOrEqual(looSS, looSpread * looSum * looSum);
+        }
+
+        if ((looHard & varies) != zero) return false;
+
+        squares = Vector256.ConditionalSelect(varies, squares, Vector256<float>.One);
+        _ratioFast += (mean * mean & varies) * Reciprocal(squares);
+        _countFast += Vector256<float>.One & varies;
+        var looFast = _looFast;
+        bool excludes = (anyExcluded & varies) != zero;
+        for (int i = 0; i < k; i++)
+        {
+            var looSS = looSquares[i];
+            var counted = varies & ~Vector256.Equals(looSS, zero);
+            var looSum = looSums[i] & counted;
+            looFast[i] += looSum * looSum * Reciprocal(Vector256.ConditionalSelect(counted, looSS, Vector256<float>.One));
+            if (excludes) _looExcluded[i] += varies & ~counted & Vector256<float>.One;
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// The sum and the sum of squared deviations of the K - 1 scaled values at <see cref="_values"/> other than i,
+    /// centred on one of them (exact differences for values within a factor 2 of it).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private (Vector256<float> Sum, Vector256<float> Squares) LeaveOneOut(int i)
+    {
+        int k = _k;
+        var values = _values;
+        var reference = values[i == 0 ? 1 : 0];
+        var zSum = Vector256<float>.Zero;
+        for (int j = 0; j < k; j++)
+            if (j != i) zSum += values[j] - reference;
+        var zMean = zSum * Vector256.Create(1f / (k - 1));
+        var squares = Vector256<float>.Zero;
+        for (int j = 0; j < k; j++)
+        {
+            if (j == i) continue;
+            var e = values[j] - reference - zMean;
+            squares = MultiplyAdd(e, e, squares);
+        }
+
+        return (MultiplyAdd(reference, Vector256.Create((float)(k - 1)), zSum), squares);
     }
 
     /// <summary>Moves the fast path's float32 lane sums into the float64 sums, with their constant factors.</summary>

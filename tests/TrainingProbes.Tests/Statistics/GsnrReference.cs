@@ -10,9 +10,7 @@ internal static class GsnrReference
     /// <param name="start">First column.</param>
     /// <param name="count">Columns.</param>
     /// <param name="epsilon">Added to every variance.</param>
-    /// <param name="downdate">The leave-one-out variance as the definition takes it, a downdate of the full one; false
-    /// recomputes it from the other K - 1 values (the same in exact arithmetic).</param>
-    public static double[] Sums(float[,] g, long start, long count, double epsilon, bool downdate)
+    public static double[] Sums(float[,] g, long start, long count, double epsilon)
     {
         int k = g.GetLength(0);
         double rounding = 8 * Math.Pow(2, -23);
@@ -31,9 +29,7 @@ internal static class GsnrReference
             {
                 var others = x.Where((_, j) => j != i).ToArray();
                 double m = others.Average();
-                double v = downdate
-                    ? (ss - (double)k / (k - 1) * (x[i] - mean) * (x[i] - mean)) / Math.Max(k - 2, 1)
-                    : others.Sum(o => (o - m) * (o - m)) / (k - 2);
+                double v = others.Sum(o => (o - m) * (o - m)) / (k - 2);
                 if (others.Any(o => o != 0) && v > Math.Pow(rounding * Math.Abs(m), 2))
                 {
                     sums[3 + i] += m * m / (v + epsilon);
