@@ -57,6 +57,13 @@ internal static class KernelSuite
         string kind = sparse is null ? "" : sparse.Value ? " sparse |" : " dense |";
         if (sparse is not null) kind = kind.TrimEnd('|') + $"({100.0 * kernel.ExactVectors / kernel.GsnrVectors:F1}% in float64) |";
         Console.WriteLine($"| {p:G2} | {k} |{kind} {floor:F2} | {gram:F2} | {gram / floor:F1} | {naive / gram:F1} | {gsnr:F2} | {gsnr / floor:F1} |");
+        if (sparse is null) return;
+        // The whitened Gram matrices alone: the fisher one with its D from a float64 average, the adaptive one from theta.
+        var fisher = torch.rand(p, dtype: ScalarType.Float64);
+        var theta = torch.randn(p);
+        double fisherGram = Time(() => { kernel.Accumulate(buffer, 0, p, fisher, 1e-8, 1, null, 0, euclidean: -1, fisherOffset: 0, adaptive: -1, gsnr: -1, sums); return sums[0]; }, windows);
+        double adaptiveGram = Time(() => { kernel.Accumulate(buffer, 0, p, null, 0, 1, theta, 1e-3f, euclidean: -1, fisherOffset: -1, adaptive: 0, gsnr: -1, sums); return sums[0]; }, windows);
+        Console.WriteLine($"|   | fisher Gram alone {fisherGram:F2} ms ({fisherGram / floor:F1} floors), adaptive Gram alone {adaptiveGram:F2} ms ({adaptiveGram / floor:F1}) | | | | | | | |");
     }
 
     private static void Measure(long p, int k, Geometry geometries, int windows)

@@ -310,7 +310,7 @@ internal sealed unsafe class WindowKernel
             // Each lane is either F <= 0 (D = 0) or a raised F well inside float32's normal range.
             var inRange0 = Vector256.LessThanOrEqual(f0, Vector256<double>.Zero) | (Vector256.GreaterThan(r0, low) & Vector256.LessThan(r0, high));
             var inRange1 = Vector256.LessThanOrEqual(f1, Vector256<double>.Zero) | (Vector256.GreaterThan(r1, low) & Vector256.LessThan(r1, high));
-            if ((inRange0 & inRange1) != Vector256<double>.AllBitsSet)
+            if ((inRange0 & inRange1).AsInt64() != Vector256<long>.AllBitsSet)   // as integers: an all-ones double is NaN, never equal
             {
                 for (int j = 0; j < 8; j++)
                 {
@@ -522,7 +522,7 @@ internal sealed unsafe class WindowKernel
 
             var maxAbs = maxAbsBits.AsSingle();
 
-            if (equal == Vector256<float>.AllBitsSet) continue;   // 8 constant columns (dead units): nothing to add
+            if (equal.AsInt32() == Vector256<int>.AllBitsSet) continue;   // 8 constant columns (dead units); compared as integers (all-ones floats are NaN)
             var varies = ~equal;
 
             // Scale each column by the power of two that brings its largest value into [1, 2): exact, and its squares fit float32.
