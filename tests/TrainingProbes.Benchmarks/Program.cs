@@ -4,6 +4,7 @@
 //
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- intervals|budget|scrape|curvature [rounds] [steps-per-round] [--data <mnist folder>]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- kernels [windows] [largest P]
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- parts [windows]   (the kernel parts alone, dense and sparse buffers)
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- bdn [BenchmarkDotNet arguments]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- memory [P] [full|bfloat16|sketch]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- steps [P] [windows]
