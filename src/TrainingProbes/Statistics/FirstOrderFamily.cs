@@ -193,8 +193,6 @@ internal sealed class FirstOrderFamily : IDisposable
 
         // Leave-one-out: the mean and the sum of squares of the other K - 1 values, summed directly (a downdate of the
         // full sums, m_(i) = (sum - g_i) / (K - 1), cancels when minibatch i is an outlier or the only nonzero value).
-        var nonzero = g.ne(0).to(ScalarType.Int32);
-        var othersZero = nonzero.sum([0]).unsqueeze(0).sub(nonzero).eq(0);
         var looMeans = new Tensor[k];
         var looSquares = new Tensor[k];
         for (int i = 0; i < k; i++)
@@ -209,7 +207,8 @@ internal sealed class FirstOrderFamily : IDisposable
         var looVariance = torch.stack(looSquares).div_(Math.Max(k - 2, 1));
         var looRounding = looMean.abs().mul_(RoundingFactor * Epsilon(stored));
         looRounding.mul_(looRounding);
-        var looVaries = looVariance.gt(looRounding).logical_and_(othersZero.logical_not_()).logical_and_(varies);
+        // Other K - 1 values all 0 give a variance of exactly 0, which is not above the threshold: no noise.
+        var looVaries = looVariance.gt(looRounding).logical_and_(varies);
         var looRatio = looMean.mul_(looMean).div_(looVariance.add_(epsilon)).masked_fill_(looVaries.logical_not(), 0);
 
         gsnr.add_(torch.cat([

@@ -99,13 +99,11 @@ internal static unsafe class GsnrKernel
             var sum = zero;
             var min = Vector256.Create(double.PositiveInfinity);
             var max = Vector256.Create(double.NegativeInfinity);
-            var nonzero = zero;
             for (int i = 0; i < k; i++)
             {
                 sum += x[i];
                 min = Vector256.Min(min, x[i]);
                 max = Vector256.Max(max, x[i]);
-                nonzero += Vector256.ConditionalSelect(Vector256.Equals(x[i], zero), zero, one);
             }
 
             var mean = sum * invK;
@@ -139,9 +137,9 @@ internal static unsafe class GsnrKernel
                 }
 
                 var looVariance = looSquares * invK2;
-                var self = Vector256.ConditionalSelect(Vector256.Equals(x[i], zero), zero, one);
                 var looScale = Vector256.Abs(looMean) * rounding;
-                var looVaries = varies & Vector256.GreaterThan(nonzero - self, zero) & Vector256.GreaterThan(looVariance, looScale * looScale);
+                // Other K - 1 values all 0 give a variance of exactly 0, which is not above the threshold.
+                var looVaries = varies & Vector256.GreaterThan(looVariance, looScale * looScale);
                 _looRatio[i] += Vector256.ConditionalSelect(looVaries, looMean * looMean / (looVariance + eps), zero);
                 _looCount[i] += Vector256.ConditionalSelect(looVaries, one, zero);
             }

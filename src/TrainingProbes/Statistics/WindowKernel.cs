@@ -104,8 +104,8 @@ internal sealed unsafe class WindowKernel
 
     public int K => _k;
 
-    /// <summary>Vectors of 8 columns the GSNR pass has read, and those of them it summed in float64 (for tests and benchmarks).</summary>
-    internal long GsnrVectors, ExactVectors;
+    /// <summary>Vectors of 8 columns the GSNR pass has summed in float64 so far (for the benchmarks).</summary>
+    internal long ExactVectors;
 
     [ThreadStatic] private static WindowKernel? _last;
 
@@ -499,7 +499,6 @@ internal sealed unsafe class WindowKernel
         var zero = Vector256<float>.Zero;
         for (int c = 0; c < n; c += 8)
         {
-            GsnrVectors++;
             if (!fast)
             {
                 _exact.Add(_rows, c);
@@ -591,13 +590,10 @@ internal sealed unsafe class WindowKernel
             var looMax = Vector256.Abs(sum) + maxAbs * scale;
             var near = Vector256.LessThanOrEqual(squares * Vector256.Create(Downdate), looSpread * looMax * looMax) & varies;
             var looFast = _looFast;
+            var squaresPadded = squares + (Vector256<float>.One & ~varies);   // SS is exactly 0 in the constant columns
+            var meanVaries = mean & varies;
             if ((dominant | near) == zero)
             {
-                var pad = Vector256<float>.One & ~varies;
-                var squaresPadded = squares + pad;   // SS is exactly 0 in the constant columns
-                var meanVaries = mean & varies;
-                _ratioFast += meanVaries * meanVaries * Reciprocal(squaresPadded);
-                _countFast += Vector256<float>.One & varies;
                 var looMean = meanVaries * Vector256.Create(kf - 1);   // sum - y_i = (K - 1) mean - d_i (0 in a constant column)
                 for (int i = 0; i < k; i++)
                 {
@@ -607,13 +603,15 @@ internal sealed unsafe class WindowKernel
                     looFast[i] = MultiplyAdd(looSum * looSum, Reciprocal(looSS), looFast[i]);
                 }
             }
-            else if (!LeaveOneOutCareful(scale, varies, sum, squares, keepSquares, dominant, looSpread, downdate, mean))
+            else if (!LeaveOneOutCareful(scale, varies, sum, squares, keepSquares, dominant, looSpread, downdate))
             {
                 _exact.Add(_rows, c);
                 ExactVectors++;
                 continue;
             }
 
+            _ratioFast += meanVaries * meanVaries * Reciprocal(squaresPadded);
+            _countFast += Vector256<float>.One & varies;
             if (++_fastVectors == 32) FlushGsnr();
         }
     }
@@ -621,12 +619,11 @@ internal sealed unsafe class WindowKernel
     /// <summary>
     /// The leave-one-out sums of a vector where a minibatch dominates some column or a column may sit near the
     /// definition's threshold: each leave-one-out sum of squares downdated, or summed directly where minibatch i carries
-    /// more than 1 - <see cref="Downdate"/> of SS, then checked against the threshold column by column. Adds the vector
-    /// to the fast sums and returns true, or adds nothing and returns false when float32 cannot decide as float64 would.
+    /// more than 1 - <see cref="Downdate"/> of SS, then checked against the threshold column by column. Adds the leave-one-out
+    /// ratios to the fast sums and returns true, or adds nothing and returns false when float32 cannot decide as float64 would.
     /// </summary>
     private bool LeaveOneOutCareful(Vector256<float> scale, Vector256<float> varies, Vector256<float> sum, Vector256<float> squares,
-        Vector256<float> keepSquares, Vector256<float> dominant, Vector256<float> looSpread, Vector256<float> downdate,
-        Vector256<float> mean)
+        Vector256<float> keepSquares, Vector256<float> dominant, Vector256<float> looSpread, Vector256<float> downdate)
     {
         int k = _k;
         var zero = Vector256<float>.Zero;
@@ -663,9 +660,6 @@ internal sealed unsafe class WindowKernel
 
         if ((looHard & varies) != zero) return false;
 
-        squares = Vector256.ConditionalSelect(varies, squares, Vector256<float>.One);
-        _ratioFast += (mean * mean & varies) * Reciprocal(squares);
-        _countFast += Vector256<float>.One & varies;
         var looFast = _looFast;
         bool excludes = (anyExcluded & varies) != zero;
         for (int i = 0; i < k; i++)
