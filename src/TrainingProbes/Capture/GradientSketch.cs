@@ -41,6 +41,8 @@ internal sealed class GradientSketch : IDisposable
 
     private readonly GradientWindow _window;
     private readonly Geometry[] _geometries;
+    private readonly int _euclidean;       // index in _geometries, or -1
+    private readonly int _adaptive;        // index in _geometries, or -1
     private readonly Scalar _eta;
     private readonly Scalar _plus = 1.0.ToScalar();    // the chunk signs, as index_add_'s alpha
     private readonly Scalar _minus = (-1.0).ToScalar();
@@ -63,6 +65,8 @@ internal sealed class GradientSketch : IDisposable
             throw new ArgumentException("Sketches are taken in the euclidean and adaptive geometries only.", nameof(geometries));
         _window = window;
         _geometries = [.. geometries];
+        _euclidean = Array.IndexOf(_geometries, Geometry.Euclidean);
+        _adaptive = Array.IndexOf(_geometries, Geometry.Adaptive);
         Dimension = dimension;
         _eta = eta.ToScalar();
         int segments = window.Segments.Count;
@@ -114,9 +118,6 @@ internal sealed class GradientSketch : IDisposable
     /// <summary>d, buckets per sketch.</summary>
     public int Dimension { get; }
 
-    /// <summary>The sketched geometries, in the order of <see cref="Windows"/>.</summary>
-    public IReadOnlyList<Geometry> Geometries => _geometries;
-
     /// <summary>Per geometry, per segment: the [K, d] float32 sketches of the window's K gradients.</summary>
     public Tensor[][] Windows { get; }
 
@@ -139,15 +140,14 @@ internal sealed class GradientSketch : IDisposable
             var gradient = gradientOf(q);
             if (gradient is null || gradient.IsInvalid) continue;
             var p = parameters[q];
-            var flat = gradient.reshape(-1);
-            var theta = _geometries.Contains(Geometry.Adaptive) ? p.Parameter.detach().reshape(-1) : null;
-            for (int g = 0; g < _geometries.Length; g++)
-                Add(p.Segment, _scratch[g][p.Segment], flat, q, _geometries[g] == Geometry.Adaptive ? theta : null);
+            Add(p.Segment, q, gradient.reshape(-1),
+                _euclidean < 0 ? null : _scratch[_euclidean][p.Segment],
+                _adaptive < 0 ? null : _scratch[_adaptive][p.Segment], _adaptive < 0 ? null : p.Parameter.detach().reshape(-1));
         }
 
         for (int g = 0; g < _geometries.Length; g++)
             for (int s = 0; s < _window.Segments.Count; s++)
-                Windows[g][s][slot].copy_(_low[g][s]).add_(_high[g][s]);
+                Fold(g, s, Windows[g][s][slot]);
     }
 
     /// <summary>
@@ -156,43 +156,49 @@ internal sealed class GradientSketch : IDisposable
     /// </summary>
     public void SketchParameters(Tensor[] targets)
     {
-        var scratch = _scratch[0];
+        var scratch = _scratch[0];   // any geometry's scratch serves as work space
         foreach (var t in scratch) t.zero_();
         var parameters = _window.Parameters;
         for (int q = 0; q < parameters.Count; q++)
-            Add(parameters[q].Segment, scratch[parameters[q].Segment], parameters[q].Parameter.detach().reshape(-1), q, null);
-        for (int s = 0; s < targets.Length; s++)
-            targets[s].copy_(_low[0][s]).add_(_high[0][s]);
+            Add(parameters[q].Segment, q, parameters[q].Parameter.detach().reshape(-1), scratch[parameters[q].Segment], null, null);
+        for (int s = 0; s < targets.Length; s++) Fold(0, s, targets[s]);
     }
 
-    /// <summary>Adds the sketch of <paramref name="flat"/> (D-scaled by |theta| + eta when <paramref name="theta"/> is given) into a [2d] scratch.</summary>
-    private void Add(int segment, Tensor scratch, Tensor flat, int ordinal, Tensor? theta)
+    /// <summary>
+    /// Adds the sketch of <paramref name="flat"/> (watched parameter <paramref name="ordinal"/>) into the [2d] scratch
+    /// <paramref name="plain"/>, and the sketch of D x (D = |theta| + eta) into <paramref name="scaled"/>; either may be
+    /// null. Each chunk is copied and signed once for both (a sign flip is exact, so the order does not round).
+    /// </summary>
+    private void Add(int segment, int ordinal, Tensor flat, Tensor? plain, Tensor? scaled, Tensor? theta)
     {
         long n = flat.numel();
         for (long c = 0, offset = 0; offset < n; c++, offset += TableLength)
         {
             long length = Math.Min(TableLength, n - offset);
             var (shift, negative) = ChunkHash(ordinal, c, Dimension);
-            var values = length == TableLength ? _chunk[segment] : _chunk[segment].narrow(0, 0, length);
-            values.copy_(flat.narrow(0, offset, length));
-            if (theta is not null)
-            {
-                var scale = length == TableLength ? _scale[segment] : _scale[segment].narrow(0, 0, length);
-                values.mul_(scale.copy_(theta.narrow(0, offset, length)).abs_().add_(_eta));
-            }
-
-            values.mul_(length == TableLength ? _signs[segment] : _signs[segment].narrow(0, 0, length));
-            scratch.narrow(0, shift, Dimension)
-                .index_add_(0, length == TableLength ? _buckets[segment] : _buckets[segment].narrow(0, 0, length), values, negative ? _minus : _plus);
+            var buckets = Head(_buckets[segment], length);
+            var alpha = negative ? _minus : _plus;
+            var values = Head(_chunk[segment], length).copy_(flat.narrow(0, offset, length)).mul_(Head(_signs[segment], length));
+            plain?.narrow(0, shift, Dimension).index_add_(0, buckets, values, alpha);
+            if (scaled is null) continue;
+            values.mul_(Head(_scale[segment], length).copy_(theta!.narrow(0, offset, length)).abs_().add_(_eta));
+            scaled.narrow(0, shift, Dimension).index_add_(0, buckets, values, alpha);
         }
     }
+
+    /// <summary>The first <paramref name="length"/> elements of a [TableLength] tensor (itself when whole).</summary>
+    private static Tensor Head(Tensor table, long length) => length == TableLength ? table : table.narrow(0, 0, length);
+
+    /// <summary>Folds geometry <paramref name="g"/>'s [2d] scratch of segment <paramref name="s"/> into <paramref name="target"/> [d]: buckets b and b + d add.</summary>
+    private void Fold(int g, int s, Tensor target) => target.copy_(_low[g][s]).add_(_high[g][s]);
 
     /// <summary>
     /// The memory a session with <see cref="WindowStorage.Sketch"/> and the built-in probes adds, in bytes, for
     /// <paramref name="parameters"/> float32 parameters: 4 per parameter (the one-theta probe's copy of theta), and per
     /// window (the passive one and the one-theta one) K x d x 4 per geometry, its [2d] scratch per geometry and its
-    /// hash tables and work space (<see cref="TableLength"/> x 16), the drift probe's two sketches of theta, and the
-    /// K step batches the one-theta probe keeps (<paramref name="batchBytes"/>).
+    /// hash tables and work space (<see cref="TableLength"/> x 20: buckets 8, signs 4, two float32 work spaces 4 each),
+    /// the drift probe's two sketches of theta, and the K step batches the one-theta probe keeps
+    /// (<paramref name="batchBytes"/>).
     /// </summary>
     public static long SessionBytes(long parameters, int k, int dimension, int geometries, long batchBytes = 0) =>
         4 * parameters
