@@ -45,8 +45,7 @@ public sealed class ProbeSession : IDisposable
         _scheduler = new WindowScheduler(options, options.TimeProvider);
         _failures = new ProbeFailures(_logger, RunId, () => _scheduler.Steps);
 
-        Window = new GradientWindow(model, options.ParameterFilter, options.WindowSize, options.Storage,
-            options.SketchDimension, options.Geometries, options.AdaptiveEta);
+        Window = GradientWindow.For(model, options);
         if (options.Storage == WindowStorage.Sketch)
         {
             string sketch = $"[probes] Storage = Sketch: each gradient is kept as a CountSketch of {options.SketchDimension} numbers; the Gram indicators and the drift are " +
@@ -308,7 +307,7 @@ public sealed class ProbeSession : IDisposable
         using (var scope = torch.NewDisposeScope())
         using (torch.no_grad())
         {
-            if (slot >= 0) _runner.Timed(_runner.Capture, "capture", static a => a.Window.Capture(a.Slot), (Window, Slot: slot));
+            if (slot >= 0) _runner.TimedCapture(static a => a.Window.Capture(a.Slot), (Window, Slot: slot));
             _stepContext.Step = step;
             _stepContext.WindowSlot = slot;
             _stepContext.Loss = loss;
@@ -334,8 +333,7 @@ public sealed class ProbeSession : IDisposable
     {
         long started = _scheduler.Now;
         var context = _windowContext;
-        int window = _scheduler.Windows;
-        context.Begin(_scheduler.Steps, window);
+        context.Begin(_scheduler.Steps, _scheduler.Windows);
         context.Input = input;
         context.Target = target;
         using (var scope = torch.NewDisposeScope())
@@ -357,12 +355,12 @@ public sealed class ProbeSession : IDisposable
         values.Add((Indicators.ProbeOverhead, overhead));
         values.Add((Indicators.ProbeOverheadTotal, overheadTotal));
         values.Add((Indicators.ProbeInterval, interval));
-        _pending = new PendingWindow(job, values, _runner.TakeSeconds(), background);
-        if (!background) Publish();
+        _pending = new PendingWindow(job, values, _runner.TakeSeconds());
+        if (!job.InBackground) Publish();
     }
 
     /// <summary>A closed window whose job may still run: what the training thread measured, to publish with it.</summary>
-    private sealed record PendingWindow(WindowJob Job, List<(string Name, double Value)> Values, Dictionary<string, double> Seconds, bool Background);
+    private sealed record PendingWindow(WindowJob Job, List<(string Name, double Value)> Values, Dictionary<string, double> Seconds);
 
     private PendingWindow? _pending;
     private readonly StatisticsWorker _worker = new();
@@ -389,7 +387,7 @@ public sealed class ProbeSession : IDisposable
         _publisher.Publish(snapshot);
         // Charged to the next interval: the publication, and a background job's time wherever it ran.
         long ticks = _scheduler.Now - waiting;
-        if (pending.Background) ticks += pending.Job.Ticks;
+        if (pending.Job.InBackground) ticks += pending.Job.Ticks;
         _scheduler.AddProbeTicks(ticks);
     }
 

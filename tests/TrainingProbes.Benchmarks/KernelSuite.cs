@@ -2,6 +2,7 @@ using System.Diagnostics;
 using TorchSharp;
 using TrainingProbes;
 using static TorchSharp.torch;
+using static BenchmarkStatistics;
 
 /// <summary>
 /// One window's statistics against the read-once floor and the obvious implementation, at several sizes. Every figure is
@@ -194,11 +195,5 @@ internal static class KernelSuite
         }
 
         return Median(times);
-    }
-
-    private static double Median(List<double> values)
-    {
-        var sorted = values.Order().ToArray();
-        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
     }
 }

@@ -29,16 +29,7 @@ internal static class MemorySuite
         var optimizer = optim.SGD(model.parameters(), 1e-4);
         var x = torch.randn(batch, side);
         var y = torch.randn(batch, side);
-        static Tensor Loss(Tensor output, Tensor target) => nn.functional.mse_loss(output, target);
-        void Step(ProbeSession? session)
-        {
-            using var scope = torch.NewDisposeScope();
-            optimizer.zero_grad();
-            var loss = Loss(model.call(x), y);
-            loss.backward();
-            session?.Step(loss, x, y);
-            optimizer.step();
-        }
+        void Step(ProbeSession? session) => TrainStep(model, optimizer, x, y, session);
 
         for (int i = 0; i < 3; i++) Step(null);
         WarmUp(storage);
@@ -80,19 +71,23 @@ internal static class MemorySuite
         var optimizer = optim.SGD(model.parameters(), 1e-3);
         var x = torch.randn(8, 64);
         var y = torch.randn(8, 64);
-        static Tensor Loss(Tensor output, Tensor target) => nn.functional.mse_loss(output, target);
         using (var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 16, Interval = 18, OverheadBudget = null, Output = null, Storage = storage, Loss = Loss }, optimizer))
-            for (int i = 0; i < 3 * 18; i++)
-            {
-                using var scope = torch.NewDisposeScope();
-                optimizer.zero_grad();
-                var loss = Loss(model.call(x), y);
-                loss.backward();
-                session.Step(loss, x, y);
-                optimizer.step();
-            }
+            for (int i = 0; i < 3 * 18; i++) TrainStep(model, optimizer, x, y, session);
 
         model.Dispose();
+    }
+
+    private static Tensor Loss(Tensor output, Tensor target) => nn.functional.mse_loss(output, target);
+
+    /// <summary>One SGD step on (x, y), shown to <paramref name="session"/> when there is one.</summary>
+    private static void TrainStep(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, Tensor x, Tensor y, ProbeSession? session)
+    {
+        using var scope = torch.NewDisposeScope();
+        optimizer.zero_grad();
+        var loss = Loss(model.call(x), y);
+        loss.backward();
+        session?.Step(loss, x, y);
+        optimizer.step();
     }
 
     [DllImport("libc", EntryPoint = "malloc_trim")]

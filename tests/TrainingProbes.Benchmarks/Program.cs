@@ -21,6 +21,7 @@ using TrainingProbes;
 using TrainingProbes.Examples;
 using TrainingProbes.Prometheus;
 using static TorchSharp.torch;
+using static BenchmarkStatistics;
 
 if (args.Length > 0 && args[0] == "bdn")
 {
@@ -204,12 +205,6 @@ for (int v = 0; v < variants.Length; v++)
     var parts = session?.History.SelectMany(h => h.ProbeSeconds).GroupBy(kv => kv.Key)
         .Select(g => $"{g.Key} {Median(g.Select(kv => kv.Value).ToList()) * 1e3:F2}") ?? [];
     Console.WriteLine($"{variants[v].Name,-40} {median * 1e3,15:F4} {Median(ratios),7:F3} {spread,15} {achieved,9} {interval,9} {session?.History.Count ?? 0,8}  {string.Join(", ", parts)}");
-}
-
-static double Median(List<double> values)
-{
-    var sorted = values.Order().ToArray();
-    return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
 }
 
 sealed class Scraper

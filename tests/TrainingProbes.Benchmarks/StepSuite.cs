@@ -2,6 +2,7 @@ using System.Diagnostics;
 using TorchSharp;
 using TrainingProbes;
 using static TorchSharp.torch;
+using static BenchmarkStatistics;
 
 /// <summary>
 /// What the training thread feels of a window: the wall time of each step call (forward, backward,
@@ -66,11 +67,5 @@ internal static class StepSuite
                 if (session.FailureCount > 0) Console.WriteLine($"  {session.FailureCount} probe failures");
                 model.Dispose();
             }
-    }
-
-    private static double Median(List<double> values)
-    {
-        var sorted = values.OrderBy(v => v).ToList();
-        return sorted.Count == 0 ? double.NaN : sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
     }
 }

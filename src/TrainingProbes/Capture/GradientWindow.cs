@@ -60,7 +60,6 @@ internal sealed class GradientWindow : IDisposable
         int sketchDimension = 0, Geometry sketchGeometries = Geometry.None, double eta = 0)
     {
         K = k;
-        Storage = storage;
         var selected = new List<(string Name, Parameter Parameter)>();
         foreach (var (name, parameter) in model.named_parameters())
         {
@@ -121,10 +120,11 @@ internal sealed class GradientWindow : IDisposable
         }
     }
 
-    public int K { get; }
+    /// <summary>A window of <paramref name="options"/>' K over <paramref name="model"/>'s watched parameters, kept as its Storage says.</summary>
+    public static GradientWindow For(nn.Module model, ProbeOptions options) =>
+        new(model, options.ParameterFilter, options.WindowSize, options.Storage, options.SketchDimension, options.Geometries, options.AdaptiveEta);
 
-    /// <summary>How the gradients are kept.</summary>
-    public WindowStorage Storage { get; }
+    public int K { get; }
 
     /// <summary>The sketches, with <see cref="WindowStorage.Sketch"/>; null otherwise.</summary>
     public GradientSketch? Sketch { get; }
@@ -255,10 +255,12 @@ internal sealed class FlatParameterBuffer : IDisposable
         using var noGrad = torch.no_grad();
         using var scope = torch.NewDisposeScope();
         var parameters = _window.Parameters;
-        // Every work space first, so that nothing is exchanged when one cannot be allocated.
-        var work = parameters
-            .GroupBy(p => (p.Parameter.device_type, p.Parameter.device_index, p.Parameter.dtype))
-            .ToDictionary(g => g.Key, g => torch.empty(Math.Min(SwapChunk, g.Max(p => p.Count)), g.Key.dtype, g.First().Parameter.device));
+        // Every work space first (one per segment: its parameters share a device and a dtype), so that nothing is
+        // exchanged when one cannot be allocated.
+        var segments = _window.Segments;
+        var work = new Tensor[segments.Count];
+        for (int s = 0; s < work.Length; s++)
+            work[s] = torch.empty(Math.Min(SwapChunk, parameters.Where(p => p.Segment == s).Max(p => p.Count)), segments[s].DType, segments[s].Device);
 
         int done = 0;
         long reached = 0;   // elements of parameter `done` exchanged so far
@@ -281,7 +283,7 @@ internal sealed class FlatParameterBuffer : IDisposable
     }
 
     /// <summary>Exchanges the first <paramref name="limit"/> elements of parameter <paramref name="index"/> with the buffer, counting them in <paramref name="reached"/>.</summary>
-    private void Swap(int index, Dictionary<(DeviceType, int, ScalarType), Tensor> work, long limit, ref long reached)
+    private void Swap(int index, Tensor[] work, long limit, ref long reached)
     {
         var parameter = _window.Parameters[index].Parameter;
         if (!parameter.is_contiguous())
@@ -297,7 +299,7 @@ internal sealed class FlatParameterBuffer : IDisposable
         var mine = _views[index].view(-1);
         var theirs = parameter.detach().view(-1);
         long n = Math.Min(theirs.numel(), limit);
-        var space = work[(parameter.device_type, parameter.device_index, parameter.dtype)];
+        var space = work[_window.Parameters[index].Segment];
         for (long offset = 0; offset < n; offset += SwapChunk)
         {
             long length = Math.Min(SwapChunk, n - offset);

@@ -45,8 +45,7 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
     public override void OnSessionStart(ProbeSession session)
     {
         _session = session;
-        _buffer = new GradientWindow(session.Model, options.ParameterFilter, options.WindowSize, options.Storage,
-            options.SketchDimension, options.Geometries, options.AdaptiveEta);
+        _buffer = GradientWindow.For(session.Model, options);
         _parameters = _buffer.Parameters.Select(p => p.Parameter).ToArray();
         _family = new FirstOrderFamily(options, options.Geometries, _buffer, prefix: "", options.LayerMetrics, options.SmoothingWindows);
         _first = _buffer.CreateFlatBuffer();

@@ -34,10 +34,13 @@ internal sealed class ParameterDriftProbe : TrainingProbe
         _window = session.Window;
         if (_window.Sketch is { } sketch)
         {
-            _firstSketch = _window.Segments.Select(s => torch.zeros(sketch.Dimension, ScalarType.Float32, s.Device).DetachFromDisposeScope()).ToArray();
-            _lastSketch = _window.Segments.Select(s => torch.zeros(sketch.Dimension, ScalarType.Float32, s.Device).DetachFromDisposeScope()).ToArray();
+            Tensor[] Sketches() => _window.Segments.Select(s => torch.zeros(sketch.Dimension, ScalarType.Float32, s.Device).DetachFromDisposeScope()).ToArray();
+            _firstSketch = Sketches();
+            _lastSketch = Sketches();
             return;
         }
+
+        _stepProbe = session.RunningProbes.OfType<GradientStatisticsProbe>().FirstOrDefault();
 
         _first = session.Window.CreateFlatBuffer();
         _managed = _first.Segments.All(s => s.device_type == DeviceType.CPU && s.dtype == ScalarType.Float32);
@@ -62,7 +65,6 @@ internal sealed class ParameterDriftProbe : TrainingProbe
 
         // The step family copies theta at the close for its adaptive geometry: read that copy on the worker, after the
         // probes, rather than the parameters now (which keeps the managed sums off the training thread).
-        _stepProbe ??= window.Session.RunningProbes.OfType<GradientStatisticsProbe>().FirstOrDefault();
         if (_managed && _stepProbe?.ThetaAtClose is { } atClose)
         {
             window.Defer(() =>

@@ -14,10 +14,11 @@ internal static class ConsoleSummary
 {
     /// <summary>The line printed before the first window's, saying what the numbers are.</summary>
     public static string Legend(ProbeOptions options) =>
-        (options.Storage == WindowStorage.Sketch
-            ? $"[probes] cos, regret (relative) and kappa (contrastive flatness) of each window come from K = {options.WindowSize} minibatches at one theta, "
-              + $"estimated from sketches of d = {options.SketchDimension} numbers (Storage = Sketch: no gsnr, no fisher geometry), "
-            : $"[probes] gsnr, cos, regret (relative) and kappa (contrastive flatness) of each window come from K = {options.WindowSize} minibatches at one theta, ")
+        "[probes] " + (options.Storage == WindowStorage.Sketch ? "" : "gsnr, ")
+        + $"cos, regret (relative) and kappa (contrastive flatness) of each window come from K = {options.WindowSize} minibatches at one theta, "
+        + (options.Storage == WindowStorage.Sketch
+            ? $"estimated from sketches of d = {options.SketchDimension} numbers (Storage = Sketch: no gsnr, no fisher geometry), "
+            : "")
         + "value±standard error (a 95% interval is about ±2 of them)"
         + (options.SmoothingWindows > 0 ? $"; their means over the last {options.SmoothingWindows} windows are published as *.smoothed" : "")
         + "; 'step cos' is the optimizer's step-to-step cosine (negative: oscillation).";

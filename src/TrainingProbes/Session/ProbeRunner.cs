@@ -90,12 +90,12 @@ internal sealed class ProbeRunner
         }
     }
 
-    /// <summary>Runs <paramref name="action"/> guarded, timed under <paramref name="slot"/> (<see cref="Capture"/>).</summary>
-    public void Timed<T>(int slot, string what, Action<T> action, T argument)
+    /// <summary>Runs the capture <paramref name="action"/> guarded (failures under "capture"), timed under <see cref="Capture"/>.</summary>
+    public void TimedCapture<T>(Action<T> action, T argument)
     {
         long started = Stopwatch.GetTimestamp();
-        _failures.Guard(what, action, argument);
-        _ticks[slot] += Stopwatch.GetTimestamp() - started;
+        _failures.Guard("capture", action, argument);
+        _ticks[Capture] += Stopwatch.GetTimestamp() - started;
     }
 
     /// <summary>The window's seconds per probe and capture on the training thread; the timing table starts over.</summary>

@@ -28,22 +28,23 @@ internal sealed class StatisticsWorker : IDisposable
             }
 
             _queue.Add(() =>
-        {
-            try
             {
-                work();
-                done.SetResult();
-            }
-            catch (Exception ex)
-            {
-                done.SetException(ex);
-            }
-        });
+                try
+                {
+                    work();
+                    done.SetResult();
+                }
+                catch (Exception ex)
+                {
+                    done.SetException(ex);
+                }
+            });
         }
 
         return done.Task;
     }
 
+    /// <summary>The thread has decided to end (set under the queue's lock): the next job starts a new one.</summary>
     private bool _idle;
 
     /// <summary>
@@ -55,7 +56,7 @@ internal sealed class StatisticsWorker : IDisposable
         var thread = new Thread(() => Loop(queue, owner)) { IsBackground = true, Name = "TrainingProbes statistics" };
         thread.UnsafeStart();   // no ExecutionContext: the trainer's AsyncLocal values stay off this thread
         return thread;
-    }   // the thread has decided to end (under the queue's lock)
+    }
 
     /// <summary>Runs <paramref name="read"/> on the worker and waits for its value (tests: the worker's thread-local counters).</summary>
     public T Read<T>(Func<T> read)

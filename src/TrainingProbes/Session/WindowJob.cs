@@ -33,6 +33,9 @@ internal sealed class WindowJob
     /// <summary>The window's step and index, as the job took them (the context is not reused before it is published).</summary>
     public ProbeWindowContext Context => _context;
 
+    /// <summary>Whether the job runs on the worker (its time is then charged when it is published).</summary>
+    public bool InBackground => _task is not null;
+
     /// <summary>Whether the job has finished (an inline job always has).</summary>
     public bool IsCompleted => _task is null || _task.IsCompleted;
 
