@@ -318,6 +318,17 @@ public sealed class ProbeOptions
     private TimeProvider _timeProvider = TimeProvider.System;
 
     /// <summary>
+    /// Whether a probe failure (and a stopping rule on a name no probe publishes) throws a
+    /// <see cref="ProbeFailureException"/> from the session call where it is found, instead of being logged, counted and
+    /// listed in <see cref="ProbeSnapshot.Failures"/> while training goes on. Off by default: a probe must never stop
+    /// training. Turn it on in tests and while writing a probe. <c>TRAININGPROBES_STRICT=true</c> sets it.
+    /// </summary>
+    public bool Strict { get; init; } = StrictByDefault;
+
+    /// <summary>The default of <see cref="Strict"/>: the test suites set it so that every session they build is strict.</summary>
+    internal static bool StrictByDefault { get; set; }
+
+    /// <summary>
     /// Default options, overridden by environment variables where set: <c>TRAININGPROBES_WINDOW_SIZE</c>,
     /// <c>TRAININGPROBES_INTERVAL</c>, <c>TRAININGPROBES_GEOMETRIES</c> (comma-separated names),
     /// <c>TRAININGPROBES_RUN_ID</c>, <c>TRAININGPROBES_WORKER</c>, <c>TRAININGPROBES_LAYER_METRICS</c>,

@@ -43,7 +43,7 @@ public sealed class ProbeSession : IDisposable
         RunId = options.RunId ?? $"{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Random.Shared.Next(0x10000):x4}";
         _logger = (ILogger?)options.LoggerFactory?.CreateLogger<ProbeSession>() ?? NullLogger.Instance;
         _scheduler = new WindowScheduler(options, options.TimeProvider);
-        _failures = new ProbeFailures(_logger, RunId, () => _scheduler.Steps);
+        _failures = new ProbeFailures(_logger, RunId, () => _scheduler.Steps, options.Strict);
 
         Window = GradientWindow.For(model, options);
         if (options.Storage == WindowStorage.Sketch)
@@ -383,7 +383,7 @@ public sealed class ProbeSession : IDisposable
         var seconds = pending.Seconds;
         foreach (var (name, value) in pending.Job.Seconds) seconds[name] = seconds.GetValueOrDefault(name) + value;
 
-        var snapshot = new ProbeSnapshot(RunId, context.Step, context.Window, DateTimeOffset.UtcNow, context.Values.ToArray(), seconds);
+        var snapshot = new ProbeSnapshot(RunId, context.Step, context.Window, DateTimeOffset.UtcNow, context.Values.ToArray(), seconds, _failures.Take());
         _publisher.Publish(snapshot);
         // Charged to the next interval: the publication, and a background job's time wherever it ran.
         long ticks = _scheduler.Now - waiting;

@@ -17,8 +17,9 @@ public sealed class ProbeSnapshot
     private readonly Dictionary<(string, Geometry, string), double> _lookup;
 
     internal ProbeSnapshot(string runId, long step, int window, DateTimeOffset timestamp, IReadOnlyList<IndicatorValue> values,
-        IReadOnlyDictionary<string, double>? probeSeconds = null)
+        IReadOnlyDictionary<string, double>? probeSeconds = null, IReadOnlyList<ProbeFailure>? failures = null)
     {
+        Failures = failures ?? [];
         ProbeSeconds = probeSeconds ?? new Dictionary<string, double>();
         RunId = runId;
         Step = step;
@@ -47,6 +48,13 @@ public sealed class ProbeSnapshot
     /// GPU, the kernels the probes queue are waited for in <c>transfer</c>, so that is where their cost shows.
     /// </summary>
     public IReadOnlyDictionary<string, double> ProbeSeconds { get; }
+
+    /// <summary>
+    /// What failed since the previous snapshot (a probe, the capture, a checkpoint write), each also logged and counted;
+    /// empty when nothing did. A value a failed probe would have computed is absent from <see cref="Values"/>, never
+    /// carried over from an earlier window.
+    /// </summary>
+    public IReadOnlyList<ProbeFailure> Failures { get; }
 
     /// <summary>All values of the window.</summary>
     public IReadOnlyList<IndicatorValue> Values { get; }

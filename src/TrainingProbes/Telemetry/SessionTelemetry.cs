@@ -22,7 +22,8 @@ internal sealed class SessionTelemetry
             : [new(TrainingProbesMeter.RunIdAttribute, runId), new(TrainingProbesMeter.WorkerAttribute, worker)];
 
         _rules = stopping.Rules;
-        failures.Failed += what => ProbeMetrics.Failures.Add(1, [.. SessionAttributes, new(TrainingProbesMeter.ProbeAttribute, what)]);
+        failures.Failed += (what, reason) => ProbeMetrics.Failures.Add(1,
+            [.. SessionAttributes, new(TrainingProbesMeter.ProbeAttribute, what), new(TrainingProbesMeter.ReasonAttribute, reason)]);
         stopping.Fired += (rule, _, _) => ProbeMetrics.RulesFired.Add(1, RuleAttributes(rule));
         publisher.Subscribe("telemetry", OnWindow);
         ProbeMetrics.Register(this);

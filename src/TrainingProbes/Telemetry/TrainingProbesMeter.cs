@@ -25,6 +25,9 @@ public static class TrainingProbesMeter
     /// <summary>Attribute naming the probe that computed the value.</summary>
     public const string ProbeAttribute = "probe";
 
+    /// <summary>Attribute of the failure counter saying why a probe failed, in snake_case (<see cref="ProbeFailure.Reason"/>).</summary>
+    public const string ReasonAttribute = "reason";
+
     /// <summary>Attribute naming the parameter of a per-layer value (<see cref="ProbeOptions.LayerMetrics"/>); absent for whole-model values.</summary>
     public const string LayerAttribute = "layer";
 }

@@ -1,0 +1,139 @@
+using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
+using TorchSharp;
+using TorchSharp.Modules;
+using TrainingProbes.Stopping;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.FaultScenarios;
+
+/// <summary>A small classifier with a layer that the forward pass can leave out (an unused parameter).</summary>
+internal sealed class Net : nn.Module<Tensor, Tensor>
+{
+    public Linear First;
+    public Linear Second;
+    public Linear? Unused;
+
+    public Net(int seed, bool unusedLayer = false) : base("net")
+    {
+        torch.manual_seed(seed);
+        First = nn.Linear(Data.Features, 16);
+        Second = nn.Linear(16, Data.Classes);
+        if (unusedLayer) Unused = nn.Linear(16, 16);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x) => Second.call(nn.functional.relu(First.call(x)));
+}
+
+/// <summary>Minibatches that depend only on their step index, so that two runs see the same data.</summary>
+internal static class Data
+{
+    public const int Features = 8, Classes = 3, BatchSize = 32;
+
+    public static (Tensor X, Tensor Y) Batch(int step)
+    {
+        var generator = new Generator((ulong)(7919 + step));
+        var x = torch.randn([BatchSize, Features], generator: generator);
+        // A learnable rule plus noise, so that the gradients carry signal.
+        var y = (x[.., 0] + 0.5 * x[.., 1] + 0.3 * torch.randn([BatchSize], generator: generator)).gt(0).to(ScalarType.Int64)
+            + x[.., 2].gt(1).to(ScalarType.Int64);
+        return (x, y);
+    }
+
+    public static Tensor Loss(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
+}
+
+/// <summary>A training loop with hooks where a scenario injects its fault.</summary>
+internal sealed class Trainer(Net model, ProbeSession? session, double learningRate = 0.05)
+{
+    public Net Model { get; } = model;
+    public optim.Optimizer Optimizer { get; } = optim.SGD(model.parameters(), learningRate);
+
+    /// <summary>Called after backward, before the probe: may change the gradients or the model.</summary>
+    public Action<int>? AfterBackward { get; init; }
+
+    /// <summary>Replaces the loss given to the probe (not the one trained on).</summary>
+    public Func<int, Tensor, Tensor>? ReportedLoss { get; init; }
+
+    /// <summary>Whether the optimizer steps at this step (a trainer that skips non-finite gradients).</summary>
+    public Func<int, bool>? StepOptimizer { get; init; }
+
+    public int StepsRun { get; private set; }
+
+    public void Run(int from, int to)
+    {
+        for (int step = from; step < to; step++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var (x, y) = Data.Batch(step);
+            Optimizer.zero_grad();
+            var loss = Data.Loss(Model.call(x), y);
+            loss.backward();
+            AfterBackward?.Invoke(step);
+            var reported = ReportedLoss?.Invoke(step, loss) ?? loss;
+            session?.Step(reported, x, y);
+            if (StepOptimizer?.Invoke(step) ?? true) Optimizer.step();
+            StepsRun++;
+            if (session?.ShouldStop == true) break;
+        }
+
+        session?.Flush();
+    }
+
+    /// <summary>The parameters' values, to compare two runs bit for bit.</summary>
+    public float[] Weights() => Model.parameters().SelectMany(p => p.detach().cpu().to(ScalarType.Float32).data<float>().ToArray()).ToArray();
+}
+
+/// <summary>Collects what the session logs, to check that a fault is reported.</summary>
+internal sealed class LogCollector : ILoggerFactory, ILoggerProvider, ILogger
+{
+    public ConcurrentQueue<(LogLevel Level, string Message, Exception? Exception)> Entries { get; } = new();
+
+    public IEnumerable<string> Warnings => Entries.Where(e => e.Level >= LogLevel.Warning)
+        .Select(e => e.Message + (e.Exception is null ? "" : " | " + e.Exception.Message));
+
+    public ILogger CreateLogger(string categoryName) => this;
+    public void AddProvider(ILoggerProvider provider) { }
+    public void Dispose() { }
+    public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+    public bool IsEnabled(LogLevel logLevel) => true;
+
+    public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+        Entries.Enqueue((logLevel, formatter(state, exception), exception));
+}
+
+internal static class Options
+{
+    /// <summary>Small windows, often, fixed schedule, silent, logging into <paramref name="log"/>.</summary>
+    public static ProbeOptions Small(LogCollector log, TrainingProbe[]? probes = null, StoppingRule[]? stopping = null,
+        string? checkpoint = null, Func<string, bool>? filter = null, Func<Tensor, Tensor, Tensor>? loss = null) => new()
+    {
+        WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, LoggerFactory = log, RunId = "fault",
+        Loss = loss ?? Data.Loss, Probes = probes ?? [], Stopping = stopping ?? [], CheckpointPath = checkpoint, ParameterFilter = filter,
+    };
+}
+
+/// <summary>Reads the session's gauges as an exporter would, through a <see cref="System.Diagnostics.Metrics.MeterListener"/>.</summary>
+internal static class Gauges
+{
+    /// <summary>Every observable value of the TrainingProbes meter now: (instrument name, geometry attribute, value).</summary>
+    public static List<(string Name, string? Geometry, double Value)> Read()
+    {
+        var values = new List<(string, string?, double)>();
+        using var listener = new System.Diagnostics.Metrics.MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == TrainingProbesMeter.Name) l.EnableMeasurementEvents(instrument);
+        };
+        listener.SetMeasurementEventCallback<double>((instrument, value, tags, _) =>
+        {
+            string? geometry = null;
+            foreach (var tag in tags) if (tag.Key == "geometry") geometry = tag.Value?.ToString();
+            lock (values) values.Add((instrument.Name, geometry, value));
+        });
+        listener.Start();
+        listener.RecordObservableInstruments();
+        return values;
+    }
+}

@@ -1,0 +1,71 @@
+using System.Diagnostics;
+
+namespace TrainingProbes.FaultTests;
+
+/// <summary>
+/// Runs each fault scenario of TrainingProbes.FaultScenarios in a process of its own and asserts that it passed: it
+/// exited 0 (its own checks held), within the time limit (no hang), and not by a signal (no native abort).
+/// </summary>
+public sealed class FaultScenarioTests
+{
+    private static readonly TimeSpan Limit = TimeSpan.FromMinutes(3);
+
+    private static string ScenarioAssembly
+    {
+        get
+        {
+            var build = new DirectoryInfo(AppContext.BaseDirectory);   // .../tests/TrainingProbes.FaultTests/bin/<Configuration>/<tfm>/
+            var tests = build.Parent!.Parent!.Parent!.Parent!;
+            return Path.Combine(tests.FullName, "TrainingProbes.FaultScenarios", "bin", build.Parent!.Name, build.Name, "TrainingProbes.FaultScenarios.dll");
+        }
+    }
+
+    public static TheoryData<string> Scenarios()
+    {
+        var (code, output) = Run("--list", TimeSpan.FromMinutes(1));
+        if (code != 0) throw new InvalidOperationException($"TrainingProbes.FaultScenarios --list exited {code}: {output}");
+        var data = new TheoryData<string>();
+        foreach (var name in output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)) data.Add(name);
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Scenarios))]
+    public void Scenario_ends_as_users_need(string scenario)
+    {
+        var (code, output) = Run(scenario, Limit);
+        string tail = output.Length > 6000 ? output[^6000..] : output;
+        Assert.True(code != -1, $"{scenario} did not finish within {Limit.TotalMinutes} minutes (a hang); its output:\n{tail}");
+        Assert.True(code < 128, $"{scenario} was killed by signal {code - 128} (134: SIGABRT, a native abort such as a c10::Error); its output:\n{tail}");
+        Assert.True(code == 0, $"{scenario} exited {code}:\n{tail}");
+    }
+
+    /// <summary>Runs the scenario program; the exit code, or -1 when it was killed at the time limit.</summary>
+    private static (int Code, string Output) Run(string argument, TimeSpan limit)
+    {
+        string assembly = ScenarioAssembly;
+        if (!File.Exists(assembly))
+            throw new FileNotFoundException($"The fault scenarios are not built at {assembly}; build the solution (dotnet build) first.");
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        start.ArgumentList.Add(assembly);
+        start.ArgumentList.Add(argument);
+        // Scenarios set the variables they test; none of the caller's may leak in.
+        foreach (var variable in start.Environment.Keys.Where(k => k.StartsWith("TRAININGPROBES_", StringComparison.Ordinal)).ToList())
+            start.Environment.Remove(variable);
+        using var process = Process.Start(start)!;
+        var output = new System.Text.StringBuilder();
+        process.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (output) output.AppendLine(e.Data); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (output) output.AppendLine(e.Data); };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        if (!process.WaitForExit(limit))
+        {
+            process.Kill(entireProcessTree: true);
+            process.WaitForExit();
+            return (-1, output.ToString());
+        }
+
+        process.WaitForExit();
+        lock (output) return (process.ExitCode, output.ToString());
+    }
+}
