@@ -465,6 +465,8 @@ public sealed class ProbeOptions
             throw new ArgumentException("Probes contains a null entry.", nameof(Probes));
         if (Stopping.Any(r => r is null))
             throw new ArgumentException("Stopping contains a null entry.", nameof(Stopping));
+        if (Stopping.Select(r => MonitorCheck.Impossible(r, this)).FirstOrDefault(problem => problem is not null) is { } impossible)
+            throw new ArgumentException(impossible, nameof(Stopping));
         var sameName = Stopping.GroupBy(r => r.Name).FirstOrDefault(g => g.Count() > 1);
         if (sameName is not null)
             throw new ArgumentException($"Two stopping rules are named '{sameName.Key}'; give each a distinct Name (their saved states are matched by name).", nameof(Stopping));

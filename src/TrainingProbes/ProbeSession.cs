@@ -42,6 +42,7 @@ public sealed class ProbeSession : IDisposable
         LossFunction = options.Loss;
         RunId = options.RunId ?? $"{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Random.Shared.Next(0x10000):x4}";
         _logger = (ILogger?)options.LoggerFactory?.CreateLogger<ProbeSession>() ?? NullLogger.Instance;
+        StoppingController.CheckMonitors(options, _logger, RunId);
         _scheduler = new WindowScheduler(options, options.TimeProvider);
         _failures = new ProbeFailures(_logger, RunId, () => _scheduler.Steps, options.Strict);
 
@@ -69,7 +70,7 @@ public sealed class ProbeSession : IDisposable
         _stepContext = new ProbeStepContext(this);
         _windowContext = new ProbeWindowContext(this, Window);
         _publisher = new SnapshotPublisher(options.HistoryCapacity, _failures);
-        _stopping = new StoppingController(model, options, _logger, RunId);
+        _stopping = new StoppingController(model, options, _logger, RunId, _failures, () => _scheduler.Steps);
         _telemetry = new SessionTelemetry(RunId, options.Worker, _publisher, _scheduler, _failures, _stopping);
         if (options.Output is { } output)
             _publisher.Subscribe("console", snapshot =>
@@ -298,6 +299,7 @@ public sealed class ProbeSession : IDisposable
         if (_pending is { } pending && pending.Job.IsCompleted) Publish();
         int slot = _scheduler.BeginStep(started, out long step);
         if (slot == 0 && _pending is not null) Publish();   // the next window never overwrites buffers the worker still reads
+        if (slot < 0 && loss is not null && loss.device_type == DeviceType.CPU) CheckLoss(loss, step);
         if (slot < 0 && !_runner.ObservesEveryStep)
         {
             _scheduler.EndStep(started);
@@ -321,6 +323,26 @@ public sealed class ProbeSession : IDisposable
         if (slot == Options.WindowSize - 1) CloseWindow(input, target);
         _scheduler.EndStep(_scheduler.Now);
         return this;
+    }
+
+    /// <summary>
+    /// A loss between windows, on the CPU where reading it costs no device synchronization: a non-finite one is shown
+    /// at once to the rules that monitor <see cref="Indicators.Loss"/> (<c>training.loss is not finite</c>), which would
+    /// otherwise see only the losses of captured steps. Finite losses change nothing. On an accelerator the check would
+    /// synchronize every step, so there the rules see the losses of captured steps only.
+    /// </summary>
+    private void CheckLoss(Tensor loss, long step)
+    {
+        double value = loss.dtype switch
+        {
+            ScalarType.Float32 => loss.item<float>(),
+            ScalarType.Float64 => loss.item<double>(),
+            _ => 0,   // half precision losses are rare on the CPU; they are checked in windows
+        };
+        if (double.IsFinite(value) || !_stopping.Monitors(Indicators.Loss)) return;
+        Publish();   // the pending window's snapshot, of an earlier step, is evaluated first: rules see steps in order
+        _logger.LogWarning("TrainingProbes run {RunId}: the loss at step {Step} is {Value}.", RunId, step, value);
+        _stopping.OnReported(Indicators.Loss, Geometry.None, value, step);
     }
 
     /// <summary>

@@ -241,6 +241,7 @@ internal sealed class FirstOrderFamily : IDisposable
         var window = _window!;
         int k = _buffer.K;
         int n = _definitions.Length;
+        ThrowIfNotFinite(_hostSums.AsSpan(0, k * k), k);
         for (int index = 0; index < _geometries.Length; index++)
         {
             var geometry = _geometries[index];
@@ -277,6 +278,21 @@ internal sealed class FirstOrderFamily : IDisposable
         var (mean, meanError) = _smoother.Add(series, value, error);
         window.Report(_prefix + name + Indicators.SmoothedSuffix, mean, geometry);
         window.Report(_prefix + name + Indicators.SmoothedSuffix + Indicators.StandardErrorSuffix, meanError, geometry);
+    }
+
+    /// <summary>
+    /// A window with a NaN or infinite gradient publishes none of the family's values: each would be computed from the
+    /// non-finite minibatch or silently leave it out (a cosine skips pairs without a norm), and a smoothed mean would
+    /// carry it for windows. The squared norms on the first Gram's diagonal are non-finite exactly then. The failure is
+    /// logged, counted and listed in the snapshot; the Fisher average kept its old value for those coordinates.
+    /// </summary>
+    private void ThrowIfNotFinite(ReadOnlySpan<double> gram, int k)
+    {
+        for (int i = 0; i < k; i++)
+            if (!double.IsFinite(gram[i * k + i]))
+                throw new NonFiniteGradientException(
+                    $"Gradient {i + 1} of the window's {k} is not finite (NaN or infinite): the window's {_prefix}values are not published. " +
+                    "Check the loss and the learning rate; a trainer that skips such steps may still pass them to the probes.");
     }
 
     private void PublishLayer(ReadOnlySpan<double> sums, string layer)
@@ -340,3 +356,6 @@ internal sealed class FirstOrderFamily : IDisposable
 
     public void Dispose() => Whitening.Dispose();
 }
+
+/// <summary>A window's gradients hold a NaN or an infinity (the failure's reason: <c>non_finite_gradient</c>).</summary>
+internal sealed class NonFiniteGradientException(string message) : Exception(message);

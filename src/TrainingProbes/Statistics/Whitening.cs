@@ -158,6 +158,7 @@ internal sealed unsafe class Whitening : IDisposable
         double decay = _decay, weight = (1 - _decay) / k;
         var decayV = Vector256.Create(decay);
         var weightV = Vector256.Create(weight);
+        var infinity = Vector256.Create(double.PositiveInfinity);
         foreach (var parameter in _window.Parameters)
         {
             if (parameter.Segment != s) continue;
@@ -172,7 +173,9 @@ internal sealed unsafe class Whitening : IDisposable
                     squares += x * x;
                 }
 
-                var f = Vector256.Load(fisher + c) * decayV + squares * weightV;
+                // A non-finite square (a NaN or infinite gradient) leaves F as it was there: it would poison F for good.
+                var old = Vector256.Load(fisher + c);
+                var f = Vector256.ConditionalSelect(Vector256.LessThan(squares, infinity), old * decayV + squares * weightV, old);
                 Vector256.Store(f, fisher + c);
                 total += f;
             }
@@ -187,7 +190,8 @@ internal sealed unsafe class Whitening : IDisposable
                     squares += x * x;
                 }
 
-                sum += fisher[c] = fisher[c] * decay + squares * weight;
+                if (double.IsFinite(squares)) fisher[c] = fisher[c] * decay + squares * weight;
+                sum += fisher[c];
             }
 
             if (_floor is not null)
@@ -226,13 +230,16 @@ internal sealed unsafe class Whitening : IDisposable
         }
     }
 
-    /// <summary>F &lt;- decay F + (1 - decay) mean_i g_i^2, in float64, for a chunk [K, length] of gradients.</summary>
+    /// <summary>F &lt;- decay F + (1 - decay) mean_i g_i^2, in float64, for a chunk [K, length] of gradients; F stays where that mean is not finite.</summary>
     private void Fold(Tensor g, Tensor fisher)
     {
         // to() returns the tensor itself when it is float64 already: square out of place then, never in the buffer.
         var squares = g.dtype == ScalarType.Float64 ? g.square() : g.to(ScalarType.Float64);
         if (g.dtype != ScalarType.Float64) squares.mul_(squares);
-        fisher.mul_(_decay).add_(squares.mean([0]), alpha: 1 - _decay);
+        // A non-finite mean square (a NaN or infinite gradient) leaves F as it was there: it would poison F for good.
+        var update = squares.mean([0]);
+        var updated = fisher * _decay + update * (1 - _decay);
+        fisher.copy_(torch.where(update.isfinite(), updated, fisher));
     }
 
     /// <summary>

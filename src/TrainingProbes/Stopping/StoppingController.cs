@@ -16,17 +16,42 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     private readonly ProbeOptions _options;
     private readonly ILogger _logger;
     private readonly string _runId;
+    private readonly TrainingProbes.Session.ProbeFailures _failures;
+    private readonly Func<long> _steps;
     private readonly CancellationTokenSource _stopSource = new();
     private readonly HashSet<StoppingRule> _fired = [];
     private readonly Dictionary<StoppingRule, WeightSnapshot> _best = [];
     private volatile bool _shouldStop;
 
-    public StoppingController(nn.Module model, ProbeOptions options, ILogger logger, string runId)
+    public StoppingController(nn.Module model, ProbeOptions options, ILogger logger, string runId, TrainingProbes.Session.ProbeFailures failures, Func<long> steps)
     {
         _model = model;
         _options = options;
         _logger = logger;
         _runId = runId;
+        _failures = failures;
+        _steps = steps;
+    }
+
+    private readonly HashSet<(string, Geometry)> _seen = [];
+    private int _windows;
+
+    /// <summary>
+    /// Warns about each rule whose monitor the catalogue does not know but that is a few letters away from a name it
+    /// does (a likely typo), before the session allocates anything; under <see cref="ProbeOptions.Strict"/> it throws.
+    /// </summary>
+    /// <exception cref="ArgumentException">Strict, and a rule's monitor looks misspelt.</exception>
+    public static void CheckMonitors(ProbeOptions options, ILogger logger, string runId)
+    {
+        foreach (var rule in options.Stopping)
+        {
+            if (MonitorCheck.LikelyMeant(rule.Monitor) is not { } meant) continue;
+            string message = $"The stopping rule '{rule.Name}' monitors {rule.MonitorLabel}, which no built-in probe publishes; did you mean {meant}? " +
+                "(A value your trainer reports with ProbeSession.Report, or your own probe publishes, may have any name.)";
+            if (options.Strict) throw new ArgumentException(message + " ProbeOptions.Strict is set.", nameof(options));
+            logger.LogWarning("TrainingProbes run {RunId}: {Message}", runId, message);
+            options.Output?.WriteLine("[probes] " + message);
+        }
     }
 
     /// <summary>The rules.</summary>
@@ -47,16 +72,34 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     /// <summary>Evaluates every rule on a published snapshot.</summary>
     public void OnSnapshot(ProbeSnapshot snapshot)
     {
+        // Each rule on its own: one that throws (or whose checkpoint cannot be written) skips no other.
+        _windows++;
         foreach (var rule in _options.Stopping)
-            if (rule.TryEvaluate(snapshot, out var decision)) Act(rule, decision);
+        {
+            if (snapshot.TryGetValue(rule.Monitor, rule.Geometry, out _)) _seen.Add((rule.Monitor, rule.Geometry));
+            if (_windows == MonitorCheck.Patience && !_seen.Contains((rule.Monitor, rule.Geometry)))
+                _failures.Fail("stopping", new InvalidOperationException(MonitorCheck.NeverSeen(rule, _windows)), "unknown_monitor");
+            try
+            {
+                if (rule.TryEvaluate(snapshot, out var decision)) Act(rule, decision);
+            }
+            catch (Exception ex) when (ex is not ProbeFailureException)
+            {
+                _failures.Fail("stopping", ex, "rule_failed");
+            }
+        }
     }
 
     /// <summary>Evaluates the rules that monitor a value the trainer reported (a validation loss, say).</summary>
     /// <summary>Whether a rule copies the weights when it improves (a checkpoint action, or best weights to restore).</summary>
     public bool KeepsWeights => _options.Stopping.Any(rule => rule.Action == RuleAction.Checkpoint || rule is EarlyStopping { RestoreBestWeights: true });
 
+    /// <summary>Whether a rule monitors the geometry-free value <paramref name="name"/>.</summary>
+    public bool Monitors(string name) => _options.Stopping.Any(rule => rule.Monitor == name && rule.Geometry == Geometry.None);
+
     public void OnReported(string name, Geometry geometry, double value, long step)
     {
+        _seen.Add((name, geometry));
         foreach (var rule in _options.Stopping)
             if (rule.Monitor == name && rule.Geometry == geometry)
                 Act(rule, rule.Evaluate(value, step));
@@ -66,13 +109,7 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     private void Act(StoppingRule rule, RuleDecision decision)
     {
         bool keepsWeights = rule.Action == RuleAction.Checkpoint || rule is EarlyStopping { RestoreBestWeights: true };
-        if (decision.Improved && keepsWeights)
-        {
-            if (_best.TryGetValue(rule, out var kept)) kept.CaptureInto(_model, decision.Step, decision.Value);
-            else _best[rule] = WeightSnapshot.Capture(_model, decision.Step, decision.Value);
-            if (rule.Action == RuleAction.Checkpoint && _options.CheckpointPath is { } path)
-                CheckpointFile.Save(_best[rule], path, path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) ? CheckpointFormat.Safetensors : CheckpointFormat.PyTorch);
-        }
+        if (decision.Improved && keepsWeights) KeepWeights(rule, decision);
 
         if (!decision.Fired || rule.Action == RuleAction.Checkpoint) return;
         if (rule.Action == RuleAction.Stop && !_fired.Add(rule)) return;   // a Stop rule stays fired: act once
@@ -80,8 +117,18 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
         bool restored = false;
         if (rule.Action == RuleAction.Stop && rule is EarlyStopping { RestoreBestWeights: true } && _best.TryGetValue(rule, out var best))
         {
-            best.RestoreTo(_model);
-            restored = true;
+            // A restore that fails (the model changed shape since the copy) still stops the run: the rule fired.
+            try
+            {
+                best.RestoreTo(_model);
+                restored = true;
+            }
+            catch (Exception ex) when (ex is not ProbeFailureException)
+            {
+                _failures.Fail("stopping", new InvalidOperationException(
+                    $"Rule '{rule.Name}' fired, but its best weights (step {best.Step}) could not be restored: {ex.Message} The run stops with the current weights.", ex),
+                    "restore_failed");
+            }
         }
 
         string what = rule.Action == RuleAction.Stop ? "stop" : "warning";
@@ -91,6 +138,37 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
             (restored ? $"; restored the best weights of step {_best[rule].Step}" : ""));
         if (rule.Action == RuleAction.Stop) SetStop();
         Fired?.Invoke(rule, decision, restored);
+    }
+
+    /// <summary>
+    /// Copies the weights of an improvement and writes the checkpoint. A failure (a path that became a folder, a full or
+    /// read-only disk) is a counted, logged failure of <c>checkpoint</c>; the rule's decision and the other rules stand.
+    /// </summary>
+    private void KeepWeights(StoppingRule rule, RuleDecision decision)
+    {
+        try
+        {
+            if (_best.TryGetValue(rule, out var kept)) kept.CaptureInto(_model, decision.Step, decision.Value);
+            else _best[rule] = WeightSnapshot.Capture(_model, decision.Step, decision.Value);
+        }
+        catch (Exception ex) when (ex is not ProbeFailureException)
+        {
+            _failures.Fail("checkpoint", new InvalidOperationException(
+                $"Rule '{rule.Name}' improved at step {decision.Step}, but the weights could not be copied: {ex.Message}", ex), "copy_failed");
+            return;
+        }
+
+        if (rule.Action != RuleAction.Checkpoint || _options.CheckpointPath is not { } path) return;
+        try
+        {
+            CheckpointFile.Save(_best[rule], path, path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase) ? CheckpointFormat.Safetensors : CheckpointFormat.PyTorch);
+        }
+        catch (Exception ex) when (ex is not ProbeFailureException)
+        {
+            _failures.Fail("checkpoint", new IOException(
+                $"The checkpoint of step {decision.Step} (rule '{rule.Name}') could not be written to {path}: {ex.Message} " +
+                "The best weights are still kept in memory (ProbeSession.BestWeights); free the path or choose another CheckpointPath.", ex), "write_failed");
+        }
     }
 
     private void SetStop()
@@ -113,7 +191,40 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
             throw new ArgumentException(
                 $"The saved stopping state does not match this session's rules: missing {string.Join(", ", missing.DefaultIfEmpty("none"))}; unknown {string.Join(", ", unknown.DefaultIfEmpty("none"))}.",
                 nameof(json));
-        foreach (var state in states) byName[state.Name].RestoreState(state);
+        // Rules compare the steps they are evaluated at: a state from step 500 in a session at step 0 would make every
+        // later evaluation throw. Refuse it now, and say how to resume.
+        long saved = states.Max(s => s.LastStep ?? -1);
+        if (saved > _steps())
+            throw new ArgumentException(
+                $"The saved stopping state was last evaluated at step {saved}, and this session is at step {_steps()}: rules are evaluated in step order. " +
+                "Save and restore the whole session with ProbeSession.SaveState and RestoreState, which carry the step counter with the rules.", nameof(json));
+        Apply(states);
+    }
+
+    /// <summary>
+    /// Gives each rule its state, all or nothing: if one refuses its state, the ones restored before it go back to what
+    /// they were. A restored stop rule that had fired stops the run again.
+    /// </summary>
+    private void Apply(IReadOnlyList<RuleState> states, bool keep = true)
+    {
+        var byName = _options.Stopping.ToDictionary(r => r.Name);
+        var before = _options.Stopping.Select(r => r.SaveState()).ToArray();
+        try
+        {
+            foreach (var state in states) byName[state.Name].RestoreState(state);
+        }
+        catch
+        {
+            for (int i = 0; i < before.Length; i++) _options.Stopping[i].RestoreState(before[i]);
+            throw;
+        }
+
+        if (!keep)
+        {
+            for (int i = 0; i < before.Length; i++) _options.Stopping[i].RestoreState(before[i]);
+            return;
+        }
+
         foreach (var rule in _options.Stopping)
             if (rule.Action == RuleAction.Stop && rule.Stopped && _fired.Add(rule)) SetStop();
     }
@@ -125,13 +236,24 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     public Action Prepare(TrainingProbes.Session.SessionStateReader state)
     {
         string json = state.Get<string>("rules");
-        // Check the rules match before anything changes; the restore itself only assigns parsed values.
+        // Check the rules match, and that each accepts its state (applied and taken back), before anything changes: the
+        // commit then cannot fail after another part of the session has been restored. The scheduler's part carries the
+        // step counter, so the rules' steps need no check against the session's here.
         var states = StoppingState.FromJson(json);
         var names = _options.Stopping.Select(r => r.Name).ToHashSet();
         if (!names.SetEquals(states.Select(s => s.Name)))
             throw new InvalidDataException(
                 $"The saved stopping rules ({string.Join(", ", states.Select(s => s.Name))}) are not this session's ({string.Join(", ", names)}).");
-        return () => Restore(json);
+        try
+        {
+            Apply(states, keep: false);
+        }
+        catch (ArgumentException ex)
+        {
+            throw new InvalidDataException($"The saved stopping state does not fit this session's rules: {ex.Message}", ex);
+        }
+
+        return () => Apply(states);
     }
 
     public void Dispose()
