@@ -34,10 +34,11 @@ public sealed class ProbeOptions
     public int WindowSize
     {
         get => _windowSize;
-        init => _windowSize = value >= 2
+        init => _windowSize = value is >= 2 and <= MaxWindowSize
             ? value
             : throw new ArgumentOutOfRangeException(nameof(WindowSize), value,
-                "WindowSize (K) must be at least 2: pairwise indicators need two gradients. Use 8 to 32 for stable values.");
+                $"WindowSize (K) must be from 2 to {MaxWindowSize}: pairwise indicators need two gradients, and the K x K Gram matrices of a larger window " +
+                "do not fit the statistics' sums. Use 8 to 32 for stable values.");
     }
 
     /// <summary>
@@ -55,6 +56,9 @@ public sealed class ProbeOptions
 
     /// <summary>Largest interval the overhead budget may choose.</summary>
     public const int MaxInterval = 1_000_000;
+
+    /// <summary>The largest <see cref="WindowSize"/>: the statistics keep K x K Gram matrices per geometry and per layer.</summary>
+    public const int MaxWindowSize = 4096;
 
     /// <summary>
     /// The probes' cost as a fraction of the training time (default 0.05: training runs at most about 5% slower). After
@@ -335,7 +339,7 @@ public sealed class ProbeOptions
     /// <c>TRAININGPROBES_OVERHEAD_BUDGET</c> (a fraction, or <c>none</c> for a fixed interval),
     /// <c>TRAININGPROBES_STORAGE</c> (<c>full</c>, <c>bfloat16</c> or <c>sketch</c>), <c>TRAININGPROBES_SKETCH_DIMENSION</c>,
     /// <c>TRAININGPROBES_BACKGROUND</c> (<c>true</c> or <c>false</c>),
-    /// <c>TRAININGPROBES_OUTPUT</c> (<c>console</c> or <c>none</c>) and <c>TRAININGPROBES_PROMETHEUS</c> (a port or
+    /// <c>TRAININGPROBES_OUTPUT</c> (<c>console</c> or <c>none</c>), <c>TRAININGPROBES_STRICT</c> (<c>true</c> or <c>false</c>) and <c>TRAININGPROBES_PROMETHEUS</c> (a port or
     /// host:port: serves a Prometheus scrape endpoint there; needs the TrainingProbes.Prometheus package),
     /// <c>TRAININGPROBES_STOP</c> (rules as text, separated by <c>;</c>, see <see cref="StoppingRule.Parse"/>)
     /// and <c>TRAININGPROBES_CHECKPOINT</c> (<see cref="CheckpointPath"/>).
@@ -343,6 +347,16 @@ public sealed class ProbeOptions
     /// </summary>
     /// <exception cref="ArgumentException">A variable holds a value that cannot be used; the message names it.</exception>
     public static ProbeOptions FromEnvironment() => FromEnvironment(Environment.GetEnvironmentVariable);
+
+    /// <summary>The environment variable of each property <see cref="FromEnvironment()"/> sets, to name it in an error.</summary>
+    private static readonly Dictionary<string, string> Variables = new()
+    {
+        [nameof(WindowSize)] = "TRAININGPROBES_WINDOW_SIZE", [nameof(Interval)] = "TRAININGPROBES_INTERVAL",
+        [nameof(Geometries)] = "TRAININGPROBES_GEOMETRIES", [nameof(LayerMetrics)] = "TRAININGPROBES_LAYER_METRICS",
+        [nameof(OverheadBudget)] = "TRAININGPROBES_OVERHEAD_BUDGET", [nameof(Storage)] = "TRAININGPROBES_STORAGE",
+        [nameof(SketchDimension)] = "TRAININGPROBES_SKETCH_DIMENSION", [nameof(CheckpointPath)] = "TRAININGPROBES_CHECKPOINT",
+        [nameof(RunId)] = "TRAININGPROBES_RUN_ID", [nameof(Worker)] = "TRAININGPROBES_WORKER",
+    };
 
     internal static ProbeOptions FromEnvironment(Func<string, string?> read)
     {
@@ -384,6 +398,13 @@ public sealed class ProbeOptions
                 Probes = read("TRAININGPROBES_PROMETHEUS") is { Length: > 0 } endpoint ? [PrometheusEndpoint(endpoint)] : [],
                 Stopping = read("TRAININGPROBES_STOP") is { Length: > 0 } rules ? ParseRules(rules) : [],
                 CheckpointPath = read("TRAININGPROBES_CHECKPOINT") is { Length: > 0 } checkpoint ? checkpoint : null,
+                Strict = read("TRAININGPROBES_STRICT")?.Trim().ToLowerInvariant() switch
+                {
+                    null or "" => defaults.Strict,
+                    "true" or "1" => true,
+                    "false" or "0" => false,
+                    var other => throw new ArgumentException($"TRAININGPROBES_STRICT is '{other}'; use true or false."),
+                },
                 Output = read("TRAININGPROBES_OUTPUT")?.Trim().ToLowerInvariant() switch
                 {
                     null or "" or "console" => Console.Out,
@@ -394,7 +415,11 @@ public sealed class ProbeOptions
         }
         catch (ArgumentException ex) when (!ex.Message.StartsWith("TRAININGPROBES_", StringComparison.Ordinal))
         {
-            throw new ArgumentException($"An environment variable TRAININGPROBES_* holds an unusable value: {ex.Message}", ex);
+            // A property refused its value: name the variable it came from.
+            string? variable = ex.ParamName is { } property && Variables.TryGetValue(property, out var name) ? name : null;
+            throw new ArgumentException(variable is null
+                ? $"An environment variable TRAININGPROBES_* holds an unusable value: {ex.Message}"
+                : $"{variable} is '{read(variable)}': {ex.Message}", ex);
         }
 
         static int? Integer(Func<string, string?> read, string variable) =>
@@ -434,7 +459,7 @@ public sealed class ProbeOptions
         {
             var result = Geometry.None;
             foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-                result |= Enum.TryParse<Geometry>(part, ignoreCase: true, out var g) && g != Geometry.None
+                result |= !char.IsDigit(part[0]) && part[0] != '-' && Enum.TryParse<Geometry>(part, ignoreCase: true, out var g) && g != Geometry.None
                     ? g
                     : throw new ArgumentException($"TRAININGPROBES_GEOMETRIES has '{part}'; use euclidean, fisher, adaptive or all, separated by commas.");
             return result;

@@ -300,6 +300,12 @@ public sealed class ProbeSession : IDisposable
         int slot = _scheduler.BeginStep(started, out long step);
         if (slot == 0 && _pending is not null) Publish();   // the next window never overwrites buffers the worker still reads
         if (slot < 0 && loss is not null && loss.device_type == DeviceType.CPU) CheckLoss(loss, step);
+        if (slot >= 0 && (_detached is not null || slot == 0 && !ParametersStillWatched()))
+        {
+            if (slot == Options.WindowSize - 1) CloseDetachedWindow(started);
+            _scheduler.EndStep(_scheduler.Now);
+            return this;
+        }
         if (slot < 0 && !_runner.ObservesEveryStep)
         {
             _scheduler.EndStep(started);
@@ -323,6 +329,57 @@ public sealed class ProbeSession : IDisposable
         if (slot == Options.WindowSize - 1) CloseWindow(input, target);
         _scheduler.EndStep(_scheduler.Now);
         return this;
+    }
+
+    /// <summary>Why the watched parameters are no longer the model's (replaced, or moved by <c>model.to</c>), or null.</summary>
+    private string? _detached;
+    private bool _warnedAdded;
+
+    /// <summary>
+    /// At a window's first step: whether the watched parameters are still the model's. A replaced or moved one makes
+    /// every later window's gradients meaningless: the session stops capturing (<see cref="CloseDetachedWindow"/>). A
+    /// parameter added after attach is left out, with a warning once.
+    /// </summary>
+    private bool ParametersStillWatched()
+    {
+        string? mismatch;
+        bool replaced;
+        try
+        {
+            mismatch = Window.Mismatch(Model, Options.ParameterFilter, out replaced);
+        }
+        catch (Exception ex)
+        {
+            (mismatch, replaced) = ($"its parameters cannot be read ({ex.Message})", true);
+        }
+
+        if (mismatch is null) return true;
+        if (!replaced)
+        {
+            if (_warnedAdded) return true;
+            _warnedAdded = true;
+            string message = $"TrainingProbes run {RunId}: {mismatch}. Attach a new session after changing the model to watch them.";
+            _logger.LogWarning("{Message}", message);
+            Options.Output?.WriteLine("[probes] " + message);
+            return true;
+        }
+
+        _detached = mismatch;
+        return false;
+    }
+
+    /// <summary>
+    /// Where a window would close after the parameters changed: a snapshot without values, whose failure says why, so
+    /// that nothing of the model as it was is shown as current (the gauges drop the probes' series).
+    /// </summary>
+    private void CloseDetachedWindow(long started)
+    {
+        Publish();
+        _scheduler.CloseWindow(started);
+        _failures.Fail("parameters", new InvalidOperationException(
+            $"The probes no longer watch the model: {_detached}. No indicator is published from now on. Dispose this session and attach a new one " +
+            "after changing the model (or change it before attaching)."), "parameters_changed");
+        _publisher.Publish(new ProbeSnapshot(RunId, _scheduler.Steps, _scheduler.Windows - 1, DateTimeOffset.UtcNow, [], failures: _failures.Take()));
     }
 
     /// <summary>

@@ -120,6 +120,38 @@ internal sealed class GradientWindow : IDisposable
         }
     }
 
+    /// <summary>
+    /// How the model's parameters differ from the watched ones, or null when they do not: a watched parameter that the
+    /// model no longer holds under its name (replaced, or moved to another dtype or device by <c>model.to</c>), which
+    /// makes the window's gradients meaningless (<paramref name="replaced"/> true); or a parameter that requires a
+    /// gradient and is not watched (a module added after attach), which the window leaves out.
+    /// </summary>
+    public string? Mismatch(nn.Module model, Func<string, bool>? filter, out bool replaced)
+    {
+        replaced = false;
+        var current = new Dictionary<string, Parameter>(StringComparer.Ordinal);
+        foreach (var (name, parameter) in model.named_parameters()) current[name] = parameter;
+        foreach (var watched in Parameters)
+        {
+            if (!current.TryGetValue(watched.Name, out var now))
+            {
+                replaced = true;
+                return $"the watched parameter {watched.Name} is no longer in the model";
+            }
+
+            // A replaced parameter is a new object, and TorchSharp disposes the one it replaces (its handle is then invalid).
+            if (!ReferenceEquals(now, watched.Parameter) || watched.Parameter.IsInvalid || now.dtype != Segments[watched.Segment].DType
+                || now.device_type != Segments[watched.Segment].Device.type || now.device_index != Segments[watched.Segment].Device.index)
+            {
+                replaced = true;
+                return $"{watched.Name} was replaced or moved after attach (now {now.dtype} on {now.device}; watched: {Segments[watched.Segment].DType} on {Segments[watched.Segment].Device})";
+            }
+        }
+
+        var added = current.Where(p => p.Value.requires_grad && (filter is null || filter(p.Key)) && !Parameters.Any(w => w.Name == p.Key)).Select(p => p.Key).ToList();
+        return added.Count == 0 ? null : $"{added.Count} parameter(s) added after attach are not watched: {string.Join(", ", added.Take(5))}{(added.Count > 5 ? ", ..." : "")}";
+    }
+
     /// <summary>A window of <paramref name="options"/>' K over <paramref name="model"/>'s watched parameters, kept as its Storage says.</summary>
     public static GradientWindow For(nn.Module model, ProbeOptions options) =>
         new(model, options.ParameterFilter, options.WindowSize, options.Storage, options.SketchDimension, options.Geometries, options.AdaptiveEta);

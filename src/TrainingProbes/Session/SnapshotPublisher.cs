@@ -51,17 +51,22 @@ internal sealed class SnapshotPublisher(int capacity, ProbeFailures failures)
         }
 
         Volatile.Write(ref _latest, snapshot);
-        // Values that are not computed at every window (an active window's) keep their last value for the gauges.
-        MergeIntoCurrent(snapshot.Values);
+        // Values that are not computed at every window (an active window's) keep their last value for the gauges, unless
+        // their probe failed in this window: then its series go, rather than show an old value as current. A failure of
+        // the watched parameters (replaced after attach) or of the capture takes every probe's series.
+        MergeIntoCurrent(snapshot.Values, snapshot.Failures.Select(f => f.Probe).ToHashSet());
         foreach (var (name, handler) in _subscribers)
             failures.Guard(name, static a => a.Handler(a.Snapshot), (Handler: handler, Snapshot: snapshot));
     }
 
     /// <summary>Replaces the last values of the given series (by name, geometry, layer and probe) for the gauges.</summary>
-    public void MergeIntoCurrent(IReadOnlyList<IndicatorValue> values)
+    public void MergeIntoCurrent(IReadOnlyList<IndicatorValue> values, IReadOnlySet<string>? failed = null)
     {
+        bool all = failed is not null && (failed.Contains("parameters") || failed.Contains("capture"));
         var merged = new Dictionary<(string, Geometry, string?, string), IndicatorValue>(_current.Length + values.Count);
-        foreach (var value in _current) merged[(value.Name, value.Geometry, value.Layer, value.Probe)] = value;
+        foreach (var value in _current)
+            if (value.Probe == "user" || failed is null || !all && !failed.Contains(value.Probe))
+                merged[(value.Name, value.Geometry, value.Layer, value.Probe)] = value;
         foreach (var value in values) merged[(value.Name, value.Geometry, value.Layer, value.Probe)] = value;
         Volatile.Write(ref _current, merged.Values.ToArray());
     }
