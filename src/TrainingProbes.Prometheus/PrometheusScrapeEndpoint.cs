@@ -1,116 +1,107 @@
-using System.Net;
-using System.Net.Sockets;
-using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Hosting.Server;
-using Microsoft.AspNetCore.Hosting.Server.Features;
-using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Hosting;
-using Microsoft.Extensions.Logging;
-using OpenTelemetry.Metrics;
-
 namespace TrainingProbes.Prometheus;
 
 /// <summary>
-/// A Prometheus scrape endpoint that lives as long as its probe session: add it to <see cref="ProbeOptions.Probes"/>
-/// and the session starts it when attached (failing the attach, with a clear message, if the port is taken) and
-/// stops it when disposed. It serves every TrainingProbes session of the process through OpenTelemetry's Prometheus
-/// exporter; a scrape reads the sessions' last snapshots and never touches the training thread or a tensor.
+/// A Prometheus scrape endpoint that lives as long as the probe sessions that use it: add it to
+/// <see cref="ProbeOptions.Probes"/> and the first session to start starts it (failing that session's attach, with a
+/// clear message, if the port is taken); it stops when the last of its sessions is disposed, so one instance can be
+/// given to several sessions, which may start and end in any order and on any thread. It serves every TrainingProbes
+/// session of the process through OpenTelemetry's Prometheus exporter; a scrape reads the sessions' last snapshots
+/// and never touches the training thread or a tensor.
 /// </summary>
+/// <remarks>
+/// The endpoints that <c>TRAININGPROBES_PROMETHEUS</c> turns on (<see cref="FromEnvironmentValue"/>) go further: all
+/// of them for the same host and port share one process-wide server, so that every one-line session of a process is
+/// served there, until the last of them ends.
+/// </remarks>
 public sealed class PrometheusScrapeEndpoint : TrainingProbe, IDisposable
 {
     private readonly PrometheusEndpointOptions _options;
-    private WebApplication? _app;
+    private readonly bool _processWide;
+    private readonly object _gate = new();
+    private ScrapeServer? _server;
+    private int _sessions;
+    private bool _disposed;
 
-    /// <summary>Creates the endpoint; it starts when its session does.</summary>
+    /// <summary>Creates the endpoint; it starts when the first of its sessions does.</summary>
     /// <param name="options">Where to listen; <c>http://127.0.0.1:9464/metrics</c> when null.</param>
-    public PrometheusScrapeEndpoint(PrometheusEndpointOptions? options = null) => _options = options ?? new PrometheusEndpointOptions();
+    public PrometheusScrapeEndpoint(PrometheusEndpointOptions? options = null) : this(options ?? new PrometheusEndpointOptions(), processWide: false)
+    {
+    }
 
-    /// <summary>Creates an endpoint from the value of <c>TRAININGPROBES_PROMETHEUS</c> (see <see cref="PrometheusEndpointOptions.Parse"/>).</summary>
+    private PrometheusScrapeEndpoint(PrometheusEndpointOptions options, bool processWide)
+    {
+        _options = options;
+        _processWide = processWide;
+    }
+
+    /// <summary>
+    /// Creates an endpoint from the value of <c>TRAININGPROBES_PROMETHEUS</c> (see <see cref="PrometheusEndpointOptions.Parse"/>).
+    /// Endpoints created this way for the same host and port share one server for the whole process: each holds it
+    /// while one of its sessions lives, and the server stops when no session of any of them is left.
+    /// </summary>
     /// <param name="value">A port or host:port.</param>
-    public static PrometheusScrapeEndpoint FromEnvironmentValue(string value) => new(PrometheusEndpointOptions.Parse(value));
+    public static PrometheusScrapeEndpoint FromEnvironmentValue(string value) => new(PrometheusEndpointOptions.Parse(value), processWide: true);
 
     /// <inheritdoc />
     public override string Name => "prometheus";
 
-    /// <summary>The address Prometheus should scrape, once started (with the actual port when <see cref="PrometheusEndpointOptions.Port"/> is 0).</summary>
+    /// <summary>
+    /// The address Prometheus should scrape, once started (with the actual port when <see cref="PrometheusEndpointOptions.Port"/>
+    /// is 0). It keeps its last value after the endpoint stops.
+    /// </summary>
     public Uri? Address { get; private set; }
 
-    /// <inheritdoc />
+    /// <summary>Starts the server if this is the endpoint's first live session, and counts the session.</summary>
+    /// <param name="session">The session starting.</param>
+    /// <exception cref="ProbeConfigurationException">The server cannot listen where the options say, or the endpoint was disposed.</exception>
     public override void OnSessionStart(ProbeSession session)
     {
-        if (_app is not null) return;   // shared by several sessions: one server is enough
-        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
+        lock (_gate)
         {
-            ApplicationName = typeof(PrometheusScrapeEndpoint).Assembly.GetName().Name,
-            ContentRootPath = AppContext.BaseDirectory,
-        });
-        builder.Logging.ClearProviders();
-        // The trainer owns the process: Ctrl+C and SIGTERM must keep their usual effect, not stop only this server.
-        builder.Services.AddSingleton<IHostLifetime, TrainerOwnsTheProcess>();
-        var address = _options.Host == "localhost" ? IPAddress.Loopback : IPAddress.Parse(_options.Host);
-        builder.WebHost.ConfigureKestrel(kestrel => kestrel.Listen(address, _options.Port));
-        builder.Services.AddOpenTelemetry().WithMetrics(metrics => metrics.AddTrainingProbes().AddPrometheusExporter());
+            if (_disposed)
+                throw new ProbeConfigurationException(
+                    "This PrometheusScrapeEndpoint was disposed, which stops it for good; give the new session a new PrometheusScrapeEndpoint.");
+            if (_server is null)
+            {
+                _server = _processWide ? ScrapeServer.Acquire(_options) : ScrapeServer.Start(_options);
+                Address = _server.Address;
+            }
 
-        var app = builder.Build();
-        app.MapPrometheusScrapingEndpoint(_options.Path);
-        try
-        {
-            app.StartAsync().GetAwaiter().GetResult();
-        }
-        catch (Exception ex) when (IsAddressInUse(ex))
-        {
-            DisposeApp(app);
-            throw new ProbeConfigurationException(
-                $"The Prometheus endpoint cannot listen on {_options.Host}:{_options.Port}: port {_options.Port} is already in use. " +
-                $"Choose another with PrometheusEndpointOptions.Port (or TRAININGPROBES_PROMETHEUS=host:port), or stop the process that holds it.", ex);
-        }
-        catch (Exception ex)
-        {
-            DisposeApp(app);
-            throw new ProbeConfigurationException(
-                $"The Prometheus endpoint cannot start on {_options.Host}:{_options.Port}: {ex.Message} Check PrometheusEndpointOptions.Host and Port.", ex);
+            _sessions++;
         }
 
-        _app = app;
-        var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses.FirstOrDefault();
-        Address = new Uri(new Uri(bound ?? $"http://{_options.Host}:{_options.Port}"), _options.Path);
         session.Options.Output?.WriteLine($"[probes] Prometheus metrics at {Address}");
     }
 
-    /// <inheritdoc />
-    public override void OnSessionEnd() => Dispose();
+    /// <summary>Counts the session out; the server stops when it was the last one.</summary>
+    public override void OnSessionEnd()
+    {
+        lock (_gate)
+        {
+            if (_sessions == 0) return;   // the endpoint was disposed while the session lived
+            if (--_sessions == 0) Stop();
+        }
+    }
 
-    /// <summary>Stops the server (also done when the session ends).</summary>
+    /// <summary>
+    /// Stops the endpoint at once, whatever sessions still use it, and for good: a session started with it afterwards
+    /// fails to attach. An endpoint from <see cref="FromEnvironmentValue"/> gives up its share of the process-wide
+    /// server, which goes on serving other endpoints' sessions.
+    /// </summary>
     public void Dispose()
     {
-        var app = Interlocked.Exchange(ref _app, null);
-        if (app is not null) DisposeApp(app);
-    }
-
-    private static void DisposeApp(WebApplication app)
-    {
-        try
+        lock (_gate)
         {
-            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
-            app.StopAsync(timeout.Token).GetAwaiter().GetResult();
-        }
-        finally
-        {
-            app.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            _disposed = true;
+            _sessions = 0;
+            Stop();
         }
     }
 
-    private static bool IsAddressInUse(Exception ex) =>
-        ex is IOException { InnerException: SocketException { SocketErrorCode: SocketError.AddressAlreadyInUse } }
-        || ex.GetType().Name == "AddressInUseException"
-        || ex.InnerException is not null && IsAddressInUse(ex.InnerException);
-
-    /// <summary>A host lifetime that leaves the process's signals alone (the default one would take Ctrl+C and SIGTERM).</summary>
-    private sealed class TrainerOwnsTheProcess : IHostLifetime
+    private void Stop()
     {
-        public Task WaitForStartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
-
-        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+        var server = _server;
+        _server = null;
+        server?.Release();
     }
 }

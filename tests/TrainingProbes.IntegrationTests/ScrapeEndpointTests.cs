@@ -104,6 +104,84 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
     }
 
     [Fact]
+    public async Task One_endpoint_in_two_sessions_serves_until_the_last_of_them_ends()
+    {
+        var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
+        var first = ProbeSession.Attach(torch.nn.Linear(3, 2), new ProbeOptions { RunId = "first", Output = null, OverheadBudget = null, Probes = [endpoint] });
+        var second = ProbeSession.Attach(torch.nn.Linear(3, 2), new ProbeOptions { RunId = "second", Output = null, OverheadBudget = null, Probes = [endpoint] });
+        var address = endpoint.Address!;
+        using var http = new HttpClient();
+
+        first.Dispose();
+        Assert.Contains("run_id=\"second\"", await http.GetStringAsync(address));
+
+        second.Dispose();
+        AssertClosed(address.Port);
+    }
+
+    [Fact]
+    public async Task Sessions_sharing_an_endpoint_may_start_and_end_on_any_thread()
+    {
+        var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
+        var sessions = new ProbeSession[8];
+        Parallel.For(0, sessions.Length, i => sessions[i] = ProbeSession.Attach(torch.nn.Linear(3, 2),
+            new ProbeOptions { RunId = $"thread{i}", Output = null, OverheadBudget = null, Probes = [endpoint] }));
+        var address = endpoint.Address!;
+        using var http = new HttpClient();
+        Assert.Contains("run_id=\"thread7\"", await http.GetStringAsync(address));
+
+        Parallel.For(1, sessions.Length, i => sessions[i].Dispose());
+        Assert.Contains("run_id=\"thread0\"", await http.GetStringAsync(address));
+        sessions[0].Dispose();
+        AssertClosed(address.Port);
+    }
+
+    [Fact]
+    public void Dispose_stops_a_shared_endpoint_at_once_and_for_good()
+    {
+        var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
+        using var first = ProbeSession.Attach(torch.nn.Linear(3, 2), new ProbeOptions { Output = null, OverheadBudget = null, Probes = [endpoint] });
+        using var second = ProbeSession.Attach(torch.nn.Linear(3, 2), new ProbeOptions { Output = null, OverheadBudget = null, Probes = [endpoint] });
+
+        endpoint.Dispose();
+        AssertClosed(endpoint.Address!.Port);
+        var error = Assert.Throws<ProbeConfigurationException>(() => ProbeSession.Attach(torch.nn.Linear(3, 2),
+            new ProbeOptions { Output = null, OverheadBudget = null, Probes = [endpoint] }));
+        Assert.Contains("disposed", error.Message);
+    }
+
+    [Fact]
+    public async Task Sessions_from_the_environment_share_one_endpoint_until_the_last_of_them_ends()
+    {
+        int port = FreePort();
+        var environment = new Dictionary<string, string> { ["TRAININGPROBES_PROMETHEUS"] = $"127.0.0.1:{port}", ["TRAININGPROBES_OUTPUT"] = "none" };
+        ProbeOptions FromEnvironment(string run) => ProbeOptions.FromEnvironment(name => name == "TRAININGPROBES_RUN_ID" ? run : environment.GetValueOrDefault(name));
+
+        // Each one-line session builds its own options, so its own endpoint object; they must not each bind the port.
+        var first = ProbeSession.Attach(torch.nn.Linear(3, 2), FromEnvironment("first"));
+        var second = ProbeSession.Attach(torch.nn.Linear(3, 2), FromEnvironment("second"));
+        var address = new Uri($"http://127.0.0.1:{port}/metrics");
+        using var http = new HttpClient();
+        var text = await http.GetStringAsync(address);
+        Assert.Contains("run_id=\"first\"", text);
+        Assert.Contains("run_id=\"second\"", text);
+
+        first.Dispose();
+        Assert.Contains("run_id=\"second\"", await http.GetStringAsync(address));
+
+        // A session that starts while another still holds the server joins it; the server ends with the last one.
+        var third = ProbeSession.Attach(torch.nn.Linear(3, 2), FromEnvironment("third"));
+        second.Dispose();
+        Assert.Contains("run_id=\"third\"", await ScrapeUntilItShows(http, address, "run_id=\"third\""));
+        third.Dispose();
+        AssertClosed(port);
+
+        // And a later session starts it afresh.
+        using var fourth = ProbeSession.Attach(torch.nn.Linear(3, 2), FromEnvironment("fourth"));
+        Assert.Contains("run_id=\"fourth\"", await http.GetStringAsync(address));
+    }
+
+    [Fact]
     public void A_port_in_use_fails_the_attach_with_a_message_naming_the_port_and_the_option()
     {
         using var holder = new TcpListener(IPAddress.Loopback, 0);
@@ -119,5 +197,33 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
         // The failed attach left nothing behind: the model can be attached again.
         using var session = ProbeSession.Attach(model, new ProbeOptions { Output = null, OverheadBudget = null });
         Assert.NotNull(ProbeSession.Get(model));
+    }
+
+    /// <summary>
+    /// Scrapes until the text shows <paramref name="expected"/> or 5 s pass: the exporter answers from a cache for
+    /// 300 ms after a scrape, so a session that started just after one shows up only in the next.
+    /// </summary>
+    private static async Task<string> ScrapeUntilItShows(HttpClient http, Uri address, string expected)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            var text = await http.GetStringAsync(address);
+            if (text.Contains(expected, StringComparison.Ordinal) || clock.Elapsed > TimeSpan.FromSeconds(5)) return text;
+            await Task.Delay(100);
+        }
+    }
+
+    private static void AssertClosed(int port)
+    {
+        using var client = new TcpClient();
+        Assert.ThrowsAny<SocketException>(() => client.Connect(IPAddress.Loopback, port));
+    }
+
+    private static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 }
