@@ -299,7 +299,7 @@ public sealed class ProbeSession : IDisposable
         if (_pending is { } pending && pending.Job.IsCompleted) Publish();
         int slot = _scheduler.BeginStep(started, out long step);
         if (slot == 0 && _pending is not null) Publish();   // the next window never overwrites buffers the worker still reads
-        if (slot < 0 && loss is not null && loss.device_type == DeviceType.CPU) CheckLoss(loss, step);
+        if (slot < 0 && loss is not null && _stopping.MonitorsLoss && loss.device_type == DeviceType.CPU) CheckLoss(loss, step);
         if (slot >= 0 && (_detached is not null || slot == 0 && !ParametersStillWatched()))
         {
             if (slot == Options.WindowSize - 1) CloseDetachedWindow(started);
@@ -396,7 +396,7 @@ public sealed class ProbeSession : IDisposable
             ScalarType.Float64 => loss.item<double>(),
             _ => 0,   // half precision losses are rare on the CPU; they are checked in windows
         };
-        if (double.IsFinite(value) || !_stopping.Monitors(Indicators.Loss)) return;
+        if (double.IsFinite(value)) return;
         Publish();   // the pending window's snapshot, of an earlier step, is evaluated first: rules see steps in order
         _logger.LogWarning("TrainingProbes run {RunId}: the loss at step {Step} is {Value}.", RunId, step, value);
         _stopping.OnReported(Indicators.Loss, Geometry.None, value, step);

@@ -31,6 +31,7 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
         _runId = runId;
         _failures = failures;
         _steps = steps;
+        MonitorsLoss = options.Stopping.Any(rule => rule.Monitor == Indicators.Loss && rule.Geometry == Geometry.None);
     }
 
     private readonly HashSet<(string, Geometry)> _seen = [];
@@ -94,8 +95,8 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     /// <summary>Whether a rule copies the weights when it improves (a checkpoint action, or best weights to restore).</summary>
     public bool KeepsWeights => _options.Stopping.Any(rule => rule.Action == RuleAction.Checkpoint || rule is EarlyStopping { RestoreBestWeights: true });
 
-    /// <summary>Whether a rule monitors the geometry-free value <paramref name="name"/>.</summary>
-    public bool Monitors(string name) => _options.Stopping.Any(rule => rule.Monitor == name && rule.Geometry == Geometry.None);
+    /// <summary>Whether a rule monitors the training loss (<see cref="Indicators.Loss"/>).</summary>
+    public bool MonitorsLoss { get; }
 
     public void OnReported(string name, Geometry geometry, double value, long step)
     {

@@ -66,7 +66,7 @@ public sealed class IndicatorCatalogueTests
         var lossFunction = nn.CrossEntropyLoss();
         var recorder = new Recorder();
         var warn = StoppingRule.Parse("step.gradient.test_mean_squared_norm[euclidean] > 0 for 1 -> warn");
-        var early = new EarlyStopping("gradient.test_mean_squared_norm") { Patience = 1000 };
+        var early = new EarlyStopping("gradient.test_mean_squared_norm") { Geometry = Geometry.Euclidean, Patience = 1000 };
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
             RunId = "made-up-indicator", WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null,
