@@ -38,8 +38,10 @@ internal static class ModelFaults
         using var session = ProbeSession.Attach(model, Options.Small(log, probes: [probe]));
         new Trainer(model, session).Run(0, 40);
         Check.That(session.FailureCount == 0, $"{session.FailureCount} failures: " + string.Join(" / ", log.Warnings.Take(2)));
-        Check.That(Has(session.Latest, FixedPointProbe.Prefix + Indicators.CurvatureLambdaMax), "curvature.lambda_max is published");
-        Check.That(Has(session.Latest, FixedPointProbe.Prefix + Indicators.CurvatureTrace), "curvature.trace is published");
+        // The curvature values are published under their own names (curvature.*), without the probe's fixed_point. prefix.
+        Check.That(Has(session.Latest, Indicators.CurvatureLambdaMax), "curvature.lambda_max is published");
+        Check.That(Has(session.Latest, Indicators.CurvatureTrace), "curvature.trace is published");
+        Check.That(Has(session.Latest, Indicators.CurvatureContrastive), "curvature.contrastive is published");
     }
 
     [Scenario("12.9: a layer's weight is replaced by a new Parameter after attach (the trainer builds a new optimizer)")]

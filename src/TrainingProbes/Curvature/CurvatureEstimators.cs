@@ -98,7 +98,9 @@ internal sealed record TopEigenvaluesResult(PowerIterationResult LargestMagnitud
 /// <summary>
 /// Stochastic trace and eigenvalue estimators over a <see cref="HessianOperator"/>. Random vectors come only from the
 /// given generator (on the parameters' device): the global generator is never touched, so training stays
-/// bit-identical. One scalar crosses to the host per operator application.
+/// bit-identical. They are drawn only on the blocks where the Hessian may be non-zero
+/// (<see cref="HessianOperator.DrawnBlocks"/>): a parameter the loss does not use changes no estimate. One scalar
+/// crosses to the host per operator application.
 /// </summary>
 internal static class CurvatureEstimators
 {
@@ -122,7 +124,7 @@ internal static class CurvatureEstimators
             double sample;
             using (var scope = torch.NewDisposeScope())
             {
-                var z = TensorListAlgebra.Rademacher(op.Parameters, generator);
+                var z = TensorListAlgebra.Rademacher(op.Parameters, generator, op.DrawnBlocks);
                 var az = op.Apply(z);
                 sample = TensorListAlgebra.ToHost(TensorListAlgebra.Dot(z, az))[0];
             }
@@ -191,7 +193,7 @@ internal static class CurvatureEstimators
                 }
                 else
                 {
-                    first = TensorListAlgebra.Gaussian(op.Parameters, generator);
+                    first = TensorListAlgebra.Gaussian(op.Parameters, generator, op.DrawnBlocks);
                     norm = TensorListAlgebra.Norm(first);
                 }
 

@@ -13,7 +13,10 @@ namespace TrainingProbes.Curvature;
 /// <c>D Hbar D</c> in the invariant geometries, with D from the window's <see cref="Whitening"/>. Every power iteration
 /// starts from the previous window's top eigenvector (<see cref="FixedPointOptions.WarmStart"/>). Each estimate says
 /// whether it converged: the snapshot carries <c>curvature.lambda_max.converged</c> and <c>.residual</c> per geometry
-/// and <c>curvature.trace.converged</c>, and an estimate that did not converge is logged.
+/// and <c>curvature.trace.converged</c>, and an estimate that did not converge is logged. The Hessian is taken over
+/// the watched parameters that still require a gradient at the window (a parameter frozen since attach is a constant
+/// of the loss); a parameter the loss does not use contributes a zero block, so the estimates equal those of the
+/// model without it.
 /// </summary>
 internal sealed class CurvatureWindow(
     FixedPointOptions options, ProbeSession session, Parameter[] parameters, GradientWindow buffer, Whitening whitening,
@@ -49,14 +52,26 @@ internal sealed class CurvatureWindow(
         // converged already.
         if (options.WarmStart) _eigenvector ??= parameters.Select(p => torch.zeros_like(p).DetachFromDisposeScope()).ToArray();
 
+        // Only the watched parameters that still require a gradient (one frozen after attach is a constant of the
+        // loss): the Hessian is taken over them, and every parameter-shaped vector is narrowed to them.
+        var trainable = WatchedGradients.Trainable(parameters, "FixedPointProbe curvature");
+        bool all = trainable.Length == parameters.Length;
+        Tensor[] watched = all ? parameters : trainable.Select(i => (Tensor)parameters[i]).ToArray();
+        Tensor[]? Narrow(Tensor[]? full) => full is null || all ? full : trainable.Select(i => full[i]).ToArray();
+        var eigenvector = Narrow(_eigenvector);
+        if (!all && _eigenvector is not null)
+            using (torch.no_grad())
+                for (int i = 0; i < parameters.Length; i++)
+                    if (!trainable.Contains(i)) _eigenvector[i].zero_();   // a frozen block is no part of this window's eigenvector
+
         // Per minibatch: lambda_max(H_i), largest algebraic.
         double sumLambda = 0;
         int unconverged = 0;
         foreach (var batch in batches)
         {
             using var scope = torch.NewDisposeScope();
-            using var op = new HessianOperator(lossAt(batch), parameters);
-            var estimate = CurvatureEstimators.TopEigenvalues(op, power, Stream(), start: _eigenvector).LargestAlgebraic;
+            using var op = new HessianOperator(lossAt(batch), watched);
+            var estimate = CurvatureEstimators.TopEigenvalues(op, power, Stream(), start: eigenvector).LargestAlgebraic;
             sumLambda += estimate.Eigenvalue;
             if (!estimate.Converged) unconverged++;
         }
@@ -68,8 +83,8 @@ internal sealed class CurvatureWindow(
 
         using var pooledScope = torch.NewDisposeScope();
         var pooled = torch.stack(batches.Select(lossAt).Select(l => l.reshape([])).ToArray()).mean();
-        using var pooledOperator = new HessianOperator(pooled, parameters);
-        var top = CurvatureEstimators.TopEigenvalues(pooledOperator, power, Stream(), start: _eigenvector, final: _eigenvector);
+        using var pooledOperator = new HessianOperator(pooled, watched);
+        var top = CurvatureEstimators.TopEigenvalues(pooledOperator, power, Stream(), start: eigenvector, final: eigenvector);
         var hutchinson = CurvatureEstimators.Hutchinson(pooledOperator, trace, Stream());
         ReportEigenvalue(window, top.LargestAlgebraic, Geometry.Euclidean);
         window.Report(Indicators.CurvatureLambdaMaxMagnitude, top.LargestMagnitude.Eigenvalue, Geometry.Euclidean);
@@ -98,7 +113,7 @@ internal sealed class CurvatureWindow(
                 }
             }
 
-            using var scaled = new HessianOperator(pooled, parameters, scaling);
+            using var scaled = new HessianOperator(pooled, watched, Narrow(scaling));
             ReportEigenvalue(window, CurvatureEstimators.TopEigenvalues(scaled, power, Stream()).LargestAlgebraic, geometry);
         }
     }

@@ -16,8 +16,11 @@ namespace TrainingProbes.Curvature;
 /// </para>
 /// <para>
 /// All inputs are validated before any autograd call (a native autograd error aborts the whole process instead of
-/// throwing). Parameters not used by the loss give zero blocks; when no gradient block depends on the parameters
-/// (the loss is linear in all of them), <see cref="Apply"/> returns zeros without calling autograd.
+/// throwing). Parameters not used by the loss give zero blocks, each a dense tensor of its own (never a stride-0
+/// expanded view), so that the caller can update every returned block in place; when no gradient block depends on
+/// the parameters (the loss is linear in all of them), <see cref="Apply"/> returns zeros without calling autograd.
+/// Every parameter must require grad: a caller whose parameters may have been frozen since it captured them passes
+/// only those that still require it.
 /// </para>
 /// <para>
 /// Every block is on the parameters' (single) device and in their (single) floating dtype. The scaling D is taken
@@ -117,6 +120,15 @@ internal sealed class HessianOperator : IDisposable
     /// <summary>True when the Hessian is identically zero (no gradient block depends on the parameters).</summary>
     public bool IsZero { get; }
 
+    /// <summary>
+    /// Which blocks the estimators draw random vectors on: those whose gradient depends on the parameters. Any other
+    /// block (a parameter the loss does not use, or uses only linearly with a constant coefficient) is a zero row of the
+    /// Hessian, and by symmetry a zero column: it adds nothing to the trace or to an eigenvalue of the other blocks, and
+    /// drawing nothing on it keeps the other blocks' draws, so the estimates equal those of the same loss without that
+    /// parameter. Null (every block) when the Hessian is zero, where a start vector still needs a draw.
+    /// </summary>
+    internal IReadOnlyList<bool>? DrawnBlocks => IsZero ? null : active;
+
     /// <summary>Number of operator applications (Hessian-vector products) done so far.</summary>
     public long Products { get; private set; }
 
@@ -168,7 +180,7 @@ internal sealed class HessianOperator : IDisposable
                 for (int k = 0; k < parameters.Length; k++)
                 {
                     var block = hv[k].IsInvalid ? torch.zeros_like(parameters[k]) : hv[k];
-                    result[k] = scaling is null ? block : block.mul(scaling[k]);
+                    result[k] = Materialize(scaling is null ? block : block.mul(scaling[k]));
                 }
             }
         }
@@ -180,6 +192,15 @@ internal sealed class HessianOperator : IDisposable
 
         return result;
     }
+
+    /// <summary>
+    /// A block the caller may write in place. Autograd may return a non-dense block: the derivative of a sum is the
+    /// output gradient expanded with stride 0, which is what a parameter the loss does not use gets (from the zero
+    /// term that touches every parameter). All its elements share one memory location, so an in-place update of it
+    /// (the power iteration normalizes its iterate in place) fails in libtorch, or aborts the process. Such a block is
+    /// copied into a dense tensor of its own (an unused parameter's block becomes a real zero tensor).
+    /// </summary>
+    private static Tensor Materialize(Tensor block) => block.is_contiguous() ? block : block.contiguous();
 
     /// <summary>Frees the gradient tensors (and with them the retained graph) and the detached scaling.</summary>
     public void Dispose()

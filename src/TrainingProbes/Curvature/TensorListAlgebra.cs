@@ -84,26 +84,37 @@ internal static class TensorListAlgebra
     /// Rademacher vector (independent +1/-1 entries with probability 1/2) shaped like <paramref name="like"/>, drawn
     /// from <paramref name="generator"/> on each block's device and in its dtype. The global generator is not used.
     /// </summary>
-    public static Tensor[] Rademacher(IReadOnlyList<Tensor> like, Generator generator)
+    /// <param name="like">The blocks' shapes, dtypes and devices.</param>
+    /// <param name="generator">The only source of the draws.</param>
+    /// <param name="drawn">When given, only the blocks marked true are drawn; the others are zeros and take nothing from
+    /// the generator, so that the drawn blocks are the same whatever the others are.</param>
+    public static Tensor[] Rademacher(IReadOnlyList<Tensor> like, Generator generator, IReadOnlyList<bool>? drawn = null)
     {
         var result = new Tensor[like.Count];
         for (int k = 0; k < like.Count; k++)
         {
             var p = like[k];
-            result[k] = torch.randint(0, 2, p.shape, dtype: p.dtype, device: p.device, generator: generator).mul_(2).sub_(1);
+            result[k] = drawn is not null && !drawn[k]
+                ? torch.zeros_like(p)
+                : torch.randint(0, 2, p.shape, dtype: p.dtype, device: p.device, generator: generator).mul_(2).sub_(1);
         }
 
         return result;
     }
 
     /// <summary>Standard normal vector shaped like <paramref name="like"/>, drawn from <paramref name="generator"/>.</summary>
-    public static Tensor[] Gaussian(IReadOnlyList<Tensor> like, Generator generator)
+    /// <param name="like">The blocks' shapes, dtypes and devices.</param>
+    /// <param name="generator">The only source of the draws.</param>
+    /// <param name="drawn">As for <see cref="Rademacher"/>: only the blocks marked true are drawn, the others are zeros.</param>
+    public static Tensor[] Gaussian(IReadOnlyList<Tensor> like, Generator generator, IReadOnlyList<bool>? drawn = null)
     {
         var result = new Tensor[like.Count];
         for (int k = 0; k < like.Count; k++)
         {
             var p = like[k];
-            result[k] = torch.randn(p.shape, dtype: p.dtype, device: p.device, generator: generator);
+            result[k] = drawn is not null && !drawn[k]
+                ? torch.zeros_like(p)
+                : torch.randn(p.shape, dtype: p.dtype, device: p.device, generator: generator);
         }
 
         return result;

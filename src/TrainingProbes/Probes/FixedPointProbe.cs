@@ -24,7 +24,9 @@ namespace TrainingProbes;
 /// the CPU random state are restored; the probe draws its random vectors from its own generator. A training run with
 /// this probe ends with bit-identical parameters to the same run without it (tested on CPU). On CUDA, TorchSharp
 /// offers no way to save the CUDA random state, so a model with dropout sees another dropout stream after an active
-/// window unless <see cref="FixedPointOptions.EvaluationMode"/> is set.
+/// window unless <see cref="FixedPointOptions.EvaluationMode"/> is set. A watched parameter that no longer requires a
+/// gradient (frozen after the session started) gets none: the values are those of the parameters that still train;
+/// when none does, or the loss has no graph, the window fails with a message (logged and counted by the session).
 /// </remarks>
 public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
 {
@@ -192,8 +194,8 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
                 {
                     using var scope = torch.NewDisposeScope();
                     var loss = LossAt(batches[i]);
-                    var gradients = torch.autograd.grad([loss], _parameters, retain_graph: false, create_graph: false, allow_unused: true);
-                    _buffer!.Store(i, gradients.Select(g => g is null || g.IsInvalid ? null : g).ToArray());
+                    // Only the watched parameters that still require a gradient (one frozen after attach gets none).
+                    _buffer!.Store(i, WatchedGradients.Of(loss, _parameters, "FixedPointProbe"));
                     losses[i] = loss.detach().reshape([]).to(ScalarType.Float64).MoveToOuterDisposeScope();
                 }
             }

@@ -106,11 +106,8 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
                 {
                     using var scope = torch.NewDisposeScope();
                     var value = loss!(forward!(_inputs[i]!), _targets[i]!);
-                    if (value.numel() != 1)
-                        throw new InvalidOperationException(
-                            $"The loss function returned a tensor of shape [{string.Join(", ", value.shape)}]; it must return the scalar mean loss of the batch.");
-                    var gradients = torch.autograd.grad([value], _parameters, retain_graph: false, create_graph: false, allow_unused: true);
-                    buffer.Store(i, gradients.Select(g => g is null || g.IsInvalid ? null : g).ToArray());
+                    // Only the watched parameters that still require a gradient (one frozen after attach gets none).
+                    buffer.Store(i, WatchedGradients.Of(value, _parameters, "The one-theta gradient probe"));
                 }
 
             _family!.Compute(window);   // while the parameters are at the first theta: the adaptive geometry reads them

@@ -37,6 +37,50 @@ public sealed class HessianOperatorTests
     }
 
     [Fact]
+    public void Unused_parameter_blocks_are_dense_zeros_and_change_no_estimate()
+    {
+        var a = Parameter(1, -2, 3);
+        var unused = Parameter(4, 5);
+        // f = sum a^3: H = diag(6 a) = diag(6, -12, 18) on a, zero on the unused parameter (listed first on purpose).
+        using var with = new HessianOperator(a.pow(3).sum(), [unused, a]);
+        using var without = new HessianOperator(a.pow(3).sum(), [a]);
+        using (var scope = torch.NewDisposeScope())
+        {
+            var hv = with.Apply([torch.ones(2, dtype: ScalarType.Float64), torch.tensor(new double[] { 1, 2, 3 })]);
+            // Guard before any in-place update: on an expanded (stride-0) block libtorch refuses it or aborts the process.
+            Assert.True(hv[0].is_contiguous(), $"the unused block has strides [{string.Join(", ", hv[0].stride())}]");
+            Assert.Equal(new double[] { 0, 0 }, CurvatureTestMath.Flatten([hv[0]]));
+            hv[0].div_(torch.tensor(2.0, dtype: ScalarType.Float64));   // the power iteration normalizes its iterate in place
+            Assert.Equal(new double[] { 6, -24, 54 }, CurvatureTestMath.Flatten([hv[1]]));
+        }
+
+        // No random draw lands on the unused block, so both operators see the same draws on a: the same estimates,
+        // to float64 rounding (a norm summed with one more exact zero).
+        var options = new PowerIterationOptions { MaxIterations = 500, Tolerance = 1e-12 };
+        using var g1 = new Generator(3);
+        using var g2 = new Generator(3);
+        var top = CurvatureEstimators.TopEigenvalues(with, options, g1);
+        var reference = CurvatureEstimators.TopEigenvalues(without, options, g2);
+        Assert.Equal(18, top.LargestMagnitude.Eigenvalue, 6);
+        Assert.Equal(18, top.LargestAlgebraic.Eigenvalue, 6);
+        Assert.Equal(reference.LargestAlgebraic.Eigenvalue, top.LargestAlgebraic.Eigenvalue, 12);
+        Assert.Equal(reference.LargestAlgebraic.Iterations, top.LargestAlgebraic.Iterations);
+
+        // A quadratic with off-diagonal curvature, so that the Hutchinson samples vary with the draws.
+        var b = Parameter(0.5, -1, 2);
+        var unusedToo = Parameter(7);
+        Tensor Loss() => b.pow(2).sum() * b.sum() + b[0] * b[1] * 3.0;
+        using var traceWith = new HessianOperator(Loss(), [unusedToo, b]);
+        using var traceWithout = new HessianOperator(Loss(), [b]);
+        using var g3 = new Generator(4);
+        using var g4 = new Generator(4);
+        var hutchinsonOptions = new HutchinsonOptions { MinSamples = 5, MaxSamples = 5 };
+        Assert.Equal(
+            CurvatureEstimators.Hutchinson(traceWithout, hutchinsonOptions, g4).Trace,
+            CurvatureEstimators.Hutchinson(traceWith, hutchinsonOptions, g3).Trace, 12);
+    }
+
+    [Fact]
     public void A_loss_linear_in_every_parameter_gives_zero_without_a_second_backward()
     {
         var a = Parameter(1, 2);

@@ -1,4 +1,6 @@
 using TorchSharp;
+using TrainingProbes.Capture;
+using TrainingProbes.Curvature;
 using TrainingProbes.Tests.Curvature;
 using TrainingProbes.Tests.IndicatorsTests;
 using static TorchSharp.torch;
@@ -203,5 +205,137 @@ public sealed class FixedPointTests
         Assert.Contains(snapshot.Values, v => v.Name == "fixed_point.gradient.cosine");
         Assert.Contains("Batches", Assert.Throws<ArgumentException>(() =>
             FixedPointProbe.Measure(model, new FixedPointOptions { Loss = (o, t) => nn.functional.cross_entropy(o, t) })).Message);
+    }
+
+    /// <summary>A two-layer network, optionally with a third layer its forward never calls (an unused parameter).</summary>
+    private sealed class TwoLayer : nn.Module<Tensor, Tensor>
+    {
+        public readonly TorchSharp.Modules.Linear First;
+        public readonly TorchSharp.Modules.Linear Second;
+        public readonly TorchSharp.Modules.Linear? Unused;
+
+        public TwoLayer(int seed, bool unusedLayer) : base("two_layer")
+        {
+            torch.manual_seed(seed);
+            First = nn.Linear(6, 16);
+            Second = nn.Linear(16, 3);
+            if (unusedLayer) Unused = nn.Linear(16, 16);   // created last: the other two are initialized alike
+            RegisterComponents();
+        }
+
+        public override Tensor forward(Tensor x) => Second.call(nn.functional.relu(First.call(x)));
+    }
+
+    private static Tensor CrossEntropy(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
+
+    // Curvature values compared between two float32 models that differ only in what the probe watches. The operators
+    // agree on the shared blocks, the other blocks are exact zeros and draw no random numbers, so the estimates see
+    // the same numbers; only the order of float32 sums may differ (a norm or a dot product with extra exact zeros, or
+    // the same terms at other offsets), about 1e-7 relative per operation, carried through tens of power iterations
+    // and averaged Hutchinson samples. (On this machine the values agree bit for bit.) 1e-5 relative covers that with
+    // a margin and is far below what a wrong block or other random draws change (several percent for the trace).
+    private const double Float32Curvature = 1e-5;
+
+    [Fact]
+    public void Curvature_with_an_unused_parameter_equals_curvature_without_it()
+    {
+        var generator = new Generator(12);
+        var batches = Enumerable.Range(0, 4).Select(_ => (torch.randn([16, 6], generator: generator), torch.randint(0, 3, [16], generator: generator))).ToList();
+        var options = new FixedPointOptions
+        {
+            Loss = CrossEntropy, Batches = batches, Minibatches = 4, FiniteRadius = false, PowerIterations = 100, PowerTolerance = 1e-6, TraceSamples = 50,
+        };
+        var with = new TwoLayer(9, unusedLayer: true);
+        var without = new TwoLayer(9, unusedLayer: false);
+        Assert.Equal(6, with.parameters().Count());
+
+        // Guard first: were the unused layer's Hessian-vector block still an expanded stride-0 view, the power
+        // iteration's in-place update would abort this process instead of failing the test.
+        using (var scope = torch.NewDisposeScope())
+        {
+            using var op = new HessianOperator(CrossEntropy(with.call(batches[0].Item1), batches[0].Item2), with.parameters().ToArray());
+            var hv = op.Apply(with.parameters().Select(p => torch.ones_like(p)).ToArray());
+            Assert.All(hv, block => Assert.True(block.is_contiguous()));
+            Assert.All(hv.Skip(4), block => Assert.Equal(0, block.abs().max().item<float>()));
+        }
+
+        var a = FixedPointProbe.Measure(with, options);
+        var b = FixedPointProbe.Measure(without, options);
+        foreach (var name in new[] { Indicators.CurvatureLambdaMax, Indicators.CurvatureLambdaMaxMagnitude, Indicators.CurvatureTrace, Indicators.CurvatureContrastive })
+        {
+            double expected = b.Get(name, Geometry.Euclidean);
+            Assert.True(double.IsFinite(expected) && expected != 0, $"{name} = {expected} without the unused layer");
+            Close.Assert(expected, a.Get(name, Geometry.Euclidean), Float32Curvature, name);
+        }
+    }
+
+    [Fact]
+    public void A_parameter_frozen_after_attach_gives_the_values_of_a_model_that_does_not_watch_it()
+    {
+        // Run A watches every parameter and freezes First.weight right after attach; run B freezes it alike (the same
+        // training) but leaves it out by ParameterFilter. A's probe must differentiate only what still trains.
+        List<ProbeSnapshot> Run(bool filter)
+        {
+            var model = new TwoLayer(13, unusedLayer: false);
+            var probe = new FixedPointProbe(new FixedPointOptions
+            {
+                Loss = CrossEntropy, Minibatches = 4, Every = 1, FiniteRadius = false, PowerIterations = 100, PowerTolerance = 1e-6, TraceSamples = 50,
+            });
+            using var session = ProbeSession.Attach(model, new ProbeOptions
+            {
+                WindowSize = 2, Interval = 5, Output = null, OverheadBudget = null, Probes = [probe],
+                ParameterFilter = filter ? name => name != "First.weight" : null,
+            });
+            Assert.Equal(filter ? 3 : 4, session.ParameterNames.Count);
+            model.First.weight!.requires_grad_(false);
+            Train(model, 20, 14, (loss, x, y) => session.Step(loss, x, y));
+            session.Flush();
+            Assert.True(session.FailureCount == 0, string.Join(" / ", session.Latest!.Failures));
+            Assert.Equal(4, probe.Runs);
+            return session.History.Where(h => h.Values.Any(v => v.Name == FixedPointProbe.Prefix + Indicators.Cosine)).ToList();
+        }
+
+        var frozen = Run(filter: false);
+        var filtered = Run(filter: true);
+        Assert.Equal(4, frozen.Count);
+        Assert.Equal(filtered.Select(h => h.Step), frozen.Select(h => h.Step));
+        foreach (var (a, b) in frozen.Zip(filtered))
+        {
+            // A cosine lies in [-1, 1]: its dot products may differ by float32 summation order only (about 1e-7 each).
+            Close.Assert(b.Get(FixedPointProbe.Prefix + Indicators.Cosine, Geometry.Euclidean),
+                a.Get(FixedPointProbe.Prefix + Indicators.Cosine, Geometry.Euclidean), 1e-6, $"cosine at step {a.Step}", scale: 1);
+            foreach (var name in new[] { Indicators.CurvatureLambdaMax, Indicators.CurvatureTrace, Indicators.CurvatureContrastive })
+                Close.Assert(b.Get(name, Geometry.Euclidean), a.Get(name, Geometry.Euclidean), Float32Curvature, $"{name} at step {a.Step}");
+        }
+    }
+
+    [Fact]
+    public void Gradients_skip_frozen_parameters_and_refuse_a_loss_without_graph_before_any_native_call()
+    {
+        var a = torch.tensor(new double[] { 1, 2 }).requires_grad_(true);
+        var b = torch.tensor(new double[] { 3 }).requires_grad_(true);
+        var loss = a.pow(2).sum() * b.sum();
+        b.requires_grad_(false);   // frozen after the graph was built: autograd.grad on it would abort the process
+        var gradients = WatchedGradients.Of(loss, [a, b], "test");
+        Assert.Null(gradients[1]);
+        Assert.Equal(new double[] { 6, 12 }, gradients[0]!.data<double>().ToArray());
+
+        var late = a.pow(2).sum();   // a graph built while a still trains
+        a.requires_grad_(false);
+        var none = Assert.Throws<InvalidOperationException>(() => WatchedGradients.Of(late, [a, b], "test"));
+        Assert.Contains("none of the 2 watched parameters requires a gradient", none.Message);
+
+        a.requires_grad_(true);
+        Tensor detached;
+        using (torch.no_grad()) detached = a.pow(2).sum();
+        Assert.Contains("does not require a gradient", Assert.Throws<InvalidOperationException>(() => WatchedGradients.Of(detached, [a, b], "test")).Message);
+        Assert.Contains("scalar", Assert.Throws<InvalidOperationException>(() => WatchedGradients.Of(a.pow(2), [a, b], "test")).Message);
+
+        // Through the probe: a loss function that detaches its result fails the window with that message.
+        var generator = new Generator(2);
+        var batches = Enumerable.Range(0, 2).Select(_ => (torch.randn([8, 6], generator: generator), torch.randint(0, 3, [8], generator: generator))).ToList();
+        var error = Assert.Throws<InvalidOperationException>(() => FixedPointProbe.Measure(new TwoLayer(1, unusedLayer: false),
+            new FixedPointOptions { Loss = (o, t) => CrossEntropy(o, t).detach(), Batches = batches, Minibatches = 2 }));
+        Assert.Contains("does not require a gradient", error.Message);
     }
 }
