@@ -3,8 +3,9 @@ namespace TrainingProbes;
 /// <summary>
 /// How a window keeps its K gradients (<see cref="ProbeOptions.Storage"/>). Memory a session with the built-in probes
 /// adds per watched float32 parameter at K = 16 and the default geometries, measured (tests/TrainingProbes.Benchmarks,
-/// <c>memory</c>): 178 bytes in <see cref="Full"/> (two buffers of K gradients, three copies of theta, and per family
-/// a float64 Fisher average and floor), 114 in <see cref="BFloat16"/>, and in <see cref="Sketch"/> 4 bytes (the copy
+/// <c>memory</c>): 2 K b + 48 bytes, b the bytes of a stored value, so 176 in <see cref="Full"/> (measured 177.5: two
+/// buffers of K gradients, four float32 copies of theta, and per family a float64 Fisher average and floor) and 112 in
+/// <see cref="BFloat16"/> (measured 117.7), and in <see cref="Sketch"/> 4 bytes (the copy
 /// of theta for the one-theta evaluations) plus, in all, K x d x 4 bytes per window, geometry and segment and about
 /// 5 MiB of hash tables per window and segment.
 /// </summary>

@@ -59,6 +59,17 @@ internal static class MemorySuite
             Console.WriteLine($"  formula: {formula / 1e6:F1} MB (4 bytes per parameter, then K x d x 4 bytes per window and geometry, d = {options.SketchDimension})");
             Console.WriteLine($"  added / formula: {(double)added / formula:F3}");
         }
+        else
+        {
+            // Two buffers of K gradients in the storage's dtype, four float32 copies of theta (the one-theta exchange,
+            // drift's first theta, and the adaptive geometry's per family), a float64 Fisher average and floor per
+            // family: 2 K b + 48 bytes per parameter; plus the K step batches.
+            int stored = storage == WindowStorage.BFloat16 ? 2 : 4;
+            long perParameter = 2L * k * stored + 48;
+            long formula = parameters * perParameter + k * (x.NumberOfElements + y.NumberOfElements) * 4;
+            Console.WriteLine($"  formula: {formula / 1e6:F1} MB (2 K b + 48 = {perParameter} bytes per parameter, b = {stored} bytes per stored gradient value, plus the K step batches)");
+            Console.WriteLine($"  added / formula: {(double)added / formula:F3}");
+        }
     }
 
     /// <summary>
