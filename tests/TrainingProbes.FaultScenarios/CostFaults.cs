@@ -59,3 +59,58 @@ internal static class CostFaults
             $"the session measures an overhead of {measured:F2} where the time in and out of its calls gives {direct:F2}");
     }
 }
+
+/// <summary>Gradient accumulation: where the step call goes.</summary>
+internal static class AccumulationFaults
+{
+    [Scenario("12.10: gradient accumulation over 4 micro-batches, the step call once per optimizer step with the whole batch, against one batch of 32")]
+    private static void AccumulationProbedPerOptimizerStep()
+    {
+        // Four micro-batches of 8, each loss divided by 4, backward on each, then one step call with the whole batch:
+        // the probes see the optimizer's gradient, the same (to float rounding) as one batch of 32 gives. This is the use
+        // the README documents; a step call per micro-batch would count four steps and measure partial sums.
+        Dictionary<string, double> Run(bool accumulate)
+        {
+            var log = new LogCollector();
+            var model = new Net(1);
+            var optimizer = optim.SGD(model.parameters(), 0.05);
+            using var session = ProbeSession.Attach(model, Options.Small(log));
+            for (int step = 0; step < 40; step++)
+            {
+                using var scope = torch.NewDisposeScope();
+                var (x, y) = Data.Batch(step);
+                optimizer.zero_grad();
+                Tensor loss;
+                if (accumulate)
+                {
+                    loss = torch.zeros([]);
+                    foreach (var (xs, ys) in x.chunk(4).Zip(y.chunk(4)))
+                    {
+                        var part = Data.Loss(model.call(xs), ys) / 4;
+                        part.backward();
+                        loss = loss + part.detach();
+                    }
+                }
+                else
+                {
+                    loss = Data.Loss(model.call(x), y);
+                    loss.backward();
+                }
+
+                session.Step(loss, x, y);
+                optimizer.step();
+            }
+
+            session.Flush();
+            Check.That(session.StepCount == 40, $"{session.StepCount} steps counted for 40 optimizer steps");
+            return session.Latest!.Values.Where(v => v.Name is Indicators.Cosine or "step.gradient.cosine" && v.Layer is null)
+                .ToDictionary(v => $"{v.Name}[{v.Geometry}]", v => v.Value);
+        }
+
+        var whole = Run(accumulate: false);
+        var accumulated = Run(accumulate: true);
+        Check.That(whole.Count == 6, $"{whole.Count} cosines published");
+        foreach (var (name, value) in whole)
+            Check.That(Math.Abs(accumulated[name] - value) <= 1e-4, $"{name}: {accumulated[name]} with accumulation, {value} with one batch of 32");
+    }
+}
