@@ -1,6 +1,5 @@
 using System.Collections;
 using System.Globalization;
-using System.IO.Compression;
 using TorchSharp;
 using TorchSharp.PyBridge;
 using static TorchSharp.torch;
@@ -14,7 +13,8 @@ namespace TrainingProbes.Checkpoints;
 /// <remarks>
 /// <para>
 /// PyTorch archives are written and read with TorchSharp.PyBridge (<c>PyTorchPickler.PickleStateDict</c> and
-/// <c>PyTorchUnpickler.UnpickleStateDict</c>), safetensors files are read with PyBridge
+/// <c>PyTorchUnpickler.UnpickleStateDict</c>), after this class has checked the archive (zip structure, CRC-32 of
+/// every entry, tensor records; see <see cref="Load"/>), safetensors files are read with PyBridge
 /// (<c>Safetensors.LoadStateDict</c>) after this class has validated their header, and written by this class
 /// (PyBridge 1.4.4's writer neither aligns the data nor writes <c>__metadata__</c>; see <see cref="SaveTensors"/>).
 /// </para>
@@ -129,11 +129,26 @@ public static class CheckpointFile
     /// recognised by those bytes alone. PyTorch archives saved by Python with
     /// <c>torch.save(model.state_dict(), path)</c> load too (not whole pickled modules, nor the legacy non-zip format).
     /// </summary>
+    /// <remarks>
+    /// <para>
+    /// A PyTorch archive is checked completely before any tensor is made: every zip entry's bytes against the CRC-32
+    /// the archive records for it, the local headers against the central directory (names, sizes, compression), and
+    /// every tensor record of <c>data.pkl</c> against the storage it names (storage type, size, shape). A damaged
+    /// archive therefore fails with an <see cref="InvalidDataException"/> that says what is wrong (the corrupted
+    /// entry, for a flipped byte in a tensor's data) instead of loading wrong values. Tensors saved as views
+    /// (a storage offset, non-contiguous strides) and big-endian archives are refused the same way.
+    /// </para>
+    /// <para>
+    /// A safetensors file holds no checksum: its header is checked (JSON, dtypes, shapes, byte ranges that tile the
+    /// data exactly), but a changed byte inside a tensor's data cannot be detected and loads as a changed value.
+    /// Keep a checksum of such files yourself where their integrity matters.
+    /// </para>
+    /// </remarks>
     /// <param name="model">The module to fill; left untouched if the file does not fit it.</param>
     /// <param name="path">The file to read.</param>
     /// <exception cref="FileNotFoundException">The file does not exist.</exception>
     /// <exception cref="DirectoryNotFoundException">Its folder does not exist.</exception>
-    /// <exception cref="InvalidDataException">The file is neither format, is corrupted, or its content is not the format its extension names; the message names the file.</exception>
+    /// <exception cref="InvalidDataException">The file is neither format, is corrupted (for a PyTorch archive: an entry fails its CRC-32 check, its zip structure or its pickle is damaged), or its content is not the format its extension names; the message names the file and what is wrong.</exception>
     /// <exception cref="InvalidOperationException">The file's state does not fit the module; the message names the missing, extra and mismatched entries.</exception>
     public static void Load(nn.Module model, string path)
     {
@@ -171,25 +186,22 @@ public static class CheckpointFile
             throw new InvalidDataException(
                 $"'{path}' is not a valid PyTorch checkpoint: it is not a zip archive (the legacy non-zip torch.save format is not supported either).");
 
-        stream.Position = 0;
+        // Everything PyBridge will read is checked first (zip structure, CRC-32 of every entry, the tensor records of
+        // data.pkl), so that a damaged file fails here, with what is wrong, and no unchecked shape reaches TorchSharp.
+        Dictionary<string, PyTorchArchive.TensorRecord> expected;
+        Dictionary<string, Tensor> state;
         try
         {
-            using (var archive = new ZipArchive(stream, ZipArchiveMode.Read, leaveOpen: true))
-            {
-                if (!archive.Entries.Any(e => e.FullName.EndsWith("/data.pkl", StringComparison.Ordinal)))
-                    throw new InvalidDataException($"'{path}' is not a valid PyTorch checkpoint: the zip archive has no data.pkl.");
-            }
-
+            expected = PyTorchArchive.Verify(stream, path);
             stream.Position = 0;
             Hashtable table = PyTorchUnpickler.UnpickleStateDict(stream, leaveOpen: true);
-            var state = new Dictionary<string, Tensor>(table.Count, StringComparer.Ordinal);
+            state = new Dictionary<string, Tensor>(table.Count, StringComparer.Ordinal);
             foreach (DictionaryEntry entry in table)
             {
                 if (entry.Key is not string name || entry.Value is not Tensor tensor)
                     throw new InvalidDataException($"'{path}' is not a state_dict checkpoint: it maps {entry.Key} to {entry.Value?.GetType().Name ?? "null"}, not a name to a tensor.");
                 state.Add(name, tensor);
             }
-            return state;
         }
         catch (Exception e) when (e is not InvalidDataException and not OutOfMemoryException)
         {
@@ -199,6 +211,18 @@ public static class CheckpointFile
         {
             throw new InvalidDataException($"'{path}' could not be read as a PyTorch checkpoint (corrupted zip archive?): {e.Message}", e);
         }
+
+        // PyBridge parsed the pickle on its own: it must have read what was checked, tensor for tensor.
+        foreach (var (name, tensor) in state)
+        {
+            if (!expected.TryGetValue(name, out var record) || record.DType != tensor.dtype || !record.Shape.AsSpan().SequenceEqual(tensor.shape))
+                throw new InvalidDataException(
+                    $"'{path}' was read inconsistently: PyBridge read '{name}' as {tensor.dtype} {ModuleState.Shape(tensor.shape)}, which is not what its checked record describes.");
+        }
+        if (state.Count != expected.Count)
+            throw new InvalidDataException(
+                $"'{path}' was read inconsistently: PyBridge read {state.Count} tensors where the checked pickle holds {expected.Count} ({string.Join(", ", expected.Keys.Except(state.Keys))} missing).");
+        return state;
     }
 
     /// <summary>Reads a safetensors file's tensors (on the CPU) and its <c>__metadata__</c>, checking the header first.</summary>
