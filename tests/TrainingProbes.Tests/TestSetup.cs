@@ -15,6 +15,13 @@ internal static class TestSetup
     /// </summary>
     [ModuleInitializer]
     internal static void SingleThreadedTorch() => torch.set_num_threads(1);
+
+    /// <summary>
+    /// Every session the tests build is strict unless the test says otherwise: a probe failure throws instead of being
+    /// logged, so a test cannot pass over a failure it did not expect. Tests of failure handling set Strict = false.
+    /// </summary>
+    [ModuleInitializer]
+    internal static void StrictSessions() => ProbeOptions.StrictByDefault = true;
 }
 
 /// <summary>Names of the optimizer's step-to-step statistics (passive windows), which the replay tests check.</summary>

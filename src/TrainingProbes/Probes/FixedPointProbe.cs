@@ -79,6 +79,7 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
             GsnrEpsilon = settings.GsnrEpsilon, RegretQuantile = settings.RegretQuantile, ParameterFilter = settings.ParameterFilter,
             FisherFloor = settings.FisherFloor,
             LoggerFactory = settings.LoggerFactory, RunId = settings.RunId ?? "measure",
+            Strict = false,   // the measurement's failure is rethrown below, with its own message
         };
         using var session = ProbeSession.CreateUnregistered(model, sessionOptions);
         session.Step();

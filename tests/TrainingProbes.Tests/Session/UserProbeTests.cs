@@ -43,7 +43,7 @@ public sealed class UserProbeTests
     public void ThrowingProbeDoesNotStopTraining()
     {
         var throwing = new ThrowingProbe();
-        var options = new ProbeOptions { WindowSize = 3, Interval = 4, Output = null, OverheadBudget = null, Probes = [throwing] };
+        var options = new ProbeOptions { WindowSize = 3, Interval = 4, Output = null, OverheadBudget = null, Probes = [throwing], Strict = false };
         const int windows = 3;
         int steps = windows * options.Interval;
         var data = new RegressionData(Inputs, Batch, steps, seed: 77);
