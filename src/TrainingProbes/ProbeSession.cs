@@ -299,7 +299,8 @@ public sealed class ProbeSession : IDisposable
         if (_pending is { } pending && pending.Job.IsCompleted) Publish();
         int slot = _scheduler.BeginStep(started, out long step);
         if (slot == 0 && _pending is not null) Publish();   // the next window never overwrites buffers the worker still reads
-        if (slot < 0 && loss is not null && _stopping.MonitorsLoss && loss.device_type == DeviceType.CPU) CheckLoss(loss, step);
+        if (slot < 0 && loss is not null && _stopping.MonitorsLoss && loss.device_type == DeviceType.CPU)
+            _failures.Guard("stopping", static a => a.Session.CheckLoss(a.Loss, a.Step), (Session: this, Loss: loss, Step: step));
         if (slot >= 0 && (_detached is not null || slot == 0 && !ParametersStillWatched()))
         {
             if (slot == Options.WindowSize - 1) CloseDetachedWindow(started);
