@@ -299,8 +299,8 @@ public sealed class ProbeSession : IDisposable
         if (_pending is { } pending && pending.Job.IsCompleted) Publish();
         int slot = _scheduler.BeginStep(started, out long step);
         if (slot == 0 && _pending is not null) Publish();   // the next window never overwrites buffers the worker still reads
-        if (slot < 0 && loss is not null && _stopping.MonitorsLoss && loss.device_type == DeviceType.CPU)
-            _failures.Guard("stopping", static a => a.Session.CheckLoss(a.Loss, a.Step), (Session: this, Loss: loss, Step: step));
+        if ((slot < 0 || _detached is not null) && loss is not null && _stopping.MonitorsLoss && loss.device_type == DeviceType.CPU)
+            _failures.Guard("stopping", static a => a.Session.CheckLoss(a.Loss), (Session: this, Loss: loss));
         if (slot >= 0 && (_detached is not null || slot == 0 && !ParametersStillWatched()))
         {
             if (slot == Options.WindowSize - 1) CloseDetachedWindow(started);
@@ -327,10 +327,17 @@ public sealed class ProbeSession : IDisposable
         }
 
         _scheduler.AddProbeTicks(_scheduler.Now - started);
-        if (slot == Options.WindowSize - 1) CloseWindow(input, target);
+        // A parameter replaced during the window made some of its slots stale: the window is dropped, not published.
+        if (slot == Options.WindowSize - 1)
+        {
+            if (ParametersStillWatched()) CloseWindow(input, target);
+            else CloseDetachedWindow(_scheduler.Now);
+        }
         _scheduler.EndStep(_scheduler.Now);
         return this;
     }
+
+    private int _nonFiniteLossWindow = -1;
 
     /// <summary>Why the watched parameters are no longer the model's (replaced, or moved by <c>model.to</c>), or null.</summary>
     private string? _detached;
@@ -349,9 +356,10 @@ public sealed class ProbeSession : IDisposable
         {
             mismatch = Window.Mismatch(Model, Options.ParameterFilter, out replaced);
         }
-        catch (Exception ex)
+        catch (Exception ex) when (ex is not ProbeFailureException)
         {
-            (mismatch, replaced) = ($"its parameters cannot be read ({ex.Message})", true);
+            _failures.Fail("parameters", ex, "check_failed");   // counted; the window goes on as if nothing changed
+            return true;
         }
 
         if (mismatch is null) return true;
@@ -361,7 +369,7 @@ public sealed class ProbeSession : IDisposable
             _warnedAdded = true;
             string message = $"TrainingProbes run {RunId}: {mismatch}. Attach a new session after changing the model to watch them.";
             _logger.LogWarning("{Message}", message);
-            Options.Output?.WriteLine("[probes] " + message);
+            _failures.Guard("console", static a => a.Output?.WriteLine("[probes] " + a.Message), (Output: Options.Output, Message: message));
             return true;
         }
 
@@ -389,7 +397,7 @@ public sealed class ProbeSession : IDisposable
     /// otherwise see only the losses of captured steps. Finite losses change nothing. On an accelerator the check would
     /// synchronize every step, so there the rules see the losses of captured steps only.
     /// </summary>
-    private void CheckLoss(Tensor loss, long step)
+    private void CheckLoss(Tensor loss)
     {
         double value = loss.dtype switch
         {
@@ -397,8 +405,11 @@ public sealed class ProbeSession : IDisposable
             ScalarType.Float64 => loss.item<double>(),
             _ => 0,   // half precision losses are rare on the CPU; they are checked in windows
         };
-        if (double.IsFinite(value)) return;
+        // The first non-finite loss since the last window is shown to the rules (a diverged run would repeat it every step).
+        if (double.IsFinite(value) || _nonFiniteLossWindow == _scheduler.Windows) return;
+        _nonFiniteLossWindow = _scheduler.Windows;
         Publish();   // the pending window's snapshot, of an earlier step, is evaluated first: rules see steps in order
+        long step = _scheduler.Steps;   // the step count, as a snapshot's Step
         _logger.LogWarning("TrainingProbes run {RunId}: the loss at step {Step} is {Value}.", RunId, step, value);
         _stopping.OnReported(Indicators.Loss, Geometry.None, value, step);
     }
@@ -486,13 +497,19 @@ public sealed class ProbeSession : IDisposable
     public void Dispose()
     {
         if (_disposed) return;
-        _failures.Guard("session", static s => s.Publish(), this);
-        _disposed = true;
-        _worker.Dispose();
-        _runner.End();
-        _telemetry.Unregister();
-        Window.Dispose();
-        _stopping.Dispose();
-        SessionRegistry.Remove(Model, this);
+        try
+        {
+            _failures.Guard("session", static s => s.Publish(), this);   // under Strict a failure throws, after the cleanup below
+        }
+        finally
+        {
+            _disposed = true;
+            _worker.Dispose();
+            _runner.End();
+            _telemetry.Unregister();
+            Window.Dispose();
+            _stopping.Dispose();
+            SessionRegistry.Remove(Model, this);
+        }
     }
 }

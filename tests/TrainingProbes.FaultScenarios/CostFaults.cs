@@ -55,7 +55,9 @@ internal static class CostFaults
         double measured = session.Latest!.Get(Indicators.ProbeOverheadTotal);
         Console.WriteLine($"the session's overhead {measured:F2}; time in its calls over time between them {direct:F2}; wall clock {wall:F2} " +
             $"(bare {bare:F3} s, with probes {with:F3} s, of which {with - inside.Elapsed.TotalSeconds:F3} s training)");
-        Check.That(Math.Abs(measured - direct) <= 0.35 * direct,
+        // Loose: the session caps a training gap at ten times the average step (a pause is not training), the stopwatch
+        // does not; the check is there to catch time the session does not count at all (a window's close was half).
+        Check.That(measured >= 0.65 * direct && measured <= 1.5 * direct,
             $"the session measures an overhead of {measured:F2} where the time in and out of its calls gives {direct:F2}");
     }
 }

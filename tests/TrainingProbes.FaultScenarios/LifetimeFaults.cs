@@ -56,8 +56,8 @@ internal static class LifetimeFaults
         var first = new Net(1);
         var second = new Net(2);
         var log = new LogCollector();
-        var a = ProbeSession.Attach(first, Options.Small(log, probes: [endpoint]));
-        using var b = ProbeSession.Attach(second, Options.Small(log, probes: [endpoint]));
+        var a = ProbeSession.Attach(first, Options.Small(log, probes: [endpoint], runId: "first"));
+        var b = ProbeSession.Attach(second, Options.Small(log, probes: [endpoint], runId: "second"));
         new Trainer(first, a).Run(0, 20);
         new Trainer(second, b).Run(0, 20);
         a.Dispose();
@@ -72,7 +72,26 @@ internal static class LifetimeFaults
             throw new ScenarioFailedException($"the endpoint stopped when the first of its two sessions was disposed: {ex.Message}");
         }
 
-        Check.That(text.Contains("trainingprobes_", StringComparison.Ordinal), "the endpoint still serves the second session's metrics");
+        Check.That(text.Contains("run_id=\"second\"", StringComparison.Ordinal), "the endpoint still serves the second session's metrics");
+        // The disposed session's gauges (its indicator values) are gone; its counters and histograms keep their final
+        // totals, as Prometheus expects of cumulative series.
+        var staleGauges = text.Split('\n').Where(l => l.StartsWith("trainingprobes_gradient_cosine{", StringComparison.Ordinal) && l.Contains("run_id=\"first\"", StringComparison.Ordinal)).ToList();
+        Check.That(staleGauges.Count == 0, "the endpoint still serves the disposed session's indicator gauges: " + string.Join(" | ", staleGauges.Take(2)));
+        b.Dispose();
+        Check.That(!Serves(http, port), "the endpoint stops with the last of its sessions");
+    }
+
+    private static bool Serves(HttpClient http, int port)
+    {
+        try
+        {
+            http.GetStringAsync($"http://127.0.0.1:{port}/metrics").GetAwaiter().GetResult();
+            return true;
+        }
+        catch (HttpRequestException)
+        {
+            return false;
+        }
     }
 
     [Scenario("12.11: two one-line sessions in one process with TRAININGPROBES_PROMETHEUS set")]
@@ -97,6 +116,7 @@ internal static class LifetimeFaults
         }
 
         b.Dispose();
+        Check.That(!Serves(http, port), "the environment's endpoint stops with the last of its sessions");
     }
 
     [Scenario("12.12: FixedPointOptions.Batches yields tensors the user keeps and reuses (a cached list)")]

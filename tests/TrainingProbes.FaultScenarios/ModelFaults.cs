@@ -56,6 +56,19 @@ internal static class ModelFaults
         CheckNothingStale(session, log, after: 30);
     }
 
+    [Scenario("12.9: a layer's weight is replaced in the middle of a window (after its second step)")]
+    private static void ParameterReplacedMidWindow()
+    {
+        var log = new LogCollector();
+        var model = new Net(1);
+        using var session = ProbeSession.Attach(model, Options.Small(log));
+        new Trainer(model, session).Run(0, 22);   // window 2 is steps 20 to 23
+        model.First.weight = new Parameter(torch.randn([16, Data.Features]) * 0.1);
+        new Trainer(model, session).Run(22, 80);
+        Check.That(session.History.Single(s => s.Window == 2).Values.Count == 0, "the window the replacement cut through publishes no values");
+        CheckNothingStale(session, log, after: 20);
+    }
+
     [Scenario("12.9: the model is converted to float64 after attach")]
     private static void ModelConvertedAfterAttach()
     {

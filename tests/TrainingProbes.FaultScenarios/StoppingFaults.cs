@@ -48,8 +48,7 @@ internal static class StoppingFaults
             var warnings = log.Warnings.ToList();
             Check.That(warnings.Any(w => w.Contains("regret.relatve", StringComparison.Ordinal) && w.Contains("regret.relative", StringComparison.Ordinal)),
                 "a warning names the unknown monitor and the name it probably means; warnings: " + string.Join(" / ", warnings.Take(3)));
-            Check.That(warnings.Any(w => w.Contains("val.acuracy", StringComparison.Ordinal)), "a warning names the monitor nothing published or reported");
-            Check.That(session.History.SelectMany(s => s.Failures).Any(f => f.Reason == "unknown_monitor"), "a snapshot lists the unknown monitor");
+            Check.That(warnings.Any(w => w.Contains("val.acuracy", StringComparison.Ordinal)), "a warning names the monitor nothing published or reported in 10 windows");
         }
 
         // Strict: the typo throws at attach.
@@ -130,7 +129,7 @@ internal static class StoppingFaults
         catch (ArgumentException ex)
         {
             // Refusing is acceptable only if the refusal says how to resume.
-            Check.That(ex.Message.Contains("RestoreState", StringComparison.Ordinal) || ex.Message.Contains("step", StringComparison.Ordinal),
+            Check.That(ex.Message.Contains("SaveState and RestoreState", StringComparison.Ordinal),
                 "RestoreStoppingState refuses a state from a later step without saying how to resume: " + ex.Message);
             return;
         }

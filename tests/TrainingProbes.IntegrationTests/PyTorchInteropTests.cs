@@ -113,6 +113,45 @@ public sealed class PyTorchInteropTests(ITestOutputHelper output)
         }
     }
 
+    /// <summary>
+    /// The reverse direction: a state_dict that PyTorch itself wrote with <c>torch.save</c> (zip format, with its own
+    /// headers, padding and pickle) loads through <see cref="CheckpointFile.Load"/>, which checks the archive's CRCs
+    /// and records first, into the same architecture, every value equal to what Python read.
+    /// </summary>
+    [FactNeeding(Tool.PyTorch)]
+    public void A_checkpoint_written_by_torch_save_loads_with_the_values_python_saved()
+    {
+        var folder = Directory.CreateTempSubdirectory("trainingprobes-torchsave-").FullName;
+        try
+        {
+            var (exit, text) = DotnetCli.Run(ExternalTool.Python(), folder,
+                [RepositoryFiles.PathOf("tests/TrainingProbes.IntegrationTests/Python/torch_save.py"), folder], TimeSpan.FromMinutes(3));
+            output.WriteLine(text);
+            Assert.True(exit == 0, $"torch_save.py exited with {exit}:\n{text}");
+
+            using var scope = NewDisposeScope();
+            var model = nn.Sequential(nn.Linear(Inputs, Hidden), nn.BatchNorm1d(Hidden), nn.ReLU(), nn.Linear(Hidden, Outputs));
+            CheckpointFile.Load(model, Path.Combine(folder, "model.pt"));
+
+            using var saved = JsonDocument.Parse(File.ReadAllText(Path.Combine(folder, "values.json")));
+            var tensors = saved.RootElement.GetProperty("tensors");
+            var state = model.state_dict();
+            Assert.Equal(tensors.EnumerateObject().Select(p => p.Name).Order(), state.Keys.Order());
+            foreach (var entry in tensors.EnumerateObject())
+            {
+                var tensor = state[entry.Name];
+                Assert.Equal(entry.Value.GetProperty("shape").EnumerateArray().Select(d => d.GetInt64()), tensor.shape);
+                var expected = entry.Value.GetProperty("values").EnumerateArray().Select(v => v.GetDouble()).ToArray();
+                using var values = tensor.to(ScalarType.Float64).cpu();
+                Assert.Equal(expected, values.data<double>().ToArray());   // float32 and int64 values are exact in float64
+            }
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
+
     private static JsonArray Rows(Tensor matrix)
     {
         using var cpu = matrix.to(ScalarType.Float64).cpu();

@@ -485,12 +485,14 @@ internal static class PyTorchArchive
         if (count * elementSize > entryLength)
             throw Invalid(path, $"{label} (storage '{entryName}') has the shape {ModuleState.Shape(shape)}: {count * elementSize} bytes, more than the storage's {entryLength} bytes");
 
+        // Contiguous as PyTorch defines it: strides of a dense row-major layout, with a dimension of 0 or 1 counting as 1
+        // (torch.empty(5, 0) has strides (1, 1)); a tensor without elements has no layout to check.
         long expectedStride = 1;
         bool contiguous = true;
-        for (int d = shape.Length - 1; d >= 0; d--)
+        for (int d = shape.Length - 1; d >= 0 && count > 0; d--)
         {
             if (shape[d] != 1 && (long)strides[d]! != expectedStride) contiguous = false;
-            expectedStride *= shape[d];
+            expectedStride *= Math.Max(shape[d], 1);
         }
         if (offset != 0 || !contiguous)
             throw Invalid(path, $"{label} (storage '{entryName}') is a view with storage offset {offset} and strides " +

@@ -60,7 +60,15 @@ internal sealed class ProbeRunner
             }
             catch (Exception ex)
             {
-                _failures.Fail(_probes[i].Name, ex);
+                try
+                {
+                    _failures.Fail(_probes[i].Name, ex);
+                }
+                catch (ProbeFailureException)
+                {
+                    End();   // Strict: the session will not exist, so the probes started before this one end now
+                    throw;
+                }
             }
         }
     }

@@ -5,8 +5,8 @@ namespace TrainingProbes.Stopping;
 /// whose name the catalogue knows but in a geometry it is never published in (<c>regret.relative</c> without
 /// <c>[fisher]</c>, a geometry the session does not compute) is an error; a name the catalogue does not know but that
 /// is a few letters away from one it does (<c>regret.relatve</c>) is a likely typo. A name neither knows (a value the
-/// trainer reports, such as <c>val.loss</c>) is checked later: after <see cref="Patience"/> windows in which it was
-/// neither published nor reported.
+/// trainer reports, such as <c>val.loss</c>) is warned about once if <see cref="Patience"/> windows pass in which it
+/// was neither published nor reported.
 /// </summary>
 internal static class MonitorCheck
 {
@@ -55,7 +55,8 @@ internal static class MonitorCheck
         string? meant = LikelyMeant(rule.Monitor);
         return $"The stopping rule '{rule.Name}' monitors {rule.MonitorLabel}, which no probe published in {windows} windows and the trainer never reported" +
             (meant is null
-                ? ": check the name (published names are listed in the README's instrument table), or report it with ProbeSession.Report."
+                ? ". If your trainer reports it with ProbeSession.Report less often (once per epoch, say), this is expected until the first report; " +
+                  "otherwise check the name (the published names are in the README's instrument table)."
                 : $"; did you mean {meant}?");
     }
 

@@ -78,8 +78,10 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
         foreach (var rule in _options.Stopping)
         {
             if (snapshot.TryGetValue(rule.Monitor, rule.Geometry, out _)) _seen.Add((rule.Monitor, rule.Geometry));
-            if (_windows == MonitorCheck.Patience && !_seen.Contains((rule.Monitor, rule.Geometry)))
-                _failures.Fail("stopping", new InvalidOperationException(MonitorCheck.NeverSeen(rule, _windows)), "unknown_monitor");
+            // Names the catalogue knows were checked at attach (some appear only every few windows: an active window's).
+            // Another name may be a value the trainer reports rarely (once per epoch): a warning, never thrown.
+            if (_windows == MonitorCheck.Patience && !_seen.Contains((rule.Monitor, rule.Geometry)) && !IndicatorCatalogue.TryFind(rule.Monitor, out _))
+                _logger.LogWarning("TrainingProbes run {RunId}: {Message}", _runId, MonitorCheck.NeverSeen(rule, _windows));
             try
             {
                 if (rule.TryEvaluate(snapshot, out var decision)) Act(rule, decision);
