@@ -148,8 +148,10 @@ internal sealed class GradientWindow : IDisposable
             }
         }
 
-        var added = current.Where(p => p.Value.requires_grad && (filter is null || filter(p.Key)) && !Parameters.Any(w => w.Name == p.Key)).Select(p => p.Key).ToList();
-        return added.Count == 0 ? null : $"{added.Count} parameter(s) added after attach are not watched: {string.Join(", ", added.Take(5))}{(added.Count > 5 ? ", ..." : "")}";
+        if (current.Count == Parameters.Count) return null;   // every one of the model's parameters is watched
+        var watchedNames = Parameters.Select(w => w.Name).ToHashSet(StringComparer.Ordinal);
+        var added = current.Where(p => p.Value.requires_grad && (filter is null || filter(p.Key)) && !watchedNames.Contains(p.Key)).Select(p => p.Key).ToList();
+        return added.Count == 0 ? null : $"{added.Count} parameter(s) that require a gradient are not watched (added or unfrozen after attach): {string.Join(", ", added.Take(5))}{(added.Count > 5 ? ", ..." : "")}";
     }
 
     /// <summary>A window of <paramref name="options"/>' K over <paramref name="model"/>'s watched parameters, kept as its Storage says.</summary>
