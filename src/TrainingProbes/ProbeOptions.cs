@@ -240,7 +240,10 @@ public sealed class ProbeOptions
     }
 
     /// <summary>
-    /// Where a one-line summary of each window is written (default <see cref="Console.Out"/>); null writes nothing.
+    /// Where each window is shown (default <see cref="Console.Out"/>); null writes nothing. On a terminal (the console,
+    /// not redirected, with ANSI support) a small panel per window: the step, the loss, the default indicators with
+    /// their standard errors and a trend over the last windows, the overhead against its budget and the stopping rules'
+    /// state. Anywhere else (a redirected output, a CI log, a file or any other writer) one plain line per window.
     /// </summary>
     public TextWriter? Output { get; init; } = Console.Out;
 

@@ -73,11 +73,10 @@ public sealed class ProbeSession : IDisposable
         _stopping = new StoppingController(model, options, _logger, RunId, _failures, () => _scheduler.Steps);
         _telemetry = new SessionTelemetry(RunId, options.Worker, _publisher, _scheduler, _failures, _stopping);
         if (options.Output is { } output)
-            _publisher.Subscribe("console", snapshot =>
-            {
-                if (snapshot.Window == 0) output.WriteLine(ConsoleSummary.Legend(options));
-                output.WriteLine(ConsoleSummary.Format(snapshot, options.Geometries));
-            });
+        {
+            var view = new ConsoleView(options, output, ConsoleView.IsTerminal(output));
+            _publisher.Subscribe("console", snapshot => view.Show(snapshot, _publisher.History, _stopping.ShouldStop));
+        }
         _publisher.Subscribe("stopping", _stopping.OnSnapshot);
         _publisher.Subscribe("WindowClosed", snapshot => WindowClosed?.Invoke(this, snapshot));
         _stopping.Fired += (rule, decision, restored) => RuleFired?.Invoke(this, new StoppingEventArgs(rule, decision, restored));

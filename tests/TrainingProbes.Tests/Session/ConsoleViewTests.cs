@@ -1,0 +1,94 @@
+using System.Text.RegularExpressions;
+using TorchSharp;
+using TrainingProbes.Session;
+using TrainingProbes.Stopping;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.Tests.Session;
+
+/// <summary>The console view in both modes: a panel on a terminal, plain lines when the output is redirected.</summary>
+public sealed partial class ConsoleViewTests
+{
+    private static (ProbeOptions Options, IReadOnlyList<ProbeSnapshot> History) ShortRun()
+    {
+        torch.manual_seed(6);
+        var model = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 3));
+        var optimizer = optim.SGD(model.parameters(), 0.05);
+        var options = new ProbeOptions
+        {
+            WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, RunId = "view", Loss = (o, t) => nn.functional.cross_entropy(o, t),
+            Stopping = [StoppingRule.Parse("gradient.gsnr < 0.0001 for 3")],
+        };
+        using var session = ProbeSession.Attach(model, options, optimizer);
+        var generator = new Generator(9);
+        for (int step = 0; step < 60; step++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var x = torch.randn([24, 5], generator: generator);
+            var y = torch.randint(0, 3, [24], generator: generator);
+            optimizer.zero_grad();
+            var loss = nn.functional.cross_entropy(model.call(x), y);
+            loss.backward();
+            session.Step(loss, x, y);
+            optimizer.step();
+        }
+
+        session.Flush();
+        return (options, session.History);
+    }
+
+    [Fact]
+    public void On_a_terminal_each_window_is_a_panel_with_values_errors_trends_budget_and_rules()
+    {
+        var (options, history) = ShortRun();
+        var output = new StringWriter();
+        var view = new ConsoleView(options, output, terminal: true, width: 100);
+        view.Show(history[^1], history, stopped: false);
+        string text = output.ToString();
+
+        Assert.Contains("\u001b[", text);   // coloured
+        string plain = Ansi().Replace(text, "");
+        Assert.Contains($"TrainingProbes · run view · step {history[^1].Step:N0} · window {history[^1].Window}", plain);
+        foreach (var label in new[] { "training loss", "gradient gsnr", "cosine [euclidean]", "relative regret [fisher]", "cosine [adaptive]", "step cosine (optimizer)" })
+            Assert.Contains(label, plain);
+        Assert.Contains(" ± ", plain);
+        Assert.Matches("[▁▂▃▄▅▆▇█]{3,}", plain);   // a trend over the six windows
+        Assert.Contains("overhead", plain);
+        Assert.Contains("rule gradient.gsnr < 0.0001 for 3: watching (6 evaluations)", plain);
+        Assert.All(plain.Split('\n'), line => Assert.True(line.TrimEnd('\r').Length <= 100, $"a line wider than the 100 columns: '{line}'"));
+    }
+
+    [Fact]
+    public void Redirected_each_window_is_one_plain_line_after_a_legend()
+    {
+        var (options, history) = ShortRun();
+        var output = new StringWriter();
+        var view = new ConsoleView(options, output, terminal: false);
+        foreach (var snapshot in history) view.Show(snapshot, history, stopped: false);
+        var lines = output.ToString().Split(Environment.NewLine, StringSplitOptions.RemoveEmptyEntries);
+
+        Assert.Equal(history.Count + 1, lines.Length);   // the legend, then a line per window
+        Assert.StartsWith("[probes] gsnr, cos, regret", lines[0]);
+        for (int i = 0; i < history.Count; i++)
+        {
+            Assert.StartsWith($"[probes] step {history[i].Step,6}", lines[i + 1]);
+            Assert.DoesNotContain('\u001b', lines[i + 1]);
+        }
+    }
+
+    [Fact]
+    public void A_string_writer_is_not_a_terminal() => Assert.False(ConsoleView.IsTerminal(new StringWriter()));
+
+    [Fact]
+    public void The_trend_spans_the_eight_bar_heights_from_the_lowest_value_to_the_highest()
+    {
+        var windows = Enumerable.Range(0, 8)
+            .Select(i => new ProbeSnapshot("t", 10 * i, i, DateTimeOffset.UnixEpoch, [new IndicatorValue(Indicators.Gsnr, Geometry.None, "gradient", i * 0.5)]))
+            .ToList();
+        windows.Insert(3, new ProbeSnapshot("t", 25, 99, DateTimeOffset.UnixEpoch, []));   // a window without the value: a gap
+        Assert.Equal("▁▂▃ ▄▅▆▇█ [grey]0..3.5[/]", ConsoleView.Trend(windows, Indicators.Gsnr, Geometry.None));
+    }
+
+    [GeneratedRegex("\u001b\\[[0-9;]*m")]
+    private static partial Regex Ansi();
+}
