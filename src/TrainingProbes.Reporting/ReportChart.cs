@@ -14,9 +14,14 @@ internal static class ReportChart
     public const int Columns = 2;
     public const int HeaderHeight = 56;
 
-    private sealed record Line(SeriesKey Key, string Label, bool Right, SeriesKey? StandardError, bool Dashed);
+    /// <summary>A series in a panel; <paramref name="Style"/> picks its line pattern (its colour is its geometry's).</summary>
+    private sealed record Line(SeriesKey Key, string Label, bool Right, SeriesKey? StandardError, int Style);
 
-    private sealed record Panel(string Title, string LeftLabel, string? RightLabel, IReadOnlyList<Line> Lines, string? Note);
+    /// <summary>A panel; <paramref name="LogLeft"/> draws the left axis on a log scale (values that span decades across geometries).</summary>
+    private sealed record Panel(string Title, string LeftLabel, string? RightLabel, IReadOnlyList<Line> Lines, bool LogLeft = false);
+
+    /// <summary>Space between panels, so that one's axis label does not read as its neighbour's.</summary>
+    private const int Gap = 14;
 
     /// <summary>Width and height of the PNG for a number of panels (at least one: an empty run gets a panel that says so).</summary>
     public static (int Width, int Height) Size(int panels)
@@ -41,10 +46,10 @@ internal static class ReportChart
         {
             var plot = panels.Count == 0 ? Empty() : Draw(panels[i], table);
             // A plot paints its whole canvas: each is drawn on a surface of its own, then placed.
-            using var panel = SKSurface.Create(new SKImageInfo(PanelWidth, PanelHeight)) ?? throw new InvalidOperationException("Could not create a drawing surface.");
+            using var panel = SKSurface.Create(new SKImageInfo(PanelWidth - 2 * Gap, PanelHeight - Gap)) ?? throw new InvalidOperationException("Could not create a drawing surface.");
             plot.Render(panel);
             using var picture = panel.Snapshot();
-            canvas.DrawImage(picture, i % Columns * PanelWidth, HeaderHeight + i / Columns * PanelHeight);
+            canvas.DrawImage(picture, i % Columns * PanelWidth + Gap, HeaderHeight + i / Columns * PanelHeight);
         }
 
         using var image = surface.Snapshot();
@@ -88,34 +93,35 @@ internal static class ReportChart
         var present = table.Series.Where(k => k.Layer is null && table.Rows.Any(r => r.Values.TryGetValue(k, out double v) && double.IsFinite(v))).ToHashSet();
         var panels = new List<Panel>();
 
-        void Add(string title, string leftLabel, string? rightLabel, IEnumerable<Line> lines, string? note = null)
+        void Add(string title, string leftLabel, string? rightLabel, IEnumerable<Line> lines, bool logLeft = false)
         {
             var list = lines.Where(l => present.Contains(l.Key)).ToList();
             if (list.Count == 0) return;
             if (!list.Any(l => l.Right)) rightLabel = null;
-            panels.Add(new Panel(title, leftLabel, rightLabel, list, note));
+            panels.Add(new Panel(title, leftLabel, rightLabel, list, logLeft));
         }
 
-        IEnumerable<Line> PerGeometry(string name, string label, bool right = false, bool dashed = false) =>
+        IEnumerable<Line> PerGeometry(string name, string label, bool right = false, int style = 0) =>
             present.Where(k => k.Name == name).OrderBy(k => k.Geometry).Select(k =>
             {
                 var se = new SeriesKey(name + Indicators.StandardErrorSuffix, k.Geometry, null);
                 return new Line(k, k.Geometry == Geometry.None ? label : $"{label} ({k.Geometry.ToName()})", right,
-                    present.Contains(se) ? se : null, dashed);
+                    present.Contains(se) ? se : null, style);
             });
 
         Add("Agreement and regret between minibatch gradients", "cosine, relative regret (dimensionless)", null,
-            [.. PerGeometry(Indicators.Cosine, "cosine"), .. PerGeometry(Indicators.RelativeRegret, "relative regret", dashed: true)]);
+            [.. PerGeometry(Indicators.Cosine, "cosine"), .. PerGeometry(Indicators.RelativeRegret, "relative regret", style: 1)]);
         Add("Flatness", "ratio (dimensionless)", null,
-            [.. PerGeometry(Indicators.JensenRatio, "Jensen ratio"), .. PerGeometry(Indicators.ContrastiveFlatness, "contrastive flatness", dashed: true),
-             .. PerGeometry(Indicators.FiniteContrastiveFlatness, "contrastive flatness at eps", dashed: true)]);
-        Add("Gradient noise and GSNR", "noise: trace of gradient covariance (loss\u00b2 / parameter\u00b2)", "GSNR (dimensionless)",
-            [.. PerGeometry(Indicators.GradientNoise, "noise"), .. PerGeometry(Indicators.Gsnr, "GSNR", right: true, dashed: true)]);
-        var trace = new SeriesKey(Indicators.CurvatureTrace, Geometry.None, null);
+            [.. PerGeometry(Indicators.JensenRatio, "Jensen ratio"), .. PerGeometry(Indicators.ContrastiveFlatness, "contrastive flatness", style: 1),
+             .. PerGeometry(Indicators.FiniteContrastiveFlatness, "contrastive flatness at eps", style: 2)]);
+        // Noise is a squared gradient norm, in each geometry's own units: decades apart, hence the log scale.
+        Add("Gradient noise and GSNR", "noise: trace of gradient covariance (log)", "GSNR (dimensionless)",
+            [.. PerGeometry(Indicators.GradientNoise, "noise"), .. PerGeometry(Indicators.Gsnr, "GSNR", right: true, style: 1)], logLeft: true);
         Add("Curvature of the pooled loss", "eigenvalue, trace (loss / parameter\u00b2)", "contrastive curvature (ratio)",
-            [.. PerGeometry(Indicators.CurvatureLambdaMax, "largest eigenvalue"), .. PerGeometry(Indicators.CurvatureLambdaMaxMagnitude, "largest |eigenvalue|"),
-             .. present.Where(k => k.Name == Indicators.CurvatureTrace).Select(k => new Line(k, "Hessian trace" + (k.Geometry == Geometry.None ? "" : $" ({k.Geometry.ToName()})"), false, null, false)),
-             .. PerGeometry(Indicators.CurvatureContrastive, "contrastive curvature", right: true, dashed: true)]);
+            [.. PerGeometry(Indicators.CurvatureLambdaMax, "largest eigenvalue"), .. PerGeometry(Indicators.CurvatureLambdaMaxMagnitude, "largest |eigenvalue|", style: 2),
+             .. present.Where(k => k.Name == Indicators.CurvatureTrace).Select(k => new Line(k, "Hessian trace" + (k.Geometry == Geometry.None ? "" : $" ({k.Geometry.ToName()})"), false,
+                 present.Contains(new SeriesKey(Indicators.CurvatureTraceHalfWidth, k.Geometry, null)) ? new SeriesKey(Indicators.CurvatureTraceHalfWidth, k.Geometry, null) : null, 0)),
+             .. PerGeometry(Indicators.CurvatureContrastive, "contrastive curvature", right: true, style: 1)]);
 
         // The training loss and what the trainer reported: losses on the left axis, anything else (accuracy) on the right.
         var reported = table.Reported.Where(present.Contains).OrderBy(k => k.Name, StringComparer.Ordinal).ToList();
@@ -123,17 +129,22 @@ internal static class ReportChart
         Add(reported.Count > 0 ? "Loss and reported values" : "Training loss", "loss",
             "reported value (" + string.Join(", ", reported.Where(k => !IsLoss(k)).Select(k => k.Name)) + ")",
             [.. PerGeometry(Indicators.Loss, "training loss (mean over the window)"),
-             .. reported.Select(k => new Line(k, (k.Geometry == Geometry.None ? k.Name : $"{k.Name} ({k.Geometry.ToName()})") + " (reported)", !IsLoss(k), null, !IsLoss(k)))],
-            note: reported.Count > 0 ? "reported values: ProbeSession.Report" : null);
-        _ = trace;
+             .. reported.Select(k => new Line(k, (k.Geometry == Geometry.None ? k.Name : $"{k.Name} ({k.Geometry.ToName()})") + " (reported)", !IsLoss(k), null, IsLoss(k) ? 2 : 1))]);
         return panels;
     }
 
-    private static readonly Color[] Palette =
-    [
-        Color.FromHex("#1f77b4"), Color.FromHex("#d62728"), Color.FromHex("#2ca02c"), Color.FromHex("#ff7f0e"),
-        Color.FromHex("#9467bd"), Color.FromHex("#8c564b"), Color.FromHex("#e377c2"), Color.FromHex("#17becf"),
-    ];
+    /// <summary>A colour per geometry, the same in every panel; geometry-free series take the others in turn.</summary>
+    private static Color GeometryColour(Geometry geometry) => geometry switch
+    {
+        Geometry.Euclidean => Color.FromHex("#1f77b4"),
+        Geometry.Fisher => Color.FromHex("#d62728"),
+        Geometry.Adaptive => Color.FromHex("#2ca02c"),
+        _ => Color.FromHex("#7f7f7f"),
+    };
+
+    private static readonly Color[] Others = [Color.FromHex("#ff7f0e"), Color.FromHex("#9467bd"), Color.FromHex("#8c564b"), Color.FromHex("#e377c2"), Color.FromHex("#17becf")];
+
+    private static readonly LinePattern[] Patterns = [LinePattern.Solid, LinePattern.Dashed, LinePattern.DenselyDashed];
 
     private static Plot Draw(Panel panel, ReportTable table)
     {
@@ -144,12 +155,22 @@ internal static class ReportChart
         plot.YLabel(panel.LeftLabel, size: 15);
         if (panel.RightLabel is { } right) plot.Axes.Right.Label.Text = right;
 
+        if (panel.LogLeft)
+            plot.Axes.Left.TickGenerator = new ScottPlot.TickGenerators.NumericAutomatic
+            {
+                MinorTickGenerator = new ScottPlot.TickGenerators.LogMinorTickGenerator(),
+                IntegerTicksOnly = true,
+                LabelFormatter = exponent => $"1e{exponent:0}",
+            };
+
+        int others = 0;
         for (int i = 0; i < panel.Lines.Count; i++)
         {
             var line = panel.Lines[i];
-            var color = Palette[i % Palette.Length];
+            var color = line.Key.Geometry == Geometry.None ? Others[others++ % Others.Length] : GeometryColour(line.Key.Geometry);
+            bool log = panel.LogLeft && !line.Right;
             var points = table.Rows
-                .Where(r => r.Values.TryGetValue(line.Key, out double v) && double.IsFinite(v))
+                .Where(r => r.Values.TryGetValue(line.Key, out double v) && double.IsFinite(v) && (!log || v > 0))
                 .Select(r => (X: (double)r.Step, Y: r.Values[line.Key], Se: line.StandardError is { } se && r.Values.TryGetValue(se, out double e) && double.IsFinite(e) ? e : double.NaN))
                 .ToArray();
             double[] xs = [.. points.Select(p => p.X)], ys = [.. points.Select(p => p.Y)];
@@ -157,17 +178,25 @@ internal static class ReportChart
             var banded = points.Where(p => double.IsFinite(p.Se)).ToArray();
             if (banded.Length > 1)
             {
-                var band = plot.Add.FillY([.. banded.Select(p => p.X)], [.. banded.Select(p => p.Y + p.Se)], [.. banded.Select(p => p.Y - p.Se)]);
+                double[] upper = [.. banded.Select(p => p.Y + p.Se)], lower = [.. banded.Select(p => p.Y - p.Se)];
+                if (log)
+                {
+                    // On the log scale a band that reaches zero is cut at a tenth of the value.
+                    upper = [.. upper.Select(Math.Log10)];
+                    lower = [.. lower.Zip(banded, (l, p) => Math.Log10(Math.Max(l, p.Y / 10)))];
+                }
+
+                var band = plot.Add.FillY([.. banded.Select(p => p.X)], upper, lower);
                 band.FillStyle.Color = color.WithAlpha(0.18);
                 band.LineStyle.Width = 0;
                 if (line.Right) band.Axes.YAxis = plot.Axes.Right;
             }
 
-            var scatter = plot.Add.Scatter(xs, ys, color);
+            var scatter = plot.Add.Scatter(xs, log ? [.. ys.Select(Math.Log10)] : ys, color);
             scatter.LegendText = line.Label + (banded.Length > 1 ? " \u00b1 s.e." : "");
             scatter.LineWidth = 2;
             scatter.MarkerSize = xs.Length > 60 ? 0 : 5;
-            if (line.Dashed) scatter.LinePattern = LinePattern.Dashed;
+            scatter.LinePattern = Patterns[line.Style % Patterns.Length];
             if (line.Right) scatter.Axes.YAxis = plot.Axes.Right;
         }
 
