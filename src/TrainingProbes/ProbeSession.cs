@@ -79,7 +79,11 @@ public sealed class ProbeSession : IDisposable
         }
         _publisher.Subscribe("stopping", _stopping.OnSnapshot);
         _publisher.Subscribe("WindowClosed", snapshot => WindowClosed?.Invoke(this, snapshot));
-        _stopping.Fired += (rule, decision, restored) => RuleFired?.Invoke(this, new StoppingEventArgs(rule, decision, restored));
+        _stopping.Fired += (rule, decision, restored) =>
+        {
+            Record.Add(new FiredRule(rule.Name, rule.Action, decision.Step, decision.Value, decision.Reason));
+            RuleFired?.Invoke(this, new StoppingEventArgs(rule, decision, restored));
+        };
 
         try
         {
@@ -203,7 +207,9 @@ public sealed class ProbeSession : IDisposable
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         ProbeWindowContext.ValidateName(name);
-        _publisher.MergeIntoCurrent([new IndicatorValue(name, geometry, "user", value)]);
+        var reported = new IndicatorValue(name, geometry, "user", value);
+        _publisher.MergeIntoCurrent([reported]);
+        Record.Add(new ReportedValue(_scheduler.Steps, Options.TimeProvider.GetUtcNow(), reported));
         SessionTelemetry.OnReported(name);
         _stopping.OnReported(name, geometry, value, _scheduler.Steps);
     }
@@ -256,6 +262,9 @@ public sealed class ProbeSession : IDisposable
         [_scheduler, _stopping, .. _runner.Probes.OfType<IStatefulPart>()];
 
     internal GradientWindow Window { get; }
+
+    /// <summary>The values the trainer reported and the rules that fired, for an end-of-run report (TrainingProbes.Reporting).</summary>
+    internal RunRecord Record { get; } = new();
 
     /// <summary>The session's probes, built-in first.</summary>
     internal IReadOnlyList<TrainingProbe> RunningProbes => _runner.Probes;
