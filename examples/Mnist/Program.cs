@@ -25,12 +25,13 @@ using static TorchSharp.torch;
 const string Usage = """
     usage: Mnist [options]
       --model mlp|cnn       the model: a 784-128-128-10 MLP (default) or a small CNN
-      --epochs N            passes over the training split (default 10)
+      --epochs N            passes over the training split (default 20)
       --steps N             a budget of optimizer steps; overrides --epochs
       --batch N             minibatch size (default 64)
       --lr X                SGD learning rate, momentum 0.9 (default 0.05)
       --label-noise P       replace the labels of this fraction of the training split by random other labels (default 0)
-      --interval N          a window every N steps (default: the session's overhead budget, 5%, sets the interval)
+      --interval N|budget   a window every N steps (default 50), or "budget": the session's default, whose 5%
+                            overhead budget sets the interval (on this small MLP, a window every few hundred steps)
       --stop RULE|none      the stopping rule (default "gradient.gsnr < 0.01 for 3", the README's)
       --data <folder>       a full MNIST download (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], and
                             t10k-*-ubyte[.gz] for the test split); default the repository's data/mnist-10k, whose last
@@ -274,8 +275,8 @@ internal sealed record Settings(
     public static Settings Parse(string[] args)
     {
         string model = "mlp", output = Path.GetFullPath("mnist-results"), data = Mnist.DefaultDirectory;
-        int epochs = 10, batch = 64, seed = 1;
-        int? steps = null, port = null, interval = null;
+        int epochs = 20, batch = 64, seed = 1;
+        int? steps = null, port = null, interval = 50;
         double lr = 0.05, noise = 0;
         StoppingRule? stop = StoppingRule.Parse("gradient.gsnr < 0.01 for 3");
         bool help = false;
@@ -310,7 +311,10 @@ internal sealed record Settings(
                     break;
                 case "--epochs": epochs = Integer("a number of epochs", 1); break;
                 case "--steps": steps = Integer("a number of steps", 1); break;
-                case "--interval": interval = Integer("a number of steps", 16); break;
+                case "--interval":
+                    if (i + 1 < args.Length && args[i + 1] == "budget") (interval, i) = (null, i + 1);
+                    else interval = Integer("a number of steps (at least K = 16) or budget", 16);
+                    break;
                 case "--batch": batch = Integer("a batch size", 1); break;
                 case "--lr": lr = Number("a learning rate", 1e-9, 10); break;
                 case "--label-noise": noise = Number("a fraction of the training labels", 0, 1); break;
