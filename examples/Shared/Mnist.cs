@@ -20,6 +20,10 @@ internal static class Mnist
     private static readonly string[] ImageNames = ["images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz", "train-images-idx3-ubyte", "train-images.idx3-ubyte"];
     private static readonly string[] LabelNames = ["labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte", "train-labels.idx1-ubyte"];
 
+    // A full MNIST download's test files (the repository's copy has none).
+    private static readonly string[] TestImageNames = ["t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"];
+    private static readonly string[] TestLabelNames = ["t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"];
+
     /// <summary>
     /// The folder named by <c>TRAININGPROBES_MNIST</c> when it is set; otherwise, for a program run from a checkout
     /// of this repository, its <c>data/mnist-10k</c> (found by walking up from the program's folder to the one that
@@ -63,17 +67,33 @@ internal static class Mnist
     /// <param name="dtype">Floating dtype of the images (float32 by default).</param>
     /// <exception cref="FileNotFoundException">A file is missing; the message says how to point at the data.</exception>
     /// <exception cref="InvalidDataException">A file is not in the IDX layout, or the two files disagree.</exception>
-    public static (Tensor Images, Tensor Labels) Load(string directory, int? count = null, ScalarType dtype = ScalarType.Float32)
+    public static (Tensor Images, Tensor Labels) Load(string directory, int? count = null, ScalarType dtype = ScalarType.Float32) =>
+        LoadPair(directory, ImageNames, LabelNames, count, dtype);
+
+    /// <summary>True when <paramref name="directory"/> holds a full MNIST download's test images (<c>t10k-images-idx3-ubyte[.gz]</c>).</summary>
+    /// <param name="directory">The data folder.</param>
+    public static bool HasTestSet(string directory) =>
+        TestImageNames.Any(name => File.Exists(Path.Combine(directory, name)));
+
+    /// <summary>The 10,000 test digits of a full MNIST download (<c>t10k-*-ubyte[.gz]</c>), as <see cref="Load(string, int?, ScalarType)"/> returns them.</summary>
+    /// <param name="directory">The folder holding the two IDX files.</param>
+    /// <param name="dtype">Floating dtype of the images (float32 by default).</param>
+    /// <exception cref="FileNotFoundException">A file is missing; the message says how to point at the data.</exception>
+    /// <exception cref="InvalidDataException">A file is not in the IDX layout, or the two files disagree.</exception>
+    public static (Tensor Images, Tensor Labels) LoadTest(string directory, ScalarType dtype = ScalarType.Float32) =>
+        LoadPair(directory, TestImageNames, TestLabelNames, null, dtype);
+
+    private static (Tensor Images, Tensor Labels) LoadPair(string directory, string[] imageNames, string[] labelNames, int? count, ScalarType dtype)
     {
         ArgumentNullException.ThrowIfNull(directory);
         if (count is < 0) throw new ArgumentOutOfRangeException(nameof(count), count, "count must be at least 0.");
         if (dtype is not (ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Float32 or ScalarType.Float64))
             throw new ArgumentException($"dtype must be a floating type, not {dtype}.", nameof(dtype));
 
-        var images = ReadIdx(directory, ImageNames, 0x00000803, out int[] imageShape);
-        var labels = ReadIdx(directory, LabelNames, 0x00000801, out int[] labelShape);
+        var images = ReadIdx(directory, imageNames, 0x00000803, out int[] imageShape);
+        var labels = ReadIdx(directory, labelNames, 0x00000801, out int[] labelShape);
         if (imageShape[0] != labelShape[0])
-            throw new InvalidDataException($"{imageShape[0]} images but {labelShape[0]} labels in {directory}.");
+            throw new InvalidDataException($"{imageShape[0]} images but {labelShape[0]} labels in {directory}: the image and label files must come from the same MNIST set.");
         int available = imageShape[0], pixels = imageShape[1] * imageShape[2];
         if (count > available)
             throw new ArgumentOutOfRangeException(nameof(count), count, $"{directory} holds only {available} digits.");
@@ -87,29 +107,42 @@ internal static class Mnist
 
     private static byte[] ReadIdx(string directory, string[] names, int magic, out int[] shape)
     {
+        string expected = magic == 0x00000803
+            ? "an IDX file of MNIST images (magic 0x00000803: unsigned bytes, 3 dimensions [n, 28, 28]), raw or gzip-compressed"
+            : "an IDX file of MNIST labels (magic 0x00000801: unsigned bytes, 1 dimension [n]), raw or gzip-compressed";
         string? path = names.Select(name => Path.Combine(directory, name)).FirstOrDefault(File.Exists);
         if (path is null)
             throw new FileNotFoundException(
-                $"MNIST file not found: none of {string.Join(", ", names)} is in {directory}. Pass the folder that holds them " +
+                $"MNIST file not found: none of {string.Join(", ", names)} is in {directory} (expected {expected}). Pass the folder that holds them " +
                 $"(--data <folder>, or set {EnvironmentVariable}); a checkout of this repository has 10,000 digits in {RepositoryFolder}.",
                 Path.Combine(directory, names[0]));
-        using var file = File.OpenRead(path);
-        using Stream stream = path.EndsWith(".gz", StringComparison.Ordinal) ? new GZipStream(file, CompressionMode.Decompress) : file;
-        using var reader = new BinaryReader(stream);
-        int found = ReadBigEndian(reader, path);
-        if (found != magic) throw new InvalidDataException($"{path}: magic 0x{found:x8}, expected 0x{magic:x8}.");
-        shape = new int[magic & 0xff];
-        for (int i = 0; i < shape.Length; i++) shape[i] = ReadBigEndian(reader, path);
-        int count = shape.Aggregate(1, (a, b) => checked(a * b));
-        var data = reader.ReadBytes(count);
-        if (data.Length != count) throw new InvalidDataException($"{path}: expected {count} bytes of data, got {data.Length}.");
-        return data;
+        try
+        {
+            using var file = File.OpenRead(path);
+            using Stream stream = path.EndsWith(".gz", StringComparison.Ordinal) ? new GZipStream(file, CompressionMode.Decompress) : file;
+            using var reader = new BinaryReader(stream);
+            int found = ReadBigEndian(reader, path, expected);
+            if (found != magic) throw new InvalidDataException($"{path}: magic 0x{found:x8}, expected {expected}.");
+            shape = new int[magic & 0xff];
+            for (int i = 0; i < shape.Length; i++) shape[i] = ReadBigEndian(reader, path, expected);
+            if (shape.Any(d => d < 0)) throw new InvalidDataException($"{path}: negative size in the IDX header, expected {expected}.");
+            int count = shape.Aggregate(1, (a, b) => checked(a * b));
+            var data = reader.ReadBytes(count);
+            if (data.Length != count) throw new InvalidDataException($"{path}: expected {count} bytes of data after the header, got {data.Length} (truncated?); expected {expected}.");
+            return data;
+        }
+        catch (Exception e) when (e is InvalidDataException or EndOfStreamException or OverflowException or IOException && e is not FileNotFoundException
+                                  && !e.Message.StartsWith(path, StringComparison.Ordinal))
+        {
+            // A damaged gzip stream throws without naming the file.
+            throw new InvalidDataException($"{path}: cannot be read ({e.Message}); expected {expected}.", e);
+        }
     }
 
-    private static int ReadBigEndian(BinaryReader reader, string path)
+    private static int ReadBigEndian(BinaryReader reader, string path, string expected)
     {
         var b = reader.ReadBytes(4);
-        if (b.Length != 4) throw new InvalidDataException($"{path}: the IDX header is truncated.");
+        if (b.Length != 4) throw new InvalidDataException($"{path}: the IDX header is truncated; expected {expected}.");
         return (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3];
     }
 }
