@@ -19,6 +19,7 @@ using TorchSharp;
 using TrainingProbes;
 using TrainingProbes.Examples;
 using TrainingProbes.Prometheus;
+using TrainingProbes.Reporting;
 using TrainingProbes.Stopping;
 using static TorchSharp.torch;
 
@@ -220,6 +221,8 @@ var summary = new Dictionary<string, object?>
 };
 File.WriteAllText(summaryPath, JsonSerializer.Serialize(summary, new JsonSerializerOptions { WriteIndented = true, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping }));
 Console.WriteLine($"summary: {summaryPath}");
+// The run's picture: every published value per window (report.csv) and one panel per family (report.png).
+foreach (var written in session.WriteReport(settings.Output)) Console.WriteLine($"report: {written}");
 session.Dispose();
 return 0;
 

@@ -34,6 +34,19 @@ public sealed class MnistExampleTests
             Assert.True(windows >= 1, $"{windows} windows published\n{stdout}");
             Assert.Equal(0, root.GetProperty("probe_failures").GetInt32());
             Assert.Contains("test accuracy", stdout);
+
+            // The report: one CSV row per window with the default indicators' columns and the reported test accuracy,
+            // and a PNG of the chart's size (width and height at bytes 16 and 20 of a PNG) that is not blank.
+            var csv = File.ReadAllLines(Path.Combine(output, "report.csv"));
+            var header = csv[0].Split(',');
+            foreach (var column in new[] { "window", "step", "gradient.cosine[euclidean]", "gradient.gsnr", "training.loss", "test.accuracy" })
+                Assert.Contains(column, header);
+            Assert.True(csv.Length - 1 >= windows, $"{csv.Length - 1} rows for {windows} windows");
+            var png = File.ReadAllBytes(Path.Combine(output, "report.png"));
+            Assert.Equal(new byte[] { 0x89, (byte)'P', (byte)'N', (byte)'G' }, png[..4]);
+            Assert.Equal(1600, System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(png.AsSpan(16)));
+            Assert.True(System.Buffers.Binary.BinaryPrimitives.ReadInt32BigEndian(png.AsSpan(20)) >= 500);
+            Assert.True(png.Length > 50_000, $"a PNG of {png.Length} bytes: a chart of four panels compresses to far more than a blank image");
         }
         finally
         {
