@@ -10,7 +10,7 @@
 //   (c) learning rate 0.01 vs 0.2 (batch 64, clean labels).
 // Then it compares stopping: none; validation-loss early stopping (patience 5 evaluations, Lightning's semantics);
 // and candidate probe rules that see no validation data, chosen on the selection seeds and reported on the others.
-// It writes results/windows.csv (one row per window) and results/summary.md (the tables the README shows).
+// It writes results/windows.csv (one row per window) and results/summary.md (the tables docs/EVIDENCE.md shows).
 //
 //   dotnet run -c Release --project examples/Evidence -- [--data <mnist folder>] [--output <folder>] [--steps N]
 using System.Diagnostics;

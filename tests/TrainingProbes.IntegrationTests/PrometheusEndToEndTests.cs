@@ -4,7 +4,7 @@ namespace TrainingProbes.IntegrationTests;
 
 /// <summary>
 /// The whole metrics path against a real Prometheus server: a training run serves its indicators on a free loopback
-/// port, Prometheus scrapes it every second, and its HTTP API must return every instrument of the README's table with
+/// port, Prometheus scrapes it every second, and its HTTP API must return every instrument of the instrument table of docs/REFERENCE.md with
 /// finite values, data for every query of the Grafana dashboard, and healthy alert rules over existing series.
 /// </summary>
 public sealed class PrometheusEndToEndTests
@@ -34,9 +34,9 @@ public sealed class PrometheusEndToEndTests
             () => prometheus.Query($"count_over_time(trainingprobes_training_step{{run_id=\"{run}\"}}[1m])") is [var (_, samples)] && samples >= 5,
             TimeSpan.FromSeconds(90), "five scrapes of the training run");
 
-        // Every instrument of the README's table, present for this run, with finite values.
+        // Every instrument of the instrument table of docs/REFERENCE.md, present for this run, with finite values.
         var instruments = RepositoryFiles.ReadmeInstruments();
-        Assert.True(instruments.Count >= 20, $"the README's instrument table lists only {instruments.Count} names");
+        Assert.True(instruments.Count >= 20, $"the instrument table of docs/REFERENCE.md lists only {instruments.Count} names");
         foreach (var name in instruments)
         {
             var series = prometheus.Query($"{name}{{run_id=\"{run}\"}}");
@@ -51,7 +51,7 @@ public sealed class PrometheusEndToEndTests
         var listed = instruments.ToHashSet();
         // (OpenMetrics adds a <name>_created series with the start time of each counter and histogram.)
         var unlisted = exported.Where(n => !listed.Contains(n) && !n.EndsWith("_created", StringComparison.Ordinal)).ToList();
-        Assert.True(unlisted.Count == 0, $"exported but not in the README's table: {string.Join(", ", unlisted)}");
+        Assert.True(unlisted.Count == 0, $"exported but not in the instrument table of docs/REFERENCE.md: {string.Join(", ", unlisted)}");
 
         // Per-layer series exist for the first two parameters only.
         var layers = prometheus.Query($"trainingprobes_gradient_cosine{{run_id=\"{run}\", layer!=\"\", geometry=\"euclidean\"}}")

@@ -8,7 +8,7 @@ public sealed partial class QuickStartMetricsTests
     /// <summary>
     /// The quick start, as built by <c>dotnet test</c> of the solution, with TRAININGPROBES_PROMETHEUS set as its
     /// launch settings set it (on a free port here, so the test never collides with a real 9464): while it trains,
-    /// its /metrics page lists every instrument of the README's table.
+    /// its /metrics page lists every instrument of the instrument table of docs/REFERENCE.md.
     /// </summary>
     [Fact]
     public async Task While_the_quick_start_runs_its_endpoint_shows_every_instrument_of_the_readme()

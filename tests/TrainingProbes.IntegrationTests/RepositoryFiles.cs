@@ -24,7 +24,7 @@ internal static partial class RepositoryFiles
     /// </summary>
     public static IReadOnlyList<string> ReadmeInstruments(bool firstTableOnly = false)
     {
-        var lines = File.ReadAllLines(PathOf("README.md"));
+        var lines = File.ReadAllLines(PathOf("docs/REFERENCE.md"));
         var names = new List<string>();
         for (int header = 0; header < lines.Length; header++)
         {
@@ -36,7 +36,7 @@ internal static partial class RepositoryFiles
             if (firstTableOnly) break;
         }
 
-        if (names.Count == 0) throw new InvalidOperationException("README.md has no table with a 'Prometheus name' column.");
+        if (names.Count == 0) throw new InvalidOperationException("docs/REFERENCE.md has no table with a 'Prometheus name' column.");
         return names;
     }
 

@@ -7,9 +7,9 @@ namespace TrainingProbes;
 /// <summary>
 /// Every indicator the library knows: one <see cref="IndicatorDefinition"/> each. The first-order family is computed
 /// from these definitions, the meter declares its instruments from them, the stopping rules look up their direction
-/// here, and a test checks the README's tables against them. Adding an indicator of the first-order family is one
+/// here, and a test checks the instrument tables of docs/REFERENCE.md against them. Adding an indicator of the first-order family is one
 /// <see cref="Register"/> call (or one entry below) with its <see cref="IndicatorDefinition.FromGram"/>.
-/// Formulas and references: the README's "The indicators" section.
+/// Formulas and references: the section "The indicators" of docs/REFERENCE.md.
 /// </summary>
 public static class IndicatorCatalogue
 {

@@ -5,8 +5,8 @@ namespace TrainingProbes;
 /// <summary>
 /// One indicator of the <see cref="IndicatorCatalogue"/>: its name, unit, meaning, which direction is better for early
 /// stopping, whether it is published per geometry and per layer, and, for the first-order family, how it is computed
-/// from a window's Gram matrix. The snapshot, the meter's instruments, the stopping rules' direction and the README
-/// tables all read the definition.
+/// from a window's Gram matrix. The snapshot, the meter's instruments, the stopping rules' direction and the
+/// instrument tables of docs/REFERENCE.md all read the definition.
 /// </summary>
 /// <param name="Name">Dotted snake_case name, for example <c>gradient.cosine</c>.</param>
 /// <param name="Unit">UCUM unit of its instrument: <c>1</c> for a dimensionless value, <c>{step}</c> for a count of steps.</param>

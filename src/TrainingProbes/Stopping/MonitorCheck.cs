@@ -56,7 +56,7 @@ internal static class MonitorCheck
         return $"The stopping rule '{rule.Name}' monitors {rule.MonitorLabel}, which no probe published in {windows} windows and the trainer never reported" +
             (meant is null
                 ? ". If your trainer reports it with ProbeSession.Report less often (once per epoch, say), this is expected until the first report; " +
-                  "otherwise check the name (the published names are in the README's instrument table)."
+                  "otherwise check the name (the published names are in the instrument table of docs/REFERENCE.md)."
                 : $"; did you mean {meant}?");
     }
 

@@ -122,13 +122,13 @@ public sealed class IndicatorCatalogueTests
     [Fact]
     public void Every_built_in_indicator_is_in_a_readme_table_with_the_catalogues_unit()
     {
-        var rows = File.ReadAllLines(Path.Combine(RepositoryRoot(), "README.md")).Where(l => l.StartsWith("| `trainingprobes.", StringComparison.Ordinal)).ToList();
+        var rows = File.ReadAllLines(Path.Combine(RepositoryRoot(), "docs", "REFERENCE.md")).Where(l => l.StartsWith("| `trainingprobes.", StringComparison.Ordinal)).ToList();
         foreach (var definition in IndicatorCatalogue.BuiltIn)
         {
             // Indicators only an active window computes are listed under the fixed-point probe's prefix.
             string[] names = [TrainingProbesMeter.InstrumentPrefix + definition.Name, TrainingProbesMeter.InstrumentPrefix + FixedPointProbe.Prefix + definition.Name];
             var row = rows.FirstOrDefault(l => names.Any(n => l.StartsWith("| `" + n + "` |", StringComparison.Ordinal)));
-            Assert.True(row is not null, $"README.md has no instrument row for {names[0]}");
+            Assert.True(row is not null, $"docs/REFERENCE.md has no instrument row for {names[0]}");
             Assert.Equal(definition.Unit, row.Split('|')[3].Trim().Trim('`'));
         }
     }

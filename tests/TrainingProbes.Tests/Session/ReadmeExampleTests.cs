@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 
 namespace TrainingProbes.Tests.Session;
 
-// The custom probe shown in README.md, verbatim.
+// The custom probe shown in docs/REFERENCE.md ("Your own probes"), verbatim.
 sealed class GradientShareProbe(string parameter) : TrainingProbe
 {
     public override string Name => "gradient_share";
