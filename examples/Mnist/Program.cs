@@ -39,7 +39,7 @@ const string Usage = """
                             2,000 digits are the test split
       --prometheus [port]   serve the indicators at http://127.0.0.1:<port>/metrics (default port 9464)
       --seed S              seeds initialization, shuffling and label noise (default 1)
-      --output <folder>     where summary.json goes (default ./mnist-results)
+      --output <folder>     where summary.json, report.csv and report.png go (default ./mnist-results)
       --help                this text
     """;
 
