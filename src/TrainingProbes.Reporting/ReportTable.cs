@@ -1,6 +1,5 @@
 using System.Globalization;
 using System.Text;
-using TrainingProbes.Session;
 
 namespace TrainingProbes.Reporting;
 
@@ -82,7 +81,7 @@ internal sealed class ReportTable
         long first = rows.Count > 0 ? rows[0].Step : long.MinValue;
         var reported = new HashSet<SeriesKey>();
         var byStep = rows.GroupBy(r => r.Step).ToDictionary(g => g.Key, g => g.Last());
-        foreach (var report in session.Record.Reported)
+        foreach (var report in session.ReportedValues)
         {
             if (report.Step < first && session.History.Count >= session.Options.HistoryCapacity) continue;
             if (!byStep.TryGetValue(report.Step, out var row))
@@ -103,7 +102,7 @@ internal sealed class ReportTable
             .Concat(reported.OrderBy(k => k.Name, StringComparer.Ordinal).ThenBy(k => k.Geometry))
             .ToList();
 
-        var fired = session.Record.Fired;
+        var fired = session.FiredRules;
         var stop = fired.FirstOrDefault(f => f.Action == Stopping.RuleAction.Stop);
         long? stopStep = null;
         string? stopLabel = null;

@@ -263,8 +263,18 @@ public sealed class ProbeSession : IDisposable
 
     internal GradientWindow Window { get; }
 
-    /// <summary>The values the trainer reported and the rules that fired, for an end-of-run report (TrainingProbes.Reporting).</summary>
-    internal RunRecord Record { get; } = new();
+    /// <summary>The values the trainer reported and the rules that fired.</summary>
+    private RunRecord Record { get; } = new();
+
+    /// <summary>
+    /// The values reported with <see cref="Report"/>, oldest first (a copy; at most the last 100,000). They reach the
+    /// gauges and the rules, not the snapshots of <see cref="History"/>; an end-of-run report (TrainingProbes.Reporting)
+    /// reads them here.
+    /// </summary>
+    public IReadOnlyList<ReportedValue> ReportedValues => Record.Reported;
+
+    /// <summary>The stopping rules that fired (stop or warn), oldest first (a copy).</summary>
+    public IReadOnlyList<FiredRule> FiredRules => Record.Fired;
 
     /// <summary>The session's probes, built-in first.</summary>
     internal IReadOnlyList<TrainingProbe> RunningProbes => _runner.Probes;

@@ -2,12 +2,6 @@ using TrainingProbes.Stopping;
 
 namespace TrainingProbes.Session;
 
-/// <summary>A value the trainer reported with <see cref="ProbeSession.Report"/>, at the step the session had seen.</summary>
-internal readonly record struct ReportedValue(long Step, DateTimeOffset Timestamp, IndicatorValue Value);
-
-/// <summary>A rule that fired (stop or warn), at its step.</summary>
-internal readonly record struct FiredRule(string Rule, RuleAction Action, long Step, double Value, string Reason);
-
 /// <summary>
 /// What the snapshots do not hold but an end-of-run report needs: the values the trainer reported (they reach the
 /// gauges and the rules, not <see cref="ProbeSession.History"/>) and the rules that fired. Bounded: the oldest go first.
