@@ -622,6 +622,9 @@ internal sealed unsafe class WindowKernel
     /// more than 1 - <see cref="Downdate"/> of SS, then checked against the threshold column by column. Adds the leave-one-out
     /// ratios to the fast sums and returns true, or adds nothing and returns false when float32 cannot decide as float64 would.
     /// </summary>
+    /// <summary>2^-100: below it a leave-one-out sum of squares of scaled values (at most about 4) is left to float64.</summary>
+    private static readonly Vector256<float> TinySquares = Vector256.Create(MathF.Pow(2, -100));
+
     private bool LeaveOneOutCareful(Vector256<float> scale, Vector256<float> varies, Vector256<float> sum, Vector256<float> squares,
         Vector256<float> keepSquares, Vector256<float> dominant, Vector256<float> looSpread, Vector256<float> downdate)
     {
@@ -655,7 +658,10 @@ internal sealed unsafe class WindowKernel
 
             looSums[i] = looSum;
             looSquares[i] = looSS;
-            looHard |= Vector256.GreaterThan(looSS, zero) & Vector256.LessThanOrEqual(looSS, looSpread * looSum * looSum);
+            // Also hard: a leave-one-out sum of squares so small (the other K - 1 values nearly all 0 beside a tiny one) that
+            // looSum^2 and its threshold underflow float32 and its reciprocal overflows; 0 x infinity was a NaN ratio.
+            looHard |= Vector256.GreaterThan(looSS, zero)
+                & (Vector256.LessThanOrEqual(looSS, looSpread * looSum * looSum) | Vector256.LessThan(looSS, TinySquares));
         }
 
         if ((looHard & varies) != zero) return false;

@@ -70,4 +70,39 @@ public sealed class GsnrKernelTests
             Assert.True(Math.Abs(sums[i] - expected[i]) <= tolerance, $"sum {i}: expected {expected[i]}, got {sums[i]}");
         }
     }
+
+    /// <summary>
+    /// Columns of a fixed-point window seen in an end-to-end run: one minibatch dominates, and the other K - 1 values are
+    /// zeros beside one tiny value (1e-26). With that minibatch left out, the float32 sums of squares are subnormal, their
+    /// reciprocal overflowed and 0 x infinity gave a NaN leave-one-out ratio (a NaN standard error); such columns now go
+    /// to the float64 sums, which give the definition's finite values.
+    /// </summary>
+    [Fact]
+    public void Columns_whose_other_values_are_zeros_and_one_tiny_value_give_the_definitions_finite_sums()
+    {
+        const int k = 5, p = 24;
+        var g = new float[k, p];
+        for (int c = 0; c < p; c++)
+        {
+            float[] column = (c % 3) switch
+            {
+                0 => [0f, 0f, -4.417615E-26f, -3.691999E-05f, 0f],
+                1 => [0f, -0.0035044574f, 0f, -5.5633903E-25f, 0f],
+                _ => [0.3f + 0.01f * c, -0.2f, 0.1f, 0.05f * c, -0.4f],
+            };
+            for (int i = 0; i < k; i++) g[i, c] = column[i];
+        }
+
+        using var tensor = torch.tensor(g);
+        var sums = new double[3 + 2 * k];
+        GsnrKernel.Accumulate(tensor, 0, p, 0, sums);
+        var expected = Reference(g, 0, p, 0);
+        for (int i = 0; i < sums.Length; i++)
+        {
+            Assert.True(double.IsFinite(sums[i]), $"sum {i} is {sums[i]}");
+            bool isCount = i is 1 or 2 || i >= 3 + k;
+            double tolerance = isCount ? 0 : 1e-5 * Math.Max(1, Math.Abs(expected[i]));
+            Assert.True(Math.Abs(sums[i] - expected[i]) <= tolerance, $"sum {i}: expected {expected[i]}, got {sums[i]}");
+        }
+    }
 }
