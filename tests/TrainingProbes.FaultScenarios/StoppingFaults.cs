@@ -52,12 +52,7 @@ internal static class StoppingFaults
         }
 
         // Strict: the typo throws at attach.
-        var options = Options.Small(new LogCollector(), stopping: [StoppingRule.Parse("regret.relatve[fisher] > 0.8 for 2 -> warn")]);
-        options = new ProbeOptions
-        {
-            WindowSize = options.WindowSize, Interval = options.Interval, OverheadBudget = null, Output = null, Loss = options.Loss,
-            Stopping = options.Stopping, Strict = true,
-        };
+        var options = Options.Small(new LogCollector(), stopping: [StoppingRule.Parse("regret.relatve[fisher] > 0.8 for 2 -> warn")], strict: true);
         try
         {
             using var strict = ProbeSession.Attach(new Net(1), options);

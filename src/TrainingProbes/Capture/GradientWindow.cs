@@ -60,13 +60,7 @@ internal sealed class GradientWindow : IDisposable
         int sketchDimension = 0, Geometry sketchGeometries = Geometry.None, double eta = 0)
     {
         K = k;
-        var selected = new List<(string Name, Parameter Parameter)>();
-        foreach (var (name, parameter) in model.named_parameters())
-        {
-            if (!parameter.requires_grad) continue;
-            if (filter is not null && !filter(name)) continue;
-            selected.Add((name, parameter));
-        }
+        var selected = Watchable(model, filter).ToList();
 
         if (selected.Count == 0)
             throw new ArgumentException(
@@ -120,6 +114,10 @@ internal sealed class GradientWindow : IDisposable
         }
     }
 
+    /// <summary>The model's parameters a window watches: those that require a gradient and pass the filter.</summary>
+    private static IEnumerable<(string Name, Parameter Parameter)> Watchable(nn.Module model, Func<string, bool>? filter) =>
+        model.named_parameters().Where(p => p.parameter.requires_grad && (filter is null || filter(p.name))).Select(p => (p.name, p.parameter));
+
     /// <summary>
     /// How the model's parameters differ from the watched ones, or null when they do not: a watched parameter that the
     /// model no longer holds under its name (replaced, or moved to another dtype or device by <c>model.to</c>), which
@@ -150,7 +148,7 @@ internal sealed class GradientWindow : IDisposable
 
         if (current.Count == Parameters.Count) return null;   // every one of the model's parameters is watched
         var watchedNames = Parameters.Select(w => w.Name).ToHashSet(StringComparer.Ordinal);
-        var added = current.Where(p => p.Value.requires_grad && (filter is null || filter(p.Key)) && !watchedNames.Contains(p.Key)).Select(p => p.Key).ToList();
+        var added = Watchable(model, filter).Select(p => p.Name).Where(name => !watchedNames.Contains(name)).ToList();
         return added.Count == 0 ? null : $"{added.Count} parameter(s) that require a gradient are not watched (added or unfrozen after attach): {string.Join(", ", added.Take(5))}{(added.Count > 5 ? ", ..." : "")}";
     }
 

@@ -77,13 +77,6 @@ internal sealed class ProbeFailures(ILogger logger, string runId, Func<long> ste
     {
         string name = exception.GetType().Name;
         if (name.EndsWith("Exception", StringComparison.Ordinal)) name = name[..^"Exception".Length];
-        var text = new System.Text.StringBuilder(name.Length + 4);
-        for (int i = 0; i < name.Length; i++)
-        {
-            if (char.IsUpper(name[i]) && i > 0) text.Append('_');
-            text.Append(char.ToLowerInvariant(name[i]));
-        }
-
-        return text.Length == 0 ? "exception" : text.ToString();
+        return name.Length == 0 ? "exception" : System.Text.Json.JsonNamingPolicy.SnakeCaseLower.ConvertName(name);
     }
 }
