@@ -181,7 +181,7 @@ internal sealed class GradientSketch : IDisposable
             var values = Head(_chunk[segment], length).copy_(flat.narrow(0, offset, length)).mul_(Head(_signs[segment], length));
             plain?.narrow(0, shift, Dimension).index_add_(0, buckets, values, alpha);
             if (scaled is null) continue;
-            values.mul_(Head(_scale[segment], length).copy_(theta!.narrow(0, offset, length)).abs_().add_(_eta));
+            values.mul_(Head(_scale[segment], length).copy_(theta!.narrow(0, offset, length)).abs_().add_(_eta, _plus));   // add_(Scalar) alone passes an implicit alpha
             scaled.narrow(0, shift, Dimension).index_add_(0, buckets, values, alpha);
         }
     }
@@ -190,7 +190,7 @@ internal sealed class GradientSketch : IDisposable
     private static Tensor Head(Tensor table, long length) => length == TableLength ? table : table.narrow(0, 0, length);
 
     /// <summary>Folds geometry <paramref name="g"/>'s [2d] scratch of segment <paramref name="s"/> into <paramref name="target"/> [d]: buckets b and b + d add.</summary>
-    private void Fold(int g, int s, Tensor target) => target.copy_(_low[g][s]).add_(_high[g][s]);
+    private void Fold(int g, int s, Tensor target) => target.copy_(_low[g][s]).add_(_high[g][s], _plus);
 
     /// <summary>
     /// The memory a session with <see cref="WindowStorage.Sketch"/> and the built-in probes adds, in bytes, for

@@ -1,4 +1,5 @@
 using TorchSharp;
+using TrainingProbes.Interop;
 using static TorchSharp.torch;
 
 namespace TrainingProbes.Curvature;
@@ -76,12 +77,12 @@ internal sealed class HessianOperator : IDisposable
                 Tensor? t = null;
                 foreach (var p in this.parameters)
                 {
-                    var term = p.sum().mul(0.0);
-                    t = t is null ? term : t.add(term);
+                    var term = p.sum().mul(Scalars.Zero);
+                    t = t is null ? term : t.add(term, Scalars.One);
                 }
 
                 ownedTouch = t!.DetachFromDisposeScope();
-                var total = loss.sum().add(ownedTouch);
+                var total = loss.sum().add(ownedTouch, Scalars.One);
                 var grads = torch.autograd.grad([total], this.parameters, retain_graph: true, create_graph: true, allow_unused: true);
                 for (int k = 0; k < grads.Count; k++)
                 {
@@ -164,7 +165,7 @@ internal sealed class HessianOperator : IDisposable
                     }
 
                     var u = scaling is null ? v[k].detach() : v[k].detach().mul(scaling[k]);
-                    dot = dot.add(gradient[k].mul(u).sum());
+                    dot = dot.add(gradient[k].mul(u).sum(), Scalars.One);
                 }
             }
 

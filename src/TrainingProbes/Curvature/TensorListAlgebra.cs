@@ -1,4 +1,5 @@
 using TorchSharp;
+using TrainingProbes.Interop;
 using static TorchSharp.torch;
 
 namespace TrainingProbes.Curvature;
@@ -45,7 +46,7 @@ internal static class TensorListAlgebra
         CheckSameLength(x, y);
         for (int k = 0; k < x.Count; k++)
         {
-            y[k].addcmul_(x[k], alpha, 1);
+            y[k].addcmul_(x[k], alpha, Scalars.One);
         }
     }
 
@@ -53,9 +54,11 @@ internal static class TensorListAlgebra
     public static void Axpy(double alpha, IReadOnlyList<Tensor> x, IReadOnlyList<Tensor> y)
     {
         CheckSameLength(x, y);
+        using var scalars = new ScalarScope();   // an implicit scalar can be finalized during the native call (see Scalars)
+        var a = scalars[alpha];
         for (int k = 0; k < x.Count; k++)
         {
-            y[k].add_(x[k], alpha);
+            y[k].add_(x[k], a);
         }
     }
 
@@ -96,7 +99,7 @@ internal static class TensorListAlgebra
             var p = like[k];
             result[k] = drawn is not null && !drawn[k]
                 ? torch.zeros_like(p)
-                : torch.randint(0, 2, p.shape, dtype: p.dtype, device: p.device, generator: generator).mul_(2).sub_(1);
+                : torch.randint(0, 2, p.shape, dtype: p.dtype, device: p.device, generator: generator).mul_(Scalars.Two).add_(Scalars.MinusOne, Scalars.One);
         }
 
         return result;

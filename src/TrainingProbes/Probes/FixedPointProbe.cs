@@ -3,6 +3,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using TrainingProbes.Capture;
 using TrainingProbes.Curvature;
+using TrainingProbes.Interop;
 using TrainingProbes.Statistics;
 using static TorchSharp.torch;
 
@@ -224,7 +225,7 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
     {
         using var scope = torch.NewDisposeScope();
         for (int s = 0; s < direction.Length; s++)
-            _work!.Segments[s].copy_(_theta!.Segments[s] + step.to(direction[s].dtype) * direction[s]);
+            _work!.Segments[s].copy_(_theta!.Segments[s].add(step.to(direction[s].dtype).mul(direction[s]), Scalars.One));
         _work!.StoreToParameters();
     }
 
@@ -239,7 +240,7 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
         Tensor Direction(Func<int, Tensor> gradientOfSegment, out Tensor[] perSegment)
         {
             var scaled = Enumerable.Range(0, segments.Count).Select(s => d[s] is null ? gradientOfSegment(s) : gradientOfSegment(s) * d[s]!).ToArray();
-            var norm = torch.stack(scaled.Select(h => h.square().sum(ScalarType.Float64)).ToArray()).sum().sqrt();
+            var norm = torch.stack(scaled.Select(h => h.mul(h).sum(ScalarType.Float64)).ToArray()).sum().sqrt();
             perSegment = Enumerable.Range(0, segments.Count)
                 .Select(s => (d[s] is null ? scaled[s] : scaled[s] * d[s]!) / norm.to(scaled[s].dtype)).ToArray();
             return norm;
@@ -248,10 +249,11 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
         var thetaNorm = torch.stack(Enumerable.Range(0, segments.Count).Select(s =>
         {
             var theta = _theta!.Segments[s];
-            var inverse = d[s] is null ? theta : (theta / d[s]!).masked_fill_(d[s]! <= 0, 0);
-            return inverse.square().sum(ScalarType.Float64);
+            var inverse = d[s] is null ? theta : (theta / d[s]!).masked_fill_(d[s]!.le(Scalars.Zero), Scalars.Zero);
+            return inverse.mul(inverse).sum(ScalarType.Float64);
         }).ToArray()).sum().sqrt();
-        var eps = _options.RadiusIsRelative ? thetaNorm * _options.Radius : torch.tensor(_options.Radius, dtype: ScalarType.Float64);
+        using var scalars = new ScalarScope();   // an implicit scalar can be finalized during the native call (see Scalars)
+        var eps = _options.RadiusIsRelative ? thetaNorm.mul(scalars[_options.Radius]) : torch.tensor(_options.Radius, dtype: ScalarType.Float64);
 
         var descent = new Tensor[k][];
         for (int i = 0; i < k; i++)

@@ -1,4 +1,5 @@
 using TorchSharp;
+using TrainingProbes.Interop;
 using static TorchSharp.torch;
 
 namespace TrainingProbes.Probes;
@@ -29,7 +30,8 @@ internal sealed class LossProbe : TrainingProbe
     public override void OnWindowClosed(ProbeWindowContext window)
     {
         if (_filled == 0 || _losses is null) return;
-        window.Report(Indicators.Loss, _losses.sum() / _filled);
+        using var scalars = new ScalarScope();   // an implicit scalar can be finalized during the native call (see Scalars)
+        window.Report(Indicators.Loss, _losses.sum().div_(scalars[_filled]));
         _filled = 0;
     }
 

@@ -1,5 +1,6 @@
 using TorchSharp;
 using TrainingProbes.Capture;
+using TrainingProbes.Interop;
 using static TorchSharp.torch;
 
 namespace TrainingProbes.Probes;
@@ -103,12 +104,15 @@ internal sealed class ParameterDriftProbe : TrainingProbe
         _norm = 0;
         _pending = first.Length;
         for (int s = 0; s < first.Length; s++)
-            window.Fetch(torch.stack([(last[s] - first[s]).square().sum(ScalarType.Float64), first[s].square().sum(ScalarType.Float64)]), host =>
+        {
+            var moved = last[s].sub(first[s]);
+            window.Fetch(torch.stack([moved.mul_(moved).sum(ScalarType.Float64), first[s].mul(first[s]).sum(ScalarType.Float64)]), host =>
             {
                 _moved += host[0];
                 _norm += host[1];
                 if (--_pending == 0) Report(window, _moved, _norm);
             });
+        }
     }
 
     private static void Report(ProbeWindowContext window, double moved, double norm) =>

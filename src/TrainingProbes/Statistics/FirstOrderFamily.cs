@@ -1,5 +1,6 @@
 using TorchSharp;
 using TrainingProbes.Capture;
+using TrainingProbes.Interop;
 using static TorchSharp.torch;
 
 namespace TrainingProbes.Statistics;
@@ -99,7 +100,7 @@ internal sealed class FirstOrderFamily : IDisposable
                 for (int i = 0; i < _geometries.Length; i++)
                 {
                     var h = sketch.Windows[sketch.IndexOf(_geometries[i])][s].to(ScalarType.Float64);
-                    sums.narrow(0, i * k * k, k * k).view(k, k).add_(h.mm(h.t()));
+                    sums.narrow(0, i * k * k, k * k).view(k, k).add_(h.mm(h.t()), Scalars.One);
                 }
 
                 window.Fetch(sums, AddSegment);
@@ -140,7 +141,7 @@ internal sealed class FirstOrderFamily : IDisposable
             var host = new double[SumsLength(k)];
             WindowKernel.Accumulate(segment.Gradients, s, start, count, Whitening, _geometries, _options.GsnrEpsilon, host);
             using var add = torch.tensor(host, ScalarType.Float64, sums.device);
-            sums.add_(add);
+            sums.add_(add, Scalars.One);
             return;
         }
 
@@ -156,8 +157,8 @@ internal sealed class FirstOrderFamily : IDisposable
             for (int i = 0; i < _geometries.Length; i++)
             {
                 var d = Whitening.Chunk(_geometries[i], s, offset, length, g.dtype);
-                var h = d is null ? g : g * d;
-                grams[i].add_(h.mm(h.t()));
+                var h = d is null ? g : g.mul(d);
+                grams[i].add_(h.mm(h.t()), Scalars.One);
             }
 
             AccumulateGsnr(g, gsnr, k, segment.Gradients.dtype, _options.GsnrEpsilon);
@@ -178,18 +179,21 @@ internal sealed class FirstOrderFamily : IDisposable
     {
         // Everything per coordinate in float64: squares of large float32 gradients overflow (inf / inf is NaN). Two
         // passes by hand: torch's var over the leading dimension of [K, P] is ~20x slower on CPU.
+        // Every scalar is explicit and kept alive until the end (see Scalars); call inside a dispose scope.
+        using var scalars = new ScalarScope();
         var g64 = g.to(ScalarType.Float64);
         var sum = g64.sum([0]);
-        var mean = sum / k;
-        var centered = g64 - mean;
+        var mean = sum.div(scalars[k]);
+        var centered = g64.sub(mean);
         var squares = centered.mul_(centered);
         var sumSquares = squares.sum([0]);
         // A coordinate varies when its K values are not all equal and their spread is above the rounding of the
         // gradients' dtype (K values one ulp apart are rounding, and would give a ratio of 1 / eps^2).
-        var rounding = mean.abs().mul_(RoundingFactor * Epsilon(stored));
+        var rounding = mean.abs().mul_(scalars[RoundingFactor * Epsilon(stored)]);
         rounding.mul_(rounding);
-        var varies = g.amax([0]).ne_(g.amin([0])).logical_and_(sumSquares.gt(rounding.mul(k - 1)));
-        var ratio = (mean.square() / (sumSquares / (k - 1) + epsilon)).masked_fill_(varies.logical_not(), 0);
+        var varies = g.amax([0]).ne_(g.amin([0])).logical_and_(sumSquares.gt(rounding.mul(scalars[k - 1])));
+        var variance = sumSquares.div(scalars[k - 1]).add_(scalars[epsilon], Scalars.One);
+        var ratio = mean.mul(mean).div_(variance).masked_fill_(varies.logical_not(), Scalars.Zero);
 
         // Leave-one-out: the mean and the sum of squares of the other K - 1 values, summed directly (a downdate of the
         // full sums, m_(i) = (sum - g_i) / (K - 1), cancels when minibatch i is an outlier or the only nonzero value).
@@ -204,18 +208,18 @@ internal sealed class FirstOrderFamily : IDisposable
         }
 
         var looMean = torch.stack(looMeans);
-        var looVariance = torch.stack(looSquares).div_(Math.Max(k - 2, 1));
-        var looRounding = looMean.abs().mul_(RoundingFactor * Epsilon(stored));
+        var looVariance = torch.stack(looSquares).div_(scalars[Math.Max(k - 2, 1)]);
+        var looRounding = looMean.abs().mul_(scalars[RoundingFactor * Epsilon(stored)]);
         looRounding.mul_(looRounding);
         // Other K - 1 values all 0 give a variance of exactly 0, which is not above the threshold: no noise.
         var looVaries = looVariance.gt(looRounding).logical_and_(varies);
-        var looRatio = looMean.mul_(looMean).div_(looVariance.add_(epsilon)).masked_fill_(looVaries.logical_not(), 0);
+        var looRatio = looMean.mul_(looMean).div_(looVariance.add_(scalars[epsilon], Scalars.One)).masked_fill_(looVaries.logical_not(), Scalars.Zero);
 
         gsnr.add_(torch.cat([
             torch.stack([ratio.sum(), varies.sum().to(ScalarType.Float64), torch.tensor((double)g.shape[1], ScalarType.Float64, g.device)]),
             looRatio.sum([1]),
             looVaries.sum([1]).to(ScalarType.Float64),
-        ]));
+        ]), Scalars.One);
     }
 
     /// <summary>How many units of the dtype's rounding (eps |mean|) a coordinate's standard deviation must exceed to count as noise.</summary>

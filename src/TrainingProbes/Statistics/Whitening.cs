@@ -1,6 +1,7 @@
 using System.Runtime.Intrinsics;
 using TorchSharp;
 using TrainingProbes.Capture;
+using TrainingProbes.Interop;
 using static TorchSharp.torch;
 
 namespace TrainingProbes.Statistics;
@@ -134,8 +135,9 @@ internal sealed unsafe class Whitening : IDisposable
         {
             if (Managed(parameter.Segment)) continue;   // FoldManaged set its floor
             using var scope = torch.NewDisposeScope();
+            using var scalars = new ScalarScope();
             var mean = _fisher.Segments[parameter.Segment].narrow(0, parameter.Offset, parameter.Count).mean();
-            _floor.Segments[parameter.Segment].narrow(0, parameter.Offset, parameter.Count).copy_(mean * _floorFraction);
+            _floor.Segments[parameter.Segment].narrow(0, parameter.Offset, parameter.Count).copy_(mean.mul(scalars[_floorFraction]));
         }
     }
 
@@ -195,7 +197,11 @@ internal sealed unsafe class Whitening : IDisposable
             }
 
             if (_floor is not null)
-                _floor.Segments[s].narrow(0, parameter.Offset, parameter.Count).fill_(sum / parameter.Count * _floorFraction);
+            {
+                using var scalars = new ScalarScope();
+                using var view = _floor.Segments[s].narrow(0, parameter.Offset, parameter.Count);
+                view.fill_(scalars[sum / parameter.Count * _floorFraction]);
+            }
         }
     }
 
@@ -234,11 +240,12 @@ internal sealed unsafe class Whitening : IDisposable
     private void Fold(Tensor g, Tensor fisher)
     {
         // to() returns the tensor itself when it is float64 already: square out of place then, never in the buffer.
-        var squares = g.dtype == ScalarType.Float64 ? g.square() : g.to(ScalarType.Float64);
+        var squares = g.dtype == ScalarType.Float64 ? g.mul(g) : g.to(ScalarType.Float64);
         if (g.dtype != ScalarType.Float64) squares.mul_(squares);
         // A non-finite mean square (a NaN or infinite gradient) leaves F as it was there: it would poison F for good.
         var update = squares.mean([0]);
-        var updated = fisher * _decay + update * (1 - _decay);
+        using var scalars = new ScalarScope();
+        var updated = fisher.mul(scalars[_decay]).add_(update.mul(scalars[1 - _decay]), Scalars.One);
         fisher.copy_(torch.where(update.isfinite(), updated, fisher));
     }
 
@@ -256,14 +263,18 @@ internal sealed unsafe class Whitening : IDisposable
                 return null;
             case Geometry.Fisher:
             {
+                using var scalars = new ScalarScope();
                 var fisher = Required(_fisher, geometry).Segments[segment].narrow(0, offset, length);
                 var raised = _floor is null
-                    ? fisher * _biasCorrection
-                    : torch.maximum(fisher, _floor.Segments[segment].narrow(0, offset, length)).mul_(_biasCorrection);
-                return raised.rsqrt_().masked_fill_(fisher <= 0, 0).to(dtype);
+                    ? fisher.mul(scalars[_biasCorrection])
+                    : torch.maximum(fisher, _floor.Segments[segment].narrow(0, offset, length)).mul_(scalars[_biasCorrection]);
+                return raised.rsqrt_().masked_fill_(fisher.le(Scalars.Zero), Scalars.Zero).to(dtype);
             }
             case Geometry.Adaptive:
-                return Required(_theta, geometry).Segments[segment].narrow(0, offset, length).to(dtype).abs() + _eta;
+            {
+                using var scalars = new ScalarScope();
+                return Required(_theta, geometry).Segments[segment].narrow(0, offset, length).to(dtype).abs().add_(scalars[_eta], Scalars.One);
+            }
             default:
                 throw new ArgumentOutOfRangeException(nameof(geometry), geometry, "One geometry at a time.");
         }

@@ -1,0 +1,145 @@
+using System.Reflection.Emit;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace TrainingProbes.Tests.Interop;
+
+/// <summary>
+/// TorchSharp passes a <see cref="Scalar"/>'s native handle to native code and keeps no reference to the wrapper during
+/// the call: a scalar made by an implicit conversion, here or inside TorchSharp, can be finalized by a collection on
+/// another thread while the call reads it (the README's known issues). These tests read the compiled TrainingProbes
+/// assemblies and TorchSharp's: no TrainingProbes call may reach native code with such a scalar.
+/// </summary>
+public sealed class NativeLifetimeTests
+{
+    private const string ImplicitScalar = "TorchSharp.Scalar::op_Implicit(";
+    private const string ToScalar = "TorchSharp.ScalarExtensionMethods::ToScalar(";
+
+    private static readonly string[] OurAssemblies =
+    [
+        typeof(ProbeSession).Assembly.Location,
+        typeof(TrainingProbes.Prometheus.PrometheusScrapeEndpoint).Assembly.Location,
+        typeof(TrainingProbes.Reporting.ProbeReport).Assembly.Location,
+    ];
+
+    /// <summary>
+    /// TorchSharp's methods that make a scalar (implicitly or with ToScalar) and pass it on, directly or through other
+    /// TorchSharp methods; each with the first call of the chain.
+    /// </summary>
+    private static readonly Lazy<Dictionary<string, string>> TorchSharpHazards = new(() =>
+    {
+        var calls = CompiledCalls.Read(typeof(torch).Assembly.Location).GroupBy(c => c.Caller).ToDictionary(g => g.Key, g => g.Select(c => c.Callee).ToList());
+        var hazards = new Dictionary<string, string>();
+        foreach (var (caller, callees) in calls)
+            if (callees.FirstOrDefault(c => c.StartsWith(ImplicitScalar, StringComparison.Ordinal) || c.StartsWith(ToScalar, StringComparison.Ordinal)) is { } made)
+                hazards[caller] = made;
+        for (bool grew = true; grew;)
+        {
+            grew = false;
+            foreach (var (caller, callees) in calls)
+                if (!hazards.ContainsKey(caller) && callees.FirstOrDefault(hazards.ContainsKey) is { } via)
+                {
+                    hazards[caller] = $"{via} <- {hazards[via]}";
+                    grew = true;
+                }
+        }
+
+        return hazards;
+    });
+
+    private static List<string> ScalarHazardsIn(string assembly) => CompiledCalls.Read(assembly)
+        .Where(c => c.Callee.StartsWith(ImplicitScalar, StringComparison.Ordinal) || TorchSharpHazards.Value.ContainsKey(c.Callee))
+        .Select(c => $"{c.Caller} calls {c.Callee}" + (TorchSharpHazards.Value.TryGetValue(c.Callee, out var via) ? $" (which makes a scalar: {via})" : ""))
+        .Distinct()
+        .ToList();
+
+    [Fact]
+    public void No_TrainingProbes_call_hands_TorchSharp_a_scalar_that_can_be_finalized_during_the_call()
+    {
+        var found = OurAssemblies.SelectMany(ScalarHazardsIn).ToList();
+        Assert.True(found.Count == 0,
+            "Implicit scalars (a double or int where TorchSharp takes a Scalar, or a TorchSharp method that makes one, such as " +
+            "add_(Tensor), square() or t * 0.5): use Interop.Scalars, a ScalarScope or a field instead.\n" + string.Join("\n", found));
+    }
+
+    [Fact]
+    public void Explicit_scalars_are_held_by_a_field_or_a_scalar_scope()
+    {
+        var loose = OurAssemblies.SelectMany(CompiledCalls.Read)
+            .Where(c => c.Callee.StartsWith(ToScalar, StringComparison.Ordinal))
+            .Where(c => c.Next != OpCodes.Stfld && c.Next != OpCodes.Stsfld && !c.Caller.StartsWith("TrainingProbes.Interop.ScalarScope::", StringComparison.Ordinal))
+            .Select(c => c.Caller)
+            .ToList();
+        Assert.True(loose.Count == 0, "A ToScalar() whose result is neither stored in a field nor made by a ScalarScope can be finalized during the call it is passed to:\n" + string.Join("\n", loose));
+    }
+
+    /// <summary>What the two tests above would miss if the reading of the compiled code were wrong.</summary>
+    [Fact]
+    public void The_reading_finds_the_scalars_TorchSharp_makes_out_of_sight()
+    {
+        var hazards = TorchSharpHazards.Value;
+        Assert.Contains("TorchSharp.torch/Tensor::add_(TorchSharp.torch/Tensor)", hazards.Keys);   // add_(t, 1)
+        Assert.Contains("TorchSharp.torch/Tensor::square()", hazards.Keys);                         // pow(2)
+        Assert.Contains("TorchSharp.torch/Tensor::op_Multiply(TorchSharp.torch/Tensor,Double)", hazards.Keys);
+        Assert.Contains(hazards.Keys, m => m.StartsWith("TorchSharp.Modules.SGD::<step>", StringComparison.Ordinal));
+        Assert.Contains(hazards.Keys, m => m.StartsWith("TorchSharp.Modules.Adam::<step>", StringComparison.Ordinal));
+        Assert.DoesNotContain("TorchSharp.torch/Tensor::add_(TorchSharp.torch/Tensor,TorchSharp.Scalar)", hazards.Keys);
+        Assert.DoesNotContain("TorchSharp.torch/Tensor::mul(TorchSharp.torch/Tensor)", hazards.Keys);
+
+        // And this assembly's own fixture, written the natural way, is caught.
+        var fixture = ScalarHazardsIn(typeof(NativeLifetimeTests).Assembly.Location).Where(h => h.Contains(nameof(WrittenTheNaturalWay), StringComparison.Ordinal)).ToList();
+        Assert.Equal(3, fixture.Count);
+        Assert.Contains(fixture, h => h.Contains("::add_(TorchSharp.torch/Tensor)", StringComparison.Ordinal));
+        Assert.Contains(fixture, h => h.Contains(ImplicitScalar + "Double)", StringComparison.Ordinal));
+        Assert.Contains(fixture, h => h.Contains("::square()", StringComparison.Ordinal));
+    }
+
+    private static void WrittenTheNaturalWay(Tensor a, Tensor b)
+    {
+        a.add_(b);
+        a.mul_(0.5);
+        using var squared = b.square();
+    }
+
+    [Theory]
+    [InlineData(0.0, 0.0, 0.0, false, false)]
+    [InlineData(0.9, 0.0, 0.0, false, false)]
+    [InlineData(0.9, 0.1, 1e-3, false, false)]
+    [InlineData(0.5, 0.0, 1e-2, true, false)]
+    [InlineData(0.9, 0.0, 0.0, false, true)]
+    public void GcSafeSgd_takes_the_same_steps_as_TorchSharps_SGD(double momentum, double dampening, double weightDecay, bool nesterov, bool maximize)
+    {
+        var (reference, referenceModel) = Build(p => optim.SGD(p, 0.05, momentum, dampening, weightDecay, nesterov, maximize));
+        var (safe, safeModel) = Build(p => new GcSafeSgd(p, 0.05, momentum, dampening, weightDecay, nesterov, maximize));
+        var generator = new Generator(11);
+        for (int step = 0; step < 12; step++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var x = torch.randn([8, 6], generator: generator);
+            var y = torch.randint(0, 3, [8], generator: generator);
+            foreach (var (optimizer, model) in new[] { (reference, referenceModel), (safe, safeModel) })
+            {
+                optimizer.zero_grad();
+                nn.functional.cross_entropy(model.call(x), y).backward();
+                optimizer.step();
+            }
+
+            foreach (var (expected, actual) in referenceModel.parameters().Zip(safeModel.parameters()))
+                Assert.True(Identical(expected, actual), $"step {step}: the parameters differ from torch.optim.SGD's");
+        }
+
+        Assert.False(referenceModel.parameters().Zip(Build(_ => null!).Model.parameters()).All(p => Identical(p.First, p.Second)), "training did not move the parameters");
+    }
+
+    /// <summary>Bit for bit: the same values in the same order.</summary>
+    private static bool Identical(Tensor a, Tensor b) =>
+        a.data<float>().ToArray().Select(BitConverter.SingleToInt32Bits).SequenceEqual(b.data<float>().ToArray().Select(BitConverter.SingleToInt32Bits));
+
+    private static (optim.Optimizer Optimizer, nn.Module<Tensor, Tensor> Model) Build(Func<IEnumerable<Parameter>, optim.Optimizer> optimizer)
+    {
+        torch.manual_seed(5);
+        var model = nn.Sequential(nn.Linear(6, 7), nn.Tanh(), nn.Linear(7, 3));
+        return (optimizer(model.parameters()), model);
+    }
+}
