@@ -41,7 +41,7 @@ public sealed class FaultScenarioTests
     }
 
     /// <summary>Runs the scenario program; the exit code, or -1 when it was killed at the time limit.</summary>
-    private static (int Code, string Output) Run(string argument, TimeSpan limit)
+    internal static (int Code, string Output) Run(string argument, TimeSpan limit)
     {
         string assembly = ScenarioAssembly;
         if (!File.Exists(assembly))
