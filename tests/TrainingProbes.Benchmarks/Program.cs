@@ -8,6 +8,7 @@
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- bdn [BenchmarkDotNet arguments]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- memory [P] [full|bfloat16|sketch]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- steps [P] [windows]
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- scrapes [collections] [cached]   (bytes allocated per /metrics scrape, against a static page)
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- all      (every suite above that issue 11 asks for, under ten minutes)
 //
 // The kernels suite measures one window's statistics (the step family, per geometry set) and the drift probe through
@@ -61,6 +62,12 @@ if (args.Length > 0 && args[0] == "all")
     }
 
     Console.WriteLine($"== done in {allClock.Elapsed.TotalMinutes:F1} minutes");
+    return;
+}
+
+if (args.Length > 0 && args[0] == "scrapes")
+{
+    ScrapeSuite.Run(args.Length > 1 ? int.Parse(args[1]) : 60, args.Length > 2 ? int.Parse(args[2]) : 2000);
     return;
 }
 
