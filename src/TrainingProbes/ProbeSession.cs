@@ -292,8 +292,8 @@ public sealed class ProbeSession : IDisposable
     /// <summary>The attributes every metric of this session carries: run id, and worker when set.</summary>
     internal KeyValuePair<string, object?>[] SessionAttributes => _telemetry.SessionAttributes;
 
-    /// <summary>The attributes of one published value (called on the exporter's thread).</summary>
-    internal KeyValuePair<string, object?>[] Attributes(in IndicatorValue value) => _telemetry.Attributes(value);
+    /// <summary>What the gauges read from this session.</summary>
+    internal SessionTelemetry Telemetry => _telemetry;
 
     /// <summary>
     /// Records one training step: call it after <c>loss.backward()</c> and before <c>optimizer.step()</c>.

@@ -80,14 +80,27 @@ internal static class ProbeMetrics
         }
     }
 
+    /// <summary>The gauge's measurements in every live session: one session's own array when only one has any (no copy).</summary>
     private static IEnumerable<Measurement<double>> Observe(string name)
     {
+        Measurement<double>[]? only = null;
+        List<Measurement<double>>? several = null;
         foreach (var reference in Volatile.Read(ref _sessions))
         {
             if (!reference.TryGetTarget(out var session)) continue;
-            foreach (var value in session.CurrentValues)
-                if (value.Name == name && session.Exports(value)) yield return new Measurement<double>(value.Value, session.Attributes(value));
+            var measurements = session.MeasurementsOf(name);
+            if (measurements.Length == 0) continue;
+            if (only is null && several is null)
+            {
+                only = measurements;
+                continue;
+            }
+
+            several ??= [.. only!];
+            several.AddRange(measurements);
         }
+
+        return several ?? (IEnumerable<Measurement<double>>?)only ?? [];
     }
 
     private static IEnumerable<Measurement<long>> ObserveSteps()

@@ -1,3 +1,4 @@
+using System.Diagnostics.Metrics;
 using TrainingProbes.Session;
 using TrainingProbes.Stopping;
 
@@ -47,17 +48,42 @@ internal sealed class SessionTelemetry
     /// <summary>The last value of every series (what the gauges report).</summary>
     public IReadOnlyList<IndicatorValue> CurrentValues => _publisher.Current;
 
+    /// <summary>
+    /// The measurements of <paramref name="name"/>'s gauge: one per series the registered instrumentation exports, with
+    /// its attributes. They are built once per change of the current values (a window, a reported value), on the first
+    /// collection after it, and shared by every collection until the next change: a scrape between two windows
+    /// allocates nothing here. Called on the exporters' threads.
+    /// </summary>
+    public Measurement<double>[] MeasurementsOf(string name)
+    {
+        var current = _publisher.Current;
+        bool layers = TrainingProbesInstrumentation.LayerValuesExported;
+        var table = Volatile.Read(ref _measurements);
+        if (table is null || !ReferenceEquals(table.Source, current) || table.Layers != layers)
+        {
+            table = new MeasurementTable(current, layers, current
+                .Where(v => v.Layer is null || layers)
+                .GroupBy(v => v.Name, StringComparer.Ordinal)
+                .ToDictionary(g => g.Key, g => g.Select(v => new Measurement<double>(v.Value, Attributes(v))).ToArray(), StringComparer.Ordinal));
+            Volatile.Write(ref _measurements, table);   // two exporters racing here build the same table; either one serves
+        }
+
+        return table.ByName.TryGetValue(name, out var measurements) ? measurements : [];
+    }
+
+    private MeasurementTable? _measurements;
+
+    /// <summary>The gauges' measurements, by instrument name, for one array of current values.</summary>
+    private sealed record MeasurementTable(IReadOnlyList<IndicatorValue> Source, bool Layers, Dictionary<string, Measurement<double>[]> ByName);
+
     /// <summary>Steps the session has seen.</summary>
     public long Steps => _scheduler.Steps;
-
-    /// <summary>Whether the registered instrumentation exports <paramref name="value"/> (per-layer values can be left out).</summary>
-    public bool Exports(in IndicatorValue value) => value.Layer is null || TrainingProbesInstrumentation.LayerValuesExported;
 
     /// <summary>A reported value's gauge (a user's validation loss, say) exists from its first report.</summary>
     public static void OnReported(string name) => ProbeMetrics.EnsureInstrument(name);
 
-    /// <summary>The attributes of one published value (called on the exporter's thread).</summary>
-    public KeyValuePair<string, object?>[] Attributes(in IndicatorValue value)
+    /// <summary>The attributes of one published value.</summary>
+    private KeyValuePair<string, object?>[] Attributes(in IndicatorValue value)
     {
         var attributes = new List<KeyValuePair<string, object?>>(SessionAttributes.Length + 3);
         attributes.AddRange(SessionAttributes);

@@ -82,6 +82,56 @@ public sealed class TelemetryTests
         }
     }
 
+    [Fact]
+    public void Gauges_build_their_measurements_once_per_window_and_report_every_session()
+    {
+        torch.manual_seed(13);
+        var models = new[] { nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)) };
+        var optimizers = models.Select(m => optim.SGD(m.parameters(), 0.1)).ToArray();
+        var sessions = models.Select((m, i) => ProbeSession.Attach(m, new ProbeOptions { RunId = $"gauges-{i}", WindowSize = 2, Interval = 3, Output = null, OverheadBudget = null }, optimizers[i])).ToArray();
+        var generator = new Generator(5);
+        void Train(int steps)
+        {
+            for (int i = 0; i < steps; i++)
+                for (int s = 0; s < sessions.Length; s++)
+                {
+                    using var scope = torch.NewDisposeScope();
+                    var x = torch.randn([12, 6], generator: generator);
+                    var y = torch.randint(0, 3, [12], generator: generator);
+                    optimizers[s].zero_grad();
+                    var loss = nn.functional.cross_entropy(models[s].call(x), y);
+                    loss.backward();
+                    sessions[s].Step(loss);
+                    optimizers[s].step();
+                }
+
+            foreach (var session in sessions) session.Flush();
+        }
+
+        try
+        {
+            Train(3);
+            // Between two windows every collection reads the same measurements: nothing is built per scrape.
+            var first = sessions[0].Telemetry.MeasurementsOf(Indicators.Loss);
+            Assert.Same(first, sessions[0].Telemetry.MeasurementsOf(Indicators.Loss));
+            Assert.Equal(sessions[0].Latest!.Get(Indicators.Loss), Assert.Single(first).Value);
+
+            Train(3);
+            var second = sessions[0].Telemetry.MeasurementsOf(Indicators.Loss);
+            Assert.NotSame(first, second);
+            Assert.Equal(sessions[0].Latest!.Get(Indicators.Loss), Assert.Single(second).Value);
+
+            // The gauge reports both sessions' series, each with its own value.
+            var losses = MeterReader.Collect().Where(m => m.Instrument == TrainingProbesMeter.InstrumentPrefix + Indicators.Loss).ToList();
+            for (int s = 0; s < sessions.Length; s++)
+                Assert.Equal(sessions[s].Latest!.Get(Indicators.Loss), Assert.Single(losses, m => m.RunId == $"gauges-{s}").Value);
+        }
+        finally
+        {
+            foreach (var session in sessions) session.Dispose();
+        }
+    }
+
     // Per-layer values: OneThetaTests.Per_layer_values_are_the_one_theta_indicators_of_that_parameter_alone.
 
     [Fact]
