@@ -107,7 +107,9 @@ var model = settings.Model == "cnn"
         nn.Linear(Pixels, 128), nn.ReLU(),
         nn.Linear(128, 128), nn.ReLU(),
         nn.Linear(128, Classes));
-var optimizer = torch.optim.SGD(model.parameters(), learningRate: settings.LearningRate, momentum: 0.9);
+// torch.optim.SGD with a step whose scalars stay alive: the same steps, bit for bit, but immune to TorchSharp 0.107's
+// freed-scalar fault when other threads collect garbage, as the /metrics endpoint's do (README, "Known issues").
+var optimizer = new GcSafeSgd(model.parameters(), lr: settings.LearningRate, momentum: 0.9);
 var lossFunction = nn.CrossEntropyLoss();
 
 // The session, attached before the loop so that it carries the stopping rule and the endpoint; the one line in the

@@ -137,3 +137,45 @@ internal static class Gauges
         return values;
     }
 }
+
+/// <summary>
+/// Threads that allocate short-lived garbage until disposed: collections happen at any moment on the threads that do
+/// native work. Without <c>forceEvery</c> they allocate flat out; with it, each forces a generation-0 collection after
+/// that many 1 KB allocations and then sleeps a little (collections as often, less of the two cores spent).
+/// </summary>
+internal sealed class GarbageThreads : IDisposable
+{
+    private readonly Thread[] _threads;
+    private volatile bool _stop;
+    private readonly int _startCollections = GC.CollectionCount(0);
+
+    /// <param name="count">How many threads.</param>
+    /// <param name="forceEvery">When positive, each thread calls GC.Collect(0) after this many 1 KB allocations, then sleeps.</param>
+    /// <param name="pauseMilliseconds">How long each thread sleeps after a forced collection.</param>
+    public GarbageThreads(int count, int forceEvery = 0, int pauseMilliseconds = 1)
+    {
+        _threads = Enumerable.Range(0, count).Select(_ => new Thread(() =>
+        {
+            long n = 0;
+            while (!_stop)
+            {
+                GC.KeepAlive(new byte[1024]);
+                if (forceEvery > 0 && ++n % forceEvery == 0)
+                {
+                    GC.Collect(0);
+                    Thread.Sleep(pauseMilliseconds);
+                }
+            }
+        }) { IsBackground = true, Name = "garbage" }).ToArray();
+        foreach (var thread in _threads) thread.Start();
+    }
+
+    /// <summary>Generation-0 collections since the threads started.</summary>
+    public int Collections => GC.CollectionCount(0) - _startCollections;
+
+    public void Dispose()
+    {
+        _stop = true;
+        foreach (var thread in _threads) thread.Join();
+    }
+}

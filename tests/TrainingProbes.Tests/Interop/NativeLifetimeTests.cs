@@ -143,3 +143,65 @@ public sealed class NativeLifetimeTests
         return (optimizer(model.parameters()), model);
     }
 }
+
+/// <summary>
+/// A temporary tensor has the same race as a scalar (a tensor passed as an argument outside a dispose scope crashed a
+/// trial with SIGSEGV): TrainingProbes makes every tensor inside a dispose scope, which holds it until the scope ends.
+/// TorchSharp counts, per thread, the tensors made outside any scope.
+/// </summary>
+public sealed class DisposeScopeCoverageTests
+{
+    [Fact]
+    public void Steps_and_windows_make_no_tensor_outside_a_dispose_scope_on_either_thread()
+    {
+        torch.manual_seed(2);
+        var model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3));
+        var optimizer = optim.SGD(model.parameters(), 0.1, momentum: 0.5);
+        static Tensor Loss(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
+        var fixedPoint = new FixedPointProbe(new FixedPointOptions { Loss = Loss, Minibatches = 3, Every = 2, PowerIterations = 3, TraceSamples = 2 });
+        using var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            Loss = Loss, WindowSize = 3, Interval = 4, Output = null, OverheadBudget = null,
+            Geometries = Geometry.Euclidean | Geometry.Fisher | Geometry.Adaptive, Probes = [fixedPoint],
+        }, optimizer);
+        var generator = new Generator(3);
+        long OutsideOnWorker() => session.Worker.Read(() => DisposeScopeManager.Statistics.TensorStatistics.CreatedOutsideScopeCount);
+        // The count does see a tensor made outside a scope, on this thread and on the worker.
+        long control = DisposeScopeManager.Statistics.TensorStatistics.CreatedOutsideScopeCount;
+        torch.zeros(1).Dispose();
+        Assert.Equal(control + 1, DisposeScopeManager.Statistics.TensorStatistics.CreatedOutsideScopeCount);
+        long workerControl = OutsideOnWorker();
+        session.Worker.Read(() => { torch.zeros(1).Dispose(); return 0; });
+        Assert.Equal(workerControl + 1, OutsideOnWorker());
+
+        long trainingBefore = 0, trainingDuring = 0, workerBefore = OutsideOnWorker();
+        for (int step = 0; step < 40; step++)
+        {
+            Tensor x, y, loss;
+            using (torch.NewDisposeScope())   // the trainer's tensors; the probe is called after this scope has ended
+            {
+                x = torch.randn([10, 6], generator: generator).DetachFromDisposeScope();
+                y = torch.randint(0, 3, [10], generator: generator).DetachFromDisposeScope();
+                optimizer.zero_grad();
+                loss = Loss(model.call(x), y).DetachFromDisposeScope();
+                loss.backward();
+            }
+
+            // No scope is open: whatever the probe's calls make outside a scope of their own is counted.
+            long before = DisposeScopeManager.Statistics.TensorStatistics.CreatedOutsideScopeCount;
+            session.Step(loss, x, y);
+            trainingDuring += DisposeScopeManager.Statistics.TensorStatistics.CreatedOutsideScopeCount - before;
+            x.Dispose();
+            y.Dispose();
+            loss.Dispose();
+            optimizer.step();
+        }
+
+        long flushBefore = DisposeScopeManager.Statistics.TensorStatistics.CreatedOutsideScopeCount;
+        session.Flush();
+        trainingDuring += DisposeScopeManager.Statistics.TensorStatistics.CreatedOutsideScopeCount - flushBefore;
+        Assert.True(fixedPoint.Runs >= 3, $"{fixedPoint.Runs} active windows ran");
+        Assert.Equal(trainingBefore, trainingDuring);
+        Assert.Equal(workerBefore, OutsideOnWorker());
+    }
+}
