@@ -25,7 +25,7 @@ internal static class UpstreamFaults
         using var x = zeros(16);
         using var y = ones(16);
         using var alpha = 0.5.ToScalar();
-        Reproduce("x.add_(y, alpha: 0.5)", () => x.add_(y, alpha: 0.5), "x.add_(y, alpha) with a kept scalar", () => x.add_(y, alpha), TimeSpan.FromSeconds(60));
+        Reproduce("x.add_(y, alpha: 0.5)", () => x.add_(y, alpha: 0.5), "x.add_(y, alpha) with a kept scalar", () => x.add_(y, alpha), TimeSpan.FromSeconds(120));
     }
 
     [Reproduction("a bare TorchSharp training loop (MLP, optim.SGD with momentum) with no TrainingProbes code")]
@@ -34,7 +34,7 @@ internal static class UpstreamFaults
         var batches = Batches();
         var plain = Loop(p => optim.SGD(p, 0.01, momentum: 0.9), batches);
         var safe = Loop(p => new GcSafeSgd(p, 0.01, momentum: 0.9), batches);
-        Reproduce("optim.SGD's step", plain, "GcSafeSgd's step", safe, TimeSpan.FromSeconds(90));
+        Reproduce("optim.SGD's step", plain, "GcSafeSgd's step", safe, TimeSpan.FromSeconds(150));
     }
 
     /// <summary>64 batches made before the garbage threads start (making them uses implicit scalars too).</summary>

@@ -19,7 +19,8 @@ public sealed class FaultScenarioTests
         {
             var build = new DirectoryInfo(AppContext.BaseDirectory);   // .../tests/TrainingProbes.FaultTests/bin/<Configuration>/<tfm>/
             var tests = build.Parent!.Parent!.Parent!.Parent!;
-            return Path.Combine(tests.FullName, "TrainingProbes.FaultScenarios", "bin", build.Parent!.Name, build.Name, "TrainingProbes.FaultScenarios.dll");
+            // Always the Release build (the project file says why).
+            return Path.Combine(tests.FullName, "TrainingProbes.FaultScenarios", "bin", "Release", build.Name, "TrainingProbes.FaultScenarios.dll");
         }
     }
 
@@ -48,7 +49,7 @@ public sealed class FaultScenarioTests
     {
         string assembly = ScenarioAssembly;
         if (!File.Exists(assembly))
-            throw new FileNotFoundException($"The fault scenarios are not built at {assembly}; build the solution (dotnet build) first.");
+            throw new FileNotFoundException($"The fault scenarios are not built at {assembly}; build the fault tests (dotnet build tests/TrainingProbes.FaultTests) first.");
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         start.ArgumentList.Add(assembly);
         start.ArgumentList.Add(argument);

@@ -22,8 +22,8 @@ namespace TrainingProbes;
 /// This class derives from <see cref="SGD"/> and overrides only <see cref="step"/>: the same update, option by option
 /// (momentum, dampening, weight decay, Nesterov, maximize), on the same state, parameter groups, learning-rate
 /// schedulers and <c>state_dict</c>; a unit test compares its parameters with <see cref="SGD"/>'s after every step.
-/// Each scalar is made explicitly, held until the step ends, and disposed. Other TorchSharp optimizers (Adam, AdamW,
-/// RMSProp, ...) have the same fault.
+/// Each scalar is made explicitly, held until the step ends, and disposed. Other TorchSharp optimizers have the same
+/// fault: <see cref="GcSafeAdam"/> and <see cref="GcSafeAdamW"/> replace Adam and AdamW.
 /// </para>
 /// </remarks>
 public sealed class GcSafeSgd : SGD

@@ -51,7 +51,7 @@ internal sealed class SessionTelemetry
     /// <summary>
     /// The measurements of <paramref name="name"/>'s gauge: one per series the registered instrumentation exports, with
     /// its attributes. They are built once per change of the current values (a window, a reported value), on the first
-    /// collection after it, and shared by every collection until the next change: a scrape between two windows
+    /// collection after it, and shared by every collection until the next change: a collection between two windows
     /// allocates nothing here. Called on the exporters' threads.
     /// </summary>
     public Measurement<double>[] MeasurementsOf(string name)
@@ -59,22 +59,62 @@ internal sealed class SessionTelemetry
         var current = _publisher.Current;
         bool layers = TrainingProbesInstrumentation.LayerValuesExported;
         var table = Volatile.Read(ref _measurements);
-        if (table is null || !ReferenceEquals(table.Source, current) || table.Layers != layers)
-        {
-            table = new MeasurementTable(current, layers, current
-                .Where(v => v.Layer is null || layers)
-                .GroupBy(v => v.Name, StringComparer.Ordinal)
-                .ToDictionary(g => g.Key, g => g.Select(v => new Measurement<double>(v.Value, Attributes(v))).ToArray(), StringComparer.Ordinal));
-            Volatile.Write(ref _measurements, table);   // two exporters racing here build the same table; either one serves
-        }
-
+        if (table is null || !ReferenceEquals(table.Source, current) || table.Layers != layers) table = Build(current, layers);
         return table.ByName.TryGetValue(name, out var measurements) ? measurements : [];
     }
 
+    /// <summary>
+    /// The table for <paramref name="current"/>. What it allocates is what a window changed: the arrays of the table, and
+    /// a measurement (its copy of the attributes) per series whose value changed; a series' attributes are made once.
+    /// </summary>
+    private MeasurementTable Build(IReadOnlyList<IndicatorValue> current, bool layers)
+    {
+        lock (_tableGate)
+        {
+            var table = _measurements;
+            if (table is not null && ReferenceEquals(table.Source, current) && table.Layers == layers) return table;   // another exporter's
+
+            var counts = new Dictionary<string, int>(StringComparer.Ordinal);
+            foreach (var value in current)
+                if (value.Layer is null || layers) counts[value.Name] = counts.GetValueOrDefault(value.Name) + 1;
+            var byName = new Dictionary<string, Measurement<double>[]>(counts.Count, StringComparer.Ordinal);
+            foreach (var (name, count) in counts) byName[name] = new Measurement<double>[count];
+            foreach (var value in current)
+            {
+                if (value.Layer is not null && !layers) continue;
+                var key = (value.Name, value.Probe, value.Geometry, value.Layer);
+                if (!_lastMeasurement.TryGetValue(key, out var measurement) || BitConverter.DoubleToInt64Bits(measurement.Value) != BitConverter.DoubleToInt64Bits(value.Value))
+                {
+                    measurement = new Measurement<double>(value.Value, AttributesOf(value));
+                    _lastMeasurement[key] = measurement;
+                }
+
+                int remaining = --counts[value.Name];
+                var row = byName[value.Name];
+                row[row.Length - 1 - remaining] = measurement;
+            }
+
+            table = new MeasurementTable(current, layers, byName);
+            Volatile.Write(ref _measurements, table);
+            return table;
+        }
+    }
+
+    private readonly object _tableGate = new();
     private MeasurementTable? _measurements;
+    private readonly Dictionary<(string Name, string Probe, Geometry Geometry, string? Layer), Measurement<double>> _lastMeasurement = [];
+    private readonly Dictionary<(string Probe, Geometry Geometry, string? Layer), KeyValuePair<string, object?>[]> _attributes = [];
 
     /// <summary>The gauges' measurements, by instrument name, for one array of current values.</summary>
     private sealed record MeasurementTable(IReadOnlyList<IndicatorValue> Source, bool Layers, Dictionary<string, Measurement<double>[]> ByName);
+
+    /// <summary>The attributes of a series (made once per probe, geometry and layer; under the table's lock).</summary>
+    private KeyValuePair<string, object?>[] AttributesOf(in IndicatorValue value)
+    {
+        var key = (value.Probe, value.Geometry, value.Layer);
+        if (!_attributes.TryGetValue(key, out var attributes)) _attributes[key] = attributes = Attributes(value);
+        return attributes;
+    }
 
     /// <summary>Steps the session has seen.</summary>
     public long Steps => _scheduler.Steps;

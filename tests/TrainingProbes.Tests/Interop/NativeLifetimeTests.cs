@@ -112,6 +112,30 @@ public sealed class NativeLifetimeTests
     {
         var (reference, referenceModel) = Build(p => optim.SGD(p, 0.05, momentum, dampening, weightDecay, nesterov, maximize));
         var (safe, safeModel) = Build(p => new GcSafeSgd(p, 0.05, momentum, dampening, weightDecay, nesterov, maximize));
+        TrainSideBySide(reference, referenceModel, safe, safeModel, "SGD");
+    }
+
+    [Theory]
+    [InlineData(false, 0.0, false, false)]
+    [InlineData(false, 1e-2, false, false)]
+    [InlineData(false, 1e-2, true, false)]
+    [InlineData(false, 0.0, false, true)]
+    [InlineData(true, 0.0, false, false)]
+    [InlineData(true, 5e-2, false, false)]
+    [InlineData(true, 5e-2, true, true)]
+    public void GcSafeAdam_and_GcSafeAdamW_take_the_same_steps_as_TorchSharps(bool decoupled, double weightDecay, bool amsgrad, bool maximize)
+    {
+        var (reference, referenceModel) = Build(p => decoupled
+            ? optim.AdamW(p, 0.01, 0.8, 0.95, 1e-6, weightDecay, amsgrad, maximize)
+            : optim.Adam(p, 0.01, 0.8, 0.95, 1e-6, weightDecay, amsgrad, maximize));
+        var (safe, safeModel) = Build(p => decoupled
+            ? new GcSafeAdamW(p, 0.01, 0.8, 0.95, 1e-6, weightDecay, amsgrad, maximize)
+            : new GcSafeAdam(p, 0.01, 0.8, 0.95, 1e-6, weightDecay, amsgrad, maximize));
+        TrainSideBySide(reference, referenceModel, safe, safeModel, decoupled ? "AdamW" : "Adam");
+    }
+
+    private static void TrainSideBySide(optim.Optimizer reference, nn.Module<Tensor, Tensor> referenceModel, optim.Optimizer safe, nn.Module<Tensor, Tensor> safeModel, string name)
+    {
         var generator = new Generator(11);
         for (int step = 0; step < 12; step++)
         {
@@ -126,7 +150,7 @@ public sealed class NativeLifetimeTests
             }
 
             foreach (var (expected, actual) in referenceModel.parameters().Zip(safeModel.parameters()))
-                Assert.True(Identical(expected, actual), $"step {step}: the parameters differ from torch.optim.SGD's");
+                Assert.True(Identical(expected, actual), $"step {step}: the parameters differ from torch.optim.{name}'s");
         }
 
         Assert.False(referenceModel.parameters().Zip(Build(_ => null!).Model.parameters()).All(p => Identical(p.First, p.Second)), "training did not move the parameters");
