@@ -27,6 +27,20 @@ public sealed class GcSafeAdam : Adam
     {
     }
 
+    /// <summary>Creates the optimizer over parameter groups (each may set its own options); the other arguments are the defaults.</summary>
+    /// <param name="parameters">The parameter groups.</param>
+    /// <param name="lr">Learning rate.</param>
+    /// <param name="beta1">Coefficient of the running average of the gradient.</param>
+    /// <param name="beta2">Coefficient of the running average of the squared gradient.</param>
+    /// <param name="eps">Added to the denominator for numerical stability.</param>
+    /// <param name="weight_decay">Weight decay.</param>
+    /// <param name="amsgrad">Uses the AMSGrad variant.</param>
+    /// <param name="maximize">Maximize the objective instead of minimizing it.</param>
+    public GcSafeAdam(IEnumerable<ParamGroup> parameters, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, double weight_decay = 0, bool amsgrad = false, bool maximize = false)
+        : base(parameters, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize)
+    {
+    }
+
     /// <summary>Performs one optimization step, as <see cref="Adam.step"/> does, with scalars that stay alive.</summary>
     /// <param name="closure">A closure that reevaluates the model and returns the loss; optional.</param>
     /// <returns>The closure's loss, or null.</returns>
@@ -60,6 +74,20 @@ public sealed class GcSafeAdamW : AdamW
     /// <param name="amsgrad">Uses the AMSGrad variant.</param>
     /// <param name="maximize">Maximize the objective instead of minimizing it.</param>
     public GcSafeAdamW(IEnumerable<Parameter> parameters, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, double weight_decay = 0, bool amsgrad = false, bool maximize = false)
+        : base(parameters, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize)
+    {
+    }
+
+    /// <summary>Creates the optimizer over parameter groups (each may set its own options); the other arguments are the defaults.</summary>
+    /// <param name="parameters">The parameter groups.</param>
+    /// <param name="lr">Learning rate.</param>
+    /// <param name="beta1">Coefficient of the running average of the gradient.</param>
+    /// <param name="beta2">Coefficient of the running average of the squared gradient.</param>
+    /// <param name="eps">Added to the denominator for numerical stability.</param>
+    /// <param name="weight_decay">Weight decay.</param>
+    /// <param name="amsgrad">Uses the AMSGrad variant.</param>
+    /// <param name="maximize">Maximize the objective instead of minimizing it.</param>
+    public GcSafeAdamW(IEnumerable<ParamGroup> parameters, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, double weight_decay = 0, bool amsgrad = false, bool maximize = false)
         : base(parameters, lr, beta1, beta2, eps, weight_decay, amsgrad, maximize)
     {
     }

@@ -21,7 +21,9 @@ namespace TrainingProbes;
 /// <para>
 /// This class derives from <see cref="SGD"/> and overrides only <see cref="step"/>: the same update, option by option
 /// (momentum, dampening, weight decay, Nesterov, maximize), on the same state, parameter groups, learning-rate
-/// schedulers and <c>state_dict</c>; a unit test compares its parameters with <see cref="SGD"/>'s after every step.
+/// schedulers and <c>state_dict</c>; unit tests compare its parameters with <see cref="SGD"/>'s after every step. Its
+/// constructors take the arguments of <see cref="SGD"/>'s (the learning rate is <c>lr</c>, where the factory
+/// <c>torch.optim.SGD</c> names it <c>learningRate</c>).
 /// Each scalar is made explicitly, held until the step ends, and disposed. Other TorchSharp optimizers have the same
 /// fault: <see cref="GcSafeAdam"/> and <see cref="GcSafeAdamW"/> replace Adam and AdamW.
 /// </para>
@@ -37,6 +39,19 @@ public sealed class GcSafeSgd : SGD
     /// <param name="nesterov">Enables Nesterov momentum.</param>
     /// <param name="maximize">Maximize the objective instead of minimizing it.</param>
     public GcSafeSgd(IEnumerable<Parameter> parameters, double lr, double momentum = 0.0, double dampening = 0, double weight_decay = 0, bool nesterov = false, bool maximize = false)
+        : base(parameters, lr, momentum, dampening, weight_decay, nesterov, maximize)
+    {
+    }
+
+    /// <summary>Creates the optimizer over parameter groups (each may set its own options); the other arguments are the defaults.</summary>
+    /// <param name="parameters">The parameter groups.</param>
+    /// <param name="lr">Learning rate.</param>
+    /// <param name="momentum">Momentum factor.</param>
+    /// <param name="dampening">Dampening for momentum.</param>
+    /// <param name="weight_decay">Weight decay (L2 penalty).</param>
+    /// <param name="nesterov">Enables Nesterov momentum.</param>
+    /// <param name="maximize">Maximize the objective instead of minimizing it.</param>
+    public GcSafeSgd(IEnumerable<ParamGroup> parameters, double lr, double momentum = 0.0, double dampening = 0, double weight_decay = 0, bool nesterov = false, bool maximize = false)
         : base(parameters, lr, momentum, dampening, weight_decay, nesterov, maximize)
     {
     }

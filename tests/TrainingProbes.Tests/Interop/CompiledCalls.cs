@@ -14,9 +14,11 @@ namespace TrainingProbes.Tests.Interop;
 internal sealed record CallSite(string Caller, string Callee, OpCode? Next);
 
 /// <summary>
-/// The call instructions (<c>call</c>, <c>callvirt</c>, <c>newobj</c>) of every method body of a compiled assembly,
+/// The call instructions (<c>call</c>, <c>callvirt</c>, <c>newobj</c>, and <c>ldftn</c>/<c>ldvirtftn</c>, which make a
+/// delegate that calls the method) of every method body of a compiled assembly,
 /// read from its metadata and IL with System.Reflection.Metadata, without loading it. A method is named by its declaring
-/// type, name and parameter types, so that a call in one assembly matches the definition in another.
+/// type, name and parameter types, so that a call in one assembly matches the definition in another. A virtual or
+/// interface call is named by the method it names, not by the overrides it may reach.
 /// </summary>
 internal static class CompiledCalls
 {
@@ -69,7 +71,8 @@ internal static class CompiledCalls
                             break;
                         case OperandType.InlineMethod:
                             var token = MetadataTokens.EntityHandle(il.ReadInt32());
-                            if (op == OpCodes.Call || op == OpCodes.Callvirt || op == OpCodes.Newobj)
+                            // ldftn and ldvirtftn make a delegate that will call the method: an edge like a call.
+                            if (op == OpCodes.Call || op == OpCodes.Callvirt || op == OpCodes.Newobj || op == OpCodes.Ldftn || op == OpCodes.Ldvirtftn)
                             {
                                 sites.Add(new CallSite(caller, Names.Of(md, token), null));
                                 pending = sites.Count - 1;

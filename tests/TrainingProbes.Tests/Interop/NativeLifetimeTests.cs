@@ -64,6 +64,21 @@ public sealed class NativeLifetimeTests
     }
 
     [Fact]
+    public void Scalar_scopes_are_held_in_locals()
+    {
+        // A scope held by a local is disposed by its using block, which keeps it (and its scalars) alive until then;
+        // `t.mul_(new ScalarScope()[0.5])` would make a scope nothing holds.
+        var loose = OurAssemblies.SelectMany(CompiledCalls.Read)
+            .Where(c => c.Callee.StartsWith("TrainingProbes.Interop.ScalarScope::.ctor(", StringComparison.Ordinal))
+            .Where(c => c.Next is not { } next || !(next == OpCodes.Stloc || next == OpCodes.Stloc_S || next == OpCodes.Stloc_0
+                || next == OpCodes.Stloc_1 || next == OpCodes.Stloc_2 || next == OpCodes.Stloc_3))
+            .Select(c => c.Caller)
+            .ToList();
+        Assert.True(OurAssemblies.SelectMany(CompiledCalls.Read).Any(c => c.Callee.StartsWith("TrainingProbes.Interop.ScalarScope::.ctor(", StringComparison.Ordinal)), "no ScalarScope found: the reading is wrong");
+        Assert.True(loose.Count == 0, "A ScalarScope not held by a local (`using var scalars = new ScalarScope();`):\n" + string.Join("\n", loose));
+    }
+
+    [Fact]
     public void Explicit_scalars_are_held_by_a_field_or_a_scalar_scope()
     {
         var loose = OurAssemblies.SelectMany(CompiledCalls.Read)
@@ -83,6 +98,7 @@ public sealed class NativeLifetimeTests
         Assert.Contains("TorchSharp.torch/Tensor::square()", hazards.Keys);                         // pow(2)
         Assert.Contains("TorchSharp.torch/Tensor::op_Multiply(TorchSharp.torch/Tensor,Double)", hazards.Keys);
         Assert.Contains(hazards.Keys, m => m.StartsWith("TorchSharp.Modules.SGD::<step>", StringComparison.Ordinal));
+        Assert.Contains("TorchSharp.Modules.SGD::step(System.Func`1<TorchSharp.torch/Tensor>)", hazards.Keys);   // through its lambda (ldftn)
         Assert.Contains(hazards.Keys, m => m.StartsWith("TorchSharp.Modules.Adam::<step>", StringComparison.Ordinal));
         Assert.DoesNotContain("TorchSharp.torch/Tensor::add_(TorchSharp.torch/Tensor,TorchSharp.Scalar)", hazards.Keys);
         Assert.DoesNotContain("TorchSharp.torch/Tensor::mul(TorchSharp.torch/Tensor)", hazards.Keys);
@@ -115,6 +131,25 @@ public sealed class NativeLifetimeTests
         TrainSideBySide(reference, referenceModel, safe, safeModel, "SGD");
     }
 
+    [Fact]
+    public void GcSafeSgd_follows_parameter_groups_and_a_learning_rate_scheduler_as_SGD_does()
+    {
+        IEnumerable<SGD.ParamGroup> Groups(nn.Module<Tensor, Tensor> model)
+        {
+            var parameters = model.parameters().ToList();
+            return [new SGD.ParamGroup(parameters.Take(2), lr: 0.1, momentum: 0.5), new SGD.ParamGroup(parameters.Skip(2), lr: 0.02, momentum: 0.9, weight_decay: 1e-3)];
+        }
+
+        var (reference, referenceModel) = Build(_ => null!);
+        reference = new SGD(Groups(referenceModel), 0.05);
+        var (safe, safeModel) = Build(_ => null!);
+        safe = new GcSafeSgd(Groups(safeModel), 0.05);
+        var schedulers = new[] { optim.lr_scheduler.StepLR(reference, 3, 0.5), optim.lr_scheduler.StepLR(safe, 3, 0.5) };
+        TrainSideBySide(reference, referenceModel, safe, safeModel, "SGD", afterStep: () => { foreach (var s in schedulers) s.step(); });
+        Assert.Equal(reference.ParamGroups.Select(g => g.LearningRate), safe.ParamGroups.Select(g => g.LearningRate));
+        Assert.True(safe.ParamGroups.First().LearningRate < 0.1, "the scheduler did not lower the learning rate");
+    }
+
     [Theory]
     [InlineData(false, 0.0, false, false)]
     [InlineData(false, 1e-2, false, false)]
@@ -134,7 +169,7 @@ public sealed class NativeLifetimeTests
         TrainSideBySide(reference, referenceModel, safe, safeModel, decoupled ? "AdamW" : "Adam");
     }
 
-    private static void TrainSideBySide(optim.Optimizer reference, nn.Module<Tensor, Tensor> referenceModel, optim.Optimizer safe, nn.Module<Tensor, Tensor> safeModel, string name)
+    private static void TrainSideBySide(optim.Optimizer reference, nn.Module<Tensor, Tensor> referenceModel, optim.Optimizer safe, nn.Module<Tensor, Tensor> safeModel, string name, Action? afterStep = null)
     {
         var generator = new Generator(11);
         for (int step = 0; step < 12; step++)
@@ -149,6 +184,7 @@ public sealed class NativeLifetimeTests
                 optimizer.step();
             }
 
+            afterStep?.Invoke();
             foreach (var (expected, actual) in referenceModel.parameters().Zip(safeModel.parameters()))
                 Assert.True(Identical(expected, actual), $"step {step}: the parameters differ from torch.optim.{name}'s");
         }
