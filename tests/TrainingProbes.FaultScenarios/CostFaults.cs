@@ -34,7 +34,7 @@ internal static class CostFaults
         new Trainer(probed, session).Run(0, 40);   // the first window is left out of the session's ledger
         clock.Restart();
         var inside = new Stopwatch();
-        var optimizer = optim.SGD(probed.parameters(), 0.05);
+        var optimizer = new GcSafeSgd(probed.parameters(), 0.05);
         for (int step = 40; step < 40 + steps; step++)
         {
             using var scope = torch.NewDisposeScope();
@@ -75,7 +75,7 @@ internal static class AccumulationFaults
         {
             var log = new LogCollector();
             var model = new Net(1);
-            var optimizer = optim.SGD(model.parameters(), 0.05);
+            var optimizer = new GcSafeSgd(model.parameters(), 0.05);
             using var session = ProbeSession.Attach(model, Options.Small(log));
             for (int step = 0; step < 40; step++)
             {

@@ -41,36 +41,7 @@ internal static class GcPressureScenario
         // TorchSharp's own SGD fails within seconds here (UpstreamFaults.SgdStepFreesItsLearningRate); GcSafeSgd is the workaround.
         var optimizer = new GcSafeSgd(model.parameters(), 0.02);
 
-        using var stop = new CancellationTokenSource();
-        int scrapes = 0, errors = 0;
-        string? firstError = null;
-        void Fail(string what)
-        {
-            Interlocked.Increment(ref errors);
-            Interlocked.CompareExchange(ref firstError, what, null);
-        }
-
-        var clients = Enumerable.Range(0, 8).Select(_ => Task.Run(async () =>
-        {
-            using var http = new HttpClient();
-            while (!stop.IsCancellationRequested)
-            {
-                try
-                {
-                    // The step gauge is there from the attach (the windows counter only from the first window).
-                    string text = await http.GetStringAsync($"http://127.0.0.1:{port}/metrics");
-                    if (text.Contains("trainingprobes_training_step", StringComparison.Ordinal)) Interlocked.Increment(ref scrapes);
-                    else Fail("a page without the step gauge: " + text[..Math.Min(200, text.Length)]);
-                }
-                catch (Exception ex)
-                {
-                    Fail($"{ex.GetType().Name}: {ex.Message}");
-                }
-
-                await Task.Delay(100);
-            }
-        })).ToArray();
-
+        using var clients = new ScrapeClients(port, count: 8, pauseMilliseconds: 100);
         int collections;
         var clock = System.Diagnostics.Stopwatch.StartNew();
         using (var pressure = new GarbageThreads(3, forceEvery: 64, pauseMilliseconds: 3))
@@ -84,7 +55,7 @@ internal static class GcPressureScenario
                 loss.backward();
                 session.Step(loss, x, y);
                 optimizer.step();
-                if ((step + 1) % 5000 == 0) Console.WriteLine($"step {step + 1:N0}: {clock.Elapsed.TotalSeconds:F0} s, {pressure.Collections:N0} collections, {Volatile.Read(ref scrapes)} scrapes");
+                if ((step + 1) % 5000 == 0) Console.WriteLine($"step {step + 1:N0}: {clock.Elapsed.TotalSeconds:F0} s, {pressure.Collections:N0} collections, {clients.Scrapes} scrapes");
             }
 
             session.Flush();
@@ -92,14 +63,14 @@ internal static class GcPressureScenario
         }
 
         double seconds = clock.Elapsed.TotalSeconds;
-        stop.Cancel();
-        Task.WaitAll(clients);
+        clients.Dispose();
+        int scrapes = clients.Scrapes, errors = clients.Errors;
         Console.WriteLine($"{steps:N0} steps ({dtype}, {storage}) in {seconds:F0} s under {collections:N0} collections; {session.Latest!.Window + 1} windows, " +
             $"{active?.Runs ?? 0} active windows, {scrapes} scrapes ({errors} errors), {session.FailureCount} failures");
         Check.That(session.FailureCount == 0, $"{session.FailureCount} failures: " + string.Join(" / ", log.Warnings.Take(2)));
         Check.That(session.Latest!.Window + 1 >= steps / 10 - 1, $"{session.Latest.Window + 1} windows published");
         Check.That(active is null || active.Runs >= steps / 10 / 5 - 1, $"{active?.Runs} active windows ran");
         Check.That(collections >= 1000 && collections / seconds >= 100, $"{collections} collections in {seconds:F0} s: the pressure was too light to test anything");
-        Check.That(scrapes >= steps / 100 && errors == 0, $"{scrapes} scrapes, {errors} errors, the first: {firstError}");
+        Check.That(scrapes >= steps / 100 && errors == 0, $"{scrapes} scrapes, {errors} errors, the first: {clients.FirstError}");
     }
 }

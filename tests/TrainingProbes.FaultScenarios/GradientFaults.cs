@@ -21,7 +21,7 @@ internal static class GradientFaults
             Tensor Loss(Tensor output, Tensor target) => Data.Loss(output, target) + 0.5 * decayed.pow(2).sum();
             var options = Options.Small(log, loss: Loss, filter: watchDecayed ? null : name => name != "decayed");
             using var session = ProbeSession.Attach(model, options);
-            var optimizer = optim.SGD(model.parameters(), 0.05);
+            var optimizer = new GcSafeSgd(model.parameters(), 0.05);
             for (int step = 0; step < 40; step++)
             {
                 using var scope = torch.NewDisposeScope();

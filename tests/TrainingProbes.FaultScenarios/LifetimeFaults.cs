@@ -33,7 +33,7 @@ internal static class LifetimeFaults
     private static WeakReference TrainOneLine(int seed)
     {
         var model = new Net(seed);
-        var optimizer = optim.SGD(model.parameters(), 0.05);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.05);
         for (int step = 0; step < 30; step++)
         {
             using var scope = torch.NewDisposeScope();

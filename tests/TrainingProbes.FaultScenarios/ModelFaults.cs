@@ -77,7 +77,7 @@ internal static class ModelFaults
         using var session = ProbeSession.Attach(model, Options.Small(log));
         new Trainer(model, session).Run(0, 25);
         model.to(ScalarType.Float64);
-        var optimizer = optim.SGD(model.parameters(), 0.05);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.05);
         for (int step = 25; step < 80; step++)
         {
             using var scope = torch.NewDisposeScope();

@@ -27,29 +27,9 @@ internal static class SoakScenario
         var fixedPoint = new FixedPointProbe(new FixedPointOptions { Loss = Data.Loss, Minibatches = 4, Every = 5, PowerIterations = 5, TraceSamples = 2 });
         var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = port });
         using var session = ProbeSession.Attach(model, Options.Small(log, probes: [fixedPoint, endpoint]));
-        var optimizer = optim.SGD(model.parameters(), 0.02);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.02);
 
-        using var stop = new CancellationTokenSource();
-        int scrapes = 0, errors = 0;
-        var clients = Enumerable.Range(0, 2).Select(_ => Task.Run(async () =>
-        {
-            using var http = new HttpClient();
-            while (!stop.IsCancellationRequested)
-            {
-                try
-                {
-                    string text = await http.GetStringAsync($"http://127.0.0.1:{port}/metrics");
-                    if (text.Contains("trainingprobes_", StringComparison.Ordinal)) Interlocked.Increment(ref scrapes);
-                    else Interlocked.Increment(ref errors);
-                }
-                catch (HttpRequestException)
-                {
-                    Interlocked.Increment(ref errors);
-                }
-
-                await Task.Delay(20);
-            }
-        })).ToArray();
+        using var clients = new ScrapeClients(port, count: 2, pauseMilliseconds: 20);
 
         long liveAtCheckpoint = 0, managedAtCheckpoint = 0;
         for (int step = 0; step < steps; step++)
@@ -76,14 +56,14 @@ internal static class SoakScenario
         session.Flush();
         long live = LiveTensors(session);
         long managed = GC.GetTotalMemory(forceFullCollection: true);
-        stop.Cancel();
-        Task.WaitAll(clients);
+        clients.Dispose();
+        int scrapes = clients.Scrapes, errors = clients.Errors;
         Console.WriteLine($"{session.History.Count} snapshots kept, {fixedPoint.Runs} active windows, {scrapes} scrapes ({errors} errors); " +
             $"live tensors {liveAtCheckpoint} at step {checkpoint:N0} and {live} at {steps:N0}; managed memory {managedAtCheckpoint / 1e6:F1} MB and {managed / 1e6:F1} MB; " +
             $"resident {Environment.WorkingSet / 1e6:F0} MB");
         Check.That(session.FailureCount == 0, $"{session.FailureCount} failures: " + string.Join(" / ", log.Warnings.Take(2)));
         Check.That(fixedPoint.Runs >= steps / 10 / 5 - 1, $"{fixedPoint.Runs} active windows ran");
-        Check.That(scrapes > 50 && errors == 0, $"{scrapes} scrapes, {errors} errors");
+        Check.That(scrapes > 50 && errors == 0, $"{scrapes} scrapes, {errors} errors, the first: {clients.FirstError}");
         Check.That(live == liveAtCheckpoint, $"live tensors grew from {liveAtCheckpoint} to {live} over {steps - checkpoint:N0} steps");
         Check.That(managed - managedAtCheckpoint < 2_000_000, $"managed memory grew by {(managed - managedAtCheckpoint) / 1e6:F1} MB over {steps - checkpoint:N0} steps");
     }

@@ -35,11 +35,14 @@ internal static class Data
     {
         var generator = new Generator((ulong)(7919 + step));
         var x = torch.randn([BatchSize, Features], generator: generator);
-        // A learnable rule plus noise, so that the gradients carry signal.
-        var y = (x[.., 0] + 0.5 * x[.., 1] + 0.3 * torch.randn([BatchSize], generator: generator)).gt(0).to(ScalarType.Int64)
-            + x[.., 2].gt(1).to(ScalarType.Int64);
+        // A learnable rule plus noise, so that the gradients carry signal. Scalars kept alive: several scenarios
+        // allocate on other threads (README, "Known issues").
+        var y = x[.., 0].add(x[.., 1], Half).add_(torch.randn([BatchSize], generator: generator), Noise).gt(Zero).to(ScalarType.Int64)
+            .add_(x[.., 2].gt(One).to(ScalarType.Int64), One);
         return (x, y);
     }
+
+    private static readonly Scalar Half = 0.5.ToScalar(), Noise = 0.3.ToScalar(), Zero = 0.ToScalar(), One = 1.ToScalar();
 
     public static Tensor Loss(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
 }
@@ -48,7 +51,7 @@ internal static class Data
 internal sealed class Trainer(Net model, ProbeSession? session, double learningRate = 0.05)
 {
     public Net Model { get; } = model;
-    public optim.Optimizer Optimizer { get; } = optim.SGD(model.parameters(), learningRate);
+    public optim.Optimizer Optimizer { get; } = new GcSafeSgd(model.parameters(), learningRate);
 
     /// <summary>Called after backward, before the probe: may change the gradients or the model.</summary>
     public Action<int>? AfterBackward { get; init; }
@@ -181,3 +184,62 @@ internal sealed class GarbageThreads : IDisposable
         foreach (var thread in _threads) thread.Join();
     }
 }
+
+/// <summary>
+/// Clients that fetch a /metrics page in a loop until disposed, each pausing between fetches; a page without the step
+/// gauge (there from the attach) or any exception is an error, and the first one is kept.
+/// </summary>
+internal sealed class ScrapeClients : IDisposable
+{
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Task[] _clients;
+    private int _scrapes, _errors;
+    private string? _firstError;
+
+    public ScrapeClients(int port, int count, int pauseMilliseconds)
+    {
+        _clients = Enumerable.Range(0, count).Select(_ => Task.Run(async () =>
+        {
+            using var http = new HttpClient();
+            while (!_stop.IsCancellationRequested)
+            {
+                try
+                {
+                    string text = await http.GetStringAsync($"http://127.0.0.1:{port}/metrics");
+                    if (text.Contains("trainingprobes_training_step", StringComparison.Ordinal)) Interlocked.Increment(ref _scrapes);
+                    else Fail("a page without the step gauge: " + text[..Math.Min(200, text.Length)]);
+                }
+                catch (Exception ex)
+                {
+                    Fail($"{ex.GetType().Name}: {ex.Message}");
+                }
+
+                await Task.Delay(pauseMilliseconds);
+            }
+        })).ToArray();
+    }
+
+    /// <summary>Pages served with the step gauge.</summary>
+    public int Scrapes => Volatile.Read(ref _scrapes);
+
+    /// <summary>Failed fetches and pages without the step gauge.</summary>
+    public int Errors => Volatile.Read(ref _errors);
+
+    /// <summary>The first error, or null.</summary>
+    public string? FirstError => Volatile.Read(ref _firstError);
+
+    private void Fail(string what)
+    {
+        Interlocked.Increment(ref _errors);
+        Interlocked.CompareExchange(ref _firstError, what, null);
+    }
+
+    /// <summary>Stops the clients and waits for them.</summary>
+    public void Dispose()
+    {
+        _stop.Cancel();
+        Task.WaitAll(_clients);
+        _stop.Dispose();
+    }
+}
+

@@ -19,8 +19,7 @@ public sealed class FaultScenarioTests
         {
             var build = new DirectoryInfo(AppContext.BaseDirectory);   // .../tests/TrainingProbes.FaultTests/bin/<Configuration>/<tfm>/
             var tests = build.Parent!.Parent!.Parent!.Parent!;
-            // Always the Release build (the project file says why).
-            return Path.Combine(tests.FullName, "TrainingProbes.FaultScenarios", "bin", "Release", build.Name, "TrainingProbes.FaultScenarios.dll");
+            return Path.Combine(tests.FullName, "TrainingProbes.FaultScenarios", "bin", build.Parent!.Name, build.Name, "TrainingProbes.FaultScenarios.dll");
         }
     }
 
@@ -49,7 +48,7 @@ public sealed class FaultScenarioTests
     {
         string assembly = ScenarioAssembly;
         if (!File.Exists(assembly))
-            throw new FileNotFoundException($"The fault scenarios are not built at {assembly}; build the fault tests (dotnet build tests/TrainingProbes.FaultTests) first.");
+            throw new FileNotFoundException($"The fault scenarios are not built at {assembly}; build the solution (dotnet build) first.");
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         start.ArgumentList.Add(assembly);
         start.ArgumentList.Add(argument);
