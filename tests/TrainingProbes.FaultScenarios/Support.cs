@@ -191,7 +191,7 @@ internal sealed class GarbageThreads : IDisposable
 /// </summary>
 internal sealed class ScrapeClients : IDisposable
 {
-    private readonly CancellationTokenSource _stop = new();
+    private readonly CancellationTokenSource _stop = new();   // not disposed: it has no timer, and Dispose may run twice
     private readonly Task[] _clients;
     private int _scrapes, _errors;
     private string? _firstError;
@@ -234,12 +234,12 @@ internal sealed class ScrapeClients : IDisposable
         Interlocked.CompareExchange(ref _firstError, what, null);
     }
 
-    /// <summary>Stops the clients and waits for them.</summary>
+    /// <summary>Stops the clients and waits for them (once: a scenario stops them before its checks, then its using block ends).</summary>
     public void Dispose()
     {
+        if (_stop.IsCancellationRequested) return;
         _stop.Cancel();
         Task.WaitAll(_clients);
-        _stop.Dispose();
     }
 }
 
