@@ -23,10 +23,13 @@ public sealed class FaultScenarioTests
         }
     }
 
-    public static TheoryData<string> Scenarios()
+    public static TheoryData<string> Scenarios() => Listed("--list");
+
+    /// <summary>The names the scenario program prints for <paramref name="listing"/> (--list or --list-reproductions).</summary>
+    internal static TheoryData<string> Listed(string listing)
     {
-        var (code, output) = Run("--list", TimeSpan.FromMinutes(1));
-        if (code != 0) throw new InvalidOperationException($"TrainingProbes.FaultScenarios --list exited {code}: {output}");
+        var (code, output) = Run(listing, TimeSpan.FromMinutes(1));
+        if (code != 0) throw new InvalidOperationException($"TrainingProbes.FaultScenarios {listing} exited {code}: {output}");
         var data = new TheoryData<string>();
         foreach (var name in output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)) data.Add(name);
         return data;

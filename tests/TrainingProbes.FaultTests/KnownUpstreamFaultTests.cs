@@ -14,14 +14,7 @@ public sealed class KnownUpstreamFaultTests(ITestOutputHelper log)
 {
     private static readonly TimeSpan Limit = TimeSpan.FromMinutes(3);
 
-    public static TheoryData<string> Reproductions()
-    {
-        var (code, output) = FaultScenarioTests.Run("--list-reproductions", TimeSpan.FromMinutes(1));
-        if (code != 0) throw new InvalidOperationException($"TrainingProbes.FaultScenarios --list-reproductions exited {code}: {output}");
-        var data = new TheoryData<string>();
-        foreach (var name in output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)) data.Add(name);
-        return data;
-    }
+    public static TheoryData<string> Reproductions() => FaultScenarioTests.Listed("--list-reproductions");
 
     [Theory]
     [MemberData(nameof(Reproductions))]
