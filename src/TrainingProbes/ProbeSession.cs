@@ -326,9 +326,10 @@ public sealed class ProbeSession : IDisposable
         int slot = _scheduler.BeginStep(started, out long step);
         if (slot == 0 && _pending is not null)
         {
-            // The next window never overwrites what the worker still reads, and training does not wait for the worker:
-            // while it is busy, the window moves to the next step (for at most MaxPostponed steps, then it waits).
-            if (!_pending.Job.IsCompleted && _workerWaits < MaxPostponed)
+            // The next window never overwrites what the worker still reads. Under the overhead budget training does not
+            // wait for the worker: while it is busy the window moves to the next step (for at most MaxPostponed steps,
+            // then it waits); a fixed Interval is kept, and the training thread waits.
+            if (!_pending.Job.IsCompleted && Options.OverheadBudget is not null && _workerWaits < MaxPostponed)
             {
                 _workerWaits++;
                 _scheduler.Postpone();

@@ -28,8 +28,8 @@ internal sealed class WindowScheduler : IStatefulPart
     /// collection, code compiled for the first time) does not move the schedule.</summary>
     private const int RecentWindows = 5;
 
-    /// <summary>The first windows run code for the first time: they are not charged (their steady cost is recorded).</summary>
-    private const int WarmUpWindows = 2;
+    /// <summary>The first window runs code for the first time: it is not charged (its steady cost is recorded).</summary>
+    private const int WarmUpWindows = 1;
 
     /// <summary>With a budget, the first window opens after this many steps: the ledger needs the training's pace first.</summary>
     public const int PaceSteps = 10;

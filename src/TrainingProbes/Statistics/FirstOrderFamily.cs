@@ -138,11 +138,13 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
                 var key = (device.device_type, device.device_index);
                 if (deviceTotals.TryGetValue(key, out var total)) total.add_(device, Scalars.One);
                 else deviceTotals[key] = device.clone();
-                if (_pass.FisherDevice is { } fisher) fisherSums.Add((q, fisher));
+                if (_pass.FisherDevice is { } fisher) fisherSums.Add((q, fisher.clone()));
             }
 
             if (q < _layers) PublishLayerWhenRead(q);
         }
+
+        _pass.Release();
 
         foreach (var total in deviceTotals.Values)
         {
@@ -312,7 +314,7 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         /// <summary>The parameter's host sums (managed blocks), or null.</summary>
         public double[]? Host { get; private set; }
 
-        /// <summary>The parameter's device sums (tensor blocks), or null; owned by the window job's dispose scope.</summary>
+        /// <summary>The parameter's device sums (tensor blocks), or null; valid until the next <see cref="Run"/> or <see cref="Release"/>.</summary>
         public Tensor? Device { get; private set; }
 
         public double FisherHost { get; private set; }
@@ -321,24 +323,35 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
 
         public void Run(IWindowSource source, int parameter)
         {
+            Release();
             _parameter = parameter;
             _stored = source.Stored;
             _squaresOnly = false;
             Host = null;
-            Device = null;
             FisherHost = 0;
-            FisherDevice = null;
             source.Read(parameter, this);
         }
 
         public double SumOfSquares(IWindowSource source, int parameter)
         {
+            Release();
             _parameter = parameter;
             _squaresOnly = true;
             _squares = 0;
-            _squaresDevice = null;
             source.Read(parameter, this);
             return _squares + (_squaresDevice is null ? 0 : _squaresDevice.item<double>());   // once, at the first window
+        }
+
+        /// <summary>
+        /// Frees the device sums. They live outside every dispose scope: a source hands its blocks out of scopes of its
+        /// own, which would free anything made inside them.
+        /// </summary>
+        public void Release()
+        {
+            Device?.Dispose();
+            FisherDevice?.Dispose();
+            _squaresDevice?.Dispose();
+            Device = FisherDevice = _squaresDevice = null;
         }
 
         public override void Managed(float** rows, long offset, long count)
@@ -363,16 +376,16 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
             if (_squaresOnly)
             {
                 var squares = CoordinateSums.SumOfSquares(block);
-                if (_squaresDevice is null) _squaresDevice = squares.MoveToOuterDisposeScope();
+                if (_squaresDevice is null) _squaresDevice = squares.clone().DetachFromDisposeScope();
                 else _squaresDevice.add_(squares, Scalars.One);
                 return;
             }
 
             var layout = family._layout;
-            if (Device is null) Device = torch.zeros(layout.Length, ScalarType.Float64, block.device).MoveToOuterDisposeScope();
+            if (Device is null) Device = torch.zeros(layout.Length, ScalarType.Float64, block.device).DetachFromDisposeScope();
             var state = family.Whitening.Tensors(_parameter, offset, block.shape[1], _stored);
             var fisher = CoordinateSums.Accumulate(block, state, layout, family._options.GsnrEpsilon, Device);
-            if (FisherDevice is null) FisherDevice = fisher.MoveToOuterDisposeScope();
+            if (FisherDevice is null) FisherDevice = fisher.clone().DetachFromDisposeScope();
             else FisherDevice.add_(fisher, Scalars.One);
         }
     }

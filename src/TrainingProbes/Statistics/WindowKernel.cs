@@ -89,7 +89,7 @@ internal sealed unsafe class WindowKernel
         _influence32 = (Vector256<float>*)Pinned<float>(8 * k);
         _pins = [.. pins];
         for (int i = 0; i < k; i++) _hRows[i] = _whitened + (long)i * _block;
-        for (int i = k; i < _kp; i++) _hRows[i] = _zeros;
+        for (int i = k; i < _kp; i++) _hRows[i] = _rows[i] = _zeros;   // the tiles' padding rows read zeros
     }
 
     public int K => _k;
@@ -421,8 +421,9 @@ internal sealed unsafe class WindowKernel
             return;
         }
 
+        // Where F <= 0 the raised value is 1 (a finite root) and D is 0.
         var one = Vector256<double>.One;
-        var raised = Narrow(r0, r1);
+        var raised = Narrow(Vector256.ConditionalSelect(positive0, r0, one), Vector256.ConditionalSelect(positive1, r1, one));
         var positive = Narrow(one & positive0, one & positive1);   // 1 where F > 0, else 0
         Vector256.Store(ReciprocalSqrt(raised) * positive, _dFisher + index);
     }

@@ -29,7 +29,7 @@ public sealed class SessionLifetimeTests
 
         var session = ProbeSession.Get(model)!;
         Assert.NotNull(session.Latest);   // windows closed: the buffers were used
-        return (new WeakReference(model), new WeakReference(session), new WeakReference(session.Window.Segments[0].Gradients));
+        return (new WeakReference(model), new WeakReference(session), new WeakReference(session.Windows.Theta.Segments[0]));
     }
 
     [Fact]
