@@ -264,7 +264,7 @@ public sealed class ProbeSession : IDisposable
     private string StateShape => $"{Windows.Layout.ParameterCount} parameters in {Windows.Layout.Parameters.Count} tensors, K = {Options.WindowSize}, geometries {Options.Geometries}";
 
     private IEnumerable<IStatefulPart> StatefulParts() =>
-        [_scheduler, _stopping, .. _runner.Probes.OfType<IStatefulPart>()];
+        [_scheduler, _stopping, Windows, .. _runner.Probes.OfType<IStatefulPart>()];
 
     /// <summary>The session's window data: the layout, the window's theta, the micro-batch gradients, the step ring.</summary>
     internal SessionWindows Windows { get; }
@@ -343,6 +343,7 @@ public sealed class ProbeSession : IDisposable
         }
 
         int last = Windows.Length - 1;
+        if (input is not null && target is not null) _batchSeen = true;
         if ((slot < 0 || _detached is not null) && loss is not null && _stopping.MonitorsLoss && loss.device_type == DeviceType.CPU)
             _failures.Guard("stopping", static a => a.Session.CheckLoss(a.Loss), (Session: this, Loss: loss));
         if (slot >= 0 && (_detached is not null || slot == 0 && !ParametersStillWatched()))
@@ -377,8 +378,9 @@ public sealed class ProbeSession : IDisposable
             if (!ParametersStillWatched()) CloseDetachedWindow(_scheduler.Now);
             else
             {
-                string? missing = Options.BuiltInProbes ? MicroBatchesMissing(input, target) : null;
-                if (missing is not null && last == 0 && !_gaveUpWaiting && _postponed < MaxPostponed)
+                var (missing, later) = Options.BuiltInProbes ? MicroBatchesMissing(input, target) : (null, false);
+                // A one-step window waits for a step that passes a batch, if the trainer passes batches at all.
+                if (missing is not null && later && last == 0 && _batchSeen && !_gaveUpWaiting && _postponed < MaxPostponed)
                 {
                     _postponed++;
                     _scheduler.Postpone();   // a one-step window waits for a step with a minibatch to split
@@ -401,17 +403,20 @@ public sealed class ProbeSession : IDisposable
     private const int MaxPostponed = 100;
 
     private int _postponed, _workerWaits;
-    private bool _gaveUpWaiting;
+    private bool _gaveUpWaiting, _batchSeen;
 
-    /// <summary>Why this step cannot give the window's micro-batch gradients, or null when it can.</summary>
-    private string? MicroBatchesMissing(Tensor? input, Tensor? target)
+    /// <summary>
+    /// Why this step cannot give the window's micro-batch gradients (null when it can), and whether a later step may
+    /// (the reason is this step's batch).
+    /// </summary>
+    private (string? Reason, bool Later) MicroBatchesMissing(Tensor? input, Tensor? target)
     {
-        if (LossFunction is null) return "no loss function";
-        if (Forward is null) return $"no forward function ({Model.GetType().Name} is not a Module<Tensor, Tensor>: set ProbeOptions.Forward)";
-        if (input is null || target is null) return "no input and target passed to this step";
+        if (LossFunction is null) return ("no loss function", false);
+        if (Forward is null) return ($"no forward function ({Model.GetType().Name} is not a Module<Tensor, Tensor>: set ProbeOptions.Forward)", false);
+        if (input is null || target is null) return ("no input and target passed to this step", true);
         if (input.shape.Length == 0 || input.shape[0] < Options.WindowSize)
-            return $"a batch of {(input.shape.Length == 0 ? 0 : input.shape[0])} examples, fewer than the K = {Options.WindowSize} micro-batches to split it into";
-        return null;
+            return ($"a batch of {(input.shape.Length == 0 ? 0 : input.shape[0])} examples, fewer than the K = {Options.WindowSize} micro-batches to split it into", true);
+        return (null, false);
     }
 
     /// <summary>The model's forward function for the window's passes: <see cref="ProbeOptions.Forward"/>, or the model's own <c>call</c>.</summary>

@@ -15,13 +15,12 @@ internal static class ConsoleSummary
     /// <summary>The line printed before the first window's, saying what the numbers are.</summary>
     public static string Legend(ProbeOptions options) =>
         "[probes] " + (options.Storage == WindowStorage.Sketch ? "" : "gsnr, ")
-        + $"cos, regret (relative) and kappa (contrastive flatness) of each window come from K = {options.WindowSize} minibatches at one theta, "
-        + (options.Storage == WindowStorage.Sketch
-            ? $"estimated from sketches of d = {options.SketchDimension} numbers (Storage = Sketch: no gsnr, no fisher geometry), "
-            : "")
+        + $"cos, regret (relative) and kappa (contrastive flatness) of each window come from the K = {options.WindowSize} micro-batches of one "
+        + "training step's minibatch at its theta, for minibatches of the trainer's size, "
         + "value±standard error (a 95% interval is about ±2 of them)"
         + (options.SmoothingWindows > 0 ? $"; their means over the last {options.SmoothingWindows} windows are published as *.smoothed" : "")
-        + "; 'step cos' is the optimizer's step-to-step cosine (negative: oscillation).";
+        + (options.StepStatistics ? "; 'step cos' is the optimizer's step-to-step cosine (negative: oscillation)" : "")
+        + ".";
 
     public static string Format(ProbeSnapshot s, Geometry geometries)
     {

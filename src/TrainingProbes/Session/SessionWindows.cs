@@ -11,7 +11,7 @@ namespace TrainingProbes.Session;
 /// (the default indicators), and, only with <see cref="ProbeOptions.StepStatistics"/>, the ring of the trainer's K step
 /// gradients. Probes read these; none allocates gradients of its own.
 /// </summary>
-internal sealed class SessionWindows : IDisposable
+internal sealed class SessionWindows : IStatefulPart, IDisposable
 {
     /// <summary>The share of the device's available memory a window's K x P buffer may take before the session sketches it.</summary>
     public const double MemoryShare = 0.25;
@@ -92,6 +92,27 @@ internal sealed class SessionWindows : IDisposable
         }
 
         return WindowStorage.Full;
+    }
+
+    public string StateKey => "windows";
+
+    /// <summary>Saves the last window's theta, from which the next window's drift is measured.</summary>
+    public void Save(SessionStateWriter state)
+    {
+        state.Set("theta_loaded", ThetaLoaded);
+        for (int s = 0; s < Theta.Segments.Length; s++) state.SetTensor($"theta.{s}", Theta.Segments[s]);
+    }
+
+    public Action Prepare(SessionStateReader state)
+    {
+        bool loaded = state.Get<bool>("theta_loaded");
+        var saved = Theta.Segments.Select((t, s) => state.GetTensor($"theta.{s}", t.shape, t.dtype)).ToArray();
+        return () =>
+        {
+            using (torch.no_grad())
+                for (int s = 0; s < saved.Length; s++) Theta.Segments[s].copy_(saved[s]);
+            ThetaLoaded = loaded;
+        };
     }
 
     public void Dispose()

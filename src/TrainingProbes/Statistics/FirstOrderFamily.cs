@@ -70,8 +70,8 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
     /// <summary>D of each geometry, as the last window used it; its state is this family's.</summary>
     public Whitening Whitening { get; }
 
-    /// <summary>s of the window's values: the trainer's batch over one gradient's (K for micro-batches, else 1).</summary>
-    private double Scale(int k) => _microBatches ? k : 1;
+    /// <summary>s of the window's values: the trainer's batch over one gradient's for micro-batches (K), else null.</summary>
+    private double? Scale(int k) => _microBatches ? k : null;
 
     /// <summary>
     /// Computes the family of <paramref name="source"/>'s K gradients and reports it through <paramref name="window"/>.
@@ -211,10 +211,11 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         }
 
         if (!(_total[_layout.Gsnr + 2] > 0)) return;   // sketches: no per-coordinate values
-        var (gsnr, gsnrError) = GsnrStatistics.FromSums(_total.AsSpan(_layout.Gsnr), k, Scale(k));
+        double scale = Scale(k) ?? 1;
+        var (gsnr, gsnrError) = GsnrStatistics.FromSums(_total.AsSpan(_layout.Gsnr), k, scale);
         int series = _layout.Geometries.Count * n;
         Publish(window, series, Indicators.Gsnr, gsnr, gsnrError, Geometry.None);
-        double eb = k / Scale(k);   // EB tests the mean of the K gradients: K units of one gradient's GSNR
+        double eb = k / scale;   // EB tests the mean of the K gradients: K units of one gradient's GSNR
         Publish(window, series + 1, Indicators.EbCriterion, -eb * gsnr, eb * gsnrError, Geometry.None);
     }
 
@@ -255,7 +256,7 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
                 window.Report(_prefix + definition.Name, definition.FromGram!(_summary), _layout.Geometries[index], layer);
         }
 
-        window.Report(_prefix + Indicators.Gsnr, GsnrStatistics.FromSums(sums[_layout.Gsnr..], k, Scale(k)).Value, Geometry.None, layer);
+        window.Report(_prefix + Indicators.Gsnr, GsnrStatistics.FromSums(sums[_layout.Gsnr..], k, Scale(k) ?? 1).Value, Geometry.None, layer);
     }
 
     /// <summary>Saves what carries from window to window: the whitening's Fisher average, floors and update count, and the smoother.</summary>

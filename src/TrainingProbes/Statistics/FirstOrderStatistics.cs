@@ -7,7 +7,15 @@ namespace TrainingProbes.Statistics;
 /// </summary>
 /// <remarks>
 /// <para>
-/// Most members describe a minibatch gradient of the trainer's batch size b, through two moments of the window:
+/// When each of the K gradients is a minibatch's (the step family, the fixed-point probe), the members are the pairwise
+/// means of the specification: the cosine <c>mean_{i != j} G_ij / (n_i n_j)</c>, the regret
+/// <c>mean_{i != j} n_j - G_ij / n_i</c>, the relative regret <c>sum r_ij / sum n_j</c>, the mean norm, the norm of the
+/// mean gradient, the contrastive flatness <c>mean n_i / ||gbar||</c>, the noise, the disparity <c>mean ||g_i - g_j||</c>
+/// and the tests of Byrd et al. and Bollapragada et al. for the mean of the K gradients.
+/// </para>
+/// <para>
+/// When the K gradients are micro-batches of one minibatch (the default window), the members describe a minibatch
+/// gradient of the trainer's batch size b instead, through two moments of the window:
 /// <c>S = mean_{i != j} G_ij</c>, which estimates <c>|m|^2</c> (m the expected gradient) without bias, and
 /// <c>T = mean_i G_ii - S</c>, which estimates the trace of one window gradient's covariance. A window gradient carries
 /// 1/s of the trainer's batch (s = K for the K micro-batches of one batch, 1 when each gradient is a minibatch), so the
@@ -44,13 +52,102 @@ internal readonly record struct FirstOrderStatistics(
     /// <summary>Computes the family from a row-major K x K Gram matrix.</summary>
     /// <param name="gram">Row-major Gram matrix, length K*K, symmetric.</param>
     /// <param name="k">Number of gradients in the window (at least 2).</param>
-    /// <param name="scale">s, the trainer's batch over one window gradient's (K for micro-batches of one batch, else 1).</param>
+    /// <param name="scale">s, the trainer's batch over one micro-batch gradient's for micro-batches of one minibatch; null
+    /// when each gradient is a minibatch's (the pairwise means).</param>
     /// <param name="quantile">Quantile of the pairwise regret reported as <see cref="RegretUpper"/>.</param>
     /// <param name="scratch">Scratch space of at least K*(K-1) doubles (reused to avoid allocation).</param>
-    public static FirstOrderStatistics FromGram(ReadOnlySpan<double> gram, int k, double scale, double quantile, Span<double> scratch)
+    public static FirstOrderStatistics FromGram(ReadOnlySpan<double> gram, int k, double? scale, double quantile, Span<double> scratch)
     {
         if (k < 2) throw new ArgumentOutOfRangeException(nameof(k), k, "A window needs at least two gradients.");
         if (gram.Length < k * k) throw new ArgumentException($"Gram matrix needs {k * k} entries, got {gram.Length}.", nameof(gram));
+        return scale is { } s ? MicroBatches(gram, k, s, quantile, scratch) : Minibatches(gram, k, quantile, scratch);
+    }
+
+    /// <summary>The pairwise means of K minibatch gradients.</summary>
+    private static FirstOrderStatistics Minibatches(ReadOnlySpan<double> gram, int k, double quantile, Span<double> scratch)
+    {
+        double sumNorm = 0, sumSq = 0, sumAll = 0;
+        for (int i = 0; i < k; i++)
+        {
+            double gii = Math.Max(gram[i * k + i], 0);
+            sumNorm += Math.Sqrt(gii);
+            sumSq += gii;
+            for (int j = 0; j < k; j++) sumAll += gram[i * k + j];
+        }
+
+        double meanNorm = sumNorm / k;
+        double meanSq = sumSq / k;
+        double meanGradSq = Math.Max(sumAll / ((double)k * k), 0);   // ||gbar||^2
+        double meanGradNorm = Math.Sqrt(meanGradSq);
+
+        // Pairwise quantities over ordered pairs i != j; pairs whose reference gradient is zero have no direction and are left out.
+        double sumCos = 0, sumRegret = 0, sumRegretNorm = 0, sumDisparity = 0;
+        int cosPairs = 0, regretPairs = 0, pairs = 0;
+        for (int i = 0; i < k; i++)
+        {
+            double ni = Math.Sqrt(Math.Max(gram[i * k + i], 0));
+            for (int j = 0; j < k; j++)
+            {
+                if (i == j) continue;
+                double gij = gram[i * k + j];
+                double nj = Math.Sqrt(Math.Max(gram[j * k + j], 0));
+                double d2 = gram[i * k + i] + gram[j * k + j] - 2 * gij;
+                sumDisparity += Math.Sqrt(Math.Max(d2, 0));
+                pairs++;
+                if (ni > 0 && nj > 0)
+                {
+                    sumCos += gij / (ni * nj);
+                    cosPairs++;
+                }
+                if (ni > 0)
+                {
+                    double r = nj - gij / ni;
+                    scratch[regretPairs++] = r;
+                    sumRegret += r;
+                    sumRegretNorm += nj;
+                }
+            }
+        }
+
+        double noise = (sumSq - k * meanGradSq) / (k - 1);
+
+        // Tests of Byrd et al. (norm) and Bollapragada et al. (inner product, orthogonality), with the
+        // K minibatch gradients as the samples of the mean gradient. Each is reported as the smallest
+        // tolerance theta for which the test would pass.
+        double ipVar = 0, orth = 0;
+        for (int i = 0; i < k; i++)
+        {
+            double ai = 0;
+            for (int j = 0; j < k; j++) ai += gram[i * k + j];
+            ai /= k;                                         // <g_i, gbar>
+            ipVar += (ai - meanGradSq) * (ai - meanGradSq);
+            if (meanGradSq > 0) orth += gram[i * k + i] - ai * ai / meanGradSq;
+        }
+
+        double normTest = Math.Sqrt(Math.Max(noise, 0) / (k * meanGradSq));
+        double innerProductTest = Math.Sqrt(ipVar / ((k - 1.0) * k * meanGradSq * meanGradSq));
+        double orthogonalityTest = Math.Sqrt(Math.Max(orth, 0) / ((k - 1.0) * k * meanGradSq));
+
+        return new FirstOrderStatistics(
+            MeanNorm: meanNorm,
+            MeanGradientNorm: meanGradNorm,
+            Cosine: cosPairs > 0 ? sumCos / cosPairs : double.NaN,
+            Regret: regretPairs > 0 ? sumRegret / regretPairs : double.NaN,
+            RegretUpper: regretPairs > 0 ? Quantile(scratch[..regretPairs], quantile) : double.NaN,
+            RelativeRegret: sumRegretNorm > 0 ? sumRegret / sumRegretNorm : double.NaN,
+            JensenRatio: meanSq > 0 ? meanNorm / Math.Sqrt(meanSq) : double.NaN,
+            ContrastiveFlatness: meanGradNorm > 0 ? meanNorm / meanGradNorm : double.NaN,
+            Noise: noise,
+            Coherence: meanSq > 0 ? k * meanGradSq / meanSq : double.NaN,
+            Disparity: sumDisparity / pairs,
+            NormTest: normTest,
+            InnerProductTest: innerProductTest,
+            OrthogonalityTest: orthogonalityTest);
+    }
+
+    /// <summary>K micro-batches of one minibatch, reported for the minibatch: through S and T at the batch scale.</summary>
+    private static FirstOrderStatistics MicroBatches(ReadOnlySpan<double> gram, int k, double scale, double quantile, Span<double> scratch)
+    {
         if (!(scale >= 1)) throw new ArgumentOutOfRangeException(nameof(scale), scale, "The batch scale is at least 1.");
 
         double diagonal = 0, offDiagonal = 0, sumNorm = 0;

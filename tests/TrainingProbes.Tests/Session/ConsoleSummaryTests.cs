@@ -33,7 +33,7 @@ public sealed partial class ConsoleSummaryTests
         }
 
         var snapshot = session.Latest!;
-        Assert.Contains("K = 4 minibatches at one theta", output.ToString().Split('\n')[0]);
+        Assert.Contains("K = 4 micro-batches of one training step's minibatch at its theta", output.ToString().Split('\n')[0]);
         string line = output.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Last(l => l.StartsWith("[probes] step", StringComparison.Ordinal));
         foreach (var (label, geometry) in new[] { ("euc", Geometry.Euclidean), ("fis", Geometry.Fisher), ("ada", Geometry.Adaptive) })
         {

@@ -16,7 +16,7 @@ public sealed partial class ConsoleViewTests
         var optimizer = optim.SGD(model.parameters(), 0.05);
         var options = new ProbeOptions
         {
-            WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, RunId = "view", Loss = (o, t) => nn.functional.cross_entropy(o, t),
+            WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, RunId = "view", Loss = (o, t) => nn.functional.cross_entropy(o, t), StepStatistics = true,
             Stopping = [StoppingRule.Parse("gradient.gsnr < 0.0001 for 3")],
         };
         using var session = ProbeSession.Attach(model, options, optimizer);

@@ -26,12 +26,14 @@ internal static class ReferenceIndicators
     ];
 
     /// <summary>
-    /// The first-order family of the (already whitened) gradients <paramref name="h"/>, keyed by indicator name, for a
-    /// minibatch of <paramref name="scale"/> times one gradient's examples (K for micro-batches of one minibatch, else 1):
-    /// S = mean over pairs i != j of h_i.h_j, D = mean |h_i|^2, T_b = (D - S) / scale, A^2 = S + T_b.
+    /// The first-order family of the (already whitened) gradients <paramref name="h"/>, keyed by indicator name: with a
+    /// <paramref name="scale"/> (K for micro-batches of one minibatch), for a minibatch of scale times one gradient's
+    /// examples, through S = mean over pairs i != j of h_i.h_j, D = mean |h_i|^2, T_b = (D - S) / scale, A^2 = S + T_b;
+    /// without, the pairwise means of K minibatch gradients.
     /// </summary>
-    public static Dictionary<string, double> FirstOrder(IReadOnlyList<double[]> h, double regretQuantile, double scale = 1)
+    public static Dictionary<string, double> FirstOrder(IReadOnlyList<double[]> h, double regretQuantile, double? scale = null)
     {
+        if (scale is not { } s) return Minibatches(h, regretQuantile);
         int k = h.Count;
         int p = h[0].Length;
         var norms = h.Select(Norm).ToArray();
@@ -55,7 +57,7 @@ internal static class ReferenceIndicators
         int pairs = k * (k - 1);
         double signal = pairSum / pairs;
         double squares = norms.Select(n => n * n).Average();
-        double noise = (squares - signal) / scale;
+        double noise = (squares - signal) / s;
         double total = signal + noise;
 
         double ipSum = 0, orthSum = 0;
@@ -80,12 +82,77 @@ internal static class ReferenceIndicators
             [Indicators.ContrastiveFlatness] = signal > 0 ? Math.Sqrt(total / signal) : double.PositiveInfinity,
             [Indicators.GradientNoise] = noise,
             [Indicators.Coherence] = k * gbarSq / squares,
-            [Indicators.Disparity] = Math.Sqrt(distanceSum / pairs / scale),
+            [Indicators.Disparity] = Math.Sqrt(distanceSum / pairs / s),
             [Indicators.NormTest] = signal > 0 ? Math.Sqrt(noise / signal) : double.PositiveInfinity,
-            [Indicators.InnerProductTest] = Math.Sqrt(ipSum / (k - 1.0) / (scale * gbarSq * gbarSq)),
-            [Indicators.OrthogonalityTest] = Math.Sqrt(orthSum / (k - 1.0) / (scale * gbarSq)),
+            [Indicators.InnerProductTest] = Math.Sqrt(ipSum / (k - 1.0) / (s * gbarSq * gbarSq)),
+            [Indicators.OrthogonalityTest] = Math.Sqrt(orthSum / (k - 1.0) / (s * gbarSq)),
         };
     }
+
+    /// <summary>The pairwise means of K minibatch gradients <paramref name="h"/>, as the specification states them.</summary>
+    private static Dictionary<string, double> Minibatches(IReadOnlyList<double[]> h, double regretQuantile)
+    {
+        int k = h.Count;
+        int p = h[0].Length;
+        var norms = h.Select(Norm).ToArray();
+        var gbar = new double[p];
+        foreach (var hi in h)
+            for (int c = 0; c < p; c++) gbar[c] += hi[c] / k;
+        double gbarNorm = Norm(gbar);
+        double gbarSq = Dot(gbar, gbar);
+
+        double meanNorm = norms.Average();
+        double meanNormSq = norms.Select(n => n * n).Average();
+
+        double sumCos = 0, sumRegret = 0, sumRegretNorm = 0, sumDisparity = 0;
+        var regrets = new List<double>();
+        for (int i = 0; i < k; i++)
+        {
+            for (int j = 0; j < k; j++)
+            {
+                if (i == j) continue;
+                double dot = Dot(h[i], h[j]);
+                sumCos += dot / (norms[i] * norms[j]);
+                double r = norms[j] - dot / norms[i];
+                regrets.Add(r);
+                sumRegret += r;
+                sumRegretNorm += norms[j];
+                sumDisparity += Norm(Subtract(h[i], h[j]));
+            }
+        }
+
+        int pairs = k * (k - 1);
+        double noise = (norms.Sum(n => n * n) - k * gbarSq) / (k - 1);
+
+        double ipSum = 0, orthSum = 0;
+        foreach (var hi in h)
+        {
+            double a = Dot(hi, gbar);
+            ipSum += (a - gbarSq) * (a - gbarSq);
+            var residual = new double[p];
+            for (int c = 0; c < p; c++) residual[c] = hi[c] - a / gbarSq * gbar[c];
+            orthSum += Dot(residual, residual);
+        }
+
+        return new Dictionary<string, double>
+        {
+            [Indicators.GradientNorm] = meanNorm,
+            [Indicators.MeanGradientNorm] = gbarNorm,
+            [Indicators.Cosine] = sumCos / pairs,
+            [Indicators.Regret] = sumRegret / pairs,
+            [Indicators.RegretUpper] = LinearQuantile(regrets, regretQuantile),
+            [Indicators.RelativeRegret] = sumRegret / sumRegretNorm,
+            [Indicators.JensenRatio] = meanNorm / Math.Sqrt(meanNormSq),
+            [Indicators.ContrastiveFlatness] = meanNorm / gbarNorm,
+            [Indicators.GradientNoise] = noise,
+            [Indicators.Coherence] = k * gbarSq / meanNormSq,
+            [Indicators.Disparity] = sumDisparity / pairs,
+            [Indicators.NormTest] = Math.Sqrt(noise / (k * gbarSq)),
+            [Indicators.InnerProductTest] = Math.Sqrt(ipSum / ((k - 1.0) * k * gbarSq * gbarSq)),
+            [Indicators.OrthogonalityTest] = Math.Sqrt(orthSum / ((k - 1.0) * k * gbarSq)),
+        };
+    }
+
 
     /// <summary>
     /// Mean GSNR over all coordinates, corrected for finite K: per coordinate with K values that are not all equal,
