@@ -31,8 +31,8 @@ const string Usage = """
       --batch N             minibatch size (default 64)
       --lr X                SGD learning rate, momentum 0.9 (default 0.05)
       --label-noise P       replace the labels of this fraction of the training split by random other labels (default 0)
-      --interval N|budget   a window every N steps (default 50), or "budget": the session's default, whose 5%
-                            overhead budget sets the interval (on this small MLP, a window every few hundred steps)
+      --interval N|budget   a window every N steps, or "budget" (the default, the session's): its 5% overhead
+                            budget sets the interval
       --stop RULE|none      the stopping rule (default "gradient.gsnr < 0.01 for 3", the README's)
       --data <folder>       a full MNIST download (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], and
                             t10k-*-ubyte[.gz] for the test split); default the repository's data/mnist-10k, whose last
@@ -281,7 +281,7 @@ internal sealed record Settings(
     {
         string model = "mlp", output = Path.GetFullPath("mnist-results"), data = Mnist.DefaultDirectory;
         int epochs = 20, batch = 64, seed = 1;
-        int? steps = null, port = null, interval = 50;
+        int? steps = null, port = null, interval = null;
         double lr = 0.05, noise = 0;
         StoppingRule? stop = StoppingRule.Parse("gradient.gsnr < 0.01 for 3");
         bool help = false;
@@ -318,7 +318,7 @@ internal sealed record Settings(
                 case "--steps": steps = Integer("a number of steps", 1); break;
                 case "--interval":
                     if (i + 1 < args.Length && args[i + 1] == "budget") (interval, i) = (null, i + 1);
-                    else interval = Integer("a number of steps (at least K = 16) or budget", 16);
+                    else interval = Integer("a number of steps (at least 1) or budget", 1);
                     break;
                 case "--batch": batch = Integer("a batch size", 1); break;
                 case "--lr": lr = Number("a learning rate", 1e-9, 10); break;

@@ -623,7 +623,7 @@ public sealed class ProbeSession : IDisposable
         // Charged to the next interval: the publication, and a background job's time where the worker competes with
         // training for the cores (not the first window's, whose code ran for the first time).
         long ticks = _scheduler.Now - waiting;
-        if (pending.Job.InBackground && !pending.WarmUp) ticks += pending.Job.Ticks * _workerCharge;
+        if (pending.Job.InBackground && !pending.WarmUp) ticks += pending.Job.CpuTicks * _workerCharge;
         _scheduler.AddProbeTicks(ticks);
     }
 
