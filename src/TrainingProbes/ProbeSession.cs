@@ -100,6 +100,20 @@ public sealed class ProbeSession : IDisposable
             throw;
         }
 
+        // The window pass's code compiled on the worker now, not when the first window's statistics need it.
+        if (options.BuiltInProbes && options.BackgroundStatistics)
+            _worker.Run(() =>
+            {
+                try
+                {
+                    Statistics.WindowKernel.WarmUp(options.WindowSize);
+                }
+                catch (Exception)
+                {
+                    // Only a head start: a window whose pass fails reports it as the probe's failure.
+                }
+            });
+
         _logger.LogInformation(
             "TrainingProbes run {RunId}: watching {Parameters} parameters in {Tensors} tensors, K={K} micro-batches per window, {Schedule}, geometries {Geometries}.",
             RunId, Windows.Layout.ParameterCount, Windows.Layout.Parameters.Count, options.WindowSize,

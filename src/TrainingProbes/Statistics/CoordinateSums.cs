@@ -19,13 +19,21 @@ namespace TrainingProbes.Statistics;
 /// <c>alpha_c e_ic + beta_c e_ic^2</c> with <c>e_ic = g_ic - m_c</c>, <c>w = (K - 1) SS_c / (K (K - 2)) + epsilon</c>,
 /// <c>alpha_c = 2 m_c / ((K - 1) w)</c>, <c>beta_c = -m_c^2 / ((K - 2) w^2)</c>: the derivatives of the ratio of K - 1
 /// values at the leave-one-out average. F folds <c>q_c = SS_c / K + m_c^2</c>, the mean square, where it is finite:
-/// <c>F_c &lt;- decay F_c + (1 - decay) q_c</c>; the fisher D is <c>1 / sqrt(max(F_c, floor) x bias)</c> where F_c &gt; 0,
-/// else 0.
+/// <c>F_c &lt;- decay F_c + (1 - decay) q_c</c>; the fisher D is <c>1 / sqrt(max(F_c, floor) x bias)</c> where F_c &gt; 0
+/// and that raised value is at least <see cref="SmallestFisher"/>, else 0. Gram matrices of float32 blocks are taken
+/// with each block scaled by a power of two that brings its largest |value| near 1 (exact), so that squares of
+/// gradients near 1e20 do not overflow float32 and those near 1e-25 do not underflow.
 /// </remarks>
 internal static class CoordinateSums
 {
     /// <summary>How many units of the stored dtype's rounding a coordinate's spread must exceed to count as noise.</summary>
     public const double RoundingFactor = 8;
+
+    /// <summary>
+    /// Below this raised F (2^-250) a coordinate counts as having no Fisher information (D = 0): its F has decayed from
+    /// gradients that stopped long ago, and its D would overflow float32.
+    /// </summary>
+    public const double SmallestFisher = 5.527147875260445e-76;
 
     /// <summary>The machine epsilon of the dtype gradients are stored in (bfloat16 storage rounds float32 to 8 bits).</summary>
     public static double Epsilon(ScalarType stored) => stored switch
@@ -92,8 +100,8 @@ internal static class CoordinateSums
                     var folded = fisher.mul(scalars[state.Decay]).add_(mean2.mul(scalars[1 - state.Decay]), Scalars.One);
                     fisher.copy_(torch.where(mean2.isfinite(), folded, fisher));
                     fisherSum = fisher.sum().reshape(1);
-                    var raised = state.Floor > 0 ? fisher.clamp_min(scalars[state.Floor]) : fisher.clone();
-                    d = raised.mul_(scalars[state.Bias]).rsqrt_().masked_fill_(fisher.le(Scalars.Zero), Scalars.Zero).to(compute);
+                    var raised = (state.Floor > 0 ? fisher.clamp_min(scalars[state.Floor]) : fisher.clone()).mul_(scalars[state.Bias]);
+                    d = raised.rsqrt().masked_fill_(fisher.le(Scalars.Zero).logical_or_(raised.lt(scalars[SmallestFisher])), Scalars.Zero).to(compute);
                     break;
                 }
                 case Geometry.Adaptive:
@@ -103,10 +111,25 @@ internal static class CoordinateSums
             }
 
             var h = d is null ? gc : gc.mul(d);
-            sums.narrow(0, layout.Gram(index), k * k).view(k, k).add_(h.mm(h.t()).to(ScalarType.Float64), Scalars.One);
+            sums.narrow(0, layout.Gram(index), k * k).view(k, k).add_(Gram(h), Scalars.One);
         }
 
         return fisherSum;
+    }
+
+    /// <summary>
+    /// The Gram matrix of a block's rows, in float64. float32 rows are scaled by the power of two nearest the inverse of
+    /// their largest |value| first (exact), and the product scaled back in float64: squares of values near 1e20 would
+    /// overflow float32, and near 1e-25 underflow.
+    /// </summary>
+    private static Tensor Gram(Tensor h)
+    {
+        if (h.dtype == ScalarType.Float64) return h.mm(h.t());
+        using var scalars = new ScalarScope();
+        var exponent = h.abs().amax([0, 1]).clamp_min_(scalars[1e-38]).log2_().round_();   // max |h| is about 2^exponent
+        var scale = exponent.neg().exp2_();
+        var scaled = h.mul(scale);
+        return scaled.mm(scaled.t()).to(ScalarType.Float64).mul_(exponent.to(ScalarType.Float64).mul_(scalars[2.0]).exp2_());
     }
 
     /// <summary>The sum of squares of a block's values, in float64 (for the first window's Fisher floor).</summary>

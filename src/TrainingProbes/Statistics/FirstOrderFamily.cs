@@ -264,6 +264,7 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
     {
         state.Set("whitening.updates", Whitening.Updates);
         state.Set("whitening.floors", Whitening.Floors);
+        state.Set("whitening.floors_in_use", Whitening.FloorsInUse);
         var tensors = Whitening.StateTensors;
         for (int i = 0; i < tensors.Count; i++) state.SetTensor($"whitening.{i}", tensors[i]);
         if (_smoother is not null)
@@ -280,8 +281,8 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
     public Action Prepare(Session.SessionStateReader state)
     {
         long updates = state.Get<long>("whitening.updates");
-        double[] floors = state.Get<double[]>("whitening.floors");
-        if (floors.Length != _parameters.Parameters.Count)
+        double[] floors = state.Get<double[]>("whitening.floors"), inUse = state.Get<double[]>("whitening.floors_in_use");
+        if (floors.Length != _parameters.Parameters.Count || inUse.Length != floors.Length)
             throw new InvalidDataException($"The saved whitening has floors for {floors.Length} parameter tensors; this session watches {_parameters.Parameters.Count}.");
         var targets = Whitening.StateTensors;
         var saved = targets.Select((t, i) => state.GetTensor($"whitening.{i}", t.shape, t.dtype)).ToArray();
@@ -297,6 +298,7 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
                 for (int i = 0; i < targets.Count; i++) targets[i].copy_(saved[i]);
             Whitening.Updates = updates;
             Whitening.Floors = floors;
+            Whitening.FloorsInUse = inUse;
             smoother();
         };
     }

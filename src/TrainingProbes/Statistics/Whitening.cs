@@ -144,6 +144,18 @@ internal sealed unsafe class Whitening : IDisposable
         }
     }
 
+    /// <summary>The floors the last window used, which <see cref="Chunk"/> reads until the next (a copy; settable to restore).</summary>
+    public double[] FloorsInUse
+    {
+        get => (double[])_floors.Clone();
+        set
+        {
+            if (value.Length != _floors.Length)
+                throw new InvalidDataException($"The saved whitening has {value.Length} floors; this session watches {_floors.Length} parameter tensors.");
+            value.CopyTo(_floors, 0);
+        }
+    }
+
     /// <summary>
     /// D of <paramref name="geometry"/> for columns [<paramref name="offset"/>, <paramref name="offset"/> +
     /// <paramref name="length"/>) of segment <paramref name="segment"/>, as of the last window: a new flat tensor in
@@ -170,7 +182,8 @@ internal sealed unsafe class Whitening : IDisposable
                     part.copy_(part.clamp_min(scalars[Floor(q)]));
                 }
 
-                return raised.mul_(scalars[Bias]).rsqrt_().masked_fill_(fisher.le(Scalars.Zero), Scalars.Zero).to(dtype);
+                var scaled = raised.mul_(scalars[Bias]);
+                return scaled.rsqrt().masked_fill_(fisher.le(Scalars.Zero).logical_or_(scaled.lt(scalars[CoordinateSums.SmallestFisher])), Scalars.Zero).to(dtype);
             }
             case Geometry.Adaptive:
                 return Required(Theta, geometry).Segments[segment].narrow(0, offset, length).to(dtype).abs().add_(scalars[_eta], Scalars.One);

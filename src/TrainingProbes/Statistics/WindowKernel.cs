@@ -194,6 +194,33 @@ internal sealed unsafe class WindowKernel
         return Vector256.Sum(_fisherSum);
     }
 
+    /// <summary>
+    /// Runs the pass once on a small block (ordinary values, a column of subnormal ones for the float64 path), so that
+    /// its code is compiled before the first window needs it: the statistics worker does this when a session starts.
+    /// </summary>
+    public static void WarmUp(int k)
+    {
+        const int Columns = 72;
+        var layout = new CoordinateSums.Layout(k, [Geometry.Euclidean, Geometry.Fisher, Geometry.Adaptive]);
+        var kernel = new WindowKernel(layout, 0);
+        var values = GC.AllocateArray<float>(k * Columns, pinned: true);
+        var random = new Random(1);
+        for (int i = 0; i < values.Length; i++) values[i] = i % Columns == 3 ? 1e-40f : (float)random.NextDouble();
+        var fisher = GC.AllocateArray<double>(Columns, pinned: true);
+        var theta = GC.AllocateArray<float>(Columns, pinned: true);
+        var sums = new double[layout.Length];
+        fixed (float* start = values)
+        fixed (double* f = fisher)
+        fixed (float* t = theta)
+        {
+            var rows = stackalloc float*[k];
+            for (int i = 0; i < k; i++) rows[i] = start + i * Columns;
+            var state = new State { Fisher = f, Decay = 0.9, Floor = 1e-8, Bias = 1, Theta = t, Eta = 0, StoredEpsilon = Math.Pow(2, -23) };
+            kernel.Accumulate(rows, Columns - 3, state, sums);
+            kernel.SumOfSquares(rows, Columns);
+        }
+    }
+
     /// <summary>The sum of squares of the [K, <paramref name="count"/>] block's values, in float64 (for the first window's Fisher floor).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public double SumOfSquares(float** rows, long count)
@@ -405,8 +432,10 @@ internal sealed unsafe class WindowKernel
         var r1 = Vector256.Max(f1, floor) * bias;
         var low = Vector256.Create(1e-36);
         var high = Vector256.Create(1e36);
-        var positive0 = Vector256.GreaterThan(f0, Vector256<double>.Zero);
-        var positive1 = Vector256.GreaterThan(f1, Vector256<double>.Zero);
+        // D is 0 where F <= 0, and where the raised F is too small for D to be a float32 (SmallestFisher).
+        var smallest = Vector256.Create(CoordinateSums.SmallestFisher);
+        var positive0 = Vector256.GreaterThan(f0, Vector256<double>.Zero) & Vector256.GreaterThanOrEqual(r0, smallest);
+        var positive1 = Vector256.GreaterThan(f1, Vector256<double>.Zero) & Vector256.GreaterThanOrEqual(r1, smallest);
         var inRange = (~positive0 | (Vector256.GreaterThan(r0, low) & Vector256.LessThan(r0, high)))
             & (~positive1 | (Vector256.GreaterThan(r1, low) & Vector256.LessThan(r1, high)));
         long index = fisher - _fisherBase;
@@ -414,8 +443,8 @@ internal sealed unsafe class WindowKernel
         {
             for (int j = 0; j < 8; j++)
             {
-                double f = fisher[j];
-                _dFisher[index + j] = f > 0 ? (float)(1.0 / Math.Sqrt(Math.Max(f, state.Floor) * state.Bias)) : 0f;
+                double f = fisher[j], lifted = Math.Max(f, state.Floor) * state.Bias;
+                _dFisher[index + j] = f > 0 && lifted >= CoordinateSums.SmallestFisher ? (float)(1.0 / Math.Sqrt(lifted)) : 0f;
             }
 
             return;

@@ -422,8 +422,7 @@ public sealed class WhiteningTests
     }
 
     /// <summary>Right after a restore, before the next window, D should be the original's (as the probes read it).</summary>
-    [Fact(Skip = "Whitening bug: the Floors setter restores the floors the NEXT window will use (_next), not the ones the last window used (_floors), " +
-                 "which Chunk/Segment read: until the next Begin, a restored whitening's fisher D has no floor. Unskip when fixed.")]
+    [Fact]
     public void Right_after_a_restore_D_is_the_originals()
     {
         var windows = Gradients(2, 11);
@@ -433,22 +432,18 @@ public sealed class WhiteningTests
         foreach (var (from, to) in original.Whitening.StateTensors.Zip(restored.Whitening.StateTensors)) to.copy_(from);
         restored.Whitening.Updates = original.Whitening.Updates;
         restored.Whitening.Floors = original.Whitening.Floors;
+        restored.Whitening.FloorsInUse = original.Whitening.FloorsInUse;
         using var scope = torch.NewDisposeScope();
         for (int s = 0; s < 2; s++)
             Assert.True(Same(restored.Whitening.Segment(Geometry.Fisher, s)!, original.Whitening.Segment(Geometry.Fisher, s)!), $"D of segment {s}");
     }
 
-    private const string FisherDBug =
-        "WindowKernel bug: with a floor of 0 the managed kernel's float32 D of a coordinate with F = 0 is NaN (rsqrt(0) = inf, " +
-        "then its Newton step and the F > 0 mask give NaN), so the float32 layer's fisher Gram is NaN. A floor of 0 is " +
-        "FisherFloor = 0, or any FisherFloor for a tensor whose gradients are all zero (its floor is a fraction of its mean F, 0). " +
-        "The tensor path (float64 layer) gives D = 0. Unskip when fixed.";
 
     /// <summary>
     /// A window where one parameter tensor has no gradient (a parameter the loss does not use counts as zeros): its F
     /// and its floor are 0, its D is 0, and every fisher value of the window is finite, with or without FisherFloor.
     /// </summary>
-    [Theory(Skip = FisherDBug)]
+    [Theory]
     [InlineData(FloorFraction)]
     [InlineData(0.0)]
     public void A_tensor_without_gradient_keeps_the_fisher_values_finite(double floor)
