@@ -36,8 +36,10 @@ internal sealed class MicroBatchWindow : IWindowSource, IDisposable
         _layout = layout;
         _createBuffer = createBuffer;
         K = k;
+        // TorchSharp's modules() leaves the model itself out: a bare Linear is a model too.
+        var modules = new[] { model }.Concat(model.modules()).Distinct(ReferenceEqualityComparer.Instance).Cast<nn.Module>().ToList();
         var owners = new Dictionary<Parameter, int>(ReferenceEqualityComparer.Instance);
-        foreach (var module in model.modules())
+        foreach (var module in modules)
             foreach (var parameter in module.parameters(recurse: false))
                 owners[parameter] = owners.GetValueOrDefault(parameter) + 1;
 
@@ -45,7 +47,7 @@ internal sealed class MicroBatchWindow : IWindowSource, IDisposable
         _tapOf = new LayerTap?[layout.Parameters.Count];
         var index = new Dictionary<Parameter, int>(ReferenceEqualityComparer.Instance);
         for (int q = 0; q < layout.Parameters.Count; q++) index[layout.Parameters[q].Parameter] = q;
-        foreach (var module in model.modules())
+        foreach (var module in modules)
         {
             if (LayerTap.For(module) is not { } tap) continue;
             bool used = false;

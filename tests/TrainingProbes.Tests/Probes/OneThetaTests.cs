@@ -165,6 +165,23 @@ public sealed class OneThetaTests
         }
     }
 
+    [Fact]
+    public void A_bare_layer_as_the_model_is_tapped_too()
+    {
+        // TorchSharp's modules() leaves the model itself out; the session looks at it as well.
+        const int K = 4;
+        var (session, recomputation) = Train(K, steps: 2 * (K + 2), net: seed =>
+        {
+            torch.manual_seed(seed);
+            return nn.Linear(Inputs, Classes, dtype: ScalarType.Float64);
+        });
+        using (session)
+        {
+            Assert.False(session.Windows.MicroBatches.UsedPasses, session.Windows.MicroBatches.PassesReason);
+            AssertFamily(session, recomputation, K, windows: 2);
+        }
+    }
+
     private static nn.Module<Tensor, Tensor> Cnn(long seed)
     {
         torch.manual_seed(seed);
