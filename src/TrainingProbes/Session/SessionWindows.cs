@@ -19,11 +19,17 @@ internal sealed class SessionWindows : IStatefulPart, IDisposable
     private readonly ProbeOptions _options;
     private readonly ILogger _logger;
     private readonly TextWriter? _output;
+    private readonly Func<Device, long?> _available;
     private WindowStorage? _storage;
 
-    public SessionWindows(nn.Module model, ProbeOptions options, ILogger logger)
+    /// <param name="model">The model.</param>
+    /// <param name="options">The session's options.</param>
+    /// <param name="logger">Where the storage choice is logged.</param>
+    /// <param name="available">The memory available on a device (<see cref="DeviceMemory.Available"/>; tests pass their own).</param>
+    public SessionWindows(nn.Module model, ProbeOptions options, ILogger logger, Func<Device, long?>? available = null)
     {
         _options = options;
+        _available = available ?? DeviceMemory.Available;
         _logger = logger;
         _output = options.Output;
         Layout = new ParameterLayout(model, options.ParameterFilter);
@@ -66,14 +72,13 @@ internal sealed class SessionWindows : IStatefulPart, IDisposable
     }
 
     /// <summary>
-    /// The options with the storage the K x P buffers use: <see cref="ProbeOptions.Storage"/>, or sketches when a full
-    /// buffer would take more than <see cref="MemoryShare"/> of the memory available on its device (said once).
+    /// The storage of the K x P buffers (the step ring, and the micro-batch passes when the taps cannot serve):
+    /// <see cref="ProbeOptions.Storage"/>, or sketches when a full buffer would take more than <see cref="MemoryShare"/>
+    /// of the memory available on its device (said once, when first chosen).
     /// </summary>
-    private ProbeOptions WithStorage()
-    {
-        _storage ??= ChooseStorage();
-        return _storage == _options.Storage ? _options : _options.With(_storage.Value);
-    }
+    public WindowStorage BufferStorage => _storage ??= ChooseStorage();
+
+    private ProbeOptions WithStorage() => BufferStorage == _options.Storage ? _options : _options.With(BufferStorage);
 
     private WindowStorage ChooseStorage()
     {
@@ -81,7 +86,7 @@ internal sealed class SessionWindows : IStatefulPart, IDisposable
         foreach (var segment in Layout.Segments)
         {
             long bytes = _options.WindowSize * segment.Count * segment.DType.ElementSize();
-            if (DeviceMemory.Available(segment.Device) is not { } available || bytes <= MemoryShare * available) continue;
+            if (_available(segment.Device) is not { } available || bytes <= MemoryShare * available) continue;
             string message = string.Create(System.Globalization.CultureInfo.InvariantCulture,
                 $"[probes] A window of K = {_options.WindowSize} gradients of {segment.Count:N0} parameters would take {bytes / 1048576.0:N0} MiB, more than " +
                 $"{MemoryShare:P0} of the {available / 1048576.0:N0} MiB available on {segment.Device}: the session keeps CountSketches of them instead " +
