@@ -556,7 +556,7 @@ public sealed class ProbeSession : IDisposable
 
         // Overhead: probe time over the training time without probes, since the previous window. An inline job is this
         // window's; a background one is charged to the next interval when it is published.
-        bool warmUp = _scheduler.Windows == 0;
+        bool warmUp = _scheduler.InWarmUp;
         var (overhead, overheadTotal, interval) = _scheduler.CloseWindow(started, steady);
         values.Add((Indicators.ProbeOverhead, overhead));
         values.Add((Indicators.ProbeOverheadTotal, overheadTotal));
@@ -635,9 +635,11 @@ public sealed class ProbeSession : IDisposable
         var snapshot = new ProbeSnapshot(RunId, context.Step, context.Window, DateTimeOffset.UtcNow, context.Values.ToArray(), seconds, _failures.Take());
         _publisher.Publish(snapshot);
         // Charged to the next interval: the publication, and a background job's time where the worker competes with
-        // training for the cores (not the first window's, whose code ran for the first time).
+        // training for the cores; nothing of a warm-up window's, whose code ran for the first time (the publication
+        // makes the instruments).
+        if (pending.WarmUp) return;
         long ticks = _scheduler.Now - waiting;
-        if (pending.Job.InBackground && !pending.WarmUp) ticks += pending.Job.CpuTicks * _workerCharge;
+        if (pending.Job.InBackground) ticks += pending.Job.CpuTicks * _workerCharge;
         _scheduler.AddProbeTicks(ticks);
     }
 

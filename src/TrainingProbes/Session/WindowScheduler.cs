@@ -28,8 +28,12 @@ internal sealed class WindowScheduler : IStatefulPart
     /// collection, code compiled for the first time) does not move the schedule.</summary>
     private const int RecentWindows = 5;
 
-    /// <summary>The first window runs code for the first time: it is not charged (its steady cost is recorded).</summary>
-    private const int WarmUpWindows = 1;
+    /// <summary>
+    /// Windows that run code for the first time and are not charged: the first (everything; its steady cost is measured
+    /// by repeating its capture) and the second (what needs a previous window, such as the drift, and the first
+    /// publication's instruments). Their intervals are left out of the ledger too.
+    /// </summary>
+    public const int WarmUpWindows = 2;
 
     /// <summary>With a budget, the first window opens after this many steps: the ledger needs the training's pace first.</summary>
     public const int PaceSteps = 10;
@@ -54,6 +58,9 @@ internal sealed class WindowScheduler : IStatefulPart
 
     /// <summary>The step at which the current (or next) window's first gradient is captured.</summary>
     public long WindowStart { get; private set; }
+
+    /// <summary>Whether the window now closing (or the next one) is a warm-up window, not charged.</summary>
+    public bool InWarmUp => Windows < WarmUpWindows;
 
     /// <summary>The clock's current timestamp.</summary>
     public long Now => _clock.GetTimestamp();
@@ -106,21 +113,25 @@ internal sealed class WindowScheduler : IStatefulPart
     /// <summary>
     /// Closes the window whose probe work began at <paramref name="windowStarted"/>: the interval's overhead,
     /// the session's achieved overhead, and the steps from this window's start to the next one's.
-    /// The first window pays one-time costs (code compiled and memory allocated for the first time) and is not charged;
-    /// <paramref name="steady"/>, what its work costs once warm (measured by repeating it), is the ledger's first
-    /// estimate of a window's cost, so that the second window comes at about the steady interval.
+    /// The warm-up windows pay one-time costs (code compiled and memory allocated for the first time): neither their
+    /// probe time nor their intervals' training time enter the ledger. <paramref name="steady"/>, what the first
+    /// window's work costs once warm (measured by repeating it), is the first estimate of a window's cost, and until a
+    /// charged window has closed the next one comes at the steady interval that estimate gives.
     /// </summary>
     public (double Overhead, double OverheadTotal, long Interval) CloseWindow(long windowStarted, long? steady = null)
     {
         long probeTicks = _intervalProbeTicks + (Now - windowStarted);
         long trainingTicks = _intervalTrainingTicks;
         double overhead = trainingTicks > 0 ? (double)probeTicks / trainingTicks : double.NaN;
-        bool warmUp = Windows < WarmUpWindows;
-        _totalTrainingTicks += trainingTicks;
-        if (!warmUp) _totalProbeTicks += probeTicks;
+        if (!InWarmUp)
+        {
+            _totalTrainingTicks += trainingTicks;
+            _totalProbeTicks += probeTicks;
+        }
+
         RecordCost(Windows == 0 && steady is { } warm ? warm : probeTicks);
 
-        double total = _totalTrainingTicks > 0 && !warmUp ? (double)_totalProbeTicks / _totalTrainingTicks : double.NaN;
+        double total = _totalTrainingTicks > 0 ? (double)_totalProbeTicks / _totalTrainingTicks : double.NaN;
         long wait = StepsUntilNextWindow();
         long interval = Steps - WindowStart + wait;
         WindowStart = Steps + wait;
@@ -165,10 +176,12 @@ internal sealed class WindowScheduler : IStatefulPart
     private long StepsUntilNextWindow()
     {
         double cost = Cost;
-        if (_budget is not { } budget || _gapAverage <= 0 || _totalTrainingTicks <= 0 || cost <= 0)
+        if (_budget is not { } budget || _gapAverage <= 0 || cost <= 0)
             return FixedWait();
-        double ledger = ((_totalProbeTicks + cost) / budget - _totalTrainingTicks) / _gapAverage - _windowSize;
         double steady = cost / budget / _gapAverage - _windowSize;
+        if (_totalTrainingTicks <= 0)   // warm-up windows only so far: nothing charged, no credit
+            return (long)Math.Clamp(Math.Ceiling(steady), 0, ProbeOptions.MaxInterval);
+        double ledger = ((_totalProbeTicks + cost) / budget - _totalTrainingTicks) / _gapAverage - _windowSize;
         double wait = Math.Max(ledger, 0.5 * steady);
         return (long)Math.Clamp(Math.Ceiling(wait), 0, ProbeOptions.MaxInterval);
     }
