@@ -295,18 +295,21 @@ public sealed class ProbeOptions
     public Func<Tensor, Tensor>? Forward { get; init; }
 
     /// <summary>
-    /// Windows over which the default (one-theta) values are also averaged and published as <c>&lt;name&gt;.smoothed</c>
-    /// with their standard error (default 5; 0 publishes no means). A mean over n windows has about 1/sqrt(n) of a
-    /// window's standard error, at the price of describing the last n windows rather than the latest theta.
+    /// Windows over which the default values are also smoothed and published as <c>&lt;name&gt;.smoothed</c> with their
+    /// standard error (default 32; 0 publishes none). Cosine, regret, relative regret, flatness, noise, the norms,
+    /// disparity and the norm test are computed from the windows' pooled Gram moments (a jackknife over the windows gives
+    /// the error); the others are means of the windows' values. One window sees one minibatch, so its values are noisy
+    /// (a cosine's standard error is typically 0.2 to 0.4): read and stop on the smoothed values, which describe the last
+    /// n windows rather than the latest step.
     /// </summary>
     public int SmoothingWindows
     {
         get => _smoothingWindows;
         init => _smoothingWindows = value == 0 || value is >= 2 and <= 1000 ? value
-            : throw new ArgumentOutOfRangeException(nameof(SmoothingWindows), value, "SmoothingWindows is 0 (off) or a window count from 2 to 1000, for example 5.");
+            : throw new ArgumentOutOfRangeException(nameof(SmoothingWindows), value, "SmoothingWindows is 0 (off) or a window count from 2 to 1000, for example 32.");
     }
 
-    private int _smoothingWindows = 5;
+    private int _smoothingWindows = 32;
 
     /// <summary>
     /// Whether a window's statistics run on a worker thread while training goes on (default true): the probes take what

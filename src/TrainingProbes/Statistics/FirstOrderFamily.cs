@@ -29,6 +29,10 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
     private readonly GramSummary _leftOut;
     private readonly double[] _leaveOneOut;               // per definition, its K values with one gradient left out
     private readonly WindowSmoother? _smoother;
+    private readonly MomentPool? _pool;                   // micro-batch windows: the moment-form values' smoothing
+    private readonly double[] _synthetic;                 // a K x K matrix with the pooled moments
+    private readonly double[] _pooledLeaveOneOut;         // per definition, the pooled values leaving one window out
+    private readonly double[] _pooledValues, _pooledErrors;   // per definition, of the geometry being published
     private readonly Pass _pass;
     private readonly bool _sketched;
     private double[] _total = [];
@@ -65,7 +69,22 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         _leaveOneOut = new double[k * _definitions.Length];
         _pass = new Pass(this);
         if (smoothing > 0) _smoother = new WindowSmoother(_layout.Geometries.Count * _definitions.Length + 2, smoothing);
+        if (smoothing > 0 && microBatches) _pool = new MomentPool(_layout.Geometries.Count, smoothing);
+        _synthetic = new double[k * k];
+        _pooledLeaveOneOut = new double[_definitions.Length * Math.Max(smoothing, 1)];
+        _pooledValues = new double[_definitions.Length];
+        _pooledErrors = new double[_definitions.Length];
     }
+
+    /// <summary>
+    /// The indicators that depend on a micro-batch window only through its mean diagonal and mean off-diagonal Gram
+    /// entries: their smoothed values come from pooled moments (<see cref="MomentPool"/>).
+    /// </summary>
+    internal static readonly HashSet<string> MomentForm =
+    [
+        Indicators.GradientNorm, Indicators.MeanGradientNorm, Indicators.Cosine, Indicators.Regret, Indicators.RelativeRegret,
+        Indicators.ContrastiveFlatness, Indicators.GradientNoise, Indicators.Disparity, Indicators.NormTest,
+    ];
 
     /// <summary>D of each geometry, as the last window used it; its state is this family's.</summary>
     public Whitening Whitening { get; }
@@ -205,9 +224,17 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
                 }
             }
 
+            if (_pool is not null)
+            {
+                var (d, s) = MomentPool.Moments(gram, k);
+                _pool.Add(index, d, s);
+                Pool(index);
+            }
+
             for (int f = 0; f < n; f++)
                 Publish(window, index * n + f, _definitions[f].Name, _definitions[f].FromGram!(_summary),
-                    k >= 3 ? Jackknife.StandardError(_leaveOneOut.AsSpan(f * k, k)) : double.NaN, geometry);
+                    k >= 3 ? Jackknife.StandardError(_leaveOneOut.AsSpan(f * k, k)) : double.NaN, geometry,
+                    _pool is not null && MomentForm.Contains(_definitions[f].Name) ? (_pooledValues[f], _pooledErrors[f]) : null);
         }
 
         if (!(_total[_layout.Gsnr + 2] > 0)) return;   // sketches: no per-coordinate values
@@ -219,12 +246,57 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         Publish(window, series + 1, Indicators.EbCriterion, -eb * gsnr, eb * gsnrError, Geometry.None);
     }
 
-    /// <summary>Reports a value and its standard error, and with smoothing their mean over the last windows.</summary>
-    private void Publish(ProbeWindowContext window, int series, string name, double value, double error, Geometry geometry)
+    /// <summary>
+    /// The moment-form indicators of one geometry over the pooled moments of the windows held, into
+    /// <see cref="_pooledValues"/> and <see cref="_pooledErrors"/> (per definition; NaN for the others): a jackknife over
+    /// the windows (NaN below three). One matrix per left-out window serves every definition.
+    /// </summary>
+    private void Pool(int geometry)
+    {
+        int k = _k, m = _pool!.Count(geometry), n = _definitions.Length;
+        void Load(int leftOut)
+        {
+            var (d, s) = _pool.Pooled(geometry, leftOut);
+            MomentPool.Synthesize(d, s, k, _synthetic);
+            _leftOut.Load(_synthetic, k, Scale(k));
+        }
+
+        Load(-1);
+        for (int f = 0; f < n; f++) _pooledValues[f] = MomentForm.Contains(_definitions[f].Name) ? _definitions[f].FromGram!(_leftOut) : double.NaN;
+        if (m < 3)
+        {
+            _pooledErrors.AsSpan().Fill(double.NaN);
+            return;
+        }
+
+        for (int w = 0; w < m; w++)
+        {
+            Load(w);
+            for (int f = 0; f < n; f++)
+                if (MomentForm.Contains(_definitions[f].Name)) _pooledLeaveOneOut[f * _pool.Capacity + w] = _definitions[f].FromGram!(_leftOut);
+        }
+
+        for (int f = 0; f < n; f++)
+            _pooledErrors[f] = MomentForm.Contains(_definitions[f].Name) ? Jackknife.StandardError(_pooledLeaveOneOut.AsSpan(f * _pool.Capacity, m)) : double.NaN;
+    }
+
+    /// <summary>
+    /// Reports a value and its standard error, and with smoothing their mean over the last windows (or the
+    /// <paramref name="pooled"/> value given for it).
+    /// </summary>
+    private void Publish(ProbeWindowContext window, int series, string name, double value, double error, Geometry geometry,
+        (double Value, double Error)? pooled = null)
     {
         window.Report(_prefix + name, value, geometry);
         window.Report(_prefix + name + Indicators.StandardErrorSuffix, error, geometry);
         if (_smoother is null) return;
+        if (pooled is { } p)
+        {
+            window.Report(_prefix + name + Indicators.SmoothedSuffix, p.Value, geometry);
+            window.Report(_prefix + name + Indicators.SmoothedSuffix + Indicators.StandardErrorSuffix, p.Error, geometry);
+            return;
+        }
+
         var (mean, meanError) = _smoother.Add(series, value, error);
         window.Report(_prefix + name + Indicators.SmoothedSuffix, mean, geometry);
         window.Report(_prefix + name + Indicators.SmoothedSuffix + Indicators.StandardErrorSuffix, meanError, geometry);
@@ -275,6 +347,15 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
             state.Set("smoother.count", count);
             state.Set("smoother.next", next);
         }
+
+        if (_pool is not null)
+        {
+            var (d, s, count, next) = _pool.State;
+            state.Set("pool.d", d);
+            state.Set("pool.s", s);
+            state.Set("pool.count", count);
+            state.Set("pool.next", next);
+        }
     }
 
     /// <summary>Checks <see cref="Save"/>'s state against this family; returns what restores it.</summary>
@@ -292,6 +373,9 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         if (_smoother is not null)
             smoother = _smoother.Prepare(state.Get<double[]>("smoother.values"), state.Get<double[]>("smoother.variances"),
                 state.Get<int[]>("smoother.count"), state.Get<int[]>("smoother.next"));
+        Action pool = () => { };
+        if (_pool is not null)
+            pool = _pool.Prepare(state.Get<double[]>("pool.d"), state.Get<double[]>("pool.s"), state.Get<int[]>("pool.count"), state.Get<int[]>("pool.next"));
         return () =>
         {
             using (torch.no_grad())
@@ -300,6 +384,7 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
             Whitening.Floors = floors;
             Whitening.FloorsInUse = inUse;
             smoother();
+            pool();
         };
     }
 

@@ -247,24 +247,70 @@ public sealed class OneThetaTests
     }
 
     [Fact]
-    public void Smoothed_values_are_the_mean_of_the_last_windows_with_their_errors_in_quadrature()
+    public void Smoothed_moment_form_values_pool_the_windows_moments_and_the_others_are_means()
     {
-        const int K = 5, Windows = 4;
-        var (session, _) = Train(K, steps: Windows * (K + 2), new ProbeOptions { SmoothingWindows = 3 });
+        const int K = 5, Windows = 5, N = 3;
+        var (session, recomputation) = Train(K, steps: Windows * (K + 2), new ProbeOptions { SmoothingWindows = N });
         using (session)
         {
             session.Flush();
             var history = session.History;
             Assert.Equal(Windows, history.Count);
-            foreach (var (name, geometry) in new[] { (Indicators.Cosine, Geometry.Euclidean), (Indicators.RelativeRegret, Geometry.Fisher), (Indicators.Gsnr, Geometry.None) })
-                for (int w = 0; w < Windows; w++)
+
+            // Each window's mean squared norm d and mean inner product s, from the recomputed gradients in double precision.
+            var moments = recomputation.Windows.Select(g =>
+            {
+                double d = 0, s = 0;
+                for (int i = 0; i < K; i++)
+                    for (int j = 0; j < K; j++)
+                    {
+                        double dot = g[i].Zip(g[j]).Sum(p => p.First * p.Second);
+                        if (i == j) d += dot / K;
+                        else s += dot / (K * (K - 1.0));
+                    }
+
+                return (D: d, S: s);
+            }).ToList();
+            double PooledCosine(IEnumerable<int> windows)
+            {
+                double d = windows.Average(w => moments[w].D), s = windows.Average(w => moments[w].S);
+                return s / (s + Math.Max(d - s, 0) / K);
+            }
+
+            for (int w = 0; w < Windows; w++)
+            {
+                var held = Enumerable.Range(0, w + 1).TakeLast(N).ToList();
+                // The euclidean cosine: the ratio of the pooled moments, with a jackknife over the windows held (3 or more).
+                Close.Assert(PooledCosine(held), history[w].Get(Indicators.Cosine + Indicators.SmoothedSuffix, Geometry.Euclidean), 1e-9,
+                    $"window {w}: cosine.smoothed", 1e-3);
+                double cosineError = held.Count < 3 ? double.NaN
+                    : Jackknife(held.Select(left => PooledCosine(held.Where(x => x != left))).ToArray());
+                double published = history[w].Get(Indicators.Cosine + Indicators.SmoothedSuffix + Indicators.StandardErrorSuffix, Geometry.Euclidean);
+                if (double.IsNaN(cosineError)) Assert.True(double.IsNaN(published), $"window {w}: a jackknife over {held.Count} windows is undefined");
+                else Close.Assert(cosineError, published, 1e-9, $"window {w}: cosine.smoothed.stderr", 1e-4);
+
+                // The Fisher relative regret, pooled the same way: mean noise over mean squared norm of the windows' published values.
+                var last = history.Take(w + 1).TakeLast(N).ToList();
+                double noise = last.Average(x => x.Get(Indicators.GradientNoise, Geometry.Fisher));
+                double norm2 = last.Average(x => Math.Pow(x.Get(Indicators.GradientNorm, Geometry.Fisher), 2));
+                Close.Assert(noise / norm2, history[w].Get(Indicators.RelativeRegret + Indicators.SmoothedSuffix, Geometry.Fisher), 1e-9,
+                    $"window {w}: regret.relative.smoothed[fisher]", 1e-3);
+
+                // GSNR and the Jensen ratio (not of the moments alone): the mean of the windows' values, errors in quadrature.
+                foreach (var (name, geometry) in new[] { (Indicators.Gsnr, Geometry.None), (Indicators.JensenRatio, Geometry.Euclidean) })
                 {
-                    var last = history.Take(w + 1).TakeLast(3).ToList();
-                    double mean = last.Average(s => s.Get(name, geometry));
-                    double error = Math.Sqrt(last.Sum(s => Math.Pow(s.Get(name + Indicators.StandardErrorSuffix, geometry), 2))) / last.Count;
+                    double mean = last.Average(x => x.Get(name, geometry));
+                    double error = Math.Sqrt(last.Sum(x => Math.Pow(x.Get(name + Indicators.StandardErrorSuffix, geometry), 2))) / last.Count;
                     Close.Assert(mean, history[w].Get(name + Indicators.SmoothedSuffix, geometry), 1e-12, $"window {w}: {name}.smoothed", 1e-3);
                     Close.Assert(error, history[w].Get(name + Indicators.SmoothedSuffix + Indicators.StandardErrorSuffix, geometry), 1e-12, $"window {w}: {name}.smoothed.stderr");
                 }
+            }
+        }
+
+        static double Jackknife(double[] leaveOneOut)
+        {
+            double mean = leaveOneOut.Average();
+            return Math.Sqrt((leaveOneOut.Length - 1.0) / leaveOneOut.Length * leaveOneOut.Sum(v => (v - mean) * (v - mean)));
         }
     }
 

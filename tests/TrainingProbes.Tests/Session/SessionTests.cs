@@ -1,3 +1,4 @@
+using TrainingProbes.Session;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -184,7 +185,11 @@ public sealed class SessionTests
     {
         var (model, optimizer) = SmallModel();
         var output = new StringWriter();
-        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 6, Interval = 8, Output = output, OverheadBudget = null, Loss = CrossEntropy }, optimizer);
+        using var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = 6, Interval = 8, Output = output, OverheadBudget = null, Loss = CrossEntropy,
+            SmoothingWindows = 0,   // the window's own values (ConsoleSummaryTests has the smoothed ones)
+        }, optimizer);
         Train(model, optimizer, session, 8);
 
         session.Flush();
@@ -200,8 +205,13 @@ public sealed class SessionTests
     {
         var (model, optimizer) = SmallModel();
         var output = new StringWriter();
-        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 2, Interval = 4, Output = output, OverheadBudget = null, Loss = CrossEntropy }, optimizer);
+        using var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = 2, Interval = 4, Output = output, OverheadBudget = null, Loss = CrossEntropy,
+            TimeProvider = new SteppingClock(ConsoleView.MinimumGap),   // every window shown
+        }, optimizer);
         Train(model, optimizer, session, 8);
+        session.Flush();
 
         var lines = output.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(3, lines.Length);
