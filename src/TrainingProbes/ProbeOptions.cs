@@ -10,7 +10,7 @@ namespace TrainingProbes;
 /// </summary>
 public sealed class ProbeOptions
 {
-    private int _windowSize = 16;
+    private int _windowSize = 8;
     private int _interval = 100;
     private Geometry? _geometries;
     private double _fisherDecay = 0.9;
@@ -25,7 +25,7 @@ public sealed class ProbeOptions
     private string? _checkpointPath;
 
     /// <summary>
-    /// K, the number of micro-batches a window splits the closing step's minibatch into (at least 2, default 16): the
+    /// K, the number of micro-batches a window splits the closing step's minibatch into (at least 2, default 8): the
     /// default indicators compare the K micro-batch gradients at the step's parameters, and report what they imply for
     /// minibatches of the trainer's size. A batch of b examples gives micro-batches of b / K (the remainder of b / K is
     /// left out). With <see cref="StepStatistics"/>, also the number of step gradients of the step family's windows.

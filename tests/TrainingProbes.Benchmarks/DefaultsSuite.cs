@@ -6,23 +6,24 @@ using static TorchSharp.torch;
 using static BenchmarkStatistics;
 
 /// <summary>
-/// What the one line gives with no options: the MNIST MLP 784-256-256-10, SGD 0.05, batch 64, one torch thread, trained
+/// What the one line gives with no options: the MNIST MLP 784-256-256-10, SGD 0.05, batch 64, one torch thread (or
+/// <c>--threads N</c>: TorchSharp's own default is one per core, and then the statistics worker competes with training), trained
 /// once bare and once with <c>model.Probe(loss, optimizer, x, y, lossFunction.call)</c>, in interleaved rounds so that
 /// the machine's drifts hit both alike. Prints the median ratio of the rounds' wall times (and its quartiles), the
 /// windows per 1,000 steps, and the interval after the first window against the steady one (the median of the intervals
 /// in the second half of the run). The session's console lines go to a null writer: their formatting is measured, the
 /// terminal is not.
 ///
-///   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- defaults [rounds] [steps-per-round] [--data folder]
+///   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- defaults [rounds] [steps-per-round] [--threads N] [--data folder]
 /// </summary>
 internal static class DefaultsSuite
 {
-    public static void Run(int rounds, int stepsPerRound, string data)
+    public static void Run(int rounds, int stepsPerRound, string data, int threads = 1)
     {
-        torch.set_num_threads(1);
+        torch.set_num_threads(threads);
         var (images, labels) = Mnist.Load(data);
         var flat = images.reshape(images.shape[0], -1);
-        Console.WriteLine($"defaults: MNIST MLP 784-256-256-10, SGD 0.05, batch 64, one torch thread, the one line with no options; " +
+        Console.WriteLine($"defaults: MNIST MLP 784-256-256-10, SGD 0.05, batch 64, {threads} torch thread(s), the one line with no options; " +
             $"{rounds} interleaved rounds of {stepsPerRound} steps; {Environment.ProcessorCount} cores; {DateTime.UtcNow:yyyy-MM-dd}");
         var bare = new Trainer(flat, labels, probe: false);
         var probed = new Trainer(flat, labels, probe: true);

@@ -2,7 +2,7 @@
 // that machine noise hits all of them alike, and prints the median time per step, its ratio to the plain loop,
 // the overhead the session itself measured (probe.overhead_total) and its last interval.
 //
-//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- defaults [rounds] [steps-per-round] [--data <mnist folder>]
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- defaults [rounds] [steps-per-round] [--threads N] [--data <mnist folder>]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- intervals|budget|scrape|curvature [rounds] [steps-per-round] [--data <mnist folder>]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- kernels [repetitions] [largest P]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- bdn [BenchmarkDotNet arguments]
@@ -40,6 +40,7 @@ if (args.Length > 0 && args[0] == "all")
     foreach (var suiteArguments in new[]
     {
         new[] { "defaults", "6", "1000" },
+        ["defaults", "6", "1000", "--threads", Environment.ProcessorCount.ToString(System.Globalization.CultureInfo.InvariantCulture)],
         ["kernels", "7", "1000000"],
         ["steps", "20"],
         ["memory", "16777216", "onepass"],
@@ -78,7 +79,15 @@ if (args.Length > 0 && args[0] == "defaults")
 {
     var defaultArguments = args.ToList();
     string defaultData = Mnist.DirectoryFromArguments(defaultArguments);
-    DefaultsSuite.Run(defaultArguments.Count > 1 ? int.Parse(defaultArguments[1]) : 6, defaultArguments.Count > 2 ? int.Parse(defaultArguments[2]) : 1000, defaultData);
+    int threadsAt = defaultArguments.IndexOf("--threads");
+    int threads = 1;
+    if (threadsAt >= 0)
+    {
+        threads = int.Parse(defaultArguments[threadsAt + 1]);
+        defaultArguments.RemoveRange(threadsAt, 2);
+    }
+
+    DefaultsSuite.Run(defaultArguments.Count > 1 ? int.Parse(defaultArguments[1]) : 6, defaultArguments.Count > 2 ? int.Parse(defaultArguments[2]) : 1000, defaultData, threads);
     return;
 }
 
