@@ -46,8 +46,6 @@ public sealed class ProbeSession : IDisposable
         Windows = new SessionWindows(model, options, _logger);
         _scheduler = new WindowScheduler(options, options.TimeProvider, Windows.Length);
         _failures = new ProbeFailures(_logger, RunId, () => _scheduler.Steps, options.Strict);
-        // Statistics on the worker slow training only when the worker has no core of its own: then its time is charged.
-        _workerCharge = torch.get_num_threads() + 1 > Environment.ProcessorCount ? 1 : 0;
 
         if (options.Storage == WindowStorage.Sketch)
         {
@@ -283,7 +281,6 @@ public sealed class ProbeSession : IDisposable
     /// <summary>The session's window data: the layout, the window's theta, the micro-batch gradients, the step ring.</summary>
     internal SessionWindows Windows { get; }
 
-    private readonly int _workerCharge;
 
     /// <summary>The values the trainer reported and the rules that fired.</summary>
     private RunRecord Record { get; } = new();
@@ -336,8 +333,10 @@ public sealed class ProbeSession : IDisposable
                 nameof(loss));
 
         long started = _scheduler.Now;
+        // Whether the worker ran during the trainer's work since the last step: such steps measure what it costs training.
+        bool workerBusy = _pending is { Job.InBackground: true };
         if (_pending is { } pending && pending.Job.IsCompleted) Publish();
-        int slot = _scheduler.BeginStep(started, out long step);
+        int slot = _scheduler.BeginStep(started, out long step, workerBusy);
         if (slot == 0 && _pending is not null)
         {
             // The next window never overwrites what the worker still reads. Under the overhead budget training does not
@@ -555,8 +554,9 @@ public sealed class ProbeSession : IDisposable
             _failures.Guard("session", static a => a.Values.Add((Indicators.LearningRate, a.Group.LearningRate)), (Values: values, Group: group));
 
         // Overhead: probe time over the training time without probes, since the previous window. An inline job is this
-        // window's; a background one is charged to the next interval when it is published.
-        bool warmUp = _scheduler.InWarmUp;
+        // window's; a background one is charged to the next interval when it is published, except the first window's,
+        // whose code ran for the first time (the second's job runs warm code, and measures what the worker costs).
+        bool warmUp = _scheduler.Windows == 0;
         var (overhead, overheadTotal, interval) = _scheduler.CloseWindow(started, steady);
         values.Add((Indicators.ProbeOverhead, overhead));
         values.Add((Indicators.ProbeOverheadTotal, overheadTotal));
@@ -634,13 +634,11 @@ public sealed class ProbeSession : IDisposable
 
         var snapshot = new ProbeSnapshot(RunId, context.Step, context.Window, DateTimeOffset.UtcNow, context.Values.ToArray(), seconds, _failures.Take());
         _publisher.Publish(snapshot);
-        // Charged to the next interval: the publication, and a background job's time where the worker competes with
-        // training for the cores; nothing of a warm-up window's, whose code ran for the first time (the publication
-        // makes the instruments).
-        if (pending.WarmUp) return;
-        long ticks = _scheduler.Now - waiting;
-        if (pending.Job.InBackground) ticks += pending.Job.CpuTicks * _workerCharge;
-        _scheduler.AddProbeTicks(ticks);
+        // Charged to the next interval: the publication, and how much longer the trainer's steps took while the worker
+        // ran (measured against the steps while it did not); nothing of the first window's, whose code ran for the first
+        // time (its publication makes the instruments).
+        _scheduler.ChargeContention(charge: !pending.WarmUp);
+        if (!pending.WarmUp) _scheduler.AddProbeTicks(_scheduler.Now - waiting);
     }
 
     /// <summary>

@@ -51,16 +51,9 @@ internal sealed class WindowJob
     /// <summary>Waits until the job has finished.</summary>
     public void Wait() => _task?.Wait();
 
-    /// <summary>
-    /// The processor time the job used, in the clock's ticks: its thread's CPU time where the system reports it, else
-    /// its <see cref="Ticks"/>.
-    /// </summary>
-    public long CpuTicks { get; private set; }
-
     private void Run()
     {
         long started = _clock.GetTimestamp();
-        var cpuStarted = ThreadCpuTime.Now();
         try
         {
             using var noGrad = torch.no_grad();
@@ -100,9 +93,6 @@ internal sealed class WindowJob
         finally
         {
             Ticks = _clock.GetTimestamp() - started;
-            CpuTicks = cpuStarted is { } before && ThreadCpuTime.Now() is { } after && _clock == TimeProvider.System
-                ? (long)((after - before).TotalSeconds * _clock.TimestampFrequency)
-                : Ticks;
         }
     }
 }

@@ -17,6 +17,9 @@ internal sealed class WindowScheduler : IStatefulPart
     private long _lastStepEnded;         // timestamp at which the previous step call returned (0: none yet)
     private double _gapAverage;          // average training ticks per step (capped gaps)
     private long _gaps;                  // gaps measured
+    private double _idleAverage;         // average of the gaps during which the statistics worker was idle
+    private long _idleGaps;
+    private long _busyTicks, _busyGaps;  // gaps during which the worker ran, since the last charge
     private long _intervalTrainingTicks; // training time since the previous window's publication
     private long _intervalProbeTicks;    // probe time since then
     private readonly double[] _costs = new double[RecentWindows];   // probe ticks of the last windows (a ring)
@@ -71,7 +74,10 @@ internal sealed class WindowScheduler : IStatefulPart
     /// pass, a checkpoint, another model trained in between) counts as ten averages, so that pauses outside training
     /// do not buy the probes more time.
     /// </summary>
-    public int BeginStep(long now, out long step)
+    /// <param name="now">The step's start.</param>
+    /// <param name="step">The step's index.</param>
+    /// <param name="workerBusy">Whether the statistics worker ran during the trainer's work since the last step.</param>
+    public int BeginStep(long now, out long step, bool workerBusy = false)
     {
         step = Steps++;
         if (_lastStepEnded != 0)
@@ -81,6 +87,16 @@ internal sealed class WindowScheduler : IStatefulPart
             _gaps++;
             _gapAverage += (gap - _gapAverage) / Math.Min(_gaps, 100);
             _intervalTrainingTicks += gap;
+            if (workerBusy)
+            {
+                _busyTicks += gap;
+                _busyGaps++;
+            }
+            else
+            {
+                _idleGaps++;
+                _idleAverage += (gap - _idleAverage) / Math.Min(_idleGaps, 100);
+            }
         }
         else if (_resumed)
         {
@@ -109,6 +125,25 @@ internal sealed class WindowScheduler : IStatefulPart
 
     /// <summary>Charges probe time to the current interval.</summary>
     public void AddProbeTicks(long ticks) => _intervalProbeTicks += ticks;
+
+    /// <summary>
+    /// A background job has finished: the trainer's steps during it took <c>busy - n x idle</c> longer than steps
+    /// without it (n steps, idle the average step without the worker). That excess is the worker's cost to training,
+    /// whether it competed for a core or for the caches: it moves from the interval's training time to its probe time
+    /// (with <paramref name="charge"/>; a warm-up window's is dropped). Never negative.
+    /// </summary>
+    public void ChargeContention(bool charge = true)
+    {
+        double idle = _idleGaps > 0 ? _idleAverage : _gapAverage;
+        long excess = (long)Math.Clamp(_busyTicks - _busyGaps * idle, 0, _intervalTrainingTicks);
+        _busyTicks = _busyGaps = 0;
+        if (!charge) return;
+        _intervalTrainingTicks -= excess;
+        _intervalProbeTicks += excess;
+    }
+
+    /// <summary>Training ticks per step without probes: the steps while the worker was idle, once there are some.</summary>
+    private double StepTicks => _idleGaps > 0 ? _idleAverage : _gapAverage;
 
     /// <summary>
     /// Closes the window whose probe work began at <paramref name="windowStarted"/>: the interval's overhead,
@@ -175,13 +210,13 @@ internal sealed class WindowScheduler : IStatefulPart
     /// </summary>
     private long StepsUntilNextWindow()
     {
-        double cost = Cost;
-        if (_budget is not { } budget || _gapAverage <= 0 || cost <= 0)
+        double cost = Cost, step = StepTicks;
+        if (_budget is not { } budget || step <= 0 || cost <= 0)
             return FixedWait();
-        double steady = cost / budget / _gapAverage - _windowSize;
+        double steady = cost / budget / step - _windowSize;
         if (_totalTrainingTicks <= 0)   // warm-up windows only so far: nothing charged, no credit
             return (long)Math.Clamp(Math.Ceiling(steady), 0, ProbeOptions.MaxInterval);
-        double ledger = ((_totalProbeTicks + cost) / budget - _totalTrainingTicks) / _gapAverage - _windowSize;
+        double ledger = ((_totalProbeTicks + cost) / budget - _totalTrainingTicks) / step - _windowSize;
         double wait = Math.Max(ledger, 0.5 * steady);
         return (long)Math.Clamp(Math.Ceiling(wait), 0, ProbeOptions.MaxInterval);
     }
@@ -196,7 +231,7 @@ internal sealed class WindowScheduler : IStatefulPart
 
     /// <summary>The scheduler's state, for the session's saved state.</summary>
     public SchedulerState Save() => new(Steps, Windows, WindowStart, _gapAverage, _gaps, RecentCosts(), _totalProbeTicks, _totalTrainingTicks,
-        _intervalProbeTicks, _intervalTrainingTicks, _clock.TimestampFrequency);
+        _intervalProbeTicks, _intervalTrainingTicks, _clock.TimestampFrequency, _idleAverage, _idleGaps);
 
     /// <summary>Restores <see cref="Save()"/>'s state; tick counts are converted when the clock's frequency differs.</summary>
     public void Restore(SchedulerState state)
@@ -207,6 +242,8 @@ internal sealed class WindowScheduler : IStatefulPart
         WindowStart = state.WindowStart;
         _gapAverage = state.GapAverage * scale;
         _gaps = state.Gaps;
+        _idleAverage = state.IdleAverage * scale;
+        _idleGaps = state.IdleGaps;
         _costCount = _costNext = 0;
         foreach (double cost in state.RecentCosts) RecordCost(cost * scale);
         _totalProbeTicks = (long)(state.TotalProbeTicks * scale);
@@ -236,4 +273,5 @@ internal sealed class WindowScheduler : IStatefulPart
 
 /// <summary>What <see cref="WindowScheduler"/> saves: its counters and its ledger.</summary>
 internal sealed record SchedulerState(long Steps, int Windows, long WindowStart, double GapAverage, long Gaps, double[] RecentCosts,
-    long TotalProbeTicks, long TotalTrainingTicks, long IntervalProbeTicks, long IntervalTrainingTicks, long TimestampFrequency);
+    long TotalProbeTicks, long TotalTrainingTicks, long IntervalProbeTicks, long IntervalTrainingTicks, long TimestampFrequency,
+    double IdleAverage = 0, long IdleGaps = 0);

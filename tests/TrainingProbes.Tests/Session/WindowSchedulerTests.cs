@@ -86,6 +86,40 @@ public sealed class WindowSchedulerTests
     }
 
     [Fact]
+    public void Steps_slowed_by_the_worker_are_charged_as_the_probes_time()
+    {
+        // A window costs 1,000 ticks on the training thread; then the worker runs for 5 steps, during which the trainer's
+        // steps take 3,000 ticks instead of 1,000. The excess, 10,000 ticks, is the worker's cost to training: the
+        // window's cost is 11,000, the steady interval 11,000 / (0.05 x 1,000) = 220 steps, and the achieved overhead,
+        // with the excess counted as probe time, comes to the budget.
+        var clock = new FakeClock();
+        var scheduler = new WindowScheduler(new ProbeOptions { WindowSize = 8, OverheadBudget = 0.05 }, clock, windowLength: 1);
+        int busyFor = 0;
+        var intervals = new List<long>();
+        double total = double.NaN;
+        for (int i = 0; i < 60_000; i++)
+        {
+            bool busy = busyFor > 0;
+            clock.Ticks += busy ? 3000 : 1000;
+            if (busy && --busyFor == 0) scheduler.ChargeContention();
+            int slot = scheduler.BeginStep(clock.Ticks, out _, busy);
+            if (slot == 0)
+            {
+                long started = clock.Ticks;
+                clock.Ticks += 1000;
+                (_, total, long interval) = scheduler.CloseWindow(started, scheduler.Windows == 0 ? 11_000 : null);
+                intervals.Add(interval);
+                busyFor = 5;
+            }
+
+            scheduler.EndStep(clock.Ticks);
+        }
+
+        Assert.All(intervals.Skip(3).SkipLast(1), interval => Assert.InRange(interval, 215, 225));
+        Assert.InRange(total, 0.048, 0.0505);
+    }
+
+    [Fact]
     public void An_expensive_window_is_paid_back_by_a_longer_wait()
     {
         var clock = new FakeClock();
