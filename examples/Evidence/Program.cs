@@ -2,9 +2,11 @@
 // them stop training as well as a validation set does?
 //
 // On the repository's MNIST digits (data/mnist-10k: the first 8,000 train, 1,000 validate, 1,000 test) it trains a
-// 784-128-128-10 ReLU MLP with plain SGD and a probe session at its defaults (K = 8 minibatches at one theta), a
-// window every 50 steps (a fixed interval, so that runs compare window by window), and records for every window the
-// default indicators with their standard errors, the validation and test loss and accuracy.
+// 784-128-128-10 ReLU MLP with plain SGD and a probe session at its defaults (K micro-batches of the closing step's
+// minibatch, windows scheduled by the 5% overhead budget, statistics on the session's worker), and records for every
+// window the default indicators with their standard errors, and the validation and test loss and accuracy of the model
+// at the window's step (evaluated every 10 steps; the evaluation at or just before the window's step). Runs place their
+// windows at different steps, so clean and random runs are compared window by window at the nearest step.
 //   (a) label noise 0, 20, 50 and 100% of the training labels replaced by uniform random ones (batch 64, lr 0.05);
 //   (b) batch 64 vs 1000, both trained to the same training loss (lr 0.05);
 //   (c) learning rate 0.01 vs 0.2 (batch 64, clean labels).
@@ -40,7 +42,8 @@ var (images, labels) = Mnist.Load(dataDirectory);
 var train = (X: images[..8000], Y: labels[..8000]);
 var validation = (X: images[8000..9000], Y: labels[8000..9000]);
 var test = (X: images[9000..], Y: labels[9000..]);
-const int Interval = 50, WarmUp = 200;
+const int EvaluateEvery = 10, WarmUp = 200;
+int smoothing = new ProbeOptions().SmoothingWindows;
 const string S = Indicators.SmoothedSuffix, E = Indicators.StandardErrorSuffix;
 int[] selectionSeeds = [1, 2], reportSeeds = [3, 4];
 int[] allSeeds = [.. selectionSeeds, .. reportSeeds];
@@ -95,26 +98,27 @@ Run Train(string condition, string experiment, int seed, double noise, int batch
     var run = new Run(condition, experiment, seed, noise, batch, lr);
     using var session = ProbeSession.Attach(model, new ProbeOptions
     {
-        Interval = Interval, WindowSize = windowSize, OverheadBudget = null, Output = null, RunId = $"{condition}-{seed}", HistoryCapacity = 4096,
-        Loss = lossFunction.call,
-        BackgroundStatistics = false,   // the handler below evaluates the model at the window's own step
+        // The library's defaults but for these: no console, a history long enough for the run, the loss function.
+        WindowSize = windowSize, Output = null, RunId = $"{condition}-{seed}", HistoryCapacity = 4096, Loss = lossFunction.call,
     }, optimizer);
+    // The model's validation and test values every EvaluateEvery steps (at the parameters the window saw: before the
+    // optimizer step), read for each window from the evaluation at or just before its step.
+    var evaluations = new SortedList<long, (double ValLoss, double ValAccuracy, double TestLoss, double TestAccuracy)>();
     session.WindowClosed += (_, snapshot) =>
     {
-        using var scope = torch.NewDisposeScope();
-        using var noGrad = torch.no_grad();
-        var (valLoss, valAccuracy) = Evaluate(model, validation);
-        var (testLoss, testAccuracy) = Evaluate(model, test);
         double Get(string name, Geometry g = Geometry.None) => snapshot.TryGetValue(name, g, out double v) ? v : double.NaN;
+        var at = evaluations.Keys.LastOrDefault(k => k <= snapshot.Step);
+        var (valLoss, valAccuracy, testLoss, testAccuracy) = evaluations.GetValueOrDefault(at, (double.NaN, double.NaN, double.NaN, double.NaN));
         run.Windows.Add(new Window(snapshot.Step, Get(Indicators.Loss), valLoss, valAccuracy, testLoss, testAccuracy,
             Get(Indicators.Cosine, Geometry.Euclidean), Get(Indicators.Cosine + Indicators.StandardErrorSuffix, Geometry.Euclidean),
             Get(Indicators.RelativeRegret, Geometry.Fisher), Get(Indicators.RelativeRegret + Indicators.StandardErrorSuffix, Geometry.Fisher),
             Get(Indicators.Gsnr), Get(Indicators.Gsnr + Indicators.StandardErrorSuffix),
             Get(Indicators.EbCriterion), Get(Indicators.EbCriterion + Indicators.StandardErrorSuffix),
-            Get("step." + Indicators.Cosine, Geometry.Euclidean),
             Get(Indicators.Cosine + S, Geometry.Euclidean), Get(Indicators.Cosine + S + E, Geometry.Euclidean),
             Get(Indicators.RelativeRegret + S, Geometry.Fisher), Get(Indicators.RelativeRegret + S + E, Geometry.Fisher),
-            Get(Indicators.Gsnr + S), Get(Indicators.Gsnr + S + E), Get(Indicators.EbCriterion + S)));
+            Get(Indicators.Gsnr + S), Get(Indicators.Gsnr + S + E), Get(Indicators.EbCriterion + S),
+            Get(Indicators.GradientNorm, Geometry.Euclidean), Get(Indicators.GradientNoise, Geometry.Euclidean),
+            Get(Indicators.GradientNorm, Geometry.Fisher), Get(Indicators.GradientNoise, Geometry.Fisher)));
     };
 
     double average = double.NaN;
@@ -126,16 +130,26 @@ Run Train(string condition, string experiment, int seed, double noise, int batch
         optimizer.zero_grad();
         var loss = lossFunction.call(model.call(x), target);
         loss.backward();
+        if (step % EvaluateEvery == 0)
+            using (torch.no_grad())
+            {
+                var (valLoss, valAccuracy) = Evaluate(model, validation);
+                var (testLoss, testAccuracy) = Evaluate(model, test);
+                evaluations[step + 1] = (valLoss, valAccuracy, testLoss, testAccuracy);   // keyed by steps seen, as snapshots count
+                run.Evaluations.Add(new Evaluation(step + 1, valLoss, valAccuracy, testLoss, testAccuracy));
+            }
+
         session.Step(loss, x, target);
         optimizer.step();
         double value = loss.item<float>();
         average = double.IsNaN(average) ? value : 0.98 * average + 0.02 * value;
-        if (targetLoss is { } goal && step > 2 * Interval && average <= goal && step % Interval == Interval - 1) break;
+        if (targetLoss is { } goal && step > 200 && average <= goal) break;
     }
 
+    session.Flush();
     run.Steps = session.StepCount;
     run.Failures = session.FailureCount;
-    Console.WriteLine($"{condition,-12} seed {seed}: {run.Steps} steps, train loss {average:F3}, test accuracy {run.Windows[^1].TestAccuracy:P1}, {run.Windows.Count} windows ({clock.Elapsed.TotalSeconds:F0} s)");
+    Console.WriteLine($"{condition,-12} seed {seed}: {run.Steps} steps, train loss {average:F3}, test accuracy {run.Evaluations[^1].TestAccuracy:P1}, {run.Windows.Count} windows ({clock.Elapsed.TotalSeconds:F0} s)");
     return run;
 }
 
@@ -149,12 +163,12 @@ static (double Loss, double Accuracy) Evaluate(nn.Module<Tensor, Tensor> model, 
 
 static void WriteCsv(string path, List<Run> runs)
 {
-    var text = new StringBuilder("experiment,condition,seed,noise,batch,lr,step,train_loss,val_loss,val_accuracy,test_loss,test_accuracy,cosine,cosine_stderr,regret_relative_fisher,regret_relative_fisher_stderr,gsnr,gsnr_stderr,eb,eb_stderr,step_cosine,cosine_smoothed,cosine_smoothed_stderr,regret_relative_fisher_smoothed,regret_relative_fisher_smoothed_stderr,gsnr_smoothed,gsnr_smoothed_stderr,eb_smoothed\n");
+    var text = new StringBuilder("experiment,condition,seed,noise,batch,lr,step,train_loss,val_loss,val_accuracy,test_loss,test_accuracy,cosine,cosine_stderr,regret_relative_fisher,regret_relative_fisher_stderr,gsnr,gsnr_stderr,eb,eb_stderr,cosine_smoothed,cosine_smoothed_stderr,regret_relative_fisher_smoothed,regret_relative_fisher_smoothed_stderr,gsnr_smoothed,gsnr_smoothed_stderr,eb_smoothed,norm_euclidean,noise_euclidean,norm_fisher,noise_fisher\n");
     foreach (var r in runs)
         foreach (var w in r.Windows)
             text.AppendLine(string.Join(',', new object[] { r.Experiment, r.Condition, r.Seed, r.Noise, r.Batch, r.LearningRate, w.Step, w.TrainLoss, w.ValLoss, w.ValAccuracy,
-                w.TestLoss, w.TestAccuracy, w.Cosine, w.CosineError, w.Regret, w.RegretError, w.Gsnr, w.GsnrError, w.Eb, w.EbError, w.StepCosine,
-                w.CosineSmoothed, w.CosineSmoothedError, w.RegretSmoothed, w.RegretSmoothedError, w.GsnrSmoothed, w.GsnrSmoothedError, w.EbSmoothed }
+                w.TestLoss, w.TestAccuracy, w.Cosine, w.CosineError, w.Regret, w.RegretError, w.Gsnr, w.GsnrError, w.Eb, w.EbError,
+                w.CosineSmoothed, w.CosineSmoothedError, w.RegretSmoothed, w.RegretSmoothedError, w.GsnrSmoothed, w.GsnrSmoothedError, w.EbSmoothed, w.Norm, w.Noise, w.NormFisher, w.NoiseFisher }
                 .Select(v => Convert.ToString(v, CultureInfo.InvariantCulture))));
     File.WriteAllText(path, text.ToString());
 }
@@ -172,12 +186,12 @@ string Summarize(List<Run> all)
         // (a) Label noise: the indicators averaged over windows after the warm-up, per noise level (all seeds).
         md.AppendLine("### (a) Label noise (batch 64, lr 0.05, K = " + windowSize + ", " + steps + " steps; means over windows after step " + WarmUp + " and over seeds " + string.Join(", ", allSeeds) + ")");
         md.AppendLine();
-        md.AppendLine("| training labels replaced | cosine (euclidean) | typical stderr | relative regret (fisher) | GSNR | EB | step-to-step cosine | final test accuracy |");
+        md.AppendLine("| training labels replaced | windows per run | cosine (euclidean) | typical stderr | relative regret (fisher) | GSNR | EB | final test accuracy |");
         md.AppendLine("| --- | --- | --- | --- | --- | --- | --- | --- |");
         foreach (var group in all.Where(r => r.Experiment == "a").GroupBy(r => r.Noise).OrderBy(g => g.Key))
         {
             var w = group.SelectMany(r => r.Windows.Where(x => x.Step > WarmUp)).ToList();
-            md.AppendLine($"| {group.Key:P0} | {F(w.Average(x => x.Cosine), "F4")} | {F(Median(w.Select(x => x.CosineError)), "F4")} | {F(w.Average(x => x.Regret))} | {F(w.Average(x => x.Gsnr), "F4")} | {F(w.Average(x => x.Eb))} | {F(w.Average(x => x.StepCosine), "F4")} | {F(group.Average(r => r.Windows[^1].TestAccuracy), "P1")} |");
+            md.AppendLine($"| {group.Key:P0} | {group.Average(r => r.Windows.Count):F0} | {F(w.Average(x => x.Cosine), "F4")} | {F(Median(w.Select(x => x.CosineError)), "F4")} | {F(w.Average(x => x.Regret))} | {F(w.Average(x => x.Gsnr), "F4")} | {F(w.Average(x => x.Eb))} | {F(group.Average(r => r.Evaluations[^1].TestAccuracy), "P1")} |");
         }
 
         var levels = all.Where(r => r.Experiment == "a").GroupBy(r => r.Noise).OrderBy(g => g.Key)
@@ -188,7 +202,7 @@ string Summarize(List<Run> all)
 
         // Clean vs random labels, window by window (same steps), per seed.
         md.AppendLine();
-        md.AppendLine("Clean vs 100% random labels, window by window after step " + WarmUp + " (the same steps in both runs): how often the clean run's value is on the clean side, and how often the two 95% intervals (value +- 1.96 stderr) do not overlap.");
+        md.AppendLine("Clean vs 100% random labels, window by window after step " + WarmUp + " (each clean window against the random run's window nearest in step): how often the clean run's value is on the clean side, and how often the two 95% intervals (value +- 1.96 stderr) do not overlap.");
         md.AppendLine();
         md.AppendLine("| indicator | clean side | intervals apart | windows |");
         md.AppendLine("| --- | --- | --- | --- |");
@@ -200,19 +214,19 @@ string Summarize(List<Run> all)
         };
         foreach (var (label, value, error, higherIsClean) in headline.Concat(new (string, Func<Window, double>, Func<Window, double>, bool)[]
         {
-            ("gradient.cosine.smoothed [euclidean] (5 windows)", x => x.CosineSmoothed, x => x.CosineSmoothedError, true),
-            ("regret.relative.smoothed [fisher] (5 windows)", x => x.RegretSmoothed, x => x.RegretSmoothedError, false),
-            ("gradient.gsnr.smoothed (5 windows)", x => x.GsnrSmoothed, x => x.GsnrSmoothedError, true),
-            ("step.gradient.cosine [euclidean] (passive)", x => x.StepCosine, _ => double.NaN, true),
+            ($"gradient.cosine.smoothed [euclidean] ({smoothing} windows, pooled moments)", x => x.CosineSmoothed, x => x.CosineSmoothedError, true),
+            ($"regret.relative.smoothed [fisher] ({smoothing} windows, pooled moments)", x => x.RegretSmoothed, x => x.RegretSmoothedError, false),
+            ($"gradient.gsnr.smoothed ({smoothing} windows, mean)", x => x.GsnrSmoothed, x => x.GsnrSmoothedError, true),
         }))
         {
             int windows = 0, side = 0, apart = 0;
             foreach (int seed in allSeeds)
             {
-                var clean = all.Single(r => r.Experiment == "a" && r.Seed == seed && r.Noise == 0).Windows.Where(x => x.Step > WarmUp).ToList();
-                var random = all.Single(r => r.Experiment == "a" && r.Seed == seed && r.Noise == 1).Windows.Where(x => x.Step > WarmUp).ToList();
-                foreach (var (c, r) in clean.Zip(random))
+                var clean = all.Single(r => r.Experiment == "a" && r.Seed == seed && r.Noise == 0).Windows;
+                var random = all.Single(r => r.Experiment == "a" && r.Seed == seed && r.Noise == 1).Windows;
+                foreach (var (i, j) in Pairs(clean, random))
                 {
+                    var (c, r) = (clean[i], random[j]);
                     windows++;
                     double sign = higherIsClean ? 1 : -1;
                     if (sign * (value(c) - value(r)) > 0) side++;
@@ -226,7 +240,7 @@ string Summarize(List<Run> all)
         // How the separation of 95% intervals grows with the number of windows averaged (the mean of the last n windows'
         // values, standard error sqrt(sum se^2) / n), from the same runs.
         md.AppendLine();
-        md.AppendLine("Intervals apart (clean vs random, same windows as above) for a mean over the last n windows:");
+        md.AppendLine("Intervals apart (clean vs random, same pairs of windows as above) for a mean over each run's last n windows:");
         md.AppendLine();
         md.AppendLine("| indicator | n = 1 | n = 5 | n = 10 | n = 20 |");
         md.AppendLine("| --- | --- | --- | --- | --- |");
@@ -240,17 +254,16 @@ string Summarize(List<Run> all)
                 {
                     var clean = all.Single(r => r.Experiment == "a" && r.Seed == seed && r.Noise == 0).Windows;
                     var random = all.Single(r => r.Experiment == "a" && r.Seed == seed && r.Noise == 1).Windows;
-                    for (int i = 0; i < Math.Min(clean.Count, random.Count); i++)
+                    foreach (var (i, j) in Pairs(clean, random))
                     {
-                        if (clean[i].Step <= WarmUp) continue;
-                        (double Mean, double Error) Smooth(List<Window> w)
+                        (double Mean, double Error) Smooth(List<Window> w, int last)
                         {
-                            var last = w.Skip(Math.Max(0, i + 1 - n)).Take(Math.Min(n, i + 1)).ToList();
-                            return (last.Average(value), Math.Sqrt(last.Sum(x => error(x) * error(x))) / last.Count);
+                            var recent = w.Skip(Math.Max(0, last + 1 - n)).Take(Math.Min(n, last + 1)).ToList();
+                            return (recent.Average(value), Math.Sqrt(recent.Sum(x => error(x) * error(x))) / recent.Count);
                         }
 
-                        var (c, ce) = Smooth(clean);
-                        var (r, re) = Smooth(random);
+                        var (c, ce) = Smooth(clean, i);
+                        var (r, re) = Smooth(random, j);
                         windows++;
                         double sign = higherIsClean ? 1 : -1;
                         if (sign * (c - r) - 1.96 * (ce + re) > 0) apart++;
@@ -275,7 +288,7 @@ string Summarize(List<Run> all)
         foreach (var group in all.Where(r => r.Experiment is "b" or "c").GroupBy(r => r.Condition))
         {
             var w = group.SelectMany(r => r.Windows.Skip(r.Windows.Count * 2 / 3)).ToList();
-            md.AppendLine($"| {group.Key} | {group.Average(r => r.Steps):F0} | {F(group.Average(r => r.Windows[^1].TrainLoss))} | {F(w.Average(x => x.Cosine), "F4")} | {F(w.Average(x => x.Regret))} | {F(w.Average(x => x.Gsnr), "F4")} | {F(group.Average(r => r.Windows[^1].TestAccuracy), "P1")} |");
+            md.AppendLine($"| {group.Key} | {group.Average(r => r.Steps):F0} | {F(group.Average(r => r.Windows[^1].TrainLoss))} | {F(w.Average(x => x.Cosine), "F4")} | {F(w.Average(x => x.Regret))} | {F(w.Average(x => x.Gsnr), "F4")} | {F(group.Average(r => r.Evaluations[^1].TestAccuracy), "P1")} |");
         }
     }
 
@@ -284,17 +297,17 @@ string Summarize(List<Run> all)
         // Stopping.
         var candidates = new[]
         {
-            "eb_criterion > 0 for 3",
             "gradient.gsnr < 0.01 for 3",
-            "gradient.gsnr < 0.02 for 3",
+            "eb_criterion > 0 for 3",
             "gradient.cosine[euclidean] < 0.02 for 3",
-            "gradient.cosine[euclidean] < 0.05 for 3",
             "regret.relative[fisher] > 0.97 for 3",
-            "eb_criterion.smoothed > 0 for 2",
-            "gradient.gsnr.smoothed < 0.01 for 2",
-            "gradient.gsnr.smoothed < 0.005 for 2",
-            "gradient.cosine.smoothed[euclidean] < 0.02 for 2",
-            "regret.relative.smoothed[fisher] > 0.98 for 2",
+            "gradient.gsnr.smoothed < 0.01 for 3",
+            "gradient.cosine.smoothed[euclidean] < 0.02 for 3",
+            "gradient.cosine.smoothed[euclidean] < 0.01 for 3",
+            "gradient.cosine.smoothed[euclidean] < 0 for 3",
+            "regret.relative.smoothed[fisher] > 0.97 for 3",
+            "regret.relative.smoothed[fisher] > 0.98 for 3",
+            "regret.relative.smoothed[fisher] > 0.99 for 3",
         };
         double Score(string rule, IEnumerable<int> seeds) => seeds.Sum(seed => StopQuality(rule, seed));
         double StopQuality(string rule, int seed)
@@ -304,7 +317,7 @@ string Summarize(List<Run> all)
             var random = Stop(rule, Find(seed, 1));
             var noisy = Stop(rule, Find(seed, 0.2));
             var validation = Stop(null, Find(seed, 0.2));
-            double best = Find(seed, 0).Windows.Max(x => x.TestAccuracy);
+            double best = Find(seed, 0).Evaluations.Max(x => x.TestAccuracy);
             return (clean.Accuracy >= best - 0.01 ? 1 : 0) + (random.Stopped ? 1 : 0) + (Math.Abs(noisy.Accuracy - validation.Accuracy) <= 0.01 ? 1 : 0);
         }
 
@@ -323,11 +336,11 @@ string Summarize(List<Run> all)
             foreach (double noise in new[] { 0.0, 0.2, 0.5, 1.0 })
             {
                 var run = Find(seed, noise);
-                var best = run.Windows.MaxBy(x => x.TestAccuracy)!;
+                var best = run.Evaluations.MaxBy(x => x.TestAccuracy)!;
                 var byValidation = Stop(null, run);
                 var byProbe = Stop(chosen, run);
                 string Cell((bool Stopped, long Step, double Accuracy) s) => s.Stopped ? $"{s.Step}, {s.Accuracy.ToString("P1", inv)}" : $"no stop, {s.Accuracy.ToString("P1", inv)}";
-                md.AppendLine($"| {noise:P0} | {seed} | {best.TestAccuracy.ToString("P1", inv)} ({best.Step}) | {run.Windows[^1].TestAccuracy.ToString("P1", inv)} | {Cell(byValidation)} | {Cell(byProbe)} |");
+                md.AppendLine($"| {noise:P0} | {seed} | {best.TestAccuracy.ToString("P1", inv)} ({best.Step}) | {run.Evaluations[^1].TestAccuracy.ToString("P1", inv)} | {Cell(byValidation)} | {Cell(byProbe)} |");
             }
 
         md.AppendLine();
@@ -337,19 +350,44 @@ string Summarize(List<Run> all)
     return md.ToString();
 }
 
-// Replays a rule over a run's windows (the library's own rule objects, as a session would evaluate them); null is
-// validation-loss early stopping. Returns whether it stopped, the step, and the test accuracy there (at the end if not).
+// Replays a rule over a run's windows (the library's own rule objects, as a session would evaluate them), or with a null
+// rule validation-loss early stopping over the evaluations every ValidateEvery steps. Returns whether it stopped, the
+// step, and the test accuracy there (at the end if not).
 static (bool Stopped, long Step, double Accuracy) Stop(string? rule, Run run)
 {
-    StoppingRule stopping = rule is null ? new EarlyStopping("val.loss", StoppingMode.Min) { Patience = 5 } : StoppingRule.Parse(rule);
+    const int ValidateEvery = 50;   // a validation pass every 50 steps, patience 5 of them (250 steps)
+    if (rule is null)
+    {
+        var early = new EarlyStopping("val.loss", StoppingMode.Min) { Patience = 5 };
+        foreach (var e in run.Evaluations.Where(e => (e.Step - 1) % ValidateEvery == 0))
+        {
+            early.Evaluate(e.ValLoss, e.Step);
+            if (early.Stopped) return (true, e.Step, e.TestAccuracy);
+        }
+
+        return (false, run.Evaluations[^1].Step, run.Evaluations[^1].TestAccuracy);
+    }
+
+    var stopping = StoppingRule.Parse(rule);
     foreach (var w in run.Windows)
     {
-        double value = rule is null ? w.ValLoss : ValueOf(stopping, w);
-        stopping.Evaluate(value, w.Step);
+        stopping.Evaluate(ValueOf(stopping, w), w.Step);
         if (stopping.Stopped) return (true, w.Step, w.TestAccuracy);
     }
 
-    return (false, run.Windows[^1].Step, run.Windows[^1].TestAccuracy);
+    return (false, run.Evaluations[^1].Step, run.Evaluations[^1].TestAccuracy);
+}
+
+// Each clean window after the warm-up with the random run's window nearest in step (indices into the two lists).
+IEnumerable<(int Clean, int Random)> Pairs(List<Window> clean, List<Window> random)
+{
+    for (int i = 0; i < clean.Count; i++)
+    {
+        if (clean[i].Step <= WarmUp || random.Count == 0) continue;
+        long step = clean[i].Step;
+        int nearest = Enumerable.Range(0, random.Count).MinBy(j => Math.Abs(random[j].Step - step));
+        yield return (i, nearest);
+    }
 }
 
 static double ValueOf(StoppingRule rule, Window w) => (rule.Monitor, rule.Geometry) switch
@@ -371,10 +409,12 @@ static double Median(IEnumerable<double> values)
     return sorted.Length == 0 ? double.NaN : sorted[sorted.Length / 2];
 }
 
+sealed record Evaluation(long Step, double ValLoss, double ValAccuracy, double TestLoss, double TestAccuracy);
+
 sealed record Window(long Step, double TrainLoss, double ValLoss, double ValAccuracy, double TestLoss, double TestAccuracy,
-    double Cosine, double CosineError, double Regret, double RegretError, double Gsnr, double GsnrError, double Eb, double EbError, double StepCosine,
+    double Cosine, double CosineError, double Regret, double RegretError, double Gsnr, double GsnrError, double Eb, double EbError,
     double CosineSmoothed, double CosineSmoothedError, double RegretSmoothed, double RegretSmoothedError, double GsnrSmoothed, double GsnrSmoothedError,
-    double EbSmoothed);
+    double EbSmoothed, double Norm, double Noise, double NormFisher, double NoiseFisher);
 
 sealed class Run(string condition, string experiment, int seed, double noise, int batch, double lr)
 {
@@ -385,6 +425,7 @@ sealed class Run(string condition, string experiment, int seed, double noise, in
     public int Batch { get; } = batch;
     public double LearningRate { get; } = lr;
     public List<Window> Windows { get; } = [];
+    public List<Evaluation> Evaluations { get; } = [];
     public long Steps { get; set; }
     public int Failures { get; set; }
 }

@@ -5,7 +5,7 @@
 // (data/mnist-10k: the first 8,000 train, the last 2,000 are a held-out test split never trained on), or on a full
 // MNIST download (--data <folder>: train-*-ubyte for training, t10k-*-ubyte for testing when present). After every
 // epoch it measures the test accuracy and loss, reports them to the probe session (session.Report), and prints one
-// line with the headline indicators of the latest window. The README's stopping rule ("gradient.gsnr < 0.01 for 3":
+// line with the headline indicators of the latest window. The README's stopping rule ("regret.relative.smoothed[fisher] > 0.99 for 3":
 // the minibatch gradients at one theta have stopped agreeing) ends training when it fires. --label-noise replaces
 // that fraction of the training labels by other, random ones. At the end it writes <output>/summary.json.
 //
@@ -31,9 +31,9 @@ const string Usage = """
       --batch N             minibatch size (default 64)
       --lr X                SGD learning rate, momentum 0.9 (default 0.05)
       --label-noise P       replace the labels of this fraction of the training split by random other labels (default 0)
-      --interval N|budget   a window every N steps (default 50), or "budget": the session's default, whose 5%
-                            overhead budget sets the interval (on this small MLP, a window every few hundred steps)
-      --stop RULE|none      the stopping rule (default "gradient.gsnr < 0.01 for 3", the README's)
+      --interval N|budget   a window every N steps, or "budget" (the default, the session's): its 5% overhead
+                            budget sets the interval
+      --stop RULE|none      the stopping rule (default "regret.relative.smoothed[fisher] > 0.99 for 3", the README's)
       --data <folder>       a full MNIST download (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], and
                             t10k-*-ubyte[.gz] for the test split); default the repository's data/mnist-10k, whose last
                             2,000 digits are the test split
@@ -264,9 +264,10 @@ static int AddLabelNoise(ref Tensor labels, double fraction, int seed)
 static string Headline(ProbeSnapshot? s)
 {
     if (s is null) return "no window yet";
+    // The smoothed values (over the last SmoothingWindows windows): one window sees one minibatch and is noisy.
     string Value(string label, string name, Geometry g) =>
-        s.TryGetValue(name, g, out double v) && !double.IsNaN(v) ? string.Create(CultureInfo.InvariantCulture, $" {label} {v:G3}") : "";
-    return $"window {s.Window} (step {s.Step}):" + Value("gsnr", Indicators.Gsnr, Geometry.None)
+        s.TryGetValue(name + Indicators.SmoothedSuffix, g, out double v) && !double.IsNaN(v) ? string.Create(CultureInfo.InvariantCulture, $" {label} {v:G3}") : "";
+    return $"window {s.Window} (step {s.Step}), smoothed:" + Value("gsnr", Indicators.Gsnr, Geometry.None)
         + Value("cos", Indicators.Cosine, Geometry.Euclidean)
         + Value("regret[fisher]", Indicators.RelativeRegret, Geometry.Fisher)
         + Value("kappa[fisher]", Indicators.ContrastiveFlatness, Geometry.Fisher);
@@ -281,9 +282,9 @@ internal sealed record Settings(
     {
         string model = "mlp", output = Path.GetFullPath("mnist-results"), data = Mnist.DefaultDirectory;
         int epochs = 20, batch = 64, seed = 1;
-        int? steps = null, port = null, interval = 50;
+        int? steps = null, port = null, interval = null;
         double lr = 0.05, noise = 0;
-        StoppingRule? stop = StoppingRule.Parse("gradient.gsnr < 0.01 for 3");
+        StoppingRule? stop = StoppingRule.Parse("regret.relative.smoothed[fisher] > 0.99 for 3");
         bool help = false;
         for (int i = 0; i < args.Length; i++)
         {
@@ -318,7 +319,7 @@ internal sealed record Settings(
                 case "--steps": steps = Integer("a number of steps", 1); break;
                 case "--interval":
                     if (i + 1 < args.Length && args[i + 1] == "budget") (interval, i) = (null, i + 1);
-                    else interval = Integer("a number of steps (at least K = 16) or budget", 16);
+                    else interval = Integer("a number of steps (at least 1) or budget", 1);
                     break;
                 case "--batch": batch = Integer("a batch size", 1); break;
                 case "--lr": lr = Number("a learning rate", 1e-9, 10); break;
@@ -332,7 +333,7 @@ internal sealed record Settings(
                     if (port > 65535) throw new UsageException($"--prometheus needs a port up to 65535, not {port}.");
                     break;
                 case "--stop":
-                    string text = Value("a stopping rule (for example \"gradient.gsnr < 0.01 for 3\") or none");
+                    string text = Value("a stopping rule (for example \"regret.relative.smoothed[fisher] > 0.99 for 3\") or none");
                     try
                     {
                         stop = text == "none" ? null : StoppingRule.Parse(text);

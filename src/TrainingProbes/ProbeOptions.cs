@@ -10,7 +10,7 @@ namespace TrainingProbes;
 /// </summary>
 public sealed class ProbeOptions
 {
-    private int _windowSize = 16;
+    private int _windowSize = 8;
     private int _interval = 100;
     private Geometry? _geometries;
     private double _fisherDecay = 0.9;
@@ -25,11 +25,10 @@ public sealed class ProbeOptions
     private string? _checkpointPath;
 
     /// <summary>
-    /// K, the number of consecutive step gradients in a window (at least 2, default 16). The gradient buffer holds
-    /// K copies of the selected parameters on their device, and the one-theta family costs K forward/backward passes
-    /// per window. The default is chosen from the evidence (examples/Evidence): at K = 8 a single window's GSNR put clean
-    /// above random labels in 85% of windows and the 5-window means' 95% intervals were apart in 53-64%; at K = 16,
-    /// 96-98% and 91-95%.
+    /// K, the number of micro-batches a window splits the closing step's minibatch into (at least 2, default 8): the
+    /// default indicators compare the K micro-batch gradients at the step's parameters, and report what they imply for
+    /// minibatches of the trainer's size. A batch of b examples gives micro-batches of b / K (the remainder of b / K is
+    /// left out). With <see cref="StepStatistics"/>, also the number of step gradients of the step family's windows.
     /// </summary>
     public int WindowSize
     {
@@ -42,17 +41,24 @@ public sealed class ProbeOptions
     }
 
     /// <summary>
-    /// N, a window opens every N steps (default 100); must be at least <see cref="WindowSize"/>. With an
-    /// <see cref="OverheadBudget"/> (the default), only the first interval: later ones follow the budget.
+    /// N, a window opens every N steps (default 100) when <see cref="OverheadBudget"/> is null. With a budget (the
+    /// default) the session chooses the interval from what windows cost, and this is not used.
     /// </summary>
     public int Interval
     {
         get => _interval;
-        init => _interval = value >= 2
+        init => _interval = value >= 1
             ? value
             : throw new ArgumentOutOfRangeException(nameof(Interval), value,
-                "Interval (N) must be at least 2 and at least WindowSize: a window of K steps opens every N steps.");
+                "Interval (N) must be at least 1 (a window every N steps), and at least WindowSize with StepStatistics.");
     }
+
+    /// <summary>
+    /// Whether the step family runs (default false): the first-order family of the trainer's own K consecutive step
+    /// gradients, each at its own theta, published as <c>step.*</c>. They describe the optimizer's trajectory, not
+    /// generalization, and cost a K x P buffer of step gradients; a window then spans K steps.
+    /// </summary>
+    public bool StepStatistics { get; init; }
 
     /// <summary>Largest interval the overhead budget may choose.</summary>
     public const int MaxInterval = 1_000_000;
@@ -106,6 +112,14 @@ public sealed class ProbeOptions
     }
 
     private WindowStorage _storage;
+
+    /// <summary>A copy of these options with another <see cref="Storage"/> (the session's choice for a large model).</summary>
+    internal ProbeOptions With(WindowStorage storage)
+    {
+        var copy = (ProbeOptions)MemberwiseClone();
+        copy._storage = storage;
+        return copy;
+    }
 
     /// <summary>
     /// d, the numbers each gradient is compressed to with <see cref="WindowStorage.Sketch"/> (default 65,536 = 2^16),
@@ -281,18 +295,21 @@ public sealed class ProbeOptions
     public Func<Tensor, Tensor>? Forward { get; init; }
 
     /// <summary>
-    /// Windows over which the default (one-theta) values are also averaged and published as <c>&lt;name&gt;.smoothed</c>
-    /// with their standard error (default 5; 0 publishes no means). A mean over n windows has about 1/sqrt(n) of a
-    /// window's standard error, at the price of describing the last n windows rather than the latest theta.
+    /// Windows over which the default values are also smoothed and published as <c>&lt;name&gt;.smoothed</c> with their
+    /// standard error (default 32; 0 publishes none). Cosine, regret, relative regret, flatness, noise, the norms,
+    /// disparity and the norm test are computed from the windows' pooled Gram moments (a jackknife over the windows gives
+    /// the error); the others are means of the windows' values. One window sees one minibatch, so its values are noisy
+    /// (a cosine's standard error is typically 0.2 to 0.4): read and stop on the smoothed values, which describe the last
+    /// n windows rather than the latest step.
     /// </summary>
     public int SmoothingWindows
     {
         get => _smoothingWindows;
         init => _smoothingWindows = value == 0 || value is >= 2 and <= 1000 ? value
-            : throw new ArgumentOutOfRangeException(nameof(SmoothingWindows), value, "SmoothingWindows is 0 (off) or a window count from 2 to 1000, for example 5.");
+            : throw new ArgumentOutOfRangeException(nameof(SmoothingWindows), value, "SmoothingWindows is 0 (off) or a window count from 2 to 1000, for example 32.");
     }
 
-    private int _smoothingWindows = 5;
+    private int _smoothingWindows = 32;
 
     /// <summary>
     /// Whether a window's statistics run on a worker thread while training goes on (default true): the probes take what
@@ -471,9 +488,9 @@ public sealed class ProbeOptions
 
     internal void ValidateTogether()
     {
-        if (Interval < WindowSize)
+        if (StepStatistics && Interval < WindowSize)
             throw new ArgumentException(
-                $"Interval ({Interval}) must be at least WindowSize ({WindowSize}): a window of K consecutive steps opens every N steps. " +
+                $"Interval ({Interval}) must be at least WindowSize ({WindowSize}) with StepStatistics: a window of K consecutive steps opens every N steps. " +
                 $"Raise Interval to {WindowSize} or more, or lower WindowSize.", nameof(Interval));
         if (Storage == WindowStorage.Sketch && Geometries.HasFlag(Geometry.Fisher))
             throw new ArgumentException(

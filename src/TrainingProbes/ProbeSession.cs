@@ -43,32 +43,33 @@ public sealed class ProbeSession : IDisposable
         RunId = options.RunId ?? $"{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Random.Shared.Next(0x10000):x4}";
         _logger = (ILogger?)options.LoggerFactory?.CreateLogger<ProbeSession>() ?? NullLogger.Instance;
         StoppingController.CheckMonitors(options, _logger, RunId);
-        _scheduler = new WindowScheduler(options, options.TimeProvider);
+        Windows = new SessionWindows(model, options, _logger);
+        _scheduler = new WindowScheduler(options, options.TimeProvider, Windows.Length);
         _failures = new ProbeFailures(_logger, RunId, () => _scheduler.Steps, options.Strict);
 
-        Window = GradientWindow.For(model, options);
         if (options.Storage == WindowStorage.Sketch)
         {
-            string sketch = $"[probes] Storage = Sketch: each gradient is kept as a CountSketch of {options.SketchDimension} numbers; the Gram indicators and the drift are " +
-                $"estimated from them in the {options.Geometries} geometries, and GSNR, EB, per-layer values, the fisher geometry and the raw gradients are not available.";
+            string sketch = $"[probes] Storage = Sketch: a window's gradients are kept as CountSketches of {options.SketchDimension} numbers where they need a K x P buffer; the Gram indicators " +
+                $"are then estimated from them in the {options.Geometries} geometries, and GSNR, EB, per-layer values, the fisher geometry and the raw gradients are not available.";
             options.Output?.WriteLine(sketch);
             _logger.LogInformation("{Message}", sketch);
         }
         try
         {
-            var builtIn = options.BuiltInProbes
-                ? new TrainingProbe[] { new LossProbe(), new ParameterDriftProbe(), new GradientStatisticsProbe(options), new OneThetaGradientProbe(options) }
-                : [];
+            var builtIn = !options.BuiltInProbes ? []
+                : options.StepStatistics
+                    ? new TrainingProbe[] { new LossProbe(), new ParameterDriftProbe(), new GradientStatisticsProbe(options), new OneThetaGradientProbe(options) }
+                    : new TrainingProbe[] { new LossProbe(), new ParameterDriftProbe(), new OneThetaGradientProbe(options) };
             _runner = new ProbeRunner(builtIn, options.Probes, _failures);
         }
         catch
         {
-            Window.Dispose();
+            Windows.Dispose();
             throw;
         }
 
         _stepContext = new ProbeStepContext(this);
-        _windowContext = new ProbeWindowContext(this, Window);
+        _windowContext = new ProbeWindowContext(this, Windows.Layout, options.WindowSize);
         _publisher = new SnapshotPublisher(options.HistoryCapacity, _failures);
         _stopping = new StoppingController(model, options, _logger, RunId, _failures, () => _scheduler.Steps);
         _telemetry = new SessionTelemetry(RunId, options.Worker, _publisher, _scheduler, _failures, _stopping);
@@ -93,13 +94,29 @@ public sealed class ProbeSession : IDisposable
         catch
         {
             _telemetry.Unregister();
-            Window.Dispose();
+            Windows.Dispose();
             throw;
         }
 
+        // The window pass's code compiled on the worker now, not when the first window's statistics need it.
+        if (options.BuiltInProbes && options.BackgroundStatistics)
+            _worker.Run(() =>
+            {
+                try
+                {
+                    Statistics.WindowKernel.WarmUp(options.WindowSize);
+                }
+                catch (Exception)
+                {
+                    // Only a head start: a window whose pass fails reports it as the probe's failure.
+                }
+            });
+
         _logger.LogInformation(
-            "TrainingProbes run {RunId}: watching {Parameters} parameters in {Tensors} tensors, window K={K} every N={N} steps, geometries {Geometries}.",
-            RunId, Window.ParameterCount, Window.Parameters.Count, options.WindowSize, options.Interval, options.Geometries);
+            "TrainingProbes run {RunId}: watching {Parameters} parameters in {Tensors} tensors, K={K} micro-batches per window, {Schedule}, geometries {Geometries}.",
+            RunId, Windows.Layout.ParameterCount, Windows.Layout.Parameters.Count, options.WindowSize,
+            options.OverheadBudget is { } budget ? $"windows as often as a {budget:P0} overhead budget allows" : $"a window every {options.Interval} steps",
+            options.Geometries);
     }
 
     /// <summary>
@@ -256,12 +273,14 @@ public sealed class ProbeSession : IDisposable
     }
 
     /// <summary>What a saved state must match: the watched parameters and the window size.</summary>
-    private string StateShape => $"{Window.ParameterCount} parameters in {Window.Parameters.Count} tensors, K = {Options.WindowSize}, geometries {Options.Geometries}";
+    private string StateShape => $"{Windows.Layout.ParameterCount} parameters in {Windows.Layout.Parameters.Count} tensors, K = {Options.WindowSize}, geometries {Options.Geometries}";
 
     private IEnumerable<IStatefulPart> StatefulParts() =>
-        [_scheduler, _stopping, .. _runner.Probes.OfType<IStatefulPart>()];
+        [_scheduler, _stopping, Windows, .. _runner.Probes.OfType<IStatefulPart>()];
 
-    internal GradientWindow Window { get; }
+    /// <summary>The session's window data: the layout, the window's theta, the micro-batch gradients, the step ring.</summary>
+    internal SessionWindows Windows { get; }
+
 
     /// <summary>The values the trainer reported and the rules that fired.</summary>
     private RunRecord Record { get; } = new();
@@ -314,14 +333,35 @@ public sealed class ProbeSession : IDisposable
                 nameof(loss));
 
         long started = _scheduler.Now;
+        // Whether the worker ran during the trainer's work since the last step: such steps measure what it costs training.
+        bool workerBusy = _pending is { Job.InBackground: true };
         if (_pending is { } pending && pending.Job.IsCompleted) Publish();
-        int slot = _scheduler.BeginStep(started, out long step);
-        if (slot == 0 && _pending is not null) Publish();   // the next window never overwrites buffers the worker still reads
+        int slot = _scheduler.BeginStep(started, out long step, workerBusy);
+        if (slot == 0 && _pending is not null)
+        {
+            // The next window never overwrites what the worker still reads. Under the overhead budget training does not
+            // wait for the worker: while it is busy the window moves to the next step (for at most MaxPostponed steps,
+            // then it waits); a fixed Interval is kept, and the training thread waits.
+            if (!_pending.Job.IsCompleted && Options.OverheadBudget is not null && _workerWaits < MaxPostponed)
+            {
+                _workerWaits++;
+                _scheduler.Postpone();
+                slot = -1;
+            }
+            else
+            {
+                _workerWaits = 0;
+                Publish();
+            }
+        }
+
+        int last = Windows.Length - 1;
+        if (input is not null && target is not null) _batchSeen = true;
         if ((slot < 0 || _detached is not null) && loss is not null && _stopping.MonitorsLoss && loss.device_type == DeviceType.CPU)
             _failures.Guard("stopping", static a => a.Session.CheckLoss(a.Loss), (Session: this, Loss: loss));
         if (slot >= 0 && (_detached is not null || slot == 0 && !ParametersStillWatched()))
         {
-            if (slot == Options.WindowSize - 1) CloseDetachedWindow(started);
+            if (slot == last) CloseDetachedWindow(started);
             _scheduler.EndStep(_scheduler.Now);
             return this;
         }
@@ -334,7 +374,7 @@ public sealed class ProbeSession : IDisposable
         using (var scope = torch.NewDisposeScope())
         using (torch.no_grad())
         {
-            if (slot >= 0) _runner.TimedCapture(static a => a.Window.Capture(a.Slot), (Window, Slot: slot));
+            if (slot >= 0 && Windows.Steps is { } steps) _runner.TimedCapture(static a => a.Steps.Capture(a.Slot), (Steps: steps, Slot: slot));
             _stepContext.Step = step;
             _stepContext.WindowSlot = slot;
             _stepContext.Loss = loss;
@@ -345,15 +385,55 @@ public sealed class ProbeSession : IDisposable
         }
 
         _scheduler.AddProbeTicks(_scheduler.Now - started);
-        // A parameter replaced during the window made some of its slots stale: the window is dropped, not published.
-        if (slot == Options.WindowSize - 1)
+        if (slot == last)
         {
-            if (ParametersStillWatched()) CloseWindow(input, target);
-            else CloseDetachedWindow(_scheduler.Now);
+            // A parameter replaced during the window made some of its slots stale: the window is dropped, not published.
+            if (!ParametersStillWatched()) CloseDetachedWindow(_scheduler.Now);
+            else
+            {
+                var (missing, later) = Options.BuiltInProbes ? MicroBatchesMissing(input, target) : (null, false);
+                // A one-step window waits for a step that passes a batch, if the trainer passes batches at all.
+                if (missing is not null && later && last == 0 && _batchSeen && !_gaveUpWaiting && _postponed < MaxPostponed)
+                {
+                    _postponed++;
+                    _scheduler.Postpone();   // a one-step window waits for a step with a minibatch to split
+                }
+                else
+                {
+                    // After MaxPostponed steps without a usable batch, windows close without waiting until one has it again.
+                    _gaveUpWaiting = missing is not null;
+                    _postponed = 0;
+                    CloseWindow(input, target, missing, capture: Options.BuiltInProbes && missing is null);
+                }
+            }
         }
+
         _scheduler.EndStep(_scheduler.Now);
         return this;
     }
+
+    /// <summary>Steps a one-step window waits at most for a step that passes its minibatch.</summary>
+    private const int MaxPostponed = 100;
+
+    private int _postponed, _workerWaits;
+    private bool _gaveUpWaiting, _batchSeen;
+
+    /// <summary>
+    /// Why this step cannot give the window's micro-batch gradients (null when it can), and whether a later step may
+    /// (the reason is this step's batch).
+    /// </summary>
+    private (string? Reason, bool Later) MicroBatchesMissing(Tensor? input, Tensor? target)
+    {
+        if (LossFunction is null) return ("no loss function", false);
+        if (Forward is null) return ($"no forward function ({Model.GetType().Name} is not a Module<Tensor, Tensor>: set ProbeOptions.Forward)", false);
+        if (input is null || target is null) return ("no input and target passed to this step", true);
+        if (input.shape.Length == 0 || input.shape[0] < Options.WindowSize)
+            return ($"a batch of {(input.shape.Length == 0 ? 0 : input.shape[0])} examples, fewer than the K = {Options.WindowSize} micro-batches to split it into", true);
+        return (null, false);
+    }
+
+    /// <summary>The model's forward function for the window's passes: <see cref="ProbeOptions.Forward"/>, or the model's own <c>call</c>.</summary>
+    private Func<Tensor, Tensor>? Forward => Options.Forward ?? (Model is nn.Module<Tensor, Tensor> module ? module.call : null);
 
     private int _nonFiniteLossWindow = -1;
 
@@ -372,7 +452,7 @@ public sealed class ProbeSession : IDisposable
         bool replaced;
         try
         {
-            mismatch = Window.Mismatch(Model, Options.ParameterFilter, out replaced);
+            mismatch = Windows.Layout.Mismatch(Model, Options.ParameterFilter, out replaced);
         }
         catch (Exception ex) when (ex is not ProbeFailureException)
         {
@@ -433,22 +513,37 @@ public sealed class ProbeSession : IDisposable
     }
 
     /// <summary>
-    /// Runs the probes on the complete window (on the training thread: they take what they need from the model), then
-    /// the window's job (their deferred statistics and the transfer; on the worker with
+    /// Takes the window's micro-batch gradients (at the closing step's parameters, before the optimizer step), runs the
+    /// probes on the window (on the training thread: they take what they need from the model), copies theta, then starts
+    /// the window's job (the probes' deferred statistics and the transfer; on the worker with
     /// <see cref="ProbeOptions.BackgroundStatistics"/>), and chooses the next window. The snapshot is published when the
     /// job is done (<see cref="Publish"/>).
     /// </summary>
-    private void CloseWindow(Tensor? input, Tensor? target)
+    private void CloseWindow(Tensor? input, Tensor? target, string? missing, bool capture)
     {
         long started = _scheduler.Now;
+        long? steady = null;
         var context = _windowContext;
         context.Begin(_scheduler.Steps, _scheduler.Windows);
         context.Input = input;
         context.Target = target;
         using (var scope = torch.NewDisposeScope())
         using (torch.no_grad())
+        {
+            if (capture)
+            {
+                TakeMicroBatches(input!, target!);
+                // The first window's pass pays one-time costs (code compiled, memory allocated): a second pass measures
+                // what a window costs from then on, the overhead budget's first estimate.
+                if (_scheduler.Windows == 0 && context.MicroBatches is not null) steady = TakeMicroBatches(input!, target!);
+            }
+            else if (missing is not null) TellOnce(missing);
+
             _runner.Window(context);
+        }
+
         context.Input = context.Target = null;
+        _failures.Guard("drift", static w => w.LoadTheta(), Windows);   // after the probes: the drift read the previous window's
 
         // A rule that keeps weights (a checkpoint, best weights to restore) copies them when it sees the window's
         // values: those must be published while the parameters are still the window's, so its windows run inline.
@@ -459,17 +554,62 @@ public sealed class ProbeSession : IDisposable
             _failures.Guard("session", static a => a.Values.Add((Indicators.LearningRate, a.Group.LearningRate)), (Values: values, Group: group));
 
         // Overhead: probe time over the training time without probes, since the previous window. An inline job is this
-        // window's; a background one is charged to the next interval when it is published.
-        var (overhead, overheadTotal, interval) = _scheduler.CloseWindow(started);
+        // window's; a background one is charged to the next interval when it is published, except the first window's,
+        // whose code ran for the first time (the second's job runs warm code, and measures what the worker costs).
+        bool warmUp = _scheduler.Windows == 0;
+        var (overhead, overheadTotal, interval) = _scheduler.CloseWindow(started, steady);
         values.Add((Indicators.ProbeOverhead, overhead));
         values.Add((Indicators.ProbeOverheadTotal, overheadTotal));
         values.Add((Indicators.ProbeInterval, interval));
-        _pending = new PendingWindow(job, values, _runner.TakeSeconds());
+        _pending = new PendingWindow(job, values, _runner.TakeSeconds(), warmUp);
         if (!job.InBackground) Publish();
     }
 
+    /// <summary>The window's K micro-batch gradients, into the context; returns the ticks it took.</summary>
+    private long TakeMicroBatches(Tensor input, Tensor target)
+    {
+        long started = _scheduler.Now;
+        _windowContext.MicroBatches = null;
+        _failures.Guard("gradient", static a =>
+        {
+            var session = a.Session;
+            var windows = session.Windows;
+            windows.MicroBatches.Capture(session.Model, session.Forward!, session.LossFunction!, a.Input, a.Target);
+            if (windows.MicroBatches.UsedPasses) session.TellPassesOnce(windows.MicroBatches.PassesReason);
+            session._windowContext.MicroBatches = (IWindowSource?)windows.MicroBatches.Sketched ?? windows.MicroBatches;
+        }, (Session: this, Input: input, Target: target));
+        long ticks = _scheduler.Now - started;
+        _runner.AddCaptureTicks(ticks);
+        return ticks;
+    }
+
+    private bool _toldMissing, _toldPasses;
+
+    private void TellOnce(string missing)
+    {
+        if (_toldMissing) return;
+        _toldMissing = true;
+        string message =
+            $"[probes] the generalization indicators (gradient.*, regret.*, flatness.*) split the closing step's minibatch into K = {Options.WindowSize} micro-batches, and this window has {missing}. " +
+            "Pass them in the one line: model.Probe(loss, optimizer, input, target, lossFunction.call) (or set ProbeOptions.Loss). " +
+            "Until then those indicators are not published.";
+        Options.Output?.WriteLine(message);
+        _logger.LogWarning("{Message}", message);
+    }
+
+    private void TellPassesOnce(string? reason)
+    {
+        if (_toldPasses) return;
+        _toldPasses = true;
+        string message =
+            $"[probes] a window takes K = {Options.WindowSize} forward and backward passes (one per micro-batch) instead of one, because {reason}. " +
+            "Windows cost more and come less often under the overhead budget; the values are the same.";
+        Options.Output?.WriteLine(message);
+        _logger.LogInformation("{Message}", message);
+    }
+
     /// <summary>A closed window whose job may still run: what the training thread measured, to publish with it.</summary>
-    private sealed record PendingWindow(WindowJob Job, List<(string Name, double Value)> Values, Dictionary<string, double> Seconds);
+    private sealed record PendingWindow(WindowJob Job, List<(string Name, double Value)> Values, Dictionary<string, double> Seconds, bool WarmUp);
 
     private PendingWindow? _pending;
     private readonly StatisticsWorker _worker = new();
@@ -494,10 +634,11 @@ public sealed class ProbeSession : IDisposable
 
         var snapshot = new ProbeSnapshot(RunId, context.Step, context.Window, DateTimeOffset.UtcNow, context.Values.ToArray(), seconds, _failures.Take());
         _publisher.Publish(snapshot);
-        // Charged to the next interval: the publication, and a background job's time wherever it ran.
-        long ticks = _scheduler.Now - waiting;
-        if (pending.Job.InBackground) ticks += pending.Job.Ticks;
-        _scheduler.AddProbeTicks(ticks);
+        // Charged to the next interval: the publication, and how much longer the trainer's steps took while the worker
+        // ran (measured against the steps while it did not); nothing of the first window's, whose code ran for the first
+        // time (its publication makes the instruments).
+        _scheduler.ChargeContention(charge: !pending.WarmUp);
+        if (!pending.WarmUp) _scheduler.AddProbeTicks(_scheduler.Now - waiting);
     }
 
     /// <summary>
@@ -525,7 +666,7 @@ public sealed class ProbeSession : IDisposable
             _worker.Dispose();
             _runner.End();
             _telemetry.Unregister();
-            Window.Dispose();
+            Windows.Dispose();
             _stopping.Dispose();
             SessionRegistry.Remove(Model, this);
         }

@@ -6,24 +6,25 @@ using static TorchSharp.torch;
 namespace TrainingProbes;
 
 /// <summary>
-/// What a probe sees of a closed window: the K captured gradients (on their device) and a way to report values.
+/// What a probe sees of a closed window: its K micro-batch gradients (on their device) and a way to report values.
 /// Values reported as tensors are gathered and moved to the host together, once per window and device, after all
 /// probes have run. The session reuses this object; do not keep it or the tensors it hands out.
 /// </summary>
 public sealed partial class ProbeWindowContext
 {
-    private readonly GradientWindow _gradients;
+    private readonly ParameterLayout _layout;
     private readonly List<IndicatorValue> _values = [];
     private readonly List<PendingFetch> _pending = [];
     private readonly HashSet<string> _checkedNames = [];
     private readonly Dictionary<string, int> _parameterIndex;
 
-    internal ProbeWindowContext(ProbeSession session, GradientWindow gradients)
+    internal ProbeWindowContext(ProbeSession session, ParameterLayout layout, int k)
     {
         Session = session;
-        _gradients = gradients;
-        _parameterIndex = gradients.Parameters.Select((p, i) => (p.Name, i)).ToDictionary(t => t.Name, t => t.i);
-        ParameterNames = gradients.Parameters.Select(p => p.Name).ToArray();
+        _layout = layout;
+        WindowSize = k;
+        _parameterIndex = layout.Parameters.Select((p, i) => (p.Name, i)).ToDictionary(t => t.Name, t => t.i);
+        ParameterNames = layout.Parameters.Select(p => p.Name).ToArray();
     }
 
     /// <summary>The session.</summary>
@@ -44,33 +45,36 @@ public sealed partial class ProbeWindowContext
     /// <summary>The target of the step that closed the window, if it was passed to the step call.</summary>
     public Tensor? Target { get; internal set; }
 
-    /// <summary>K, the number of gradients in the window.</summary>
-    public int WindowSize => _gradients.K;
+    /// <summary>K, the number of micro-batch gradients in the window.</summary>
+    public int WindowSize { get; }
 
     /// <summary>Names of the watched parameters, in the order of <c>named_parameters()</c>.</summary>
     public IReadOnlyList<string> ParameterNames { get; }
 
-    internal GradientWindow Buffer => _gradients;
+    /// <summary>The window's micro-batch gradients, or null when the closing step could not give them.</summary>
+    internal IWindowSource? MicroBatches { get; set; }
 
     internal string CurrentProbe { get; set; } = "";
 
     /// <summary>
-    /// The window's gradients of one parameter, shaped [K, ...parameter shape], on the parameter's device (in bfloat16
-    /// with <see cref="WindowStorage.BFloat16"/>).
-    /// A view into the session's buffer: read it, do not modify or dispose it.
+    /// The window's K micro-batch gradients of one parameter, shaped [K, ...parameter shape], on the parameter's device:
+    /// gradient k is the mean loss gradient of the k-th of K equal micro-batches of the closing step's batch, at the
+    /// step's parameters. A new tensor, made when asked for (K copies of the parameter): the caller's dispose scope owns
+    /// it.
     /// </summary>
     /// <param name="parameterName">A name from <see cref="ParameterNames"/>.</param>
-    /// <exception cref="InvalidOperationException">The session keeps sketches (<see cref="WindowStorage.Sketch"/>), not the gradients.</exception>
+    /// <exception cref="InvalidOperationException">This window has no micro-batch gradients (the step passed no batch or
+    /// the session has no loss function), or the session keeps CountSketches of them (<see cref="WindowStorage.Sketch"/>).</exception>
     public Tensor Gradients(string parameterName)
     {
-        if (_gradients.Sketch is not null)
-            throw new InvalidOperationException(
-                "This session keeps CountSketches of the gradients (ProbeOptions.Storage = Sketch), not the gradients themselves; use Storage = Full or BFloat16 for a probe that reads them.");
         if (!_parameterIndex.TryGetValue(parameterName, out int index))
             throw new ArgumentException(
                 $"'{parameterName}' is not a watched parameter. Watched: {string.Join(", ", ParameterNames.Take(8))}{(ParameterNames.Count > 8 ? ", ..." : "")}.",
                 nameof(parameterName));
-        return _gradients.Parameters[index].Gradients;
+        var source = MicroBatches ?? throw new InvalidOperationException(
+            "This window has no micro-batch gradients: the step that closed it passed no batch, or the session has no loss function. " +
+            "Pass them in the one line: model.Probe(loss, optimizer, input, target, lossFunction.call).");
+        return source.Gradients(index);
     }
 
     /// <summary>Reports a value computed on the host.</summary>
@@ -131,6 +135,7 @@ public sealed partial class ProbeWindowContext
     {
         Step = step;
         Window = window;
+        MicroBatches = null;
         _values.Clear();
         DisposePending();
         _deferred.Clear();

@@ -1,13 +1,13 @@
 namespace TrainingProbes;
 
 /// <summary>
-/// How a window keeps its K gradients (<see cref="ProbeOptions.Storage"/>). Memory a session with the built-in probes
-/// adds per watched float32 parameter at K = 16 and the default geometries, measured (tests/TrainingProbes.Benchmarks,
-/// <c>memory</c>): 2 K b + 48 bytes, b the bytes of a stored value, so 176 in <see cref="Full"/> (measured 177.5: two
-/// buffers of K gradients, four float32 copies of theta, and per family a float64 Fisher average and floor) and 112 in
-/// <see cref="BFloat16"/> (measured 117.7), and in <see cref="Sketch"/> 4 bytes (the copy
-/// of theta for the one-theta evaluations) plus, in all, K x d x 4 bytes per window, geometry and segment and about
-/// 5 MiB of hash tables per window and segment.
+/// How the K x P buffers keep their K gradients (<see cref="ProbeOptions.Storage"/>). The default window needs none when
+/// its layers can be tapped (one pass: 12 bytes per watched parameter, theta and the Fisher average). A buffer exists for
+/// the step family (<see cref="ProbeOptions.StepStatistics"/>) and for windows that take K micro-batch passes (layers
+/// the taps do not know): K b bytes per parameter, b the bytes of a stored value, so a session with passes adds
+/// 4 K + 12 bytes per parameter in <see cref="Full"/> and 2 K + 12 in <see cref="BFloat16"/>; in <see cref="Sketch"/>,
+/// 4 bytes per parameter plus K x d x 4 bytes per window, geometry and segment and about 5 MiB of hash tables
+/// (docs/REFERENCE.md, Memory; measured by tests/TrainingProbes.Benchmarks, <c>memory</c>).
 /// </summary>
 public enum WindowStorage
 {

@@ -2,18 +2,18 @@
 // that machine noise hits all of them alike, and prints the median time per step, its ratio to the plain loop,
 // the overhead the session itself measured (probe.overhead_total) and its last interval.
 //
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- defaults [rounds] [steps-per-round] [--threads N] [--data <mnist folder>]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- intervals|budget|scrape|curvature [rounds] [steps-per-round] [--data <mnist folder>]
-//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- kernels [windows] [largest P]
-//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- parts [windows]   (the kernel parts alone, dense and sparse buffers)
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- kernels [repetitions] [largest P]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- bdn [BenchmarkDotNet arguments]
-//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- memory [P] [full|bfloat16|sketch]
-//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- steps [P] [windows]
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- memory [P] [onepass|full|bfloat16|sketch]
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- steps [windows] [--data <mnist folder>]
 //   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- scrapes [collections] [cached]   (bytes allocated per /metrics scrape, against a static page)
-//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- all      (every suite above that issue 11 asks for, under ten minutes)
+//   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- all      (the defaults, kernels, steps and memory figures, each suite in a process of its own)
 //
-// The kernels suite measures one window's statistics (the step family, per geometry set) and the drift probe through
-// the public API on one Linear layer of P weights, beside the read-once floor (one sum() over the K x P buffer) and the
-// obvious implementation (K^2 dot products of flattened gradients, each read back), and prints medians and ratios.
+// The kernels suite measures a window's statistics on [K, P] buffers and the default window end to end on one Linear
+// layer, beside the read-once floor (one sum() over the K x P buffer) and the obvious implementation (K^2 dot products
+// of flattened gradients, each read back), and prints medians and ratios.
 //
 // MNIST comes from the repository's data/mnist-10k unless --data or TRAININGPROBES_MNIST names another folder.
 using System.Diagnostics;
@@ -31,24 +31,20 @@ if (args.Length > 0 && args[0] == "bdn")
     return;
 }
 
-if (args.Length > 0 && args[0] == "operations")
-{
-    KernelSuite.Operations(args.Length > 1 ? long.Parse(args[1]) : 1_000_000, args.Length > 2 ? int.Parse(args[2]) : 8);
-    return;
-}
-
 if (args.Length > 0 && args[0] == "all")
 {
-    // Every figure of issue 11, each suite in a process of its own (the memory suite needs a fresh one): the window
-    // kernels against the floor and the naive loop, drift against one read, the closing step against the median step,
-    // the sketch session's memory against its formula, and the windows the 5% budget allows.
+    // Every figure of the default window's issue, each suite in a process of its own (the memory suite needs a fresh
+    // one): the one line at its defaults against the bare loop, the window statistics against the floor and the naive
+    // loop, the closing step against the median step, and the session's memory against its formula.
     var allClock = Stopwatch.StartNew();
     foreach (var suiteArguments in new[]
     {
-        new[] { "kernels", "5", "10000000" },
-        ["steps", "2000000", "12"],
-        ["memory", "67108864", "sketch"],
-        ["budget", "5", "2000"],
+        new[] { "defaults", "6", "1000" },
+        ["defaults", "6", "1000", "--threads", Environment.ProcessorCount.ToString(System.Globalization.CultureInfo.InvariantCulture)],
+        ["kernels", "7", "1000000"],
+        ["steps", "20"],
+        ["memory", "16777216", "onepass"],
+        ["memory", "4194304", "full"],
     })
     {
         Console.WriteLine($"== {string.Join(' ', suiteArguments)} ({allClock.Elapsed.TotalSeconds:F0} s)");
@@ -71,22 +67,33 @@ if (args.Length > 0 && args[0] == "scrapes")
     return;
 }
 
-if (args.Length > 0 && args[0] == "parts")
+if (args.Length > 0 && args[0] == "steps")
 {
-    KernelSuite.Parts(args.Length > 1 ? int.Parse(args[1]) : 5);
+    var stepArguments = args.ToList();
+    string stepData = Mnist.DirectoryFromArguments(stepArguments);
+    StepSuite.Run(stepArguments.Count > 1 ? int.Parse(stepArguments[1]) : 20, stepData);
     return;
 }
 
-if (args.Length > 0 && args[0] == "steps")
+if (args.Length > 0 && args[0] == "defaults")
 {
-    StepSuite.Run(args.Length > 1 ? long.Parse(args[1]) : 2_000_000, args.Length > 2 ? int.Parse(args[2]) : 20);
+    var defaultArguments = args.ToList();
+    string defaultData = Mnist.DirectoryFromArguments(defaultArguments);
+    int threadsAt = defaultArguments.IndexOf("--threads");
+    int threads = 1;
+    if (threadsAt >= 0)
+    {
+        threads = int.Parse(defaultArguments[threadsAt + 1]);
+        defaultArguments.RemoveRange(threadsAt, 2);
+    }
+
+    DefaultsSuite.Run(defaultArguments.Count > 1 ? int.Parse(defaultArguments[1]) : 6, defaultArguments.Count > 2 ? int.Parse(defaultArguments[2]) : 1000, defaultData, threads);
     return;
 }
 
 if (args.Length > 0 && args[0] == "memory")
 {
-    MemorySuite.Run(args.Length > 1 ? long.Parse(args[1]) : 1L << 24,
-        args.Length > 2 ? Enum.Parse<WindowStorage>(args[2], ignoreCase: true) : WindowStorage.Sketch);
+    MemorySuite.Run(args.Length > 1 ? long.Parse(args[1]) : 1L << 24, args.Length > 2 ? args[2].ToLowerInvariant() : "onepass");
     return;
 }
 

@@ -1,69 +1,72 @@
 using System.Diagnostics;
 using TorchSharp;
 using TrainingProbes;
+using TrainingProbes.Examples;
 using static TorchSharp.torch;
 using static BenchmarkStatistics;
 
 /// <summary>
-/// What the training thread feels of a window: the wall time of each step call (forward, backward,
-/// <c>session.Step</c>, optimizer step) on a model of P float32 weights (two Linear layers, batch 64, one torch
-/// thread), with a fixed interval, and the median of the steps on which a window closes against the median of all
-/// steps. With background statistics and without, and with and without the one-theta evaluations (K extra forward
-/// and backward passes at the close, which need the model and so stay on the training thread).
+/// What the training thread feels of a window: the wall time of each step call (forward, backward, <c>session.Step</c>,
+/// optimizer step) on the MNIST MLP 784-256-256-10 (batch 64, SGD 0.05, one torch thread), the median of all steps and
+/// the median of the steps that close a window (the micro-batch pass runs there), with the window's statistics on the
+/// worker and inline. A fixed interval places enough windows to take a median of their steps.
 ///
-///   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- steps [P] [windows]
+///   dotnet run -c Release --project tests/TrainingProbes.Benchmarks -- steps [windows] [--data folder]
 /// </summary>
 internal static class StepSuite
 {
-    public static void Run(long parameters, int windows)
+    public static void Run(int windows, string data)
     {
         torch.set_num_threads(1);
-        const int k = 16, interval = 64, batch = 64;
-        int width = (int)Math.Sqrt(parameters / 2.0);
-        Console.WriteLine($"steps: two Linear layers {width} x {width} ({2L * width * width:N0} weights), batch {batch}, K = {k}, interval {interval}, one torch thread, {windows} windows after a warm-up one; {DateTime.UtcNow:yyyy-MM-dd}");
-        Console.WriteLine($"{"variant",-44} {"median step (ms)",17} {"closing step (ms)",18} {"closing / median",17} {"after-close (ms)",17}");
-        foreach (bool oneTheta in new[] { false, true })
-            foreach (bool background in new[] { false, true })
+        const int Interval = 50, Batch = 64;
+        var (images, labels) = Mnist.Load(data);
+        var flat = images.reshape(images.shape[0], -1);
+        Console.WriteLine($"steps: MNIST MLP 784-256-256-10, batch {Batch}, SGD 0.05, one torch thread, a window every {Interval} steps, {windows} windows after two warm-up ones; {DateTime.UtcNow:yyyy-MM-dd}");
+        Console.WriteLine($"{"variant",-34} {"median step (ms)",17} {"closing step (ms)",18} {"closing / median",17} {"step after (ms)",16}");
+        foreach (int k in new[] { 8, 16 })
+            foreach (bool background in new[] { true, false })
             {
                 torch.manual_seed(1);
-                var model = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width));
-                var optimizer = optim.SGD(model.parameters(), 1e-3);
-                var x = torch.randn(batch, width);
-                var y = torch.randn(batch, width);
-                static Tensor Loss(Tensor output, Tensor target) => nn.functional.mse_loss(output, target);
+                var model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10));
+                var optimizer = new GcSafeSgd(model.parameters(), lr: 0.05);
+                var lossFunction = nn.CrossEntropyLoss();
                 using var session = ProbeSession.Attach(model, new ProbeOptions
                 {
-                    WindowSize = k, Interval = interval, OverheadBudget = null, Output = null, BackgroundStatistics = background,
-                    Loss = oneTheta ? Loss : null, SmoothingWindows = 0,
+                    WindowSize = k, Interval = Interval, OverheadBudget = null, Output = null, BackgroundStatistics = background,
+                    Loss = lossFunction.call,
                 }, optimizer);
+                var generator = new Generator(5);
                 var all = new List<double>();
                 var closing = new List<double>();
                 var after = new List<double>();
-                int steps = (windows + 1) * interval;
+                int steps = (windows + 2) * Interval;
                 for (int step = 0; step < steps; step++)
                 {
                     long started = Stopwatch.GetTimestamp();
                     using (var scope = torch.NewDisposeScope())
                     {
+                        var batch = torch.randint(0, flat.shape[0], [Batch], generator: generator);
+                        var x = flat[batch];
+                        var y = labels[batch];
                         optimizer.zero_grad();
-                        var loss = Loss(model.call(x), y);
+                        var loss = lossFunction.call(model.call(x), y);
                         loss.backward();
                         session.Step(loss, x, y);
                         optimizer.step();
                     }
 
                     double ms = Stopwatch.GetElapsedTime(started).TotalMilliseconds;
-                    if (step < interval) continue;   // the first window pays one-time costs
+                    if (step < 2 * Interval) continue;   // the first windows pay one-time costs
                     all.Add(ms);
-                    int phase = step % interval;
-                    if (phase == k - 1) closing.Add(ms);
-                    else if (phase == k) after.Add(ms);
+                    int phase = step % Interval;
+                    if (phase == 0) closing.Add(ms);
+                    else if (phase == 1) after.Add(ms);
                 }
 
                 session.Flush();
                 double median = Median(all), close = Median(closing);
-                string name = $"{(oneTheta ? "one-theta + step" : "step family only")}, {(background ? "background" : "inline")}";
-                Console.WriteLine($"{name,-44} {median,17:F2} {close,18:F2} {close / median,17:F2} {Median(after),17:F2}");
+                string name = $"K = {k}, statistics {(background ? "on the worker" : "inline")}";
+                Console.WriteLine($"{name,-34} {median,17:F3} {close,18:F3} {close / median,17:F2} {Median(after),16:F3}");
                 if (session.FailureCount > 0) Console.WriteLine($"  {session.FailureCount} probe failures");
                 model.Dispose();
             }

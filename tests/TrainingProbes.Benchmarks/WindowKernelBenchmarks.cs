@@ -4,16 +4,17 @@ using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using TorchSharp;
 using TrainingProbes;
+using TrainingProbes.Statistics;
 using static TorchSharp.torch;
 
 /// <summary>
-/// BenchmarkDotNet: one window of the session (K captured steps and the window's statistics: the step family, drift and
-/// loss) in the euclidean geometry and in all three, beside the read-once floor (one <c>sum()</c> over a K x P float32
-/// buffer, the baseline of the Ratio column) and the obvious implementation (K^2 <c>dot</c> products, each read back).
-/// One torch thread, in process, a short job.
+/// BenchmarkDotNet: a window's statistics (<see cref="WindowKernel"/> over a [K, P] float32 buffer: the Gram matrix of
+/// each geometry, the GSNR sums with their influences, the Fisher fold) in the euclidean geometry and in all three,
+/// beside the read-once floor (one <c>sum()</c> over the buffer, the baseline of the Ratio column) and the obvious
+/// implementation (K^2 <c>dot</c> products, each read back). One torch thread, in process, a short job.
 /// </summary>
 [Config(typeof(Config))]
-public class WindowKernelBenchmarks
+public unsafe class WindowKernelBenchmarks
 {
     private sealed class Config : ManualConfig
     {
@@ -24,17 +25,18 @@ public class WindowKernelBenchmarks
         }
     }
 
-    private Tensor? _buffer;
+    private Tensor? _buffer, _fisher, _theta;
     private Tensor[] _rows = [];
-    private nn.Module<Tensor, Tensor>? _euclideanModel, _allModel;
-    private ProbeSession? _euclidean, _all;
+    private nint[] _pointers = [];
+    private WindowKernel? _euclidean, _all;
+    private double[] _sums = [];
 
     /// <summary>Watched parameters.</summary>
     [Params(100_000L, 1_000_000L, 10_000_000L)]
     public long P { get; set; }
 
     /// <summary>Gradients per window.</summary>
-    [Params(8, 32)]
+    [Params(8, 16)]
     public int K { get; set; }
 
     [GlobalSetup]
@@ -43,20 +45,14 @@ public class WindowKernelBenchmarks
         torch.set_num_threads(1);
         torch.manual_seed(1);
         _buffer = torch.randn(K, P);
+        _fisher = torch.rand(P, dtype: ScalarType.Float64);
+        _theta = torch.randn(P);
         _rows = Enumerable.Range(0, K).Select(i => _buffer[i]).ToArray();
-        (_euclideanModel, _euclidean) = Session(Geometry.Euclidean);
-        (_allModel, _all) = Session(Geometry.All);
-    }
-
-    private (nn.Module<Tensor, Tensor>, ProbeSession) Session(Geometry geometries)
-    {
-        var model = nn.Linear(1000, P / 1000, hasBias: false);
-        using (torch.enable_grad()) model.call(torch.ones(1, 1000)).sum().backward();   // creates .grad
-        var session = ProbeSession.Attach(model, new ProbeOptions
-        {
-            WindowSize = K, Interval = K, OverheadBudget = null, Output = null, Geometries = geometries, SmoothingWindows = 0,
-        });
-        return (model, session);
+        float* start = WindowKernel.Address<float>(_buffer);
+        _pointers = Enumerable.Range(0, K).Select(i => (nint)(start + i * P)).ToArray();
+        _euclidean = new WindowKernel(new CoordinateSums.Layout(K, [Geometry.Euclidean]), 0);
+        _all = new WindowKernel(new CoordinateSums.Layout(K, [Geometry.Euclidean, Geometry.Fisher, Geometry.Adaptive]), 0);
+        _sums = new double[new CoordinateSums.Layout(K, [Geometry.Euclidean, Geometry.Fisher, Geometry.Adaptive]).Length];
     }
 
     [Benchmark(Baseline = true, Description = "floor: sum() over K x P")]
@@ -72,27 +68,28 @@ public class WindowKernelBenchmarks
         return total;
     }
 
-    [Benchmark(Description = "window, euclidean")]
-    public int WindowEuclidean() => Window(_euclidean!);
+    [Benchmark(Description = "window statistics, euclidean")]
+    public double WindowEuclidean() => Statistics(_euclidean!);
 
-    [Benchmark(Description = "window, all three geometries")]
-    public int WindowAll() => Window(_all!);
+    [Benchmark(Description = "window statistics, all three geometries")]
+    public double WindowAll() => Statistics(_all!);
 
-    private int Window(ProbeSession session)
+    private double Statistics(WindowKernel kernel)
     {
-        for (int i = 0; i < K; i++) session.Step();
-        session.Flush();   // the window's statistics, wherever they run
-        return session.Latest!.Window;
+        var state = new WindowKernel.State
+        {
+            Fisher = WindowKernel.Address<double>(_fisher!), Decay = 0.9, Floor = 1e-8, Bias = 1, Theta = WindowKernel.Address<float>(_theta!),
+            Eta = 0, StoredEpsilon = Math.Pow(2, -23),
+        };
+        fixed (nint* rows = _pointers) return kernel.Accumulate((float**)rows, P, state, _sums);
     }
 
     [GlobalCleanup]
     public void Cleanup()
     {
-        _euclidean?.Dispose();
-        _all?.Dispose();
         foreach (var row in _rows) row.Dispose();
         _buffer?.Dispose();
-        _euclideanModel?.Dispose();
-        _allModel?.Dispose();
+        _fisher?.Dispose();
+        _theta?.Dispose();
     }
 }

@@ -76,7 +76,7 @@ internal static class AccumulationFaults
             var log = new LogCollector();
             var model = new Net(1);
             var optimizer = new GcSafeSgd(model.parameters(), 0.05);
-            using var session = ProbeSession.Attach(model, Options.Small(log));
+            using var session = ProbeSession.Attach(model, Options.Small(log, steps: true));
             for (int step = 0; step < 40; step++)
             {
                 using var scope = torch.NewDisposeScope();

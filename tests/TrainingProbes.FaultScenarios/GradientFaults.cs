@@ -59,7 +59,7 @@ internal static class GradientFaults
         IReadOnlyList<ProbeSnapshot> Run(bool poison, LogCollector log)
         {
             var model = new Net(1);
-            using var session = ProbeSession.Attach(model, Options.Small(log));
+            using var session = ProbeSession.Attach(model, Options.Small(log, steps: true));
             var trainer = new Trainer(model, session)
             {
                 AfterBackward = step =>
@@ -82,6 +82,9 @@ internal static class GradientFaults
         Check.That(!hit.TryGetValue(stepCosine, Geometry.Euclidean, out double cosine) || double.IsNaN(cosine),
             $"the window with a NaN gradient publishes step.gradient.cosine = {cosine}, a finite value computed from NaN");
         Check.That(hit.Failures.Count > 0, "the window with a non-finite gradient says so in its snapshot");
+        // The default indicators recompute their gradients from the closing step's batch, not from .grad: unharmed.
+        Check.That(hit.TryGetValue(Indicators.Cosine, Geometry.Euclidean, out double own) && double.IsFinite(own),
+            $"the default cosine of window 2 is {own}: it does not read the poisoned .grad and should be finite");
         foreach (var later in windows.Where(s => s.Window > 2))
         {
             var reference = clean.Single(s => s.Window == later.Window);

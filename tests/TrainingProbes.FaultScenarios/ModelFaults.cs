@@ -61,8 +61,8 @@ internal static class ModelFaults
     {
         var log = new LogCollector();
         var model = new Net(1);
-        using var session = ProbeSession.Attach(model, Options.Small(log));
-        new Trainer(model, session).Run(0, 22);   // window 2 is steps 20 to 23
+        using var session = ProbeSession.Attach(model, Options.Small(log, steps: true));
+        new Trainer(model, session).Run(0, 22);   // window 2 is steps 20 to 23 (with the step family; a default window is one step)
         model.First.weight = new Parameter(torch.randn([16, Data.Features]) * 0.1);
         new Trainer(model, session).Run(22, 80);
         Check.That(session.History.Single(s => s.Window == 2).Values.Count == 0, "the window the replacement cut through publishes no values");

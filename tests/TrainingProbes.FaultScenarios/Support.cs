@@ -111,11 +111,11 @@ internal static class Options
     /// <summary>Small windows, often, fixed schedule, silent, logging into <paramref name="log"/>.</summary>
     public static ProbeOptions Small(LogCollector log, TrainingProbe[]? probes = null, StoppingRule[]? stopping = null,
         string? checkpoint = null, Func<string, bool>? filter = null, Func<Tensor, Tensor, Tensor>? loss = null, string runId = "fault", bool strict = false,
-        WindowStorage storage = WindowStorage.Full) => new()
+        WindowStorage storage = WindowStorage.Full, bool steps = false) => new()
     {
         WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, LoggerFactory = log, RunId = runId,
         Strict = strict, Loss = loss ?? Data.Loss, Probes = probes ?? [], Stopping = stopping ?? [], CheckpointPath = checkpoint, ParameterFilter = filter,
-        Storage = storage, SketchDimension = 1024,   // the sketch dimension only counts with Sketch storage; the smallest allowed, for speed
+        Storage = storage, SketchDimension = 1024, StepStatistics = steps,   // the sketch dimension only counts with Sketch storage; the smallest allowed, for speed
     };
 }
 

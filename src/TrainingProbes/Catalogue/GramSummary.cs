@@ -29,23 +29,37 @@ public sealed class GramSummary
     /// <param name="j">Column, 0 to K-1.</param>
     public double this[int i, int j] => _gram[i * K + j];
 
+    /// <summary>
+    /// s, the trainer's minibatch over one of the window's gradients, in examples: K when the window's gradients are the K
+    /// micro-batches of one minibatch (the family then describes gradients of the trainer's batch size), 1 when each is a
+    /// minibatch of its own.
+    /// </summary>
+    public double Scale => _scale ?? 1;
+
+    private double? _scale;
+
     /// <summary>The quantile of the pairwise regret that <c>regret.upper</c> reports (<see cref="ProbeOptions.RegretQuantile"/>).</summary>
     public double RegretQuantile { get; }
 
     /// <summary>The built-in family, computed once per matrix.</summary>
-    internal FirstOrderStatistics Statistics => _statistics ??= FirstOrderStatistics.FromGram(_gram.AsSpan(0, K * K), K, RegretQuantile, _scratch);
+    internal FirstOrderStatistics Statistics => _statistics ??= FirstOrderStatistics.FromGram(_gram.AsSpan(0, K * K), K, _scale, RegretQuantile, _scratch);
 
-    /// <summary>Loads a row-major K x K matrix.</summary>
-    internal void Load(ReadOnlySpan<double> gram, int k)
+    /// <summary>
+    /// Loads a row-major K x K matrix: of micro-batch gradients that each carry 1/<paramref name="scale"/> of the trainer's
+    /// batch, or (null) of minibatch gradients.
+    /// </summary>
+    internal void Load(ReadOnlySpan<double> gram, int k, double? scale)
     {
         K = k;
+        _scale = scale;
         gram[..(k * k)].CopyTo(_gram);
         _statistics = null;
     }
 
-    /// <summary>Loads the K x K <paramref name="gram"/> with row and column <paramref name="leftOut"/> removed.</summary>
-    internal void LoadLeavingOut(ReadOnlySpan<double> gram, int k, int leftOut)
+    /// <summary>Loads the K x K <paramref name="gram"/> with row and column <paramref name="leftOut"/> removed, at <paramref name="scale"/>.</summary>
+    internal void LoadLeavingOut(ReadOnlySpan<double> gram, int k, int leftOut, double? scale)
     {
+        _scale = scale;
         int m = k - 1;
         for (int a = 0, r = 0; a < k; a++)
         {

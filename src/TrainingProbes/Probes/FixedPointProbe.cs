@@ -113,11 +113,12 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
             ? module.call
             : throw new ProbeConfigurationException(
                 $"FixedPointProbe cannot call the model ({session.Model.GetType().Name} is not a Module<Tensor, Tensor>): set FixedPointOptions.Forward."));
-        _buffer = new GradientWindow(session.Model, session.Options.ParameterFilter, _options.Minibatches);
+        var layout = new ParameterLayout(session.Model, session.Options.ParameterFilter);
+        _buffer = new GradientWindow(layout, _options.Minibatches);
         _parameters = _buffer.Parameters.Select(p => p.Parameter).ToArray();
-        _family = new FirstOrderFamily(session.Options, _options.Geometries, _buffer, Prefix, layerCount: 0);
-        _theta = _buffer.CreateFlatBuffer();
-        _work = _buffer.CreateFlatBuffer();
+        _theta = layout.CreateFlatBuffer();
+        _work = layout.CreateFlatBuffer();
+        _family = new FirstOrderFamily(session.Options, _options.Geometries, layout, _options.Minibatches, microBatches: false, _theta, Prefix, layerCount: 0);
         _generator = new Generator(_options.Seed, _parameters[0].device);
         _curvature = new CurvatureWindow(_options, session, _parameters, _buffer!, _family!.Whitening, _generator, LossAt);
     }
@@ -202,7 +203,7 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
                 }
             }
 
-            _family!.Compute(window, defer: false);   // the finite-radius and curvature steps below read its updated whitening
+            _family!.Compute(window, _buffer!, defer: false);   // the finite-radius and curvature steps below read its updated whitening
             var atTheta = torch.stack(losses);
 
             // 2. Finite-radius regret and contrastive flatness, per geometry, from loss evaluations.
@@ -259,10 +260,10 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
         for (int i = 0; i < k; i++)
         {
             int slot = i;
-            Direction(s => segments[s].Gradients[slot], out descent[i]);
+            Direction(s => _buffer.SegmentGradients(s)[slot], out descent[i]);
         }
 
-        Direction(s => segments[s].Gradients.mean([0]), out var pooled);
+        Direction(s => _buffer.SegmentGradients(s).mean([0]), out var pooled);
 
         // L[i, j] = f_j(theta - eps u_i); ascent[i] = f_i(theta + eps u_i); pooledAscent = mean_j f_j(theta + eps ubar).
         var table = new Tensor[k * k];

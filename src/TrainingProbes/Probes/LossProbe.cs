@@ -21,7 +21,7 @@ internal sealed class LossProbe : TrainingProbe
         if (step.WindowSlot < 0 || step.Loss is null) return;
         if (step.WindowSlot == 0) _filled = 0;
         if (_losses is null || _losses.device.type != step.Loss.device.type || _losses.device.index != step.Loss.device.index)
-            Allocate(step.Session.Window.K, step.Loss.device);
+            Allocate(step.Session.Windows.Length, step.Loss.device);
         if (_filled == 0) _losses!.zero_();
         _slots[step.WindowSlot].copy_(step.Loss.detach().reshape([]));
         _filled++;

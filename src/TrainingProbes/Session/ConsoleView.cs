@@ -20,17 +20,29 @@ internal sealed class ConsoleView
     private const int TrendWindows = 24;
     private static readonly char[] Bars = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
 
+    /// <summary>The least time between two windows shown: windows come every few steps, a reader needs a moment.</summary>
+    public static readonly TimeSpan MinimumGap = TimeSpan.FromSeconds(1);
+
     private readonly ProbeOptions _options;
     private readonly TextWriter _output;
     private readonly int _width;
+    private readonly TimeProvider _clock;
+    private long _lastShown;
+    private bool _legendShown;
 
     /// <summary>A view that writes to <paramref name="output"/>: a panel when <paramref name="terminal"/>, else plain lines.</summary>
-    public ConsoleView(ProbeOptions options, TextWriter output, bool terminal, int width = 0)
+    /// <param name="options">The session's options.</param>
+    /// <param name="output">Where to write.</param>
+    /// <param name="terminal">Panels (true) or plain lines.</param>
+    /// <param name="width">The panel's width (0: the terminal's).</param>
+    /// <param name="clock">The clock of <see cref="MinimumGap"/> (the options' by default).</param>
+    public ConsoleView(ProbeOptions options, TextWriter output, bool terminal, int width = 0, TimeProvider? clock = null)
     {
         _options = options;
         _output = output;
         Terminal = terminal;
         _width = width > 0 ? width : TerminalWidth();
+        _clock = clock ?? options.TimeProvider;
     }
 
     /// <summary>Whether the view draws panels (true) or writes plain lines.</summary>
@@ -49,15 +61,24 @@ internal sealed class ConsoleView
         }
     }
 
-    /// <summary>Shows a published window.</summary>
+    /// <summary>
+    /// Shows a published window: the first, one when training stopped, and otherwise one at most every
+    /// <see cref="MinimumGap"/> (the others are in the history, the meter and the report).
+    /// </summary>
     public void Show(ProbeSnapshot snapshot, IReadOnlyList<ProbeSnapshot> history, bool stopped)
     {
+        long now = _clock.GetTimestamp();
+        if (_legendShown && !stopped && _clock.GetElapsedTime(_lastShown, now) < MinimumGap) return;
+        _lastShown = now;
         if (!Terminal)
         {
-            if (snapshot.Window == 0) _output.WriteLine(ConsoleSummary.Legend(_options));
+            if (!_legendShown) _output.WriteLine(ConsoleSummary.Legend(_options));
+            _legendShown = true;
             _output.WriteLine(ConsoleSummary.Format(snapshot, _options.Geometries));
             return;
         }
+
+        _legendShown = true;
 
         _output.Write(RenderToString(Render(snapshot, history, stopped), _width));
         _output.Flush();
@@ -85,11 +106,13 @@ internal sealed class ConsoleView
         var recent = history.Count > TrendWindows ? history.Skip(history.Count - TrendWindows).ToList() : history;
         var table = new Table().Border(TableBorder.Simple).Expand();
         table.AddColumn(new TableColumn("[bold]indicator[/]"));
-        table.AddColumn(new TableColumn("[bold]value ± s.e.[/]").RightAligned());
-        table.AddColumn(new TableColumn($"[bold]last {recent.Count} windows[/]"));
+        table.AddColumn(new TableColumn(_options.SmoothingWindows > 0
+            ? $"[bold]last {_options.SmoothingWindows} windows ± s.e.[/]" : "[bold]value ± s.e.[/]").RightAligned());
+        table.AddColumn(new TableColumn($"[bold]trend, {recent.Count} windows[/]"));
 
         void Row(string label, string name, Geometry g)
         {
+            name = ConsoleSummary.Shown(s, name, g);   // the smoothed series where there is one
             if (!s.TryGetValue(name, g, out double value) || double.IsNaN(value)) return;
             string shown = Show(value) + (s.TryGetValue(name + Indicators.StandardErrorSuffix, g, out double error) && double.IsFinite(error) ? " ± " + Show(error) : "");
             table.AddRow(Markup.Escape(label), shown, Trend(recent, name, g));

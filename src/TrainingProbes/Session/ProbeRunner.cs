@@ -107,6 +107,9 @@ internal sealed class ProbeRunner
     }
 
     /// <summary>The window's seconds per probe and capture on the training thread; the timing table starts over.</summary>
+    /// <summary>Charges ticks measured elsewhere to the capture (the window's micro-batch passes).</summary>
+    public void AddCaptureTicks(long ticks) => _ticks[Capture] += ticks;
+
     public Dictionary<string, double> TakeSeconds()
     {
         var seconds = new Dictionary<string, double>(_ticks.Length);

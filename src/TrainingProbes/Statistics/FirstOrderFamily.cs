@@ -6,279 +6,297 @@ using static TorchSharp.torch;
 namespace TrainingProbes.Statistics;
 
 /// <summary>
-/// The first-order family of the K gradients held in a <see cref="GradientWindow"/>, in each enabled geometry, and the
-/// mean GSNR with the EB criterion; per layer too for the given parameters. Passive windows (the trainer's step
-/// gradients) and active windows (K minibatches at one theta) both use it, each with its own <see cref="Whitening"/>
-/// (the Fisher average), which it updates at every window and which gives D for every geometry.
-/// On the device, in the parameters' dtype (at least float32), chunk by chunk: one K x K Gram matrix per
-/// geometry and two GSNR sums, accumulated across chunks in float64.
-/// On the host: the O(K^2) formulas of <see cref="FirstOrderStatistics"/>.
+/// The first-order family of a window's K gradients, in each enabled geometry, and the GSNR with the EB criterion; per
+/// layer too for the first watched parameters. One read of the window (<see cref="CoordinateSums"/>, or
+/// <see cref="WindowKernel"/> on a CPU) gives a K x K Gram matrix per geometry, the GSNR sums and the fold of the Fisher
+/// average, parameter by parameter; the O(K^2) formulas of <see cref="FirstOrderStatistics"/> and
+/// <see cref="GsnrStatistics"/> then run on the host, with jackknife standard errors over the K gradients.
 /// </summary>
-internal sealed class FirstOrderFamily : IDisposable
+internal sealed unsafe class FirstOrderFamily : IDisposable
 {
     private static readonly Geometry[] Order = [Geometry.Euclidean, Geometry.Fisher, Geometry.Adaptive];
 
-
     private readonly ProbeOptions _options;
-    private readonly Geometry[] _geometries;
-    private readonly GradientWindow _buffer;
+    private readonly ParameterLayout _parameters;
+    private readonly int _k;
+    private readonly bool _microBatches;
     private readonly string _prefix;
-    private CapturedParameter[] _layers = [];
-    private double[] _hostSums = [];
+    private readonly int _layers;
+    private readonly CoordinateSums.Layout _layout;
     private readonly IndicatorDefinition[] _definitions;   // the catalogue's first-order indicators
     private readonly IndicatorDefinition[] _layerDefinitions;
     private readonly GramSummary _summary;
     private readonly GramSummary _leftOut;
-    private readonly double[] _leaveOneOut;               // per definition, its K values with one minibatch left out
+    private readonly double[] _leaveOneOut;               // per definition, its K values with one gradient left out
     private readonly WindowSmoother? _smoother;
-    private int _segmentsPending;
+    private readonly MomentPool? _pool;                   // micro-batch windows: the moment-form values' smoothing
+    private readonly double[] _synthetic;                 // a K x K matrix with the pooled moments
+    private readonly double[] _pooledLeaveOneOut;         // per definition, the pooled values leaving one window out
+    private readonly double[] _pooledValues, _pooledErrors;   // per definition, of the geometry being published
+    private readonly Pass _pass;
+    private readonly bool _sketched;
+    private double[] _total = [];
+    private int _partsPending;
     private ProbeWindowContext? _window;
+    private WindowKernel? _kernel;
 
-    /// <param name="options">Geometries, Fisher decay, eta, GSNR epsilon, regret quantile.</param>
+    /// <param name="options">Geometries' settings, GSNR epsilon, regret quantile.</param>
     /// <param name="geometries">The geometries to compute.</param>
-    /// <param name="buffer">Where the K gradients are.</param>
-    /// <param name="prefix">Prefix of the reported names ("" for passive windows).</param>
+    /// <param name="parameters">The watched parameters.</param>
+    /// <param name="k">K, gradients per window.</param>
+    /// <param name="microBatches">Whether the K gradients are micro-batches of one minibatch (values at the minibatch's size).</param>
+    /// <param name="theta">The window's parameters, for the adaptive geometry.</param>
+    /// <param name="prefix">Prefix of the reported names ("" for the default family).</param>
     /// <param name="layerCount">Per-layer values for this many parameters (the first ones).</param>
     /// <param name="smoothing">Also publish each value's mean over this many windows as <c>&lt;name&gt;.smoothed</c> (0: none).</param>
-    public FirstOrderFamily(ProbeOptions options, Geometry geometries, GradientWindow buffer, string prefix, int layerCount, int smoothing = 0)
+    /// <param name="sketched">Whether the windows are CountSketches, whitened when sketched (no per-coordinate state here).</param>
+    public FirstOrderFamily(ProbeOptions options, Geometry geometries, ParameterLayout parameters, int k, bool microBatches,
+        FlatParameterBuffer? theta, string prefix, int layerCount, int smoothing = 0, bool sketched = false)
     {
         _options = options;
-        _geometries = Order.Where(g => geometries.HasFlag(g)).ToArray();
-        _buffer = buffer;
+        _parameters = parameters;
+        _k = k;
+        _microBatches = microBatches;
         _prefix = prefix;
-        var window = buffer;
-        // With sketches each gradient was whitened when it was sketched: no per-coordinate state here.
-        Whitening = new Whitening(options, buffer.Sketch is null ? geometries : Geometry.None, window);
-        _layers = window.Parameters.Take(layerCount).ToArray();
-        _hostSums = new double[SumsLength(window.K)];
+        _layers = Math.Min(layerCount, parameters.Parameters.Count);
+        _layout = new CoordinateSums.Layout(k, Order.Where(g => geometries.HasFlag(g)).ToArray());
+        _sketched = sketched;
+        Whitening = new Whitening(options, sketched ? Geometry.None : geometries, parameters, theta);
         _definitions = IndicatorCatalogue.FirstOrder();
         _layerDefinitions = _definitions.Where(d => d.PerLayer).ToArray();
-        _summary = new GramSummary(window.K, options.RegretQuantile);
-        _leftOut = new GramSummary(window.K, options.RegretQuantile);
-        _leaveOneOut = new double[window.K * _definitions.Length];
-        if (smoothing > 0) _smoother = new WindowSmoother(_geometries.Length * _definitions.Length + 2, smoothing);
+        _summary = new GramSummary(k, options.RegretQuantile);
+        _leftOut = new GramSummary(k, options.RegretQuantile);
+        _leaveOneOut = new double[k * _definitions.Length];
+        _pass = new Pass(this);
+        if (smoothing > 0) _smoother = new WindowSmoother(_layout.Geometries.Count * _definitions.Length + 2, smoothing);
+        if (smoothing > 0 && microBatches) _pool = new MomentPool(_layout.Geometries.Count, smoothing);
+        _synthetic = new double[k * k];
+        _pooledLeaveOneOut = new double[_definitions.Length * Math.Max(smoothing, 1)];
+        _pooledValues = new double[_definitions.Length];
+        _pooledErrors = new double[_definitions.Length];
     }
 
-    /// <summary>D of each geometry, as the last <see cref="Compute"/> used it; its state is this family's.</summary>
+    /// <summary>
+    /// The indicators that depend on a micro-batch window only through its mean diagonal and mean off-diagonal Gram
+    /// entries: their smoothed values come from pooled moments (<see cref="MomentPool"/>).
+    /// </summary>
+    internal static readonly HashSet<string> MomentForm =
+    [
+        Indicators.GradientNorm, Indicators.MeanGradientNorm, Indicators.Cosine, Indicators.Regret, Indicators.RelativeRegret,
+        Indicators.ContrastiveFlatness, Indicators.GradientNoise, Indicators.Disparity, Indicators.NormTest,
+    ];
+
+    /// <summary>D of each geometry, as the last window used it; its state is this family's.</summary>
     public Whitening Whitening { get; }
 
-    // Per geometry a K x K Gram matrix, then the GSNR sums: R, U, N, then R_(i) and U_(i) for each left-out i
-    // (see AccumulateGsnr).
-    private int SumsLength(int k) => _geometries.Length * k * k + 3 + 2 * k;
+    /// <summary>s of the window's values: the trainer's batch over one gradient's for micro-batches (K), else null.</summary>
+    private double? Scale(int k) => _microBatches ? k : null;
 
     /// <summary>
-    /// Computes the family on the device and reports it through <paramref name="window"/> after the window's transfer.
-    /// Only the adaptive geometry's copy of theta is taken now (call at the window's theta); the rest reads the window's
-    /// buffer and this family's state only, and is deferred (<see cref="ProbeWindowContext.Defer"/>): with
-    /// <see cref="ProbeOptions.BackgroundStatistics"/> it runs on the session's worker while training goes on.
+    /// Computes the family of <paramref name="source"/>'s K gradients and reports it through <paramref name="window"/>.
+    /// It reads only the source and this family's state (the window's theta is the session's copy), so it is deferred
+    /// (<see cref="ProbeWindowContext.Defer"/>): with <see cref="ProbeOptions.BackgroundStatistics"/> it runs on the
+    /// session's worker while training goes on.
     /// </summary>
     /// <param name="window">The closed window.</param>
+    /// <param name="source">The window's gradients.</param>
     /// <param name="defer">False computes everything now (for a caller that reads the updated whitening right after).</param>
-    public void Compute(ProbeWindowContext window, bool defer = true)
+    public void Compute(ProbeWindowContext window, IWindowSource source, bool defer = true)
     {
+        if (source.K != _k) throw new ArgumentException($"The family was made for K = {_k}, the window has {source.K} gradients.", nameof(source));
         _window = window;
-        Whitening.LoadTheta();
-        if (defer) window.Defer(ComputeFromBuffer);
-        else ComputeFromBuffer();
+        if (defer) window.Defer(() => ComputeFrom(source));
+        else ComputeFrom(source);
     }
 
-    private void ComputeFromBuffer()
+    private void ComputeFrom(IWindowSource source)
     {
         var window = _window!;
-        var buffer = _buffer;
-        int k = buffer.K;
-        Whitening.Fold();   // the whole window first: each tensor's floor needs the tensor's new average
+        _total = new double[_layout.Length];
+        _partsPending = 1;   // this method's own part, released at its end
 
-        Array.Clear(_hostSums);
-        _segmentsPending = buffer.Segments.Count;
-        if (buffer.Sketch is { } sketch)
+        if (source is GradientWindow { Sketch: { } sketch } sketched)
         {
             // Gram matrices of the [K, d] sketches: unbiased estimates of the full ones. No GSNR, no per-layer values.
-            for (int s = 0; s < buffer.Segments.Count; s++)
+            for (int s = 0; s < sketched.Segments.Count; s++)
             {
-                var sums = torch.zeros(SumsLength(k), dtype: ScalarType.Float64, device: buffer.Segments[s].Device);
-                for (int i = 0; i < _geometries.Length; i++)
+                var sums = torch.zeros(_layout.Length, dtype: ScalarType.Float64, device: sketched.Segments[s].Device);
+                for (int i = 0; i < _layout.Geometries.Count; i++)
                 {
-                    var h = sketch.Windows[sketch.IndexOf(_geometries[i])][s].to(ScalarType.Float64);
-                    sums.narrow(0, i * k * k, k * k).view(k, k).add_(h.mm(h.t()), Scalars.One);
+                    var h = sketch.Windows[sketch.IndexOf(_layout.Geometries[i])][s].to(ScalarType.Float64);
+                    sums.narrow(0, _layout.Gram(i), _k * _k).view(_k, _k).add_(h.mm(h.t()), Scalars.One);
                 }
 
-                window.Fetch(sums, AddSegment);
+                _partsPending++;
+                window.Fetch(sums, AddPart);
             }
 
+            AddPart([]);
             return;
         }
 
-        for (int s = 0; s < buffer.Segments.Count; s++)
-        {
-            var sums = torch.zeros(SumsLength(k), dtype: ScalarType.Float64, device: buffer.Segments[s].Device);
-            Accumulate(buffer, s, 0, buffer.Segments[s].Count, sums);
-            window.Fetch(sums, AddSegment);
-        }
+        bool first = Whitening.NeedsFirstFloors;
+        Whitening.Begin();
+        if (first)
+            for (int q = 0; q < _parameters.Parameters.Count; q++)
+                Whitening.SetFirstFloor(q, _pass.SumOfSquares(source, q), _k);
 
-        // Per-layer values read the D of the whole window.
-        foreach (var layer in _layers)
+        var deviceTotals = new Dictionary<(DeviceType, int), Tensor>();
+        var fisherSums = new List<(int Parameter, Tensor Sum)>();
+        for (int q = 0; q < _parameters.Parameters.Count; q++)
         {
-            var sums = torch.zeros(SumsLength(k), dtype: ScalarType.Float64, device: buffer.Segments[layer.Segment].Device);
-            Accumulate(buffer, layer.Segment, layer.Offset, layer.Count, sums);
-            string name = layer.Name;
-            window.Fetch(sums, host => PublishLayer(host, name));
-        }
-    }
-
-    /// <summary>
-    /// Adds the Gram matrices (one per geometry) and the GSNR sum and count of columns
-    /// [<paramref name="start"/>, <paramref name="start"/> + <paramref name="count"/>) of a segment into <paramref name="sums"/>.
-    /// </summary>
-    private void Accumulate(GradientWindow buffer, int s, long start, long count, Tensor sums)
-    {
-        int k = buffer.K;
-        var segment = buffer.Segments[s];
-
-        // On a CPU, float32: one managed pass over the buffer, read in place, for every Gram matrix and the GSNR sums.
-        if (WindowKernel.Supports(segment.Gradients))
-        {
-            var host = new double[SumsLength(k)];
-            WindowKernel.Accumulate(segment.Gradients, s, start, count, Whitening, _geometries, _options.GsnrEpsilon, host);
-            using var add = torch.tensor(host, ScalarType.Float64, sums.device);
-            sums.add_(add, Scalars.One);
-            return;
-        }
-
-        var grams = new Tensor[_geometries.Length];
-        for (int i = 0; i < grams.Length; i++) grams[i] = sums.narrow(0, i * k * k, k * k).view(k, k);
-        var gsnr = sums.narrow(0, _geometries.Length * k * k, 3 + 2 * k);
-        long chunk = WindowChunks.Columns(segment, k);
-        for (long offset = start; offset < start + count; offset += chunk)
-        {
-            using var scope = torch.NewDisposeScope();
-            long length = Math.Min(chunk, start + count - offset);
-            var g = WindowChunks.Read(segment, offset, length);
-            for (int i = 0; i < _geometries.Length; i++)
+            _pass.Run(source, q);
+            if (_pass.Host is { } host)
             {
-                var d = Whitening.Chunk(_geometries[i], s, offset, length, g.dtype);
-                var h = d is null ? g : g.mul(d);
-                grams[i].add_(h.mm(h.t()), Scalars.One);
+                for (int i = 0; i < host.Length; i++) _total[i] += host[i];
+                Whitening.EndParameter(q, _pass.FisherHost);
             }
 
-            AccumulateGsnr(g, gsnr, k, segment.Gradients.dtype, _options.GsnrEpsilon);
+            if (_pass.Device is { } device)
+            {
+                var key = (device.device_type, device.device_index);
+                if (deviceTotals.TryGetValue(key, out var total)) total.add_(device, Scalars.One);
+                else deviceTotals[key] = device.clone();
+                if (_pass.FisherDevice is { } fisher) fisherSums.Add((q, fisher.clone()));
+            }
+
+            if (q < _layers) PublishLayerWhenRead(q);
         }
-    }
 
-    /// <summary>
-    /// Adds the GSNR sums of a chunk [K, columns] of gradients. Per coordinate c, with m_c the mean and v_c the unbiased
-    /// variance of its K values: <c>R = sum_c m_c^2 / (v_c + epsilon)</c> over the coordinates whose K values are not all
-    /// equal, <c>U</c> their count, <c>N</c> the count of all coordinates; and the same R_(i), U_(i) with minibatch i
-    /// left out (its K - 1 values), for the jackknife. A coordinate whose values are all exactly equal (a dead unit's
-    /// zeros), or so close that their variance underflows to 0 in the gradients' dtype, has no noise to compare with:
-    /// it is counted in N and contributes 0. With minibatch i left out, a
-    /// coordinate is taken as constant when its other K - 1 values are all zero, or when their variance is not above
-    /// the rounding of their mean.
-    /// </summary>
-    internal static void AccumulateGsnr(Tensor g, Tensor gsnr, int k, ScalarType stored, double epsilon)
-    {
-        // Everything per coordinate in float64: squares of large float32 gradients overflow (inf / inf is NaN). Two
-        // passes by hand: torch's var over the leading dimension of [K, P] is ~20x slower on CPU.
-        // Every scalar is explicit and kept alive until the end (see Scalars); call inside a dispose scope.
-        using var scalars = new ScalarScope();
-        var g64 = g.to(ScalarType.Float64);
-        var sum = g64.sum([0]);
-        var mean = sum.div(scalars[k]);
-        var centered = g64.sub(mean);
-        var squares = centered.mul_(centered);
-        var sumSquares = squares.sum([0]);
-        // A coordinate varies when its K values are not all equal and their spread is above the rounding of the
-        // gradients' dtype (K values one ulp apart are rounding, and would give a ratio of 1 / eps^2).
-        var rounding = mean.abs().mul_(scalars[RoundingFactor * Epsilon(stored)]);
-        rounding.mul_(rounding);
-        var varies = g.amax([0]).ne_(g.amin([0])).logical_and_(sumSquares.gt(rounding.mul(scalars[k - 1])));
-        var variance = sumSquares.div(scalars[k - 1]).add_(scalars[epsilon], Scalars.One);
-        var ratio = mean.mul(mean).div_(variance).masked_fill_(varies.logical_not(), Scalars.Zero);
+        _pass.Release();
 
-        // Leave-one-out: the mean and the sum of squares of the other K - 1 values, summed directly (a downdate of the
-        // full sums, m_(i) = (sum - g_i) / (K - 1), cancels when minibatch i is an outlier or the only nonzero value).
-        var looMeans = new Tensor[k];
-        var looSquares = new Tensor[k];
-        for (int i = 0; i < k; i++)
+        foreach (var total in deviceTotals.Values)
         {
-            var others = torch.cat([g64.narrow(0, 0, i), g64.narrow(0, i + 1, k - 1 - i)]);
-            looMeans[i] = others.mean([0]);
-            var deviations = others.sub_(looMeans[i]);
-            looSquares[i] = deviations.mul_(deviations).sum([0]);
+            _partsPending++;
+            window.Fetch(total, AddPart);
         }
 
-        var looMean = torch.stack(looMeans);
-        var looVariance = torch.stack(looSquares).div_(scalars[Math.Max(k - 2, 1)]);
-        var looRounding = looMean.abs().mul_(scalars[RoundingFactor * Epsilon(stored)]);
-        looRounding.mul_(looRounding);
-        // Other K - 1 values all 0 give a variance of exactly 0, which is not above the threshold: no noise.
-        var looVaries = looVariance.gt(looRounding).logical_and_(varies);
-        var looRatio = looMean.mul_(looMean).div_(looVariance.add_(scalars[epsilon], Scalars.One)).masked_fill_(looVaries.logical_not(), Scalars.Zero);
+        if (fisherSums.Count > 0)
+            window.Fetch(torch.cat(fisherSums.Select(f => f.Sum.reshape(1)).ToArray()), host =>
+            {
+                for (int i = 0; i < fisherSums.Count; i++) Whitening.EndParameter(fisherSums[i].Parameter, host[i]);
+            });
 
-        gsnr.add_(torch.cat([
-            torch.stack([ratio.sum(), varies.sum().to(ScalarType.Float64), torch.tensor((double)g.shape[1], ScalarType.Float64, g.device)]),
-            looRatio.sum([1]),
-            looVaries.sum([1]).to(ScalarType.Float64),
-        ]), Scalars.One);
+        AddPart([]);
     }
 
-    /// <summary>How many units of the dtype's rounding (eps |mean|) a coordinate's standard deviation must exceed to count as noise.</summary>
-    private const double RoundingFactor = 8;
-
-    /// <summary>
-    /// The machine epsilon of the dtype the gradients are stored in: their rounding, which a coordinate's spread must
-    /// exceed (bfloat16 storage rounds float32 gradients to 8 significant bits).
-    /// </summary>
-    private static double Epsilon(ScalarType stored) => stored switch
+    /// <summary>A layer's values, from the pass that just read it: at once from host sums, or after the transfer.</summary>
+    private void PublishLayerWhenRead(int parameter)
     {
-        ScalarType.Float64 => Math.Pow(2, -52),
-        ScalarType.BFloat16 => Math.Pow(2, -7),
-        ScalarType.Float16 => Math.Pow(2, -10),
-        _ => Math.Pow(2, -23),
-    };
+        string name = _parameters.Parameters[parameter].Name;
+        var host = _pass.Host is { } h ? (double[])h.Clone() : new double[_layout.Length];
+        if (_pass.Device is not { } device)
+        {
+            PublishLayer(host, name);
+            return;
+        }
 
-    private void AddSegment(ReadOnlySpan<double> values)
+        _window!.Fetch(device.clone(), values =>
+        {
+            for (int i = 0; i < host.Length; i++) host[i] += values[i];
+            PublishLayer(host, name);
+        });
+    }
+
+    /// <summary>Adds a part of the whole window's sums; publishes when the last has arrived.</summary>
+    private void AddPart(ReadOnlySpan<double> values)
     {
-        for (int i = 0; i < values.Length; i++) _hostSums[i] += values[i];
-        if (--_segmentsPending > 0) return;
+        for (int i = 0; i < values.Length; i++) _total[i] += values[i];
+        if (--_partsPending > 0) return;
 
         var window = _window!;
-        int k = _buffer.K;
+        int k = _k;
         int n = _definitions.Length;
-        ThrowIfNotFinite(_hostSums.AsSpan(0, k * k), k);
-        for (int index = 0; index < _geometries.Length; index++)
+        ThrowIfNotFinite(_total.AsSpan(0, k * k), k);
+        for (int index = 0; index < _layout.Geometries.Count; index++)
         {
-            var geometry = _geometries[index];
-            var gram = _hostSums.AsSpan(index * k * k, k * k);
-            _summary.Load(gram, k);
-            // Jackknife over the K minibatches: each value recomputed from the Gram matrix that leaves minibatch i out
-            // (no device work), se = sqrt((K-1)/K sum_i (v_(i) - mean v_(i))^2); NaN below K = 3.
+            var geometry = _layout.Geometries[index];
+            var gram = _total.AsSpan(_layout.Gram(index), k * k);
+            _summary.Load(gram, k, Scale(k));
+            // Jackknife over the K gradients: each value recomputed from the Gram matrix that leaves gradient i out (no
+            // device work), se = sqrt((K-1)/K sum_i (v_(i) - mean v_(i))^2); NaN below K = 3.
             if (k >= 3)
             {
                 for (int i = 0; i < k; i++)
                 {
-                    _leftOut.LoadLeavingOut(gram, k, i);
+                    _leftOut.LoadLeavingOut(gram, k, i, Scale(k - 1));
                     for (int f = 0; f < n; f++) _leaveOneOut[f * k + i] = _definitions[f].FromGram!(_leftOut);
                 }
             }
 
+            if (_pool is not null)
+            {
+                var (d, s) = MomentPool.Moments(gram, k);
+                _pool.Add(index, d, s);
+                Pool(index);
+            }
+
             for (int f = 0; f < n; f++)
-                Publish(window, index * n + f, _definitions[f].Name, _definitions[f].FromGram!(_summary), k >= 3 ? Jackknife.StandardError(_leaveOneOut.AsSpan(f * k, k)) : double.NaN, geometry);
+                Publish(window, index * n + f, _definitions[f].Name, _definitions[f].FromGram!(_summary),
+                    k >= 3 ? Jackknife.StandardError(_leaveOneOut.AsSpan(f * k, k)) : double.NaN, geometry,
+                    _pool is not null && MomentForm.Contains(_definitions[f].Name) ? (_pooledValues[f], _pooledErrors[f]) : null);
         }
 
-        if (_buffer.Sketch is not null) return;   // per-coordinate values need the gradients themselves
-        var (gsnr, gsnrError) = Gsnr(_hostSums, k);
-        int series = _geometries.Length * n;
+        if (!(_total[_layout.Gsnr + 2] > 0)) return;   // sketches: no per-coordinate values
+        double scale = Scale(k) ?? 1;
+        var (gsnr, gsnrError) = GsnrStatistics.FromSums(_total.AsSpan(_layout.Gsnr), k, scale);
+        int series = _layout.Geometries.Count * n;
         Publish(window, series, Indicators.Gsnr, gsnr, gsnrError, Geometry.None);
-        Publish(window, series + 1, Indicators.EbCriterion, -k * gsnr, k * gsnrError, Geometry.None);
+        double eb = k / scale;   // EB tests the mean of the K gradients: K units of one gradient's GSNR
+        Publish(window, series + 1, Indicators.EbCriterion, -eb * gsnr, eb * gsnrError, Geometry.None);
     }
 
-    /// <summary>Reports a value and its standard error, and with smoothing their mean over the last windows.</summary>
-    private void Publish(ProbeWindowContext window, int series, string name, double value, double error, Geometry geometry)
+    /// <summary>
+    /// The moment-form indicators of one geometry over the pooled moments of the windows held, into
+    /// <see cref="_pooledValues"/> and <see cref="_pooledErrors"/> (per definition; NaN for the others): a jackknife over
+    /// the windows (NaN below three). One matrix per left-out window serves every definition.
+    /// </summary>
+    private void Pool(int geometry)
+    {
+        int k = _k, m = _pool!.Count(geometry), n = _definitions.Length;
+        void Load(int leftOut)
+        {
+            var (d, s) = _pool.Pooled(geometry, leftOut);
+            MomentPool.Synthesize(d, s, k, _synthetic);
+            _leftOut.Load(_synthetic, k, Scale(k));
+        }
+
+        Load(-1);
+        for (int f = 0; f < n; f++) _pooledValues[f] = MomentForm.Contains(_definitions[f].Name) ? _definitions[f].FromGram!(_leftOut) : double.NaN;
+        if (m < 3)
+        {
+            _pooledErrors.AsSpan().Fill(double.NaN);
+            return;
+        }
+
+        for (int w = 0; w < m; w++)
+        {
+            Load(w);
+            for (int f = 0; f < n; f++)
+                if (MomentForm.Contains(_definitions[f].Name)) _pooledLeaveOneOut[f * _pool.Capacity + w] = _definitions[f].FromGram!(_leftOut);
+        }
+
+        for (int f = 0; f < n; f++)
+            _pooledErrors[f] = MomentForm.Contains(_definitions[f].Name) ? Jackknife.StandardError(_pooledLeaveOneOut.AsSpan(f * _pool.Capacity, m)) : double.NaN;
+    }
+
+    /// <summary>
+    /// Reports a value and its standard error, and with smoothing their mean over the last windows (or the
+    /// <paramref name="pooled"/> value given for it).
+    /// </summary>
+    private void Publish(ProbeWindowContext window, int series, string name, double value, double error, Geometry geometry,
+        (double Value, double Error)? pooled = null)
     {
         window.Report(_prefix + name, value, geometry);
         window.Report(_prefix + name + Indicators.StandardErrorSuffix, error, geometry);
         if (_smoother is null) return;
+        if (pooled is { } p)
+        {
+            window.Report(_prefix + name + Indicators.SmoothedSuffix, p.Value, geometry);
+            window.Report(_prefix + name + Indicators.SmoothedSuffix + Indicators.StandardErrorSuffix, p.Error, geometry);
+            return;
+        }
+
         var (mean, meanError) = _smoother.Add(series, value, error);
         window.Report(_prefix + name + Indicators.SmoothedSuffix, mean, geometry);
         window.Report(_prefix + name + Indicators.SmoothedSuffix + Indicators.StandardErrorSuffix, meanError, geometry);
@@ -286,9 +304,9 @@ internal sealed class FirstOrderFamily : IDisposable
 
     /// <summary>
     /// A window with a NaN or infinite gradient publishes none of the family's values: each would be computed from the
-    /// non-finite minibatch or silently leave it out (a cosine skips pairs without a norm), and a smoothed mean would
-    /// carry it for windows. The squared norms on the first Gram's diagonal are non-finite exactly then. The failure is
-    /// logged, counted and listed in the snapshot; the Fisher average kept its old value for those coordinates.
+    /// non-finite gradient, and a smoothed mean would carry it for windows. The squared norms on the first Gram's
+    /// diagonal are non-finite exactly then. The failure is logged, counted and listed in the snapshot; the Fisher
+    /// average kept its old value for those coordinates.
     /// </summary>
     private void ThrowIfNotFinite(ReadOnlySpan<double> gram, int k)
     {
@@ -302,29 +320,23 @@ internal sealed class FirstOrderFamily : IDisposable
     private void PublishLayer(ReadOnlySpan<double> sums, string layer)
     {
         var window = _window!;
-        int k = _buffer.K;
-        for (int index = 0; index < _geometries.Length; index++)
+        int k = _k;
+        for (int index = 0; index < _layout.Geometries.Count; index++)
         {
-            var geometry = _geometries[index];
-            _summary.Load(sums.Slice(index * k * k, k * k), k);
+            _summary.Load(sums.Slice(_layout.Gram(index), k * k), k, Scale(k));
             foreach (var definition in _layerDefinitions)
-                window.Report(_prefix + definition.Name, definition.FromGram!(_summary), geometry, layer);
+                window.Report(_prefix + definition.Name, definition.FromGram!(_summary), _layout.Geometries[index], layer);
         }
 
-        window.Report(_prefix + Indicators.Gsnr, Gsnr(sums, k).Value, Geometry.None, layer);
+        window.Report(_prefix + Indicators.Gsnr, GsnrStatistics.FromSums(sums[_layout.Gsnr..], k, Scale(k) ?? 1).Value, Geometry.None, layer);
     }
 
-    /// <summary>
-    /// The mean GSNR over all coordinates, corrected for finite K, and its jackknife standard error (see
-    /// <see cref="GsnrStatistics"/>).
-    /// </summary>
-    private (double Value, double StandardError) Gsnr(ReadOnlySpan<double> sums, int k) =>
-        GsnrStatistics.FromSums(sums[(_geometries.Length * k * k)..], k);
-
-    /// <summary>Saves what carries from window to window: the whitening's Fisher average and its update count, and the smoother.</summary>
+    /// <summary>Saves what carries from window to window: the whitening's Fisher average, floors and update count, and the smoother.</summary>
     public void Save(Session.SessionStateWriter state)
     {
         state.Set("whitening.updates", Whitening.Updates);
+        state.Set("whitening.floors", Whitening.Floors);
+        state.Set("whitening.floors_in_use", Whitening.FloorsInUse);
         var tensors = Whitening.StateTensors;
         for (int i = 0; i < tensors.Count; i++) state.SetTensor($"whitening.{i}", tensors[i]);
         if (_smoother is not null)
@@ -335,30 +347,136 @@ internal sealed class FirstOrderFamily : IDisposable
             state.Set("smoother.count", count);
             state.Set("smoother.next", next);
         }
+
+        if (_pool is not null)
+        {
+            var (d, s, count, next) = _pool.State;
+            state.Set("pool.d", d);
+            state.Set("pool.s", s);
+            state.Set("pool.count", count);
+            state.Set("pool.next", next);
+        }
     }
 
     /// <summary>Checks <see cref="Save"/>'s state against this family; returns what restores it.</summary>
     public Action Prepare(Session.SessionStateReader state)
     {
         long updates = state.Get<long>("whitening.updates");
+        double[] floors = state.Get<double[]>("whitening.floors"), inUse = state.Get<double[]>("whitening.floors_in_use");
+        if (floors.Length != _parameters.Parameters.Count || inUse.Length != floors.Length)
+            throw new InvalidDataException($"The saved whitening has floors for {floors.Length} parameter tensors; this session watches {_parameters.Parameters.Count}.");
         var targets = Whitening.StateTensors;
         var saved = targets.Select((t, i) => state.GetTensor($"whitening.{i}", t.shape, t.dtype)).ToArray();
         if (state.Has($"whitening.{targets.Count}"))
-            throw new InvalidDataException("The saved whitening state has more tensors than this session's geometries use: it was saved with other Geometries or FisherFloor.");
+            throw new InvalidDataException("The saved whitening state has more tensors than this session's geometries use: it was saved with other Geometries.");
         Action smoother = () => { };
         if (_smoother is not null)
             smoother = _smoother.Prepare(state.Get<double[]>("smoother.values"), state.Get<double[]>("smoother.variances"),
                 state.Get<int[]>("smoother.count"), state.Get<int[]>("smoother.next"));
+        Action pool = () => { };
+        if (_pool is not null)
+            pool = _pool.Prepare(state.Get<double[]>("pool.d"), state.Get<double[]>("pool.s"), state.Get<int[]>("pool.count"), state.Get<int[]>("pool.next"));
         return () =>
         {
             using (torch.no_grad())
                 for (int i = 0; i < targets.Count; i++) targets[i].copy_(saved[i]);
             Whitening.Updates = updates;
+            Whitening.Floors = floors;
+            Whitening.FloorsInUse = inUse;
             smoother();
+            pool();
         };
     }
 
     public void Dispose() => Whitening.Dispose();
+
+    /// <summary>One parameter's read: its blocks through the managed kernel or the tensor path, into its own sums.</summary>
+    private sealed class Pass(FirstOrderFamily family) : BlockSink
+    {
+        private int _parameter;
+        private ScalarType _stored;
+        private bool _squaresOnly;
+        private double _squares;
+        private Tensor? _squaresDevice;
+
+        /// <summary>The parameter's host sums (managed blocks), or null.</summary>
+        public double[]? Host { get; private set; }
+
+        /// <summary>The parameter's device sums (tensor blocks), or null; valid until the next <see cref="Run"/> or <see cref="Release"/>.</summary>
+        public Tensor? Device { get; private set; }
+
+        public double FisherHost { get; private set; }
+
+        public Tensor? FisherDevice { get; private set; }
+
+        public void Run(IWindowSource source, int parameter)
+        {
+            Release();
+            _parameter = parameter;
+            _stored = source.Stored;
+            _squaresOnly = false;
+            Host = null;
+            FisherHost = 0;
+            source.Read(parameter, this);
+        }
+
+        public double SumOfSquares(IWindowSource source, int parameter)
+        {
+            Release();
+            _parameter = parameter;
+            _squaresOnly = true;
+            _squares = 0;
+            source.Read(parameter, this);
+            return _squares + (_squaresDevice is null ? 0 : _squaresDevice.item<double>());   // once, at the first window
+        }
+
+        /// <summary>
+        /// Frees the device sums. They live outside every dispose scope: a source hands its blocks out of scopes of its
+        /// own, which would free anything made inside them.
+        /// </summary>
+        public void Release()
+        {
+            Device?.Dispose();
+            FisherDevice?.Dispose();
+            _squaresDevice?.Dispose();
+            Device = FisherDevice = _squaresDevice = null;
+        }
+
+        public override void Managed(float** rows, long offset, long count)
+        {
+            var layout = family._layout;
+            var kernel = family._kernel ??= new WindowKernel(layout, family._options.GsnrEpsilon);
+            if (_squaresOnly)
+            {
+                _squares += kernel.SumOfSquares(rows, count);
+                return;
+            }
+
+            int segment = family._parameters.Parameters[_parameter].Segment;
+            if (!family.Whitening.ManagedState(segment))
+                throw new InvalidOperationException("The whitening state of a CPU float32 window is not readable in place.");
+            Host ??= new double[layout.Length];
+            FisherHost += kernel.Accumulate(rows, count, family.Whitening.Managed(_parameter, offset, _stored), Host);
+        }
+
+        public override void Tensor(Tensor block, long offset)
+        {
+            if (_squaresOnly)
+            {
+                var squares = CoordinateSums.SumOfSquares(block);
+                if (_squaresDevice is null) _squaresDevice = squares.clone().DetachFromDisposeScope();
+                else _squaresDevice.add_(squares, Scalars.One);
+                return;
+            }
+
+            var layout = family._layout;
+            if (Device is null) Device = torch.zeros(layout.Length, ScalarType.Float64, block.device).DetachFromDisposeScope();
+            var state = family.Whitening.Tensors(_parameter, offset, block.shape[1], _stored);
+            var fisher = CoordinateSums.Accumulate(block, state, layout, family._options.GsnrEpsilon, Device);
+            if (FisherDevice is null) FisherDevice = fisher.clone().DetachFromDisposeScope();
+            else FisherDevice.add_(fisher, Scalars.One);
+        }
+    }
 }
 
 /// <summary>A window's gradients hold a NaN or an infinity (the failure's reason: <c>non_finite_gradient</c>).</summary>

@@ -7,6 +7,7 @@ namespace TrainingProbes.Statistics;
 internal static class VectorSums
 {
     /// <summary><c>sum (b - a)^2</c> and <c>sum a^2</c>, in float64.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public static (double Moved, double Norm) DriftSums(ReadOnlySpan<float> first, ReadOnlySpan<float> now)
     {
         if (first.Length != now.Length)

@@ -3,15 +3,19 @@
 Usage: python3 pytorch_interop.py MANIFEST.json
 
 The manifest (written by PyTorchInteropTests) names a .pt and a .safetensors checkpoint of a small network, the
-network's layer sizes, an input batch with the outputs the C# model gave for it in eval mode, one exported gradient
-window, and the euclidean cosine, relative regret and m-coherence the library published for that window.
+network's layer sizes, an input batch with the outputs the C# model gave for it in eval mode, and exported gradient
+windows, each with the parameters and the batch of the step that closed it and the euclidean indicators the library
+published for it.
 
 This script
   1. builds the same architecture in PyTorch and loads the .pt with torch.load (also with weights_only=True, the
      default of PyTorch 2.6 and later) and load_state_dict(strict=True), then the .safetensors file the same way;
   2. runs both loaded networks on the input and compares with the C# outputs;
-  3. reads the exported window with its own safetensors reader (no safetensors package needed), recomputes the
-     three indicators with numpy in float64 from the definitions, and compares them with the published values.
+  3. for each window: reads it with its own safetensors reader (no safetensors package needed), computes the K
+     micro-batch gradients itself (the mean cross-entropy of each of K equal slices of the closing step's batch, at
+     that step's parameters, in training mode) and compares them with the exported ones, then recomputes the
+     indicators with numpy in float64 from their definitions at the trainer's batch (K micro-batches) and compares
+     them with the published values.
 
 It prints one JSON object with every recomputed number and the worst differences, and exits 1 if any check fails.
 """
@@ -42,28 +46,51 @@ def read_safetensors(path):
     return tensors, metadata
 
 
-def build_model(sizes, dtype):
-    """The C# test's architecture: Linear, BatchNorm1d, ReLU, Linear, as an nn.Sequential."""
+def build_model(sizes, dtype, architecture="bn"):
+    """The C# test's architectures as nn.Sequential: Linear, BatchNorm1d, ReLU, Linear ("bn"), or without the
+    BatchNorm ("plain")."""
     inputs, hidden, outputs = sizes
-    return torch.nn.Sequential(torch.nn.Linear(inputs, hidden), torch.nn.BatchNorm1d(hidden),
-                               torch.nn.ReLU(), torch.nn.Linear(hidden, outputs)).to(dtype)
+    layers = [torch.nn.Linear(inputs, hidden)]
+    if architecture == "bn":
+        layers.append(torch.nn.BatchNorm1d(hidden))
+    layers += [torch.nn.ReLU(), torch.nn.Linear(hidden, outputs)]
+    return torch.nn.Sequential(*layers).to(dtype)
+
+
+def micro_batch_gradients(model, x, y, k):
+    """The K gradients of the mean cross-entropy of K equal consecutive slices of the batch (the first K*floor(b/K)
+    rows), by parameter name, stacked as [K, ...shape]."""
+    size = x.shape[0] // k
+    rows = {name: [] for name, _ in model.named_parameters()}
+    for i in range(k):
+        model.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x[i * size:(i + 1) * size]), y[i * size:(i + 1) * size])
+        loss.backward()
+        for name, parameter in model.named_parameters():
+            rows[name].append(parameter.grad.detach().clone())
+    return {name: torch.stack(values).numpy() for name, values in rows.items()}
 
 
 def first_order(window):
-    """Euclidean cosine, relative regret and m-coherence of K gradients (rows), in float64."""
+    """The default euclidean indicators of K micro-batch gradients (rows), in float64, at the trainer's batch (K
+    micro-batches): S = mean off-diagonal Gram entry (unbiased |E g_b|^2), T = mean diagonal - S (the trace of one
+    micro-batch gradient's covariance), T_b = T / K, A^2 = S + T_b (E |g_b|^2)."""
     g = np.concatenate([t.reshape(t.shape[0], -1).astype(np.float64) for t in window], axis=1)
     k = g.shape[0]
     gram = g @ g.T
-    n = np.sqrt(np.diag(gram))
     off = ~np.eye(k, dtype=bool)
-    cosine = (gram / np.outer(n, n))[off].mean()
-    # r_ij = n_j - G_ij / n_i over ordered pairs i != j; relative regret = sum r / sum n_j.
-    regret = (n[None, :] - gram / n[:, None])[off]
-    reference = np.broadcast_to(n[None, :], (k, k))[off]
-    relative_regret = regret.sum() / reference.sum()
+    s = gram[off].mean()
+    d = np.diag(gram).mean()
+    tb = max(d - s, 0.0) / k
+    a2 = s + tb
     mean_gradient = g.mean(axis=0)
-    coherence = k * (mean_gradient @ mean_gradient) / np.mean(n ** 2)
-    return {"cosine": float(cosine), "relative_regret": float(relative_regret), "coherence": float(coherence)}
+    return {
+        "cosine": float(s / a2),
+        "relative_regret": float(tb / a2),
+        "contrastive_flatness": float(np.sqrt(a2 / s)) if s > 0 else float("inf"),
+        "noise": float(tb),
+        "coherence": float(k * (mean_gradient @ mean_gradient) / d),
+    }
 
 
 def main(manifest_path):
@@ -109,24 +136,46 @@ def main(manifest_path):
     if metadata.get("format") != "pt":
         failures.append(f".safetensors: metadata format is {metadata.get('format')!r}, expected 'pt'")
 
-    # 3. The exported gradient window and the values published for it.
-    window, window_metadata = read_safetensors(manifest["window"])
-    report["window_metadata"] = window_metadata
-    k = int(window_metadata["k"])
-    shapes = {name: list(array.shape) for name, array in window.items()}
-    for name, shape in shapes.items():
-        if shape[0] != k:
-            failures.append(f"window: {name} has leading dimension {shape[0]}, expected K = {k}")
-    recomputed = first_order([window[name] for name in sorted(window)])
-    report["recomputed"] = recomputed
-    report["published"] = manifest["published"]
-    differences = {}
-    for name, value in recomputed.items():
-        published = manifest["published"][name]
-        differences[name] = abs(value - published) / max(1.0, abs(value))
-        if not differences[name] <= manifest["tolerance"]:
-            failures.append(f"window: {name} recomputed {value!r}, published {published!r}")
-    report["relative_differences"] = differences
+    # 3. The exported gradient windows, the gradients PyTorch computes for them, and the values published.
+    report["windows"] = []
+    for entry in manifest["windows"]:
+        architecture = entry["architecture"]
+        window, window_metadata = read_safetensors(entry["window"])
+        k = int(window_metadata["k"])
+        result = {"architecture": architecture, "metadata": window_metadata}
+        for name, array in window.items():
+            if array.shape[0] != k:
+                failures.append(f"{architecture}: {name} has leading dimension {array.shape[0]}, expected K = {k}")
+
+        theta, _ = read_safetensors(entry["theta"])
+        batch, _ = read_safetensors(entry["batch"])
+        model = build_model(manifest["sizes"], dtype, architecture)
+        model.load_state_dict({name: torch.from_numpy(array) for name, array in theta.items()}, strict=True)
+        model.train()
+        ours = micro_batch_gradients(model, torch.from_numpy(batch["x"]), torch.from_numpy(batch["y"]), k)
+        if sorted(ours) != sorted(window):
+            failures.append(f"{architecture}: exported parameters {sorted(window)}, the model's {sorted(ours)}")
+        # Relative to the window's largest gradient entry: the bias before a BatchNorm has a gradient of rounding size.
+        scale = max(max(float(np.abs(array).max()) for array in ours.values()), 1e-12)
+        differences = {name: float(np.abs(ours[name].astype(np.float64) - window[name]).max()) / scale
+                       for name in ours if name in window}
+        result["gradient_differences"] = differences
+        worst = max(differences.values(), default=float("inf"))
+        result["gradient_relative_difference"] = worst
+        if not worst <= manifest["gradient_tolerance"]:
+            failures.append(f"{architecture}: exported micro-batch gradients differ from PyTorch's by {worst} (relative)")
+
+        recomputed = first_order([window[name] for name in sorted(window)])
+        result["recomputed"] = recomputed
+        result["published"] = entry["published"]
+        differences = {}
+        for name, value in recomputed.items():
+            published = entry["published"][name]
+            differences[name] = abs(value - published) / max(1.0, abs(value))
+            if not differences[name] <= manifest["tolerance"]:
+                failures.append(f"{architecture}: {name} recomputed {value!r}, published {published!r}")
+        result["relative_differences"] = differences
+        report["windows"].append(result)
 
     report["failures"] = failures
     print(json.dumps(report, indent=2, default=str))

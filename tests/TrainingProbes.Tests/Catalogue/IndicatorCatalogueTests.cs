@@ -18,7 +18,7 @@ public sealed class IndicatorCatalogueTests
             return sum / g.K;
         });
 
-    /// <summary>Records the step window's gradients as double arrays, to recompute the made-up value independently.</summary>
+    /// <summary>Records the window's micro-batch gradients' squared norms, to recompute the made-up value independently.</summary>
     private sealed class Recorder : TrainingProbe
     {
         public override string Name => "recorder";
@@ -65,7 +65,7 @@ public sealed class IndicatorCatalogueTests
         var optimizer = optim.SGD(model.parameters(), 0.05);
         var lossFunction = nn.CrossEntropyLoss();
         var recorder = new Recorder();
-        var warn = StoppingRule.Parse("step.gradient.test_mean_squared_norm[euclidean] > 0 for 1 -> warn");
+        var warn = StoppingRule.Parse("gradient.test_mean_squared_norm[euclidean] > 0 for 1 -> warn");
         var early = new EarlyStopping("gradient.test_mean_squared_norm") { Geometry = Geometry.Euclidean, Patience = 1000 };
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
@@ -87,12 +87,12 @@ public sealed class IndicatorCatalogueTests
             optimizer.step();
         }
 
-        // The snapshot: in both families and every geometry, with a standard error; the step family's euclidean value
-        // equals the mean squared norm of the recorded step gradients.
+        // The snapshot: in every geometry, with a standard error; the euclidean value equals the mean squared norm of
+        // the recorded micro-batch gradients.
         session.Flush();
         var snapshot = session.Latest!;
         double expected = recorder.SquaredNorms[^1].Average();
-        Assert.Equal(expected, snapshot.Get("step.gradient.test_mean_squared_norm", Geometry.Euclidean), expected * 1e-5);
+        Assert.Equal(expected, snapshot.Get("gradient.test_mean_squared_norm", Geometry.Euclidean), expected * 1e-5);
         foreach (var geometry in new[] { Geometry.Euclidean, Geometry.Fisher, Geometry.Adaptive })
         {
             Assert.True(double.IsFinite(snapshot.Get("gradient.test_mean_squared_norm", geometry)));
@@ -101,9 +101,9 @@ public sealed class IndicatorCatalogueTests
 
         // The meter: a gauge with the definition's unit and the snapshot's value.
         var gauge = MeterReader.Collect().Single(m => m.RunId == "made-up-indicator" && m.Geometry == "euclidean"
-            && m.Instrument == TrainingProbesMeter.InstrumentPrefix + "step.gradient.test_mean_squared_norm");
+            && m.Instrument == TrainingProbesMeter.InstrumentPrefix + "gradient.test_mean_squared_norm");
         Assert.Equal("1", gauge.Unit);
-        Assert.Equal(snapshot.Get("step.gradient.test_mean_squared_norm", Geometry.Euclidean), gauge.Value);
+        Assert.Equal(snapshot.Get("gradient.test_mean_squared_norm", Geometry.Euclidean), gauge.Value);
 
         // The rules: a warn rule on it fired (once: it fires when its condition starts to hold, and it held from the
         // first window), and early stopping took its direction from the entry.

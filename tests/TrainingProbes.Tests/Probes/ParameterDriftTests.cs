@@ -5,30 +5,21 @@ namespace TrainingProbes.Tests.Probes;
 
 public sealed class ParameterDriftTests
 {
-    /// <summary>Records the watched parameters, as doubles, at a window's first step and when it closes.</summary>
+    /// <summary>Records the watched parameters, as doubles, when each window closes.</summary>
     private sealed class ThetaRecorder : TrainingProbe
     {
         public override string Name => "theta_recorder";
 
-        public double[]? First { get; private set; }
+        public List<double[]> AtClose { get; } = [];
 
-        public double[]? Last { get; private set; }
-
-        private static double[] Read(nn.Module model) =>
-            model.parameters().SelectMany(p => p.detach().to(ScalarType.Float64).data<double>().ToArray()).ToArray();
-
-        public override void OnStep(ProbeStepContext step)
-        {
-            if (step.WindowSlot == 0) First = Read(step.Model);
-        }
-
-        public override void OnWindowClosed(ProbeWindowContext window) => Last = Read(window.Model);
+        public override void OnWindowClosed(ProbeWindowContext window) =>
+            AtClose.Add(window.Model.parameters().SelectMany(p => p.detach().to(ScalarType.Float64).data<double>().ToArray()).ToArray());
     }
 
     [Theory]
     [InlineData(ScalarType.Float32)]
     [InlineData(ScalarType.Float64)]
-    public void Drift_is_the_relative_change_of_theta_over_the_window(ScalarType dtype)
+    public void Drift_is_the_relative_change_of_theta_since_the_previous_window(ScalarType dtype)
     {
         torch.manual_seed(3);
         var model = nn.Sequential(nn.Linear(37, 19), nn.Tanh(), nn.Linear(19, 3)).to(dtype);
@@ -37,6 +28,7 @@ public sealed class ParameterDriftTests
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
             WindowSize = 5, Interval = 10, OverheadBudget = null, Output = null, Probes = [recorder],
+            Loss = (output, target) => nn.functional.cross_entropy(output, target),
         }, optimizer);
         var generator = new Generator(4);
         for (int step = 0; step < 25; step++)
@@ -51,12 +43,18 @@ public sealed class ParameterDriftTests
             optimizer.step();
         }
 
-        double moved = recorder.First!.Zip(recorder.Last!).Sum(p => (p.Second - p.First) * (p.Second - p.First));
-        double norm = recorder.First!.Sum(v => v * v);
-        double expected = Math.Sqrt(moved / norm);
+        // Windows at steps 0, 10 and 20: the first has no previous window, no drift.
         session.Flush();
-        double published = session.Latest!.Get(Indicators.ParameterDrift);
-        Assert.True(expected > 1e-3, $"the parameters barely moved ({expected})");
-        Assert.Equal(expected, published, expected * 1e-6);
+        Assert.Equal(3, session.History.Count);
+        Assert.False(session.History[0].TryGetValue(Indicators.ParameterDrift, Geometry.None, out _));
+        for (int w = 1; w < 3; w++)
+        {
+            var (previous, now) = (recorder.AtClose[w - 1], recorder.AtClose[w]);
+            double moved = previous.Zip(now).Sum(p => (p.Second - p.First) * (p.Second - p.First));
+            double expected = Math.Sqrt(moved / previous.Sum(v => v * v));
+            double published = session.History[w].Get(Indicators.ParameterDrift);
+            Assert.True(expected > 1e-3, $"the parameters barely moved ({expected})");
+            Assert.Equal(expected, published, expected * 1e-6);
+        }
     }
 }

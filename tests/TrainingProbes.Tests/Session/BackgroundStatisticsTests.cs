@@ -142,6 +142,7 @@ public sealed class BackgroundStatisticsTests
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
             WindowSize = 2, Interval = 5, OverheadBudget = null, Output = null, Stopping = [StoppingRule.Parse("step.gradient.cosine[euclidean] < 2 for 3")],
+            StepStatistics = true,
         }, optimizer);
         var generator = new Generator(4);
         int steps = 0;
@@ -197,7 +198,7 @@ public sealed class BackgroundStatisticsTests
         var early = new EarlyStopping(StepNames.Step(Indicators.GradientNorm), StoppingMode.Min) { Geometry = Geometry.Euclidean, RestoreBestWeights = true, Patience = 100 };
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
-            WindowSize = 3, Interval = 5, OverheadBudget = null, Output = null, Stopping = [early],
+            WindowSize = 3, Interval = 5, OverheadBudget = null, Output = null, Stopping = [early], StepStatistics = true,
         }, optimizer);
         var generator = new Generator(3);
         for (int i = 0; i < 13; i++)

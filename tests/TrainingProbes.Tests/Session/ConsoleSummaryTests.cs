@@ -8,7 +8,7 @@ namespace TrainingProbes.Tests.Session;
 public sealed partial class ConsoleSummaryTests
 {
     [Fact]
-    public void The_console_line_shows_each_geometrys_cosine_relative_regret_and_flatness_with_their_errors_after_a_legend()
+    public void The_console_line_shows_each_geometrys_smoothed_cosine_relative_regret_and_flatness_with_their_errors_after_a_legend()
     {
         torch.manual_seed(2);
         var model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3));
@@ -18,6 +18,7 @@ public sealed partial class ConsoleSummaryTests
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
             WindowSize = 4, Interval = 10, OverheadBudget = null, Output = output, Loss = lossFunction.call,
+            TimeProvider = new SteppingClock(TimeSpan.FromSeconds(2)),   // every window is shown, a second or more apart
         }, optimizer);
         var generator = new Generator(3);
         for (int i = 0; i < 40; i++)
@@ -32,15 +33,16 @@ public sealed partial class ConsoleSummaryTests
             optimizer.step();
         }
 
+        session.Flush();
         var snapshot = session.Latest!;
-        Assert.Contains("K = 4 minibatches at one theta", output.ToString().Split('\n')[0]);
+        Assert.Contains("K = 4 micro-batches of a training step's minibatch at its theta", output.ToString().Split('\n')[0]);
         string line = output.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Last(l => l.StartsWith("[probes] step", StringComparison.Ordinal));
         foreach (var (label, geometry) in new[] { ("euc", Geometry.Euclidean), ("fis", Geometry.Fisher), ("ada", Geometry.Adaptive) })
         {
             var part = Part().Match(line[line.IndexOf("| " + label, StringComparison.Ordinal)..]);
             Assert.True(part.Success, line);
-            string Show(string name) => snapshot.Get(name, geometry).ToString("G3", CultureInfo.InvariantCulture);
-            string Error(string name) => snapshot.Get(name + Indicators.StandardErrorSuffix, geometry).ToString("G2", CultureInfo.InvariantCulture);
+            string Show(string name) => snapshot.Get(name + Indicators.SmoothedSuffix, geometry).ToString("G3", CultureInfo.InvariantCulture);
+            string Error(string name) => snapshot.Get(name + Indicators.SmoothedSuffix + Indicators.StandardErrorSuffix, geometry).ToString("G2", CultureInfo.InvariantCulture);
             Assert.Equal(Show(Indicators.Cosine), part.Groups["cos"].Value);
             Assert.Equal(Error(Indicators.Cosine), part.Groups["cosError"].Value);
             Assert.Equal(Show(Indicators.RelativeRegret), part.Groups["regret"].Value);

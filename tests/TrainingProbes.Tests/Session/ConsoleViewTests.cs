@@ -16,7 +16,7 @@ public sealed partial class ConsoleViewTests
         var optimizer = optim.SGD(model.parameters(), 0.05);
         var options = new ProbeOptions
         {
-            WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, RunId = "view", Loss = (o, t) => nn.functional.cross_entropy(o, t),
+            WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, RunId = "view", Loss = (o, t) => nn.functional.cross_entropy(o, t), StepStatistics = true,
             Stopping = [StoppingRule.Parse("gradient.gsnr < 0.0001 for 3")],
         };
         using var session = ProbeSession.Attach(model, options, optimizer);
@@ -59,21 +59,40 @@ public sealed partial class ConsoleViewTests
     }
 
     [Fact]
-    public void Redirected_each_window_is_one_plain_line_after_a_legend()
+    public void Redirected_each_window_is_one_plain_line_of_smoothed_values_after_a_legend()
     {
         var (options, history) = ShortRun();
         var output = new StringWriter();
-        var view = new ConsoleView(options, output, terminal: false);
+        var view = new ConsoleView(options, output, terminal: false, clock: new SteppingClock(TimeSpan.FromSeconds(2)));
         foreach (var snapshot in history) view.Show(snapshot, history, stopped: false);
         var lines = output.ToString().Split(Environment.NewLine, StringSplitOptions.RemoveEmptyEntries);
 
-        Assert.Equal(history.Count + 1, lines.Length);   // the legend, then a line per window
+        Assert.Equal(history.Count + 1, lines.Length);   // the legend, then a line per window (two seconds apart)
         Assert.StartsWith("[probes] gsnr, cos, regret", lines[0]);
+        Assert.Contains($"over the last {options.SmoothingWindows} windows", lines[0]);
         for (int i = 0; i < history.Count; i++)
         {
             Assert.StartsWith($"[probes] step {history[i].Step,6}", lines[i + 1]);
             Assert.DoesNotContain('\u001b', lines[i + 1]);
+            string cosine = history[i].Get(Indicators.Cosine + Indicators.SmoothedSuffix, Geometry.Euclidean).ToString("G3", System.Globalization.CultureInfo.InvariantCulture);
+            Assert.Contains($"| euc cos {cosine}", lines[i + 1]);
         }
+    }
+
+    [Fact]
+    public void Windows_closer_than_the_minimum_gap_are_not_shown_except_the_first_and_a_stop()
+    {
+        var (options, history) = ShortRun();
+        var output = new StringWriter();
+        var clock = new SteppingClock(ConsoleView.MinimumGap / 4);
+        var view = new ConsoleView(options, output, terminal: false, clock: clock);
+        for (int i = 0; i < 5; i++) view.Show(history[i], history, stopped: false);   // a quarter of the gap apart
+        view.Show(history[5], history, stopped: true);
+        var lines = output.ToString().Split(Environment.NewLine, StringSplitOptions.RemoveEmptyEntries);
+
+        // The legend and window 0; window 4, a full gap after it; and the stop.
+        Assert.Equal(["legend", history[0].Step, history[4].Step, history[5].Step],
+            lines.Select(l => l.StartsWith("[probes] step", StringComparison.Ordinal) ? (object)long.Parse(l[14..20]) : "legend"));
     }
 
     [Fact]

@@ -37,7 +37,8 @@ public sealed class OptionsValidationTests
     [Fact]
     public void IntervalBelowWindowSizeIsRejectedAtAttach()
     {
-        var options = new ProbeOptions { WindowSize = 8, Interval = 4, Output = null, OverheadBudget = null };   // each value is fine alone
+        // Each value is fine alone, and together without the step family (one-step windows).
+        var options = new ProbeOptions { WindowSize = 8, Interval = 4, Output = null, OverheadBudget = null, StepStatistics = true };
         using var model = new LinearRegressionModel(3, [1.0, 2.0, 3.0]);
 
         var ex = Assert.ThrowsAny<ArgumentException>(() => ProbeSession.Attach(model, options));

@@ -18,6 +18,10 @@ sealed class GradientShareProbe(string parameter) : TrainingProbe
 
 public sealed class ReadmeExampleTests
 {
+    private static readonly Scalar Two = 2.ToScalar();
+
+    private static Tensor SquaredError(Tensor output, Tensor target) => (output - target).pow(Two).mean();
+
     [Fact]
     public void The_readme_probe_reports_the_share_of_gradient_energy_of_its_parameter()
     {
@@ -29,23 +33,32 @@ public sealed class ReadmeExampleTests
             WindowSize = 3, Interval = 3, Output = null, OverheadBudget = null, Probes = [new GradientShareProbe("2.weight")],
         }, optimizer);
 
-        // Hand bookkeeping: the squared norms of every parameter's gradient at each captured step.
+        // Hand bookkeeping at the window's step (step 0): the squared norms of each micro-batch's gradient (3 micro-batches of
+        // 2 of the 8 examples), by autograd on the model itself before the optimizer step.
         double share = 0, total = 0;
         for (int step = 0; step < 3; step++)
         {
             using var scope = torch.NewDisposeScope();
             var x = torch.randn(8, 4, dtype: ScalarType.Float64);
+            var y = torch.zeros(8, 2, dtype: ScalarType.Float64);
             optimizer.zero_grad();
-            var loss = model.call(x).square().mean();
+            var loss = SquaredError(model.call(x), y);
             loss.backward();
-            foreach (var (name, p) in model.named_parameters())
-            {
-                var g = p.grad!.data<double>().ToArray();
-                double squared = g.Sum(v => v * v);
-                total += squared;
-                if (name == "2.weight") share += squared;
-            }
-            model.Probe(loss);
+            if (step == 0)
+                for (int k = 0; k < 3; k++)
+                {
+                    var micro = SquaredError(model.call(x.narrow(0, 2 * k, 2)), y.narrow(0, 2 * k, 2));
+                    var names = model.named_parameters().Select(p => p.name).ToArray();
+                    var grads = torch.autograd.grad([micro], model.parameters().ToArray());
+                    for (int i = 0; i < names.Length; i++)
+                    {
+                        double squared = grads[i].data<double>().ToArray().Sum(v => v * v);
+                        total += squared;
+                        if (names[i] == "2.weight") share += squared;
+                    }
+                }
+
+            model.Probe(loss, optimizer, x, y, SquaredError);
             optimizer.step();
         }
 

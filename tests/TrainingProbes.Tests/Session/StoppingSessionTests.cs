@@ -21,7 +21,7 @@ public sealed class StoppingSessionTests
         optimizer.zero_grad();
         var loss = nn.functional.cross_entropy(model.call(x), y);
         loss.backward();
-        stop = session.Step(loss).ShouldStop;
+        stop = session.Step(loss, x, y).ShouldStop;
         if (!stop) optimizer.step();
     }
 
@@ -82,7 +82,7 @@ public sealed class StoppingSessionTests
         var output = new StringWriter();
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
-            WindowSize = 2, Interval = 5, Output = output, OverheadBudget = null, Stopping = [stopRule, warnRule],
+            WindowSize = 2, Interval = 5, Output = output, OverheadBudget = null, Stopping = [stopRule, warnRule], StepStatistics = true,
             BackgroundStatistics = false,   // published at the window's last step: the stop is seen at that step exactly
         }, optimizer);
         var events = new List<StoppingEventArgs>();
@@ -187,7 +187,11 @@ public sealed class StoppingSessionTests
             // A folder that does not exist yet, two levels deep: the probe creates it, as every exporter does.
             string target = Path.Combine(folder, "runs", "first");
             var export = new GradientExportProbe(target, every: 2);
-            using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 3, Interval = 4, Output = null, OverheadBudget = null, Probes = [export] }, optimizer);
+            using var session = ProbeSession.Attach(model, new ProbeOptions
+            {
+                WindowSize = 3, Interval = 4, Output = null, OverheadBudget = null, Probes = [export],
+                Loss = (output, target) => nn.functional.cross_entropy(output, target),
+            }, optimizer);
             Assert.True(Directory.Exists(target));
             var generator = new Generator(8);
             for (int i = 0; i < 16; i++) TrainStep(model, optimizer, session, generator, out _);

@@ -23,7 +23,7 @@ public sealed class UserProbeTests
         }
     }
 
-    /// <summary>Reports the sum of the window's first gradient over all watched parameters.</summary>
+    /// <summary>Reports the sum of the window's first micro-batch gradient over all watched parameters.</summary>
     private sealed class FirstGradientSumProbe : TrainingProbe
     {
         public const string ValueName = "custom.first_grad_sum";
@@ -43,7 +43,7 @@ public sealed class UserProbeTests
     public void ThrowingProbeDoesNotStopTraining()
     {
         var throwing = new ThrowingProbe();
-        var options = new ProbeOptions { WindowSize = 3, Interval = 4, Output = null, OverheadBudget = null, Probes = [throwing], Strict = false };
+        var options = new ProbeOptions { WindowSize = 3, Interval = 4, Output = null, OverheadBudget = null, Probes = [throwing], Strict = false, StepStatistics = true };
         const int windows = 3;
         int steps = windows * options.Interval;
         var data = new RegressionData(Inputs, Batch, steps, seed: 77);
@@ -72,7 +72,11 @@ public sealed class UserProbeTests
     public void CustomProbeReportsFromTheWindowGradients()
     {
         var custom = new FirstGradientSumProbe();
-        var options = new ProbeOptions { WindowSize = 3, Interval = 5, Output = null, OverheadBudget = null, Probes = [custom] };
+        var options = new ProbeOptions
+        {
+            WindowSize = 3, Interval = 5, Output = null, OverheadBudget = null, Probes = [custom], StepStatistics = true,
+            Loss = (output, target) => (output - target).pow(RegressionTraining.Two).mean(),
+        };
         const int windows = 2;
         int steps = windows * options.Interval;
         var data = new RegressionData(Inputs, Batch, steps, seed: 78);
@@ -82,7 +86,7 @@ public sealed class UserProbeTests
         var optimizer = torch.optim.SGD(model.parameters(), LearningRate);
         using var session = ProbeSession.Attach(model, options, optimizer);
 
-        RegressionTraining.Train(model, session, optimizer, data, steps);
+        RegressionTraining.Train(model, session, optimizer, data, steps, passBatch: true);
 
         Assert.Equal(0, session.FailureCount);
         var expected = RegressionReplay.Run(data, weight, bias, LearningRate, steps, options);
@@ -94,8 +98,8 @@ public sealed class UserProbeTests
             var reported = Assert.Single(history[w].Values, v => v.Name == FirstGradientSumProbe.ValueName);
             Assert.Equal(custom.Name, reported.Probe);
             Assert.Equal(Geometry.None, reported.Geometry);
-            Close.Assert(expected[w].FirstGradientSum, reported.Value, 1e-9, $"window {w}: {FirstGradientSumProbe.ValueName}");
-            Close.Assert(expected[w].FirstGradientSum, history[w].Get(FirstGradientSumProbe.ValueName), 1e-9, $"window {w}: Get");
+            Close.Assert(expected[w].FirstMicroBatchSum, reported.Value, 1e-9, $"window {w}: {FirstGradientSumProbe.ValueName}");
+            Close.Assert(expected[w].FirstMicroBatchSum, history[w].Get(FirstGradientSumProbe.ValueName), 1e-9, $"window {w}: Get");
 
             // The built-in values are still there, reported by the built-in probes, not by the custom one.
             Assert.Contains(history[w].Values, v => v.Name == StepNames.Step(Indicators.Cosine) && v.Probe != custom.Name);

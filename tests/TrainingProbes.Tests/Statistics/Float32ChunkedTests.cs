@@ -1,4 +1,3 @@
-using static TrainingProbes.Tests.StepNames;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -6,8 +5,9 @@ using static TorchSharp.torch;
 namespace TrainingProbes.Tests.IndicatorsTests;
 
 /// <summary>
-/// The default path: a float32 model larger than one statistics chunk (so the Gram matrices and GSNR sums are
-/// accumulated over several chunks), checked against the double-precision reference on the same gradients.
+/// The default path: a float32 model whose layers span many blocks of the managed pass (the Gram matrices, GSNR sums
+/// and Fisher fold accumulated block by block, the micro-batch gradients made from the layers' factors as they are
+/// read), checked against the double-precision reference on the micro-batch gradients a probe reads.
 /// </summary>
 public sealed class Float32ChunkedTests
 {
@@ -38,11 +38,14 @@ public sealed class Float32ChunkedTests
         var recorder = new Recorder(parameters);
         var optimizer = optim.SGD(model.parameters(), 0.1, momentum: 0.9);
         // No Fisher floor: the reference whitens with 1/sqrt(F) itself (FisherFloorTests check the floor).
-        var options = new ProbeOptions { WindowSize = 8, Interval = 10, Output = null, OverheadBudget = null, FisherFloor = 0, Probes = [recorder] };
+        var lossFunction = nn.CrossEntropyLoss();
+        var options = new ProbeOptions
+        {
+            WindowSize = 8, Interval = 10, Output = null, OverheadBudget = null, FisherFloor = 0, Probes = [recorder], Loss = lossFunction.call,
+        };
         using var session = ProbeSession.Attach(model, options, optimizer);
 
         var generator = new Generator(9);
-        var lossFunction = nn.CrossEntropyLoss();
         for (int step = 0; step < 30; step++)
         {
             using var scope = torch.NewDisposeScope();
@@ -51,7 +54,7 @@ public sealed class Float32ChunkedTests
             optimizer.zero_grad();
             var loss = lossFunction.call(model.call(x), y);
             loss.backward();
-            session.Step(loss);
+            session.Step(loss, x, y);
             optimizer.step();
         }
 
@@ -65,22 +68,22 @@ public sealed class Float32ChunkedTests
             var snapshot = session.History[w];
             var expected = new Dictionary<Geometry, Dictionary<string, double>>
             {
-                [Geometry.Euclidean] = ReferenceIndicators.FirstOrder(g, options.RegretQuantile),
-                [Geometry.Fisher] = ReferenceIndicators.FirstOrder(ReferenceIndicators.Whiten(g, fisher.NextWindow(g)), options.RegretQuantile),
+                [Geometry.Euclidean] = ReferenceIndicators.FirstOrder(g, options.RegretQuantile, scale: 8),
+                [Geometry.Fisher] = ReferenceIndicators.FirstOrder(ReferenceIndicators.Whiten(g, fisher.NextWindow(g)), options.RegretQuantile, scale: 8),
                 [Geometry.Adaptive] = ReferenceIndicators.FirstOrder(
-                    ReferenceIndicators.Whiten(g, ReferenceIndicators.AdaptiveWhitening(theta, 0)), options.RegretQuantile),
+                    ReferenceIndicators.Whiten(g, ReferenceIndicators.AdaptiveWhitening(theta, 0)), options.RegretQuantile, scale: 8),
             };
             foreach (var (geometry, values) in expected)
             {
                 // Differences of similar terms (regret, noise, the tests) are compared on the scale of their terms.
                 double scale = values[Indicators.GradientNorm];
                 foreach (var (name, value) in values)
-                    Close.Assert(value, snapshot.Get(Step(name), geometry), 2e-4, $"window {w}: {name} [{geometry}]",
+                    Close.Assert(value, snapshot.Get(name, geometry), 2e-4, $"window {w}: {name} [{geometry}]",
                         name is Indicators.GradientNoise ? scale * scale : name.StartsWith("test.") || name == Indicators.Cosine ? 1 : scale);
             }
 
-            double gsnr = ReferenceIndicators.Gsnr(g, 0);
-            Close.Assert(gsnr, snapshot.Get(Step(Indicators.Gsnr)), 2e-4, $"window {w}: gsnr");
+            double gsnr = 8 * ReferenceIndicators.Gsnr(g, 0);
+            Close.Assert(gsnr, snapshot.Get(Indicators.Gsnr), 2e-4, $"window {w}: gsnr");
         }
     }
 }

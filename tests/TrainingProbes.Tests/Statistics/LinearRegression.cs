@@ -87,7 +87,7 @@ internal sealed record ExpectedWindow(
     double GsnrError,
     double Drift,
     double Loss,
-    double FirstGradientSum);
+    double FirstMicroBatchSum);
 
 /// <summary>
 /// Replays SGD on the linear regression in plain doubles: gradients by the closed form
@@ -111,7 +111,7 @@ internal static class RegressionReplay
         var windows = new List<ExpectedWindow>();
         var gradients = new List<double[]>();
         var losses = new List<double>();
-        double[]? thetaFirst = null;
+        double[]? previousClose = null;   // theta at the last window's close: the drift is measured from there
 
         for (int step = 0; step < steps; step++)
         {
@@ -129,6 +129,19 @@ internal static class RegressionReplay
                 for (int c = 0; c < d; c++) gradW[c] += 2.0 / b * residual * x[r * d + c];
             }
 
+            // Micro-batch 0 of the step's batch split into K (floor(b / K) examples), at the step's theta: what
+            // ProbeWindowContext.Gradients gives for the window's closing step.
+            int perMicro = b / k;
+            double microSum = 0;
+            for (int r = 0; r < perMicro; r++)
+            {
+                double residual = bias + (extra ? unused.Sum() : 0) - y[r];
+                for (int c = 0; c < d; c++) residual += x[r * d + c] * w[c];
+                double unit = 2.0 / perMicro * residual;
+                microSum += unit * (1 + (extra ? unused.Length : 0));
+                for (int c = 0; c < d; c++) microSum += unit * x[r * d + c];
+            }
+
             int phase = step % n;
             if (phase < k)
             {
@@ -137,13 +150,15 @@ internal static class RegressionReplay
                 {
                     gradients.Clear();
                     losses.Clear();
-                    thetaFirst = theta;
                 }
                 var gradUnused = Enumerable.Repeat(extra ? gradB : 0.0, unused.Length).ToArray();
                 gradients.Add(Flatten(gradW, gradB, gradUnused));
                 losses.Add(loss);
                 if (phase == k - 1)
-                    windows.Add(CloseWindow(gradients, losses, thetaFirst!, theta, fisher, options));
+                {
+                    windows.Add(CloseWindow(gradients, losses, previousClose, theta, fisher, options, microSum));
+                    previousClose = theta;
+                }
             }
 
             for (int c = 0; c < d; c++) w[c] -= learningRate * gradW[c];
@@ -156,7 +171,8 @@ internal static class RegressionReplay
     }
 
     private static ExpectedWindow CloseWindow(
-        List<double[]> g, List<double> losses, double[] thetaFirst, double[] thetaLast, ReferenceFisher fisher, ProbeOptions options)
+        List<double[]> g, List<double> losses, double[]? previousClose, double[] thetaLast, ReferenceFisher fisher, ProbeOptions options,
+        double firstMicroBatchSum)
     {
         var whitened = new Dictionary<Geometry, IReadOnlyList<double[]>>
         {
@@ -172,10 +188,10 @@ internal static class RegressionReplay
             perGeometry,
             errors,
             ReferenceIndicators.Gsnr(g, options.GsnrEpsilon),
-            g.Count < 5 ? double.NaN : ReferenceIndicators.Jackknife(g, subset => ReferenceIndicators.Gsnr(subset, options.GsnrEpsilon)),
-            ReferenceIndicators.Drift(thetaFirst, thetaLast),
+            g.Count < 5 ? double.NaN : ReferenceIndicators.GsnrLinearisedError(g, options.GsnrEpsilon),
+            previousClose is null ? double.NaN : ReferenceIndicators.Drift(previousClose, thetaLast),
             losses.Average(),
-            g[0].Sum());
+            firstMicroBatchSum);
     }
 
     private static double[] Flatten(double[] w, double b, double[] unused) => [.. w, b, .. unused];
@@ -184,12 +200,15 @@ internal static class RegressionReplay
 /// <summary>Runs the real TorchSharp training loop on <see cref="RegressionData"/> with a probe session attached.</summary>
 internal static class RegressionTraining
 {
+    /// <summary>The exponent of the squared error, a scalar kept alive (see TrainingProbes.Interop.Scalars).</summary>
+    public static readonly Scalar Two = 2.ToScalar();
+
     public static (double[] Weight, double Bias) InitialParameters(LinearRegressionModel model) =>
         (model.Linear.weight!.data<double>().ToArray(), model.Linear.bias!.data<double>().ToArray()[0]);
 
     public static void Train(
         LinearRegressionModel model, ProbeSession session, torch.optim.Optimizer optimizer, RegressionData data, int steps,
-        Func<int, bool>? usesUnused = null)
+        Func<int, bool>? usesUnused = null, bool passBatch = false)
     {
         for (int step = 0; step < steps; step++)
         {
@@ -200,7 +219,8 @@ internal static class RegressionTraining
             var y = torch.tensor(data.Y[step], dtype: ScalarType.Float64).reshape(data.Batch, 1);
             var loss = (model.forward(x) - y).square().mean();
             loss.backward();
-            session.Step(loss);
+            if (passBatch) session.Step(loss, x, y);
+            else session.Step(loss);
             optimizer.step();
         }
     }

@@ -20,7 +20,7 @@ public sealed class NonFiniteGradientTests
         var optimizer = optim.SGD(model.parameters(), 0.05);
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
-            WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, Strict = false, BuiltInProbes = true,
+            WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, Strict = false, BuiltInProbes = true, StepStatistics = true,
             Loss = (output, target) => nn.functional.cross_entropy(output, target),
         });
         var first = (TorchSharp.Modules.Linear)model.children().First();

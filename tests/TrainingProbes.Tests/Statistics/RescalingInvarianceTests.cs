@@ -1,4 +1,3 @@
-using static TrainingProbes.Tests.StepNames;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -7,7 +6,8 @@ namespace TrainingProbes.Tests.IndicatorsTests;
 
 /// <summary>
 /// A ReLU MLP and the same function with layer 1 (weights and bias) times a and layer 2's weights divided by a:
-/// the fisher and adaptive quantities and the GSNR must not move, the euclidean ones must.
+/// the fisher and adaptive quantities and the GSNR must not move, the euclidean ones must; in the default family (the
+/// micro-batches of each window's step) and in the step family alike.
 /// </summary>
 public sealed class RescalingInvarianceTests
 {
@@ -55,33 +55,34 @@ public sealed class RescalingInvarianceTests
         var snapshotsRescaled = Train(rescaled, batches);
 
         for (int w = 0; w < Windows; w++)
-        {
-            var s1 = snapshotsOriginal[w];
-            var s2 = snapshotsRescaled[w];
-            foreach (var geometry in new[] { Geometry.Fisher, Geometry.Adaptive })
+            foreach (var prefix in new[] { "", "step." })
             {
-                foreach (var name in InvariantNames)
+                var s1 = snapshotsOriginal[w];
+                var s2 = snapshotsRescaled[w];
+                foreach (var geometry in new[] { Geometry.Fisher, Geometry.Adaptive })
                 {
-                    double v1 = s1.Get(Step(name), geometry), v2 = s2.Get(Step(name), geometry);
-                    Assert.True(double.IsFinite(v1), $"window {w}: {name} [{geometry}] is {v1}");
-                    double scale = name is Indicators.Regret or Indicators.RegretUpper
-                        ? s1.Get(Step(Indicators.GradientNorm), geometry)
-                        : name is Indicators.Cosine ? 1 : 0;
-                    Close.Assert(v1, v2, 1e-9, $"a={a} window {w}: {name} [{geometry}]", scale);
+                    foreach (var name in InvariantNames)
+                    {
+                        double v1 = s1.Get(prefix + name, geometry), v2 = s2.Get(prefix + name, geometry);
+                        Assert.True(!double.IsNaN(v1), $"window {w}: {prefix}{name} [{geometry}] is {v1}");
+                        double scale = name is Indicators.Regret or Indicators.RegretUpper
+                            ? s1.Get(prefix + Indicators.GradientNorm, geometry)
+                            : name is Indicators.Cosine ? 1 : 0;
+                        Close.Assert(v1, v2, 1e-9, $"a={a} window {w}: {prefix}{name} [{geometry}]", scale);
+                    }
+                }
+
+                Close.Assert(s1.Get(prefix + Indicators.Gsnr), s2.Get(prefix + Indicators.Gsnr), 1e-9, $"a={a} window {w}: {prefix}gsnr");
+                Close.Assert(s1.Get(prefix + Indicators.EbCriterion), s2.Get(prefix + Indicators.EbCriterion), 1e-9,
+                    $"a={a} window {w}: {prefix}eb_criterion", scale: 1 + K * Math.Abs(s1.Get(prefix + Indicators.Gsnr)));
+
+                foreach (var name in EuclideanChanging)
+                {
+                    double v1 = s1.Get(prefix + name, Geometry.Euclidean), v2 = s2.Get(prefix + name, Geometry.Euclidean);
+                    double change = Close.RelativeDifference(v1, v2);
+                    Assert.True(change > 1e-3, $"a={a} window {w}: euclidean {prefix}{name} should move under the rescaling, but {v1:R} -> {v2:R} (relative {change:E3}).");
                 }
             }
-
-            Close.Assert(s1.Get(Step(Indicators.Gsnr)), s2.Get(Step(Indicators.Gsnr)), 1e-9, $"a={a} window {w}: gsnr");
-            Close.Assert(s1.Get(Step(Indicators.EbCriterion)), s2.Get(Step(Indicators.EbCriterion)), 1e-9,
-                $"a={a} window {w}: eb_criterion", scale: 1 + K * s1.Get(Step(Indicators.Gsnr)));
-
-            foreach (var name in EuclideanChanging)
-            {
-                double v1 = s1.Get(Step(name), Geometry.Euclidean), v2 = s2.Get(Step(name), Geometry.Euclidean);
-                double change = Close.RelativeDifference(v1, v2);
-                Assert.True(change > 1e-3, $"a={a} window {w}: euclidean {name} should move under the rescaling, but {v1:R} -> {v2:R} (relative {change:E3}).");
-            }
-        }
     }
 
     private static Sequential Mlp() => nn.Sequential(
@@ -106,7 +107,10 @@ public sealed class RescalingInvarianceTests
     private static IReadOnlyList<ProbeSnapshot> Train(Sequential model, List<(double[] X, long[] Labels)> batches)
     {
         var optimizer = torch.optim.SGD(model.parameters(), 0.0);   // theta fixed: both models see the same points
-        using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = K, Interval = N, Output = null, OverheadBudget = null }, optimizer);
+        using var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = K, Interval = N, Output = null, OverheadBudget = null, StepStatistics = true, Loss = (output, target) => nn.functional.cross_entropy(output, target),
+        }, optimizer);
         foreach (var (x, labels) in batches)
         {
             using var scope = torch.NewDisposeScope();
@@ -115,7 +119,7 @@ public sealed class RescalingInvarianceTests
             var target = torch.tensor(labels, dtype: ScalarType.Int64);
             var loss = nn.functional.cross_entropy(model.forward(input), target);
             loss.backward();
-            session.Step(loss);
+            session.Step(loss, input, target);
             optimizer.step();
         }
 

@@ -115,7 +115,7 @@ public sealed class WhiteningReadersTests
         var model = Logistic();
         var options = new ProbeOptions
         {
-            WindowSize = K, Interval = K, Output = null, OverheadBudget = null, FisherDecay = Decay, FisherFloor = Floor, AdaptiveEta = Eta,
+            WindowSize = K, Interval = K, Output = null, OverheadBudget = null, FisherDecay = Decay, FisherFloor = Floor, AdaptiveEta = Eta, StepStatistics = true,
             Probes = [fixedPoint],
         };
         ProbeSnapshot snapshot;

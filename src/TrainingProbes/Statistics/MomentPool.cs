@@ -1,0 +1,106 @@
+namespace TrainingProbes.Statistics;
+
+/// <summary>
+/// The two moments of the last n windows' micro-batch Gram matrices, per geometry: d, the mean squared norm of a
+/// micro-batch gradient (the mean diagonal), and s, the unbiased |E g|^2 (the mean off-diagonal). The moment-form
+/// indicators (cosine, regret, relative regret, flatness, noise, norms, disparity, norm test) depend on a window only
+/// through them, so their mean over windows is a ratio of pooled moments rather than a mean of noisy ratios: from one
+/// minibatch, s is so noisy that single windows' ratios swing past 0, and their mean wastes most of the information
+/// (docs/REFERENCE.md, "Smoothed values"). Standard errors are a jackknife over the windows held. Allocates only at
+/// construction.
+/// </summary>
+internal sealed class MomentPool
+{
+    private readonly int _windows;
+    private readonly int _series;
+    private readonly double[] _d;
+    private readonly double[] _s;
+    private readonly int[] _count;
+    private readonly int[] _next;
+
+    /// <param name="series">Number of series (geometries).</param>
+    /// <param name="windows">Windows pooled (at least 2).</param>
+    public MomentPool(int series, int windows)
+    {
+        if (windows < 2) throw new ArgumentOutOfRangeException(nameof(windows), windows, "Pooling needs at least 2 windows.");
+        _windows = windows;
+        _series = series;
+        _d = new double[series * windows];
+        _s = new double[series * windows];
+        _count = new int[series];
+        _next = new int[series];
+    }
+
+    /// <summary>The mean diagonal and mean off-diagonal entry of a K x K Gram matrix (K at least 2).</summary>
+    public static (double D, double S) Moments(ReadOnlySpan<double> gram, int k)
+    {
+        double diagonal = 0, all = 0;
+        for (int i = 0; i < k; i++)
+        {
+            diagonal += gram[i * k + i];
+            for (int j = 0; j < k; j++) all += gram[i * k + j];
+        }
+
+        return (diagonal / k, (all - diagonal) / (k * (k - 1.0)));
+    }
+
+    /// <summary>Adds a window's moments to <paramref name="series"/> (non-finite ones are not added).</summary>
+    public void Add(int series, double d, double s)
+    {
+        if (!double.IsFinite(d) || !double.IsFinite(s)) return;
+        int slot = series * _windows + _next[series];
+        _d[slot] = d;
+        _s[slot] = s;
+        _next[series] = (_next[series] + 1) % _windows;
+        _count[series] = Math.Min(_count[series] + 1, _windows);
+    }
+
+    /// <summary>The most windows held, n.</summary>
+    public int Capacity => _windows;
+
+    /// <summary>Windows held for <paramref name="series"/>.</summary>
+    public int Count(int series) => _count[series];
+
+    /// <summary>The pooled moments of <paramref name="series"/>, leaving out its <paramref name="leftOut"/>-th window held (-1: none).</summary>
+    public (double D, double S) Pooled(int series, int leftOut = -1)
+    {
+        int m = _count[series];
+        double d = 0, s = 0;
+        for (int i = 0; i < m; i++)
+        {
+            if (i == leftOut) continue;
+            d += _d[series * _windows + i];
+            s += _s[series * _windows + i];
+        }
+
+        int used = leftOut >= 0 && leftOut < m ? m - 1 : m;
+        return used == 0 ? (double.NaN, double.NaN) : (d / used, s / used);
+    }
+
+    /// <summary>Writes a K x K matrix whose mean diagonal is <paramref name="d"/> and mean off-diagonal <paramref name="s"/>.</summary>
+    public static void Synthesize(double d, double s, int k, Span<double> gram)
+    {
+        for (int i = 0; i < k; i++)
+            for (int j = 0; j < k; j++)
+                gram[i * k + j] = i == j ? d : s;
+    }
+
+    /// <summary>The pool's windows, to save.</summary>
+    public (double[] D, double[] S, int[] Count, int[] Next) State => ((double[])_d.Clone(), (double[])_s.Clone(), (int[])_count.Clone(), (int[])_next.Clone());
+
+    /// <summary>Checks a saved <see cref="State"/> against this pool's shape; returns what restores it.</summary>
+    public Action Prepare(double[] d, double[] s, int[] count, int[] next)
+    {
+        if (d.Length != _d.Length || s.Length != _s.Length || count.Length != _series || next.Length != _series
+            || count.Any(c => c < 0 || c > _windows) || next.Any(n => n < 0 || n >= _windows))
+            throw new InvalidDataException(
+                $"The saved moment pool holds {count.Length} series over {(count.Length > 0 ? d.Length / count.Length : 0)} windows; this session pools {_series} over {_windows} (ProbeOptions.SmoothingWindows).");
+        return () =>
+        {
+            d.CopyTo(_d, 0);
+            s.CopyTo(_s, 0);
+            count.CopyTo(_count, 0);
+            next.CopyTo(_next, 0);
+        };
+    }
+}
