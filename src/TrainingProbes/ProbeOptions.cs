@@ -376,9 +376,28 @@ public sealed class ProbeOptions
         [nameof(OverheadBudget)] = "TRAININGPROBES_OVERHEAD_BUDGET", [nameof(Storage)] = "TRAININGPROBES_STORAGE",
         [nameof(SketchDimension)] = "TRAININGPROBES_SKETCH_DIMENSION", [nameof(CheckpointPath)] = "TRAININGPROBES_CHECKPOINT",
         [nameof(RunId)] = "TRAININGPROBES_RUN_ID", [nameof(Worker)] = "TRAININGPROBES_WORKER",
+        [nameof(Stopping)] = "TRAININGPROBES_STOP", [nameof(Probes)] = "TRAININGPROBES_PROMETHEUS",
+        [nameof(BackgroundStatistics)] = "TRAININGPROBES_BACKGROUND",
     };
 
+    /// <summary>What <see cref="FromEnvironment()"/> read, by variable (null when unset); null for options made in code.</summary>
+    internal IReadOnlyDictionary<string, string?>? EnvironmentValues { get; private set; }
+
     internal static ProbeOptions FromEnvironment(Func<string, string?> read)
+    {
+        var seen = new Dictionary<string, string?>();
+        var options = Read(name =>
+        {
+            string? value = read(name);
+            seen[name] = value;
+            return value;
+        });
+        foreach (var variable in Variables.Values) seen.TryAdd(variable, read(variable));
+        options.EnvironmentValues = seen;
+        return options;
+    }
+
+    private static ProbeOptions Read(Func<string, string?> read)
     {
         var defaults = new ProbeOptions();
         try
@@ -486,7 +505,27 @@ public sealed class ProbeOptions
         }
     }
 
+    /// <summary>
+    /// Checks the options that depend on each other. For options read from the environment, the message also names
+    /// the variables behind the options it is about, with their values.
+    /// </summary>
     internal void ValidateTogether()
+    {
+        try
+        {
+            ValidateEachWithTheOthers();
+        }
+        catch (ArgumentException ex) when (EnvironmentValues is { } values)
+        {
+            var named = Variables.Where(v => v.Key == ex.ParamName || System.Text.RegularExpressions.Regex.IsMatch(ex.Message, $@"\b{v.Key}\b"))
+                .Select(v => values.TryGetValue(v.Value, out var text) && text is { Length: > 0 } ? $"{v.Value}='{text}'" : $"{v.Value} (unset)")
+                .Distinct().ToList();
+            if (named.Count == 0) throw;
+            throw new ArgumentException($"{ex.Message} These options came from the environment: {string.Join(", ", named)}; change the variables.", ex.ParamName, ex);
+        }
+    }
+
+    private void ValidateEachWithTheOthers()
     {
         if (StepStatistics && Interval < WindowSize)
             throw new ArgumentException(

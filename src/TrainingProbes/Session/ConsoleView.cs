@@ -136,7 +136,7 @@ internal sealed class ConsoleView
             budget.Append(CultureInfo.InvariantCulture, $"overhead {overhead:P1}")
                 .Append(_options.OverheadBudget is { } b ? string.Create(CultureInfo.InvariantCulture, $" of a {b:P0} budget") : " (no budget)");
         if (s.TryGetValue(Indicators.ProbeInterval, Geometry.None, out double interval))
-            budget.Append(CultureInfo.InvariantCulture, $", next window in {interval:N0} steps");
+            budget.Append(budget.Length > 0 ? ", " : "").Append(CultureInfo.InvariantCulture, $"next window in {interval:N0} steps");
         if (budget.Length > 0) lines.Add(new Markup("[grey]" + Markup.Escape(budget.ToString()) + "[/]"));
         foreach (var rule in _options.Stopping)
             lines.Add(new Markup(RuleLine(rule)));
