@@ -16,6 +16,7 @@ namespace TrainingProbes.IntegrationTests;
 /// 22.04), the same project built with the repair switched off must fail to load TorchSharp: the repair is what makes
 /// it run.
 /// </summary>
+[Trait("Category", "Long")]   // packs, creates and builds a console project: `dotnet test --filter Category=Long`
 public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
 {
     private const string TorchSharpVersion = "0.107.0";
