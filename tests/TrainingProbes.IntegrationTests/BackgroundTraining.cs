@@ -67,7 +67,7 @@ internal sealed class BackgroundTraining : IDisposable
             torch.manual_seed(Seed);
             var generator = new Generator((ulong)Seed);
             var model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3));
-            var optimizer = optim.SGD(model.parameters(), 0.05, momentum: 0.9);
+            var optimizer = new GcSafeSgd(model.parameters(), 0.05, momentum: 0.9);
             var lossFunction = nn.CrossEntropyLoss();
             var teacher = torch.randn([16, 3], generator: generator);
             try

@@ -13,7 +13,7 @@ public sealed partial class ConsoleViewTests
     {
         torch.manual_seed(6);
         var model = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 3));
-        var optimizer = optim.SGD(model.parameters(), 0.05);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.05);
         var options = new ProbeOptions
         {
             WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, RunId = "view", Loss = (o, t) => nn.functional.cross_entropy(o, t), StepStatistics = true,

@@ -17,7 +17,7 @@ public sealed class ReliabilityTests
     {
         torch.manual_seed(seed);
         var model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3));
-        return (model, optim.SGD(model.parameters(), 0.05));
+        return (model, new GcSafeSgd(model.parameters(), 0.05));
     }
 
     private static Tensor CrossEntropy(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
@@ -240,7 +240,7 @@ public sealed class ReliabilityTests
         var generator = new Generator(3);
         for (int step = 0; step < 22; step++) TrainStep(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
         ((TorchSharp.Modules.Linear)((TorchSharp.Modules.Sequential)model)[0]).weight = new TorchSharp.Modules.Parameter(torch.randn([8, 5]));
-        optimizer = optim.SGD(model.parameters(), 0.05);   // the old one holds the replaced parameter
+        optimizer = new GcSafeSgd(model.parameters(), 0.05);   // the old one holds the replaced parameter
         for (int step = 22; step < 40; step++) TrainStep(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
         session.Flush();
 

@@ -12,7 +12,7 @@ public sealed class SessionLifetimeTests
     {
         torch.manual_seed(5);
         var model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3));
-        var optimizer = optim.SGD(model.parameters(), 0.05);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.05);
         var lossFunction = nn.CrossEntropyLoss();
         var generator = new Generator(7);
         for (int i = 0; i < 120; i++)
@@ -68,7 +68,7 @@ public sealed class SessionLifetimeTests
     {
         torch.manual_seed(5);
         var model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3));
-        var optimizer = optim.SGD(model.parameters(), 0.05);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.05);
         var lossFunction = nn.CrossEntropyLoss();
         var session = ProbeSession.Attach(model, new ProbeOptions
         {
