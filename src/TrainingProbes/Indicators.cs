@@ -159,4 +159,11 @@ public static class Indicators
     /// <c>gradient.cosine.smoothed</c>, with its standard error <c>gradient.cosine.smoothed.stderr</c>.
     /// </summary>
     public const string SmoothedSuffix = ".smoothed";
+
+    /// <summary>
+    /// Suffix of a value's between-window spread: the successive-difference estimate of how far one window's value
+    /// scatters around the run's level over the smoothing windows (<c>gradient.cosine.spread</c>). Unlike the window's
+    /// standard error it includes how the run moves from window to window; <c>value +- 1.96 spread</c> is the run-level interval.
+    /// </summary>
+    public const string SpreadSuffix = ".spread";
 }

@@ -300,7 +300,8 @@ public sealed class ProbeOptions
     /// disparity and the norm test are computed from the windows' pooled Gram moments (a jackknife over the windows gives
     /// the error); the others are means of the windows' values. One window sees one minibatch, so its values are noisy
     /// (a cosine's standard error is typically 0.2 to 0.4): read and stop on the smoothed values, which describe the last
-    /// n windows rather than the latest step.
+    /// n windows rather than the latest step. Each value's between-window spread over the same windows is published as
+    /// <c>&lt;name&gt;.spread</c>: the run-level uncertainty that the window's own standard error leaves out.
     /// </summary>
     public int SmoothingWindows
     {

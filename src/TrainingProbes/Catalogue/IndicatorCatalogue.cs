@@ -126,7 +126,7 @@ public static class IndicatorCatalogue
 
     /// <summary>
     /// The definition a published name comes from: the name itself, or with a family prefix (<c>step.</c>,
-    /// <c>fixed_point.</c>) and a suffix (<c>.smoothed</c>, <c>.stderr</c>) taken off.
+    /// <c>fixed_point.</c>) and a suffix (<c>.smoothed</c>, <c>.stderr</c>, <c>.spread</c>) taken off.
     /// </summary>
     /// <param name="name">A published name.</param>
     /// <param name="definition">The definition when found.</param>
@@ -141,6 +141,7 @@ public static class IndicatorCatalogue
     {
         foreach (var prefix in new[] { GradientStatisticsProbe.Prefix, FixedPointProbe.Prefix })
             if (name.StartsWith(prefix, StringComparison.Ordinal)) name = name[prefix.Length..];
+        if (name.EndsWith(SpreadSuffix, StringComparison.Ordinal)) name = name[..^SpreadSuffix.Length];
         if (name.EndsWith(StandardErrorSuffix, StringComparison.Ordinal)) name = name[..^StandardErrorSuffix.Length];
         if (name.EndsWith(SmoothedSuffix, StringComparison.Ordinal)) name = name[..^SmoothedSuffix.Length];
         return name;
@@ -152,6 +153,8 @@ public static class IndicatorCatalogue
     /// <summary>The instrument description of a published name.</summary>
     internal static string DescriptionOf(string name)
     {
+        if (name.EndsWith(SpreadSuffix, StringComparison.Ordinal))
+            return "Between-window spread (successive differences over the last ProbeOptions.SmoothingWindows windows; value +- 1.96 spread is the run-level interval) of: " + DescriptionOf(name[..^SpreadSuffix.Length]);
         if (name.EndsWith(SmoothedSuffix, StringComparison.Ordinal))
             return "Mean over the last windows (ProbeOptions.SmoothingWindows) of: " + DescriptionOf(name[..^SmoothedSuffix.Length]);
         if (name.EndsWith(StandardErrorSuffix, StringComparison.Ordinal))

@@ -291,7 +291,7 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
 
     /// <summary>
     /// Reports a value and its standard error, and with smoothing their mean over the last windows (or the
-    /// <paramref name="pooled"/> value given for it).
+    /// <paramref name="pooled"/> value given for it) and the value's between-window spread.
     /// </summary>
     private void Publish(ProbeWindowContext window, int series, string name, double value, double error, Geometry geometry,
         (double Value, double Error)? pooled = null)
@@ -299,16 +299,11 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         window.Report(_prefix + name, value, geometry);
         window.Report(_prefix + name + Indicators.StandardErrorSuffix, error, geometry);
         if (_smoother is null) return;
-        if (pooled is { } p)
-        {
-            window.Report(_prefix + name + Indicators.SmoothedSuffix, p.Value, geometry);
-            window.Report(_prefix + name + Indicators.SmoothedSuffix + Indicators.StandardErrorSuffix, p.Error, geometry);
-            return;
-        }
-
-        var (mean, meanError) = _smoother.Add(series, value, error);
+        var (mean, meanError) = _smoother.Add(series, value, error);   // also holds the values for the spread
+        if (pooled is { } p) (mean, meanError) = p;
         window.Report(_prefix + name + Indicators.SmoothedSuffix, mean, geometry);
         window.Report(_prefix + name + Indicators.SmoothedSuffix + Indicators.StandardErrorSuffix, meanError, geometry);
+        window.Report(_prefix + name + Indicators.SpreadSuffix, _smoother.Spread(series), geometry);
     }
 
     /// <summary>
