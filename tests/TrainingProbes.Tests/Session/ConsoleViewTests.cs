@@ -52,6 +52,7 @@ public sealed partial class ConsoleViewTests
         foreach (var label in new[] { "training loss", "gradient gsnr", "cosine [euclidean]", "relative regret [fisher]", "cosine [adaptive]", "step cosine (optimizer)" })
             Assert.Contains(label, plain);
         Assert.Contains(" ± ", plain);
+        Assert.Contains("spread: one window's scatter between windows", plain);   // the legend of the run-level column
         Assert.Matches("[▁▂▃▄▅▆▇█]{3,}", plain);   // a trend over the six windows
         Assert.Contains("overhead", plain);
         Assert.Contains("rule gradient.gsnr < 0.0001 for 3: watching (6 evaluations)", plain);
