@@ -113,7 +113,9 @@ internal sealed class ScrapeServer
         {
             Stop(app);
             throw new ProbeConfigurationException(
-                $"The Prometheus endpoint cannot start on {options.Host}:{options.Port}: {ex.Message} Check PrometheusEndpointOptions.Host and Port.", ex);
+                $"The Prometheus endpoint cannot start on {options.Host}:{options.Port}: {ex.Message.TrimEnd('.')}. The host must be an address of this " +
+                "machine: 127.0.0.1 to be scraped from here only, 0.0.0.0 from every interface. Set it with PrometheusEndpointOptions.Host and Port " +
+                "(or TRAININGPROBES_PROMETHEUS=host:port).", ex);
         }
 
         var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses.FirstOrDefault();

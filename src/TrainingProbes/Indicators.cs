@@ -34,6 +34,21 @@ public static class Indicators
     /// <summary>Gradient noise, the trace of the minibatch gradient covariance (per geometry).</summary>
     public const string GradientNoise = "gradient.noise";
 
+    /// <summary>
+    /// Gradient noise scale <c>B_noise = tr(Sigma) / |m|^2</c> in examples (McCandlish et al. 2018): the per-example noise
+    /// over the squared expected gradient, a form that does not depend on the trainer's batch size (per geometry).
+    /// </summary>
+    public const string NoiseScale = "gradient.noise_scale";
+
+    /// <summary>Per-example gradient noise <c>tr(Sigma)</c>, the trace of one example's gradient covariance; does not depend on the batch size (per geometry).</summary>
+    public const string ExampleNoise = "gradient.noise_per_example";
+
+    /// <summary>
+    /// Per-example signal-to-noise ratio <c>|m|^2 / tr(Sigma)</c>, the inverse of the noise scale: linear in the estimate of
+    /// |m|^2, so its standard error stays meaningful where the noise scale's does not (per geometry).
+    /// </summary>
+    public const string ExampleSnr = "gradient.snr_per_example";
+
     /// <summary>m-coherence, <c>K ||gbar||^2 / mean ||g_i||^2</c>, in [0, K] (per geometry).</summary>
     public const string Coherence = "gradient.coherence";
 
@@ -144,4 +159,11 @@ public static class Indicators
     /// <c>gradient.cosine.smoothed</c>, with its standard error <c>gradient.cosine.smoothed.stderr</c>.
     /// </summary>
     public const string SmoothedSuffix = ".smoothed";
+
+    /// <summary>
+    /// Suffix of a value's between-window spread: the successive-difference estimate of how far one window's value
+    /// scatters around the run's level over the smoothing windows (<c>gradient.cosine.spread</c>). Unlike the window's
+    /// standard error it includes how the run moves from window to window; <c>value +- 1.96 spread</c> is the run-level interval.
+    /// </summary>
+    public const string SpreadSuffix = ".spread";
 }

@@ -300,7 +300,8 @@ public sealed class ProbeOptions
     /// disparity and the norm test are computed from the windows' pooled Gram moments (a jackknife over the windows gives
     /// the error); the others are means of the windows' values. One window sees one minibatch, so its values are noisy
     /// (a cosine's standard error is typically 0.2 to 0.4): read and stop on the smoothed values, which describe the last
-    /// n windows rather than the latest step.
+    /// n windows rather than the latest step. Each value's between-window spread over the same windows is published as
+    /// <c>&lt;name&gt;.spread</c>: the run-level uncertainty that the window's own standard error leaves out.
     /// </summary>
     public int SmoothingWindows
     {
@@ -376,9 +377,28 @@ public sealed class ProbeOptions
         [nameof(OverheadBudget)] = "TRAININGPROBES_OVERHEAD_BUDGET", [nameof(Storage)] = "TRAININGPROBES_STORAGE",
         [nameof(SketchDimension)] = "TRAININGPROBES_SKETCH_DIMENSION", [nameof(CheckpointPath)] = "TRAININGPROBES_CHECKPOINT",
         [nameof(RunId)] = "TRAININGPROBES_RUN_ID", [nameof(Worker)] = "TRAININGPROBES_WORKER",
+        [nameof(Stopping)] = "TRAININGPROBES_STOP", [nameof(Probes)] = "TRAININGPROBES_PROMETHEUS",
+        [nameof(BackgroundStatistics)] = "TRAININGPROBES_BACKGROUND",
     };
 
+    /// <summary>What <see cref="FromEnvironment()"/> read, by variable (null when unset); null for options made in code.</summary>
+    internal IReadOnlyDictionary<string, string?>? EnvironmentValues { get; private set; }
+
     internal static ProbeOptions FromEnvironment(Func<string, string?> read)
+    {
+        var seen = new Dictionary<string, string?>();
+        var options = Read(name =>
+        {
+            string? value = read(name);
+            seen[name] = value;
+            return value;
+        });
+        foreach (var variable in Variables.Values) seen.TryAdd(variable, read(variable));
+        options.EnvironmentValues = seen;
+        return options;
+    }
+
+    private static ProbeOptions Read(Func<string, string?> read)
     {
         var defaults = new ProbeOptions();
         try
@@ -486,7 +506,27 @@ public sealed class ProbeOptions
         }
     }
 
+    /// <summary>
+    /// Checks the options that depend on each other. For options read from the environment, the message also names
+    /// the variables behind the options it is about, with their values.
+    /// </summary>
     internal void ValidateTogether()
+    {
+        try
+        {
+            ValidateEachWithTheOthers();
+        }
+        catch (ArgumentException ex) when (EnvironmentValues is { } values)
+        {
+            var named = Variables.Where(v => v.Key == ex.ParamName || System.Text.RegularExpressions.Regex.IsMatch(ex.Message, $@"\b{v.Key}\b"))
+                .Select(v => values.TryGetValue(v.Value, out var text) && text is { Length: > 0 } ? $"{v.Value}='{text}'" : $"{v.Value} (unset)")
+                .Distinct().ToList();
+            if (named.Count == 0) throw;
+            throw new ArgumentException($"{ex.Message} These options came from the environment: {string.Join(", ", named)}; change the variables.", ex.ParamName, ex);
+        }
+    }
+
+    private void ValidateEachWithTheOthers()
     {
         if (StepStatistics && Interval < WindowSize)
             throw new ArgumentException(

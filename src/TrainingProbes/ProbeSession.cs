@@ -323,15 +323,62 @@ public sealed class ProbeSession : IDisposable
     /// <param name="target">The step's minibatch target; optional, as <paramref name="input"/>.</param>
     /// <returns>This session, so that the call can be chained.</returns>
     /// <exception cref="ObjectDisposedException">The session was disposed.</exception>
-    /// <exception cref="ArgumentException"><paramref name="loss"/> has more than one element.</exception>
+    /// <exception cref="ArgumentException"><paramref name="loss"/> has more than one element, or was disposed.</exception>
+    /// <exception cref="InvalidOperationException">Another thread is inside <see cref="Step"/> or <see cref="Flush"/> of
+    /// this session: a session serves one training loop.</exception>
     public ProbeSession Step(Tensor? loss = null, Tensor? input = null, Tensor? target = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        if (loss is not null && loss.IsInvalid)
+            throw new ArgumentException(
+                "Step(loss) got a loss tensor that was already disposed: its dispose scope ended before the step call. " +
+                "Call model.Probe(loss, ...) (or session.Step) inside the scope of the step, after backward() and before the scope ends.", nameof(loss));
         if (loss is not null && loss.numel() != 1)
             throw new ArgumentException(
                 $"Step(loss) takes the scalar loss that backward() was called on; got a tensor of shape [{string.Join(", ", loss.shape)}]. Reduce it with .mean() first.",
                 nameof(loss));
 
+        Enter(nameof(Step));
+        try
+        {
+            // The same loss tensor again: a second call for one optimizer step, which would count the step twice and
+            // measure partial windows. It is refused, counted and logged; training goes on. (A loss with a graph is made
+            // anew by each forward pass; a constant loss reused on purpose, as in synthetic loops, has none.)
+            bool graphLoss = loss is not null && loss.requires_grad;
+            if (graphLoss && _lastLoss.TryGetTarget(out var last) && ReferenceEquals(last, loss))
+            {
+                _failures.Fail("session", new InvalidOperationException(
+                    "Probe/Step was called twice with the same loss tensor: once per optimizer step counts each step once. The second call was ignored. " +
+                    "With gradient accumulation, call it once, after the last micro-batch's backward(), with the whole step's batch."), "probed_twice");
+                return this;
+            }
+
+            if (graphLoss) _lastLoss.SetTarget(loss!);
+            return StepCore(loss, input, target);
+        }
+        finally
+        {
+            Exit();
+        }
+    }
+
+    private readonly WeakReference<Tensor> _lastLoss = new(null!);
+    private int _entered;
+
+    /// <summary>Marks a training-thread call; refuses one that overlaps another (two training loops on one session).</summary>
+    private void Enter(string method)
+    {
+        if (Interlocked.Exchange(ref _entered, 1) == 0) return;
+        throw new InvalidOperationException(
+            $"ProbeSession.{method} was called while another thread was inside Step or Flush of the same session (run {RunId}). A session serves one " +
+            "training loop: its windows, schedule and snapshots follow one sequence of steps. Give each concurrent loop its own model and session, " +
+            "or call Step from one thread at a time.");
+    }
+
+    private void Exit() => Volatile.Write(ref _entered, 0);
+
+    private ProbeSession StepCore(Tensor? loss, Tensor? input, Tensor? target)
+    {
         long started = _scheduler.Now;
         // Whether the worker ran during the trainer's work since the last step: such steps measure what it costs training.
         bool workerBusy = _pending is { Job.InBackground: true };
@@ -357,9 +404,13 @@ public sealed class ProbeSession : IDisposable
 
         int last = Windows.Length - 1;
         if (input is not null && target is not null) _batchSeen = true;
-        if ((slot < 0 || _detached is not null) && loss is not null && _stopping.MonitorsLoss && loss.device_type == DeviceType.CPU)
+        // A non-finite loss reaches the rules at its own step, inside a window too (on a CPU: elsewhere reading it would
+        // wait for the device every step, so it waits for the window's values).
+        if (loss is not null && _stopping.MonitorsLoss && loss.device_type == DeviceType.CPU)
             _failures.Guard("stopping", static a => a.Session.CheckLoss(a.Loss), (Session: this, Loss: loss));
-        if (slot >= 0 && (_detached is not null || slot == 0 && !ParametersStillWatched()))
+        // Checked at a window's first step, and at every step the step ring captures (a replaced parameter would fail
+        // each capture before the window could say why).
+        if (slot >= 0 && (_detached is not null || (slot == 0 || Windows.Steps is not null) && !ParametersStillWatched()))
         {
             if (slot == last) CloseDetachedWindow(started);
             _scheduler.EndStep(_scheduler.Now);
@@ -417,6 +468,7 @@ public sealed class ProbeSession : IDisposable
 
     private int _postponed, _workerWaits;
     private bool _gaveUpWaiting, _batchSeen;
+    private bool _microBatchesTaken;   // a window had its micro-batch gradients: the gradient series exist
 
     /// <summary>
     /// Why this step cannot give the window's micro-batch gradients (null when it can), and whether a later step may
@@ -489,11 +541,18 @@ public sealed class ProbeSession : IDisposable
         _publisher.Publish(new ProbeSnapshot(RunId, _scheduler.Steps, _scheduler.Windows - 1, DateTimeOffset.UtcNow, [], failures: _failures.Take()));
     }
 
+    /// <summary>A half-precision loss as a double (one element, on the CPU).</summary>
+    private static double ReadHalf(Tensor loss)
+    {
+        using var wide = loss.detach().to(ScalarType.Float32);
+        return wide.item<float>();
+    }
+
     /// <summary>
-    /// A loss between windows, on the CPU where reading it costs no device synchronization: a non-finite one is shown
-    /// at once to the rules that monitor <see cref="Indicators.Loss"/> (<c>training.loss is not finite</c>), which would
-    /// otherwise see only the losses of captured steps. Finite losses change nothing. On an accelerator the check would
-    /// synchronize every step, so there the rules see the losses of captured steps only.
+    /// The step's loss, on the CPU where reading it costs no device synchronization: a non-finite one (float64, float32,
+    /// float16 or bfloat16) is shown at once to the rules that monitor <see cref="Indicators.Loss"/>
+    /// (<c>training.loss is not finite</c>), rather than when its window's values are published. Finite losses change
+    /// nothing. On an accelerator the check would synchronize every step, so there the rules see the windows' losses.
     /// </summary>
     private void CheckLoss(Tensor loss)
     {
@@ -501,7 +560,8 @@ public sealed class ProbeSession : IDisposable
         {
             ScalarType.Float32 => loss.item<float>(),
             ScalarType.Float64 => loss.item<double>(),
-            _ => 0,   // half precision losses are rare on the CPU; they are checked in windows
+            ScalarType.Float16 or ScalarType.BFloat16 => ReadHalf(loss),
+            _ => 0,   // an integer loss is always finite
         };
         // The first non-finite loss since the last window is shown to the rules (a diverged run would repeat it every step).
         if (double.IsFinite(value) || _nonFiniteLossWindow == _scheduler.Windows) return;
@@ -537,7 +597,16 @@ public sealed class ProbeSession : IDisposable
                 // what a window costs from then on, the overhead budget's first estimate.
                 if (_scheduler.Windows == 0 && context.MicroBatches is not null) steady = TakeMicroBatches(input!, target!);
             }
-            else if (missing is not null) TellOnce(missing);
+            else if (missing is not null)
+            {
+                TellOnce(missing);
+                // Once windows had their values, one without them is a failure of the default family: its series leave
+                // the gauges rather than show the previous window's values as this one's.
+                if (_microBatchesTaken)
+                    _failures.Fail(OneThetaGradientProbe.ProbeName, new InvalidOperationException(
+                        $"The window at step {_scheduler.Steps} has {missing}: its gradient indicators are not published. " +
+                        "Pass the batch and the loss function on every step: model.Probe(loss, optimizer, input, target, lossFunction.call)."), "missing_batch");
+            }
 
             _runner.Window(context);
         }
@@ -548,6 +617,7 @@ public sealed class ProbeSession : IDisposable
         // A rule that keeps weights (a checkpoint, best weights to restore) copies them when it sees the window's
         // values: those must be published while the parameters are still the window's, so its windows run inline.
         bool background = Options.BackgroundStatistics && !_stopping.KeepsWeights;
+        if (background) context.HoldSession(strongly: false);   // held again by Publish, on the training thread
         var job = WindowJob.Start(context, background ? _worker : null, Options.TimeProvider);
         var values = new List<(string Name, double Value)>();
         if (_optimizer?.ParamGroups.FirstOrDefault() is { } group)
@@ -577,6 +647,7 @@ public sealed class ProbeSession : IDisposable
             windows.MicroBatches.Capture(session.Model, session.Forward!, session.LossFunction!, a.Input, a.Target);
             if (windows.MicroBatches.UsedPasses) session.TellPassesOnce(windows.MicroBatches.PassesReason);
             session._windowContext.MicroBatches = (IWindowSource?)windows.MicroBatches.Sketched ?? windows.MicroBatches;
+            session._microBatchesTaken = true;
         }, (Session: this, Input: input, Target: target));
         long ticks = _scheduler.Now - started;
         _runner.AddCaptureTicks(ticks);
@@ -627,6 +698,7 @@ public sealed class ProbeSession : IDisposable
         foreach (var (what, exception) in pending.Job.Failures) _failures.Fail(what, exception);
 
         var context = pending.Job.Context;
+        context.HoldSession(strongly: true);
         context.CurrentProbe = "session";
         foreach (var (name, value) in pending.Values) context.Report(name, value);
         var seconds = pending.Seconds;
@@ -649,7 +721,15 @@ public sealed class ProbeSession : IDisposable
     public void Flush()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        Publish();
+        Enter(nameof(Flush));
+        try
+        {
+            Publish();
+        }
+        finally
+        {
+            Exit();
+        }
     }
 
     /// <summary>Ends the session: calls each probe's end callback and frees the gradient buffer.</summary>

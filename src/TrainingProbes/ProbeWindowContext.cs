@@ -20,7 +20,8 @@ public sealed partial class ProbeWindowContext
 
     internal ProbeWindowContext(ProbeSession session, ParameterLayout layout, int k)
     {
-        Session = session;
+        _session = session;
+        _weakSession = new WeakReference<ProbeSession>(session);
         _layout = layout;
         WindowSize = k;
         _parameterIndex = layout.Parameters.Select((p, i) => (p.Name, i)).ToDictionary(t => t.Name, t => t.i);
@@ -28,7 +29,28 @@ public sealed partial class ProbeWindowContext
     }
 
     /// <summary>The session.</summary>
-    public ProbeSession Session { get; }
+    /// <exception cref="InvalidOperationException">Read by deferred work after the session and its model were collected.</exception>
+    public ProbeSession Session => _session ?? (_weakSession.TryGetTarget(out var session) ? session
+        : throw new InvalidOperationException("The session was collected while this window's statistics ran: nothing references its model any more."));
+
+    private readonly WeakReference<ProbeSession> _weakSession;
+    private ProbeSession? _session;
+
+    /// <summary>
+    /// While the window's job runs on the session's worker the context holds its session weakly, so that the worker
+    /// (a GC root while it runs) does not keep an abandoned session and its model alive; the training thread holds it
+    /// again when it publishes.
+    /// </summary>
+    internal void HoldSession(bool strongly)
+    {
+        if (!strongly)
+        {
+            _session = null;
+            return;
+        }
+
+        if (_weakSession.TryGetTarget(out var session)) _session = session;
+    }
 
     /// <summary>The model being trained.</summary>
     public nn.Module Model => Session.Model;

@@ -67,6 +67,9 @@ internal static class FileFaults
 
         Check.That(refused, "WindowSize = 30000 is refused at attach with a message naming WindowSize");
 
+        // A folder that does not exist, under a folder this scenario made: no other program can have made it.
+        string scratch = Directory.CreateTempSubdirectory("trainingprobes-settings-").FullName;
+        string missingFolder = Path.Combine(scratch, "no-such-folder", "best.pt");
         (string Variable, string Value)[] bad =
         [
             ("TRAININGPROBES_WINDOW_SIZE", "1"), ("TRAININGPROBES_WINDOW_SIZE", "x"), ("TRAININGPROBES_WINDOW_SIZE", "99999999999"),
@@ -77,7 +80,7 @@ internal static class FileFaults
             ("TRAININGPROBES_OVERHEAD_BUDGET", "2"), ("TRAININGPROBES_OVERHEAD_BUDGET", "0"), ("TRAININGPROBES_OVERHEAD_BUDGET", "5%"),
             ("TRAININGPROBES_OVERHEAD_BUDGET", "NaN"), ("TRAININGPROBES_STORAGE", "2"), ("TRAININGPROBES_STORAGE", "half"),
             ("TRAININGPROBES_SKETCH_DIMENSION", "10"), ("TRAININGPROBES_BACKGROUND", "yes"), ("TRAININGPROBES_OUTPUT", "file"),
-            ("TRAININGPROBES_STOP", "loss <"), ("TRAININGPROBES_CHECKPOINT", "/no/such/folder/best.pt"),
+            ("TRAININGPROBES_STOP", "loss <"), ("TRAININGPROBES_CHECKPOINT", missingFolder),
             ("TRAININGPROBES_CHECKPOINT", "best.txt"), ("TRAININGPROBES_PROMETHEUS", "99999"),
         ];
         var unnamed = new List<string>();
@@ -99,6 +102,7 @@ internal static class FileFaults
             }
         }
 
+        Directory.Delete(scratch, recursive: true);
         Check.That(unnamed.Count == 0, $"{unnamed.Count} of {bad.Length} bad values are accepted or refused without naming their variable: " + string.Join(" | ", unnamed));
     }
 }

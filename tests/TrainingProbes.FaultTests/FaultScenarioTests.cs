@@ -9,6 +9,7 @@ namespace TrainingProbes.FaultTests;
 /// Runs each fault scenario of TrainingProbes.FaultScenarios in a process of its own and asserts that it passed: it
 /// exited 0 (its own checks held), within the time limit (no hang), and not by a signal (no native abort).
 /// </summary>
+[Trait("Category", "Long")]   // processes of their own, the soak and the GC stress: `dotnet test --filter Category=Long`
 public sealed class FaultScenarioTests
 {
     private static readonly TimeSpan Limit = TimeSpan.FromMinutes(5);   // the longest, CollectionsFromOtherThreadsWhileScraped, takes about 100 s here

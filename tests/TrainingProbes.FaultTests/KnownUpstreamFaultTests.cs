@@ -10,6 +10,7 @@ namespace TrainingProbes.FaultTests;
 /// README's "Known issues" section is to be updated.
 /// </summary>
 [Trait("Category", "KnownUpstreamFault")]
+[Trait("Category", "Long")]
 public sealed class KnownUpstreamFaultTests(ITestOutputHelper log)
 {
     private static readonly TimeSpan Limit = TimeSpan.FromMinutes(3);

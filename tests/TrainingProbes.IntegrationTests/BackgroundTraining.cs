@@ -15,11 +15,22 @@ internal sealed class BackgroundTraining : IDisposable
     private readonly Func<ProbeOptions> _options;
     private readonly int _steps;
     private Exception? _error;
+    private readonly int _holdAt;
+    private readonly ManualResetEventSlim _released = new();
 
-    public BackgroundTraining(Func<ProbeOptions> options, int steps = int.MaxValue, int seed = 1)
+    /// <summary>Lets training go on past the step it holds at.</summary>
+    public void Release() => _released.Set();
+
+    /// <param name="options">The session's options.</param>
+    /// <param name="steps">Steps to train.</param>
+    /// <param name="seed">Seed of the weights and data.</param>
+    /// <param name="holdAt">A step before which training waits until <see cref="Release"/> (so that work meant to overlap
+    /// training does, however slow the machine), or -1.</param>
+    public BackgroundTraining(Func<ProbeOptions> options, int steps = int.MaxValue, int seed = 1, int holdAt = -1)
     {
         _options = options;
         _steps = steps;
+        _holdAt = holdAt;
         Seed = seed;
         _thread = new Thread(Run) { IsBackground = true, Name = "training" };
     }
@@ -56,7 +67,7 @@ internal sealed class BackgroundTraining : IDisposable
             torch.manual_seed(Seed);
             var generator = new Generator((ulong)Seed);
             var model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3));
-            var optimizer = optim.SGD(model.parameters(), 0.05, momentum: 0.9);
+            var optimizer = new GcSafeSgd(model.parameters(), 0.05, momentum: 0.9);
             var lossFunction = nn.CrossEntropyLoss();
             var teacher = torch.randn([16, 3], generator: generator);
             try
@@ -71,6 +82,7 @@ internal sealed class BackgroundTraining : IDisposable
             var session = Session;
             for (int step = 0; step < _steps && !_stop.IsCancellationRequested; step++)
             {
+                if (step == _holdAt) _released.Wait(TimeSpan.FromMinutes(2));
                 using var scope = torch.NewDisposeScope();
                 var x = torch.randn([32, 16], generator: generator);
                 var y = x.mm(teacher).argmax(1);
@@ -94,6 +106,7 @@ internal sealed class BackgroundTraining : IDisposable
     public void Dispose()
     {
         _stop.Cancel();
+        _released.Set();
         _thread.Join(TimeSpan.FromSeconds(30));
         Session?.Dispose();
     }

@@ -16,6 +16,7 @@ namespace TrainingProbes.IntegrationTests;
 /// 22.04), the same project built with the repair switched off must fail to load TorchSharp: the repair is what makes
 /// it run.
 /// </summary>
+[Trait("Category", "Long")]   // packs, creates and builds a console project: `dotnet test --filter Category=Long`
 public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
 {
     private const string TorchSharpVersion = "0.107.0";
@@ -140,7 +141,7 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
         var x = torch.randn(512, 10);
         var y = (x.sum(1) > 0).to(ScalarType.Int64);
         var model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2));
-        var optimizer = torch.optim.SGD(model.parameters(), 0.1);
+        var optimizer = new TrainingProbes.GcSafeSgd(model.parameters(), 0.1);
         var lossFunction = nn.CrossEntropyLoss();
 
         for (int step = 0; step < 300; step++)

@@ -98,7 +98,7 @@ public sealed class PyTorchInteropTests(ITestOutputHelper output)
     /// </summary>
     private static ExportedWindow TrainAndExport(nn.Module<Tensor, Tensor> model, string architecture, string folder, Generator generator)
     {
-        var optimizer = optim.SGD(model.parameters(), 0.05, momentum: 0.9);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.05, momentum: 0.9);
         var export = new GradientExportProbe(Path.Combine(folder, architecture + "-windows"));   // a folder that does not exist yet
         var session = ProbeSession.Attach(model, new ProbeOptions
         {

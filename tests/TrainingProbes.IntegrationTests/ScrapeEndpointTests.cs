@@ -14,14 +14,15 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
         var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
         IReadOnlyList<ProbeSnapshot> scraped, quiet;
         int requests = 0, duringTraining = 0;
-        using (var training = new BackgroundTraining(() => new ProbeOptions { RunId = "burst", Output = null, OverheadBudget = null, Interval = 20, Probes = [endpoint] }, Steps, seed: 7))
+        // Training holds at its middle step until the clients are done: the burst overlaps training on any machine.
+        using (var training = new BackgroundTraining(() => new ProbeOptions { RunId = "burst", Output = null, OverheadBudget = null, Interval = 20, Probes = [endpoint] },
+            Steps, seed: 7, holdAt: Steps / 2))
         {
             training.Start();
             using var http = new HttpClient();
             var clients = Enumerable.Range(0, 4).Select(_ => Task.Run(async () =>
             {
-                // Each client scrapes back to back until it has done 100 scrapes while training was running (or
-                // training ends), so the burst overlaps training however fast either side happens to be.
+                // Each client scrapes back to back until it has done 100 scrapes while training was running.
                 int mine = 0;
                 while (mine < 100 && training.Steps < Steps)
                 {
@@ -39,6 +40,7 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
             })).ToArray();
             var clock = System.Diagnostics.Stopwatch.StartNew();
             await Task.WhenAll(clients).WaitAsync(TimeSpan.FromMinutes(2));
+            training.Release();
             output.WriteLine($"scrapes done after {clock.Elapsed.TotalSeconds:F2} s, training at step {training.Steps}");
             training.Join(TimeSpan.FromMinutes(2));
             output.WriteLine($"training done after {clock.Elapsed.TotalSeconds:F2} s");
@@ -51,7 +53,7 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
             quiet = training.Session!.History;
         }
 
-        Assert.True(duringTraining >= 300, $"only {duringTraining} of {requests} scrapes overlapped training; the test proves nothing then");
+        Assert.True(duringTraining >= 400, $"only {duringTraining} of {requests} scrapes overlapped training; the test proves nothing then");
         Assert.Equal(Steps / 20, quiet.Count);
         Assert.Equal(quiet.Count, scraped.Count);
         for (int w = 0; w < quiet.Count; w++)
@@ -197,6 +199,20 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
         // The failed attach left nothing behind: the model can be attached again.
         using var session = ProbeSession.Attach(model, new ProbeOptions { Output = null, OverheadBudget = null });
         Assert.NotNull(ProbeSession.Get(model));
+    }
+
+    [Fact]
+    public void A_host_that_is_not_this_machines_fails_the_attach_naming_the_addresses_that_work_and_the_variable()
+    {
+        var model = torch.nn.Linear(3, 2);
+        var error = Assert.Throws<ProbeConfigurationException>(() => ProbeSession.Attach(model, new ProbeOptions
+        {
+            Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Host = "8.8.8.8", Port = 0 })],
+        }));
+        Assert.Contains("8.8.8.8", error.Message);
+        Assert.Contains("127.0.0.1", error.Message);
+        Assert.Contains("0.0.0.0", error.Message);
+        Assert.Contains("TRAININGPROBES_PROMETHEUS", error.Message);
     }
 
     /// <summary>

@@ -9,6 +9,7 @@ namespace TrainingProbes.IntegrationTests;
 /// (another test's freed memory would blur a resident-memory difference): the benchmarks' <c>memory</c> suite attaches
 /// a session to one large Linear layer and prints the resident memory it added beside the formula.
 /// </summary>
+[Trait("Category", "Long")]   // three processes of their own on large layers: `dotnet test --filter Category=Long`
 public sealed partial class SessionMemoryTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     /// <summary>The default window, one pass through the layer taps: 12 bytes per parameter (theta and the Fisher average), no K x P buffer.</summary>

@@ -73,7 +73,7 @@ public sealed class ReportTests : IDisposable
     {
         torch.manual_seed(1);
         var model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3));
-        return (model, optim.SGD(model.parameters(), 0.02));
+        return (model, new GcSafeSgd(model.parameters(), 0.02));
     }
 
     private static ProbeOptions Options(params TrainingProbe[] probes) => new()

@@ -63,6 +63,9 @@ internal sealed unsafe class GradientWindow : IWindowSource, IDisposable
 
     public WindowStorage Storage { get; }
 
+    /// <summary>Unknown for a buffer of captured minibatch gradients: NaN.</summary>
+    public double ExamplesPerGradient => double.NaN;
+
     public ScalarType Stored => Storage == WindowStorage.BFloat16 ? ScalarType.BFloat16
         : Layout.Segments.All(s => s.DType == ScalarType.Float64) ? ScalarType.Float64
         : Layout.Segments.Any(s => s.DType == ScalarType.BFloat16) ? ScalarType.BFloat16

@@ -73,6 +73,9 @@ internal sealed class MicroBatchWindow : IWindowSource, IDisposable
 
     public ParameterLayout Layout => _layout;
 
+    /// <summary>floor(b / K) of the last captured batch b; NaN before the first capture.</summary>
+    public double ExamplesPerGradient { get; private set; } = double.NaN;
+
     public ScalarType Stored => _lastWasPasses && _buffer is not null ? _buffer.Stored
         : _layout.Segments.All(s => s.DType == ScalarType.Float64) ? ScalarType.Float64
         : _layout.Segments.Any(s => s.DType == ScalarType.BFloat16) ? ScalarType.BFloat16
@@ -101,6 +104,7 @@ internal sealed class MicroBatchWindow : IWindowSource, IDisposable
         if (perMicro < 1)
             throw new ArgumentException($"A batch of {batch} examples cannot be split into K = {K} micro-batches.", nameof(input));
         long examples = perMicro * K;
+        ExamplesPerGradient = perMicro;
         var x = examples == batch ? input : input.narrow(0, 0, examples);
         var y = examples == batch ? target : target.narrow(0, 0, examples);
 

@@ -78,7 +78,22 @@ internal sealed class ParameterLayout
 
     /// <summary>The model's parameters a window watches: those that require a gradient and pass the filter.</summary>
     public static IEnumerable<(string Name, Parameter Parameter)> Watchable(nn.Module model, Func<string, bool>? filter) =>
-        model.named_parameters().Where(p => p.parameter.requires_grad && (filter is null || filter(p.name))).Select(p => (p.name, p.parameter));
+        model.named_parameters().Where(p => p.parameter.requires_grad && (filter is null || Passes(filter, p.name))).Select(p => (p.name, p.parameter));
+
+    /// <summary>The user's filter on one name; what it throws is reported with the option and the name.</summary>
+    private static bool Passes(Func<string, bool> filter, string name)
+    {
+        try
+        {
+            return filter(name);
+        }
+        catch (Exception ex)
+        {
+            throw new ProbeConfigurationException(
+                $"ProbeOptions.ParameterFilter threw {ex.GetType().Name} on the parameter '{name}': {ex.Message} The filter is called with each name of " +
+                "model.named_parameters() and must return true to watch it; fix the filter so that it answers for every name.", ex);
+        }
+    }
 
     /// <summary>
     /// How the model's parameters differ from the watched ones, or null when they do not: a watched parameter that the

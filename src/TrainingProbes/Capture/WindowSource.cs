@@ -30,6 +30,12 @@ internal interface IWindowSource
     /// <summary>The watched parameters (in <c>named_parameters()</c> order) and the segments of their flat layout.</summary>
     ParameterLayout Layout { get; }
 
+    /// <summary>
+    /// Examples behind each gradient (the micro-batch size of <see cref="MicroBatchWindow"/>), for the per-example
+    /// indicators; NaN when the source does not know it.
+    /// </summary>
+    double ExamplesPerGradient { get; }
+
     /// <summary>The dtype the gradients are kept in: its rounding decides which coordinates count as constant.</summary>
     ScalarType Stored { get; }
 

@@ -38,28 +38,36 @@ public sealed class GramSummary
 
     private double? _scale;
 
+    /// <summary>
+    /// n, the examples behind each of the K gradients (the micro-batch size), which the per-example indicators scale by;
+    /// NaN when the window's source does not know it.
+    /// </summary>
+    public double ExamplesPerGradient { get; private set; } = double.NaN;
+
     /// <summary>The quantile of the pairwise regret that <c>regret.upper</c> reports (<see cref="ProbeOptions.RegretQuantile"/>).</summary>
     public double RegretQuantile { get; }
 
     /// <summary>The built-in family, computed once per matrix.</summary>
-    internal FirstOrderStatistics Statistics => _statistics ??= FirstOrderStatistics.FromGram(_gram.AsSpan(0, K * K), K, _scale, RegretQuantile, _scratch);
+    internal FirstOrderStatistics Statistics => _statistics ??= FirstOrderStatistics.FromGram(_gram.AsSpan(0, K * K), K, _scale, RegretQuantile, _scratch, ExamplesPerGradient);
 
     /// <summary>
     /// Loads a row-major K x K matrix: of micro-batch gradients that each carry 1/<paramref name="scale"/> of the trainer's
-    /// batch, or (null) of minibatch gradients.
+    /// batch, or (null) of minibatch gradients, each over <paramref name="examples"/> examples (NaN: unknown).
     /// </summary>
-    internal void Load(ReadOnlySpan<double> gram, int k, double? scale)
+    internal void Load(ReadOnlySpan<double> gram, int k, double? scale, double examples)
     {
         K = k;
         _scale = scale;
+        ExamplesPerGradient = examples;
         gram[..(k * k)].CopyTo(_gram);
         _statistics = null;
     }
 
     /// <summary>Loads the K x K <paramref name="gram"/> with row and column <paramref name="leftOut"/> removed, at <paramref name="scale"/>.</summary>
-    internal void LoadLeavingOut(ReadOnlySpan<double> gram, int k, int leftOut, double? scale)
+    internal void LoadLeavingOut(ReadOnlySpan<double> gram, int k, int leftOut, double? scale, double examples)
     {
         _scale = scale;
+        ExamplesPerGradient = examples;
         int m = k - 1;
         for (int a = 0, r = 0; a < k; a++)
         {

@@ -28,6 +28,9 @@ public static class IndicatorCatalogue
         new(JensenRatio, One, "mean ||g_i|| / sqrt(mean ||g_i||^2), in (0, 1].", StoppingMode.Max, true, FromGram: g => g.Statistics.JensenRatio),
         new(ContrastiveFlatness, One, "First-order contrastive flatness, mean ||g_i|| / ||gbar||, at least 1.", StoppingMode.Min, true, FromGram: g => g.Statistics.ContrastiveFlatness),
         new(GradientNoise, One, "Trace of the covariance of minibatch gradients.", StoppingMode.Min, true, FromGram: g => g.Statistics.Noise),
+        new(NoiseScale, "{example}", "Gradient noise scale B_noise = tr(Sigma) / |m|^2 (McCandlish et al. 2018), per example: independent of the batch size.", PerGeometry: true, FromGram: g => g.Statistics.NoiseScale),
+        new(ExampleNoise, One, "Per-example gradient noise tr(Sigma), the micro-batch size times the trace of a micro-batch gradient's covariance: independent of the batch size.", PerGeometry: true, FromGram: g => g.Statistics.ExampleNoise),
+        new(ExampleSnr, One, "Per-example signal-to-noise ratio |m|^2 / tr(Sigma), 1 / noise_scale: independent of the batch size, with a standard error that stays meaningful when |m|^2 is small.", PerGeometry: true, FromGram: g => g.Statistics.ExampleSnr),
         new(Coherence, One, "m-coherence (Chatterjee 2020), K ||gbar||^2 / mean ||g_i||^2, in [0, K].", StoppingMode.Max, true, FromGram: g => g.Statistics.Coherence),
         new(Disparity, One, "Gradient disparity (Forouzesh and Thiran 2021), mean pairwise distance ||g_i - g_j||.", StoppingMode.Min, true, FromGram: g => g.Statistics.Disparity),
         new(NormTest, One, "Norm test (Byrd et al. 2012): relative error of the mean gradient.", StoppingMode.Min, true, FromGram: g => g.Statistics.NormTest),
@@ -123,7 +126,7 @@ public static class IndicatorCatalogue
 
     /// <summary>
     /// The definition a published name comes from: the name itself, or with a family prefix (<c>step.</c>,
-    /// <c>fixed_point.</c>) and a suffix (<c>.smoothed</c>, <c>.stderr</c>) taken off.
+    /// <c>fixed_point.</c>) and a suffix (<c>.smoothed</c>, <c>.stderr</c>, <c>.spread</c>) taken off.
     /// </summary>
     /// <param name="name">A published name.</param>
     /// <param name="definition">The definition when found.</param>
@@ -138,6 +141,7 @@ public static class IndicatorCatalogue
     {
         foreach (var prefix in new[] { GradientStatisticsProbe.Prefix, FixedPointProbe.Prefix })
             if (name.StartsWith(prefix, StringComparison.Ordinal)) name = name[prefix.Length..];
+        if (name.EndsWith(SpreadSuffix, StringComparison.Ordinal)) name = name[..^SpreadSuffix.Length];
         if (name.EndsWith(StandardErrorSuffix, StringComparison.Ordinal)) name = name[..^StandardErrorSuffix.Length];
         if (name.EndsWith(SmoothedSuffix, StringComparison.Ordinal)) name = name[..^SmoothedSuffix.Length];
         return name;
@@ -149,6 +153,8 @@ public static class IndicatorCatalogue
     /// <summary>The instrument description of a published name.</summary>
     internal static string DescriptionOf(string name)
     {
+        if (name.EndsWith(SpreadSuffix, StringComparison.Ordinal))
+            return "Between-window spread (successive differences over the last ProbeOptions.SmoothingWindows windows; value +- 1.96 spread is the run-level interval) of: " + DescriptionOf(name[..^SpreadSuffix.Length]);
         if (name.EndsWith(SmoothedSuffix, StringComparison.Ordinal))
             return "Mean over the last windows (ProbeOptions.SmoothingWindows) of: " + DescriptionOf(name[..^SmoothedSuffix.Length]);
         if (name.EndsWith(StandardErrorSuffix, StringComparison.Ordinal))

@@ -18,7 +18,10 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
 {
     private FirstOrderFamily? _family;
 
-    public override string Name => "gradient";
+    /// <summary>The probe's name: the <c>probe</c> attribute of the default indicators.</summary>
+    public const string ProbeName = "gradient";
+
+    public override string Name => ProbeName;
 
     public override void OnSessionStart(ProbeSession session) =>
         _family = new FirstOrderFamily(options, options.Geometries, session.Windows.Layout, options.WindowSize, microBatches: true,

@@ -108,6 +108,7 @@ internal sealed class ConsoleView
         table.AddColumn(new TableColumn("[bold]indicator[/]"));
         table.AddColumn(new TableColumn(_options.SmoothingWindows > 0
             ? $"[bold]last {_options.SmoothingWindows} windows ± s.e.[/]" : "[bold]value ± s.e.[/]").RightAligned());
+        if (_options.SmoothingWindows > 0) table.AddColumn(new TableColumn("[bold]spread[/]").RightAligned());
         table.AddColumn(new TableColumn($"[bold]trend, {recent.Count} windows[/]"));
 
         void Row(string label, string name, Geometry g)
@@ -115,7 +116,16 @@ internal sealed class ConsoleView
             name = ConsoleSummary.Shown(s, name, g);   // the smoothed series where there is one
             if (!s.TryGetValue(name, g, out double value) || double.IsNaN(value)) return;
             string shown = Show(value) + (s.TryGetValue(name + Indicators.StandardErrorSuffix, g, out double error) && double.IsFinite(error) ? " ± " + Show(error) : "");
-            table.AddRow(Markup.Escape(label), shown, Trend(recent, name, g));
+            if (_options.SmoothingWindows == 0)
+            {
+                table.AddRow(Markup.Escape(label), shown, Trend(recent, name, g));
+                return;
+            }
+
+            // The run-level scatter of one window's value (successive differences), beside the smoothed value's error.
+            string raw = name.EndsWith(Indicators.SmoothedSuffix, StringComparison.Ordinal) ? name[..^Indicators.SmoothedSuffix.Length] : name;
+            string spread = s.TryGetValue(raw + Indicators.SpreadSuffix, g, out double sp) && double.IsFinite(sp) ? Show(sp) : "";
+            table.AddRow(Markup.Escape(label), shown, spread, Trend(recent, name, g));
         }
 
         Row("training loss", Indicators.Loss, Geometry.None);
@@ -131,12 +141,14 @@ internal sealed class ConsoleView
         Row("parameter drift", Indicators.ParameterDrift, Geometry.None);
 
         var lines = new List<IRenderable> { table };
+        if (_options.SmoothingWindows > 0)
+            lines.Add(new Markup("[dim]spread: one window's scatter between windows, the run-level error (value ± 1.96 spread)[/]"));
         var budget = new StringBuilder();
         if (s.TryGetValue(Indicators.ProbeOverheadTotal, Geometry.None, out double overhead) && double.IsFinite(overhead))
             budget.Append(CultureInfo.InvariantCulture, $"overhead {overhead:P1}")
                 .Append(_options.OverheadBudget is { } b ? string.Create(CultureInfo.InvariantCulture, $" of a {b:P0} budget") : " (no budget)");
         if (s.TryGetValue(Indicators.ProbeInterval, Geometry.None, out double interval))
-            budget.Append(CultureInfo.InvariantCulture, $", next window in {interval:N0} steps");
+            budget.Append(budget.Length > 0 ? ", " : "").Append(CultureInfo.InvariantCulture, $"next window in {interval:N0} steps");
         if (budget.Length > 0) lines.Add(new Markup("[grey]" + Markup.Escape(budget.ToString()) + "[/]"));
         foreach (var rule in _options.Stopping)
             lines.Add(new Markup(RuleLine(rule)));

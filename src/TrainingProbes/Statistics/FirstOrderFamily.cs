@@ -38,6 +38,7 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
     private double[] _total = [];
     private int _partsPending;
     private ProbeWindowContext? _window;
+    private double _examples = double.NaN;                // examples behind each of the window's gradients
     private WindowKernel? _kernel;
 
     /// <param name="options">Geometries' settings, GSNR epsilon, regret quantile.</param>
@@ -84,7 +85,11 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
     [
         Indicators.GradientNorm, Indicators.MeanGradientNorm, Indicators.Cosine, Indicators.Regret, Indicators.RelativeRegret,
         Indicators.ContrastiveFlatness, Indicators.GradientNoise, Indicators.Disparity, Indicators.NormTest,
+        Indicators.NoiseScale, Indicators.ExampleNoise, Indicators.ExampleSnr,
     ];
+
+    /// <summary>The indicators that scale by the examples behind each gradient: not published when the source does not know them.</summary>
+    private static readonly HashSet<string> PerExample = [Indicators.NoiseScale, Indicators.ExampleNoise, Indicators.ExampleSnr];
 
     /// <summary>D of each geometry, as the last window used it; its state is this family's.</summary>
     public Whitening Whitening { get; }
@@ -105,6 +110,7 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
     {
         if (source.K != _k) throw new ArgumentException($"The family was made for K = {_k}, the window has {source.K} gradients.", nameof(source));
         _window = window;
+        _examples = source.ExamplesPerGradient;   // read now: the next capture changes it
         if (defer) window.Defer(() => ComputeFrom(source));
         else ComputeFrom(source);
     }
@@ -212,14 +218,14 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         {
             var geometry = _layout.Geometries[index];
             var gram = _total.AsSpan(_layout.Gram(index), k * k);
-            _summary.Load(gram, k, Scale(k));
+            _summary.Load(gram, k, Scale(k), _examples);
             // Jackknife over the K gradients: each value recomputed from the Gram matrix that leaves gradient i out (no
             // device work), se = sqrt((K-1)/K sum_i (v_(i) - mean v_(i))^2); NaN below K = 3.
             if (k >= 3)
             {
                 for (int i = 0; i < k; i++)
                 {
-                    _leftOut.LoadLeavingOut(gram, k, i, Scale(k - 1));
+                    _leftOut.LoadLeavingOut(gram, k, i, Scale(k - 1), _examples);
                     for (int f = 0; f < n; f++) _leaveOneOut[f * k + i] = _definitions[f].FromGram!(_leftOut);
                 }
             }
@@ -232,9 +238,12 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
             }
 
             for (int f = 0; f < n; f++)
+            {
+                if (double.IsNaN(_examples) && PerExample.Contains(_definitions[f].Name)) continue;   // needs the micro-batch size
                 Publish(window, index * n + f, _definitions[f].Name, _definitions[f].FromGram!(_summary),
                     k >= 3 ? Jackknife.StandardError(_leaveOneOut.AsSpan(f * k, k)) : double.NaN, geometry,
                     _pool is not null && MomentForm.Contains(_definitions[f].Name) ? (_pooledValues[f], _pooledErrors[f]) : null);
+            }
         }
 
         if (!(_total[_layout.Gsnr + 2] > 0)) return;   // sketches: no per-coordinate values
@@ -258,7 +267,7 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         {
             var (d, s) = _pool.Pooled(geometry, leftOut);
             MomentPool.Synthesize(d, s, k, _synthetic);
-            _leftOut.Load(_synthetic, k, Scale(k));
+            _leftOut.Load(_synthetic, k, Scale(k), _examples);
         }
 
         Load(-1);
@@ -282,7 +291,7 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
 
     /// <summary>
     /// Reports a value and its standard error, and with smoothing their mean over the last windows (or the
-    /// <paramref name="pooled"/> value given for it).
+    /// <paramref name="pooled"/> value given for it) and the value's between-window spread.
     /// </summary>
     private void Publish(ProbeWindowContext window, int series, string name, double value, double error, Geometry geometry,
         (double Value, double Error)? pooled = null)
@@ -290,16 +299,11 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         window.Report(_prefix + name, value, geometry);
         window.Report(_prefix + name + Indicators.StandardErrorSuffix, error, geometry);
         if (_smoother is null) return;
-        if (pooled is { } p)
-        {
-            window.Report(_prefix + name + Indicators.SmoothedSuffix, p.Value, geometry);
-            window.Report(_prefix + name + Indicators.SmoothedSuffix + Indicators.StandardErrorSuffix, p.Error, geometry);
-            return;
-        }
-
-        var (mean, meanError) = _smoother.Add(series, value, error);
+        var (mean, meanError) = _smoother.Add(series, value, error);   // also holds the values for the spread
+        if (pooled is { } p) (mean, meanError) = p;
         window.Report(_prefix + name + Indicators.SmoothedSuffix, mean, geometry);
         window.Report(_prefix + name + Indicators.SmoothedSuffix + Indicators.StandardErrorSuffix, meanError, geometry);
+        window.Report(_prefix + name + Indicators.SpreadSuffix, _smoother.Spread(series), geometry);
     }
 
     /// <summary>
@@ -323,7 +327,7 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         int k = _k;
         for (int index = 0; index < _layout.Geometries.Count; index++)
         {
-            _summary.Load(sums.Slice(_layout.Gram(index), k * k), k, Scale(k));
+            _summary.Load(sums.Slice(_layout.Gram(index), k * k), k, Scale(k), _examples);
             foreach (var definition in _layerDefinitions)
                 window.Report(_prefix + definition.Name, definition.FromGram!(_summary), _layout.Geometries[index], layer);
         }

@@ -47,7 +47,10 @@ internal readonly record struct FirstOrderStatistics(
     double Disparity,
     double NormTest,
     double InnerProductTest,
-    double OrthogonalityTest)
+    double OrthogonalityTest,
+    double NoiseScale,
+    double ExampleNoise,
+    double ExampleSnr)
 {
     /// <summary>Computes the family from a row-major K x K Gram matrix.</summary>
     /// <param name="gram">Row-major Gram matrix, length K*K, symmetric.</param>
@@ -56,15 +59,17 @@ internal readonly record struct FirstOrderStatistics(
     /// when each gradient is a minibatch's (the pairwise means).</param>
     /// <param name="quantile">Quantile of the pairwise regret reported as <see cref="RegretUpper"/>.</param>
     /// <param name="scratch">Scratch space of at least K*(K-1) doubles (reused to avoid allocation).</param>
-    public static FirstOrderStatistics FromGram(ReadOnlySpan<double> gram, int k, double? scale, double quantile, Span<double> scratch)
+    /// <param name="examples">n, examples behind each gradient, for the per-example members (NaN: unknown, they are NaN).</param>
+    public static FirstOrderStatistics FromGram(ReadOnlySpan<double> gram, int k, double? scale, double quantile, Span<double> scratch,
+        double examples = double.NaN)
     {
         if (k < 2) throw new ArgumentOutOfRangeException(nameof(k), k, "A window needs at least two gradients.");
         if (gram.Length < k * k) throw new ArgumentException($"Gram matrix needs {k * k} entries, got {gram.Length}.", nameof(gram));
-        return scale is { } s ? MicroBatches(gram, k, s, quantile, scratch) : Minibatches(gram, k, quantile, scratch);
+        return scale is { } s ? MicroBatches(gram, k, s, quantile, scratch, examples) : Minibatches(gram, k, quantile, scratch, examples);
     }
 
     /// <summary>The pairwise means of K minibatch gradients.</summary>
-    private static FirstOrderStatistics Minibatches(ReadOnlySpan<double> gram, int k, double quantile, Span<double> scratch)
+    private static FirstOrderStatistics Minibatches(ReadOnlySpan<double> gram, int k, double quantile, Span<double> scratch, double examples)
     {
         double sumNorm = 0, sumSq = 0, sumAll = 0;
         for (int i = 0; i < k; i++)
@@ -142,11 +147,14 @@ internal readonly record struct FirstOrderStatistics(
             Disparity: sumDisparity / pairs,
             NormTest: normTest,
             InnerProductTest: innerProductTest,
-            OrthogonalityTest: orthogonalityTest);
+            OrthogonalityTest: orthogonalityTest,
+            NoiseScale: NoiseScaleOf(examples * noise, meanGradSq - noise / k),
+            ExampleNoise: examples * noise,
+            ExampleSnr: SnrOf(examples * noise, meanGradSq - noise / k));
     }
 
     /// <summary>K micro-batches of one minibatch, reported for the minibatch: through S and T at the batch scale.</summary>
-    private static FirstOrderStatistics MicroBatches(ReadOnlySpan<double> gram, int k, double scale, double quantile, Span<double> scratch)
+    private static FirstOrderStatistics MicroBatches(ReadOnlySpan<double> gram, int k, double scale, double quantile, Span<double> scratch, double examples)
     {
         if (!(scale >= 1)) throw new ArgumentOutOfRangeException(nameof(scale), scale, "The batch scale is at least 1.");
 
@@ -201,8 +209,21 @@ internal readonly record struct FirstOrderStatistics(
             Disparity: Math.Sqrt(2 * tb),
             NormTest: s > 0 ? Math.Sqrt(tb / s) : tb > 0 ? double.PositiveInfinity : double.NaN,
             InnerProductTest: meanGradSq > 0 ? Math.Sqrt(ipVar / (k - 1.0) / (scale * meanGradSq * meanGradSq)) : double.NaN,
-            OrthogonalityTest: meanGradSq > 0 ? Math.Sqrt(Math.Max(orth, 0) / (k - 1.0) / (scale * meanGradSq)) : double.NaN);
+            OrthogonalityTest: meanGradSq > 0 ? Math.Sqrt(Math.Max(orth, 0) / (k - 1.0) / (scale * meanGradSq)) : double.NaN,
+            NoiseScale: NoiseScaleOf(examples * t, s),
+            ExampleNoise: examples * t,
+            ExampleSnr: SnrOf(examples * t, s));
     }
+
+    /// <summary>
+    /// <c>B_noise = tr(Sigma) / |m|^2</c> from the per-example noise and an unbiased |m|^2; infinite when the estimate of
+    /// |m|^2 is not above 0 (no signal detectable), NaN when the examples per gradient are unknown.
+    /// </summary>
+    private static double NoiseScaleOf(double exampleNoise, double signal) =>
+        double.IsNaN(exampleNoise) ? double.NaN : signal > 0 ? exampleNoise / signal : exampleNoise > 0 ? double.PositiveInfinity : double.NaN;
+
+    /// <summary><c>|m|^2 / tr(Sigma)</c>; NaN when the examples per gradient are unknown or there is no noise.</summary>
+    private static double SnrOf(double exampleNoise, double signal) => exampleNoise > 0 ? signal / exampleNoise : double.NaN;
 
     /// <summary>Quantile with linear interpolation between order statistics (sorts <paramref name="values"/> in place).</summary>
     internal static double Quantile(Span<double> values, double q)

@@ -50,6 +50,34 @@ internal sealed class WindowSmoother
         return (sum / m, Math.Sqrt(variance) / m);
     }
 
+    /// <summary>
+    /// The between-window spread of <paramref name="series"/>: <c>sqrt(sum (v_i - v_(i-1))^2 / (2 (m - 1)))</c> over the
+    /// finite values of the windows held, in the order they came (von Neumann's successive differences). It estimates
+    /// how far one window's value scatters around the run's level: the minibatch noise the jackknife sees plus the
+    /// window-to-window movement it cannot, while a slow trend of the level adds only its squared step. NaN below two values.
+    /// </summary>
+    public double Spread(int series)
+    {
+        int m = _count[series];
+        int first = m < _windows ? 0 : _next[series];   // the oldest value held
+        double sum = 0, previous = double.NaN;
+        int pairs = 0;
+        for (int i = 0; i < m; i++)
+        {
+            double value = _values[series * _windows + (first + i) % _windows];
+            if (!double.IsFinite(value)) { previous = double.NaN; continue; }
+            if (!double.IsNaN(previous))
+            {
+                sum += (value - previous) * (value - previous);
+                pairs++;
+            }
+
+            previous = value;
+        }
+
+        return pairs == 0 ? double.NaN : Math.Sqrt(sum / (2.0 * pairs));
+    }
+
     /// <summary>The smoother's windows, to save: values, variances, counts and next slots.</summary>
     public (double[] Values, double[] Variances, int[] Count, int[] Next) State => ((double[])_values.Clone(), (double[])_variances.Clone(), (int[])_count.Clone(), (int[])_next.Clone());
 

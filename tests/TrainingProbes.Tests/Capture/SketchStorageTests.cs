@@ -23,7 +23,7 @@ public sealed class SketchStorageTests(Xunit.Abstractions.ITestOutputHelper outp
         using var x = images.reshape(-1, 784);
         torch.manual_seed(3);
         var model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10));
-        var optimizer = optim.SGD(model.parameters(), 0.05);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.05);
         var snapshots = new List<ProbeSnapshot>();
         var losses = new List<double>();
         using var session = ProbeSession.Attach(model, new ProbeOptions
@@ -182,7 +182,7 @@ public sealed class SketchStorageTests(Xunit.Abstractions.ITestOutputHelper outp
     public void Sketch_storage_refuses_what_it_cannot_compute_with_a_message_that_says_how_to_fix_it()
     {
         var model = nn.Linear(4, 2);
-        var optimizer = optim.SGD(model.parameters(), 0.1);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.1);
         var fisher = Assert.Throws<ArgumentException>(() => ProbeSession.Attach(model,
             new ProbeOptions { Storage = WindowStorage.Sketch, Geometries = Geometry.All, Output = null }, optimizer));
         Assert.Contains("fisher", fisher.Message);

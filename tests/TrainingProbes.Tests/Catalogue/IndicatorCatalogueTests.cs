@@ -62,7 +62,7 @@ public sealed class IndicatorCatalogueTests
 
         torch.manual_seed(4);
         var model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3));
-        var optimizer = optim.SGD(model.parameters(), 0.05);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.05);
         var lossFunction = nn.CrossEntropyLoss();
         var recorder = new Recorder();
         var warn = StoppingRule.Parse("gradient.test_mean_squared_norm[euclidean] > 0 for 1 -> warn");

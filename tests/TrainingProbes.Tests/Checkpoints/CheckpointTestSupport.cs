@@ -22,7 +22,7 @@ internal static class CheckpointTestSupport
     public static void TrainSteps(nn.Module<Tensor, Tensor> model, int steps, long seed)
     {
         var dtype = model.parameters().First().dtype;
-        using var optimizer = optim.SGD(model.parameters(), 0.1);
+        using var optimizer = new GcSafeSgd(model.parameters(), 0.1);
         model.train();
         torch.manual_seed(seed);
         for (int i = 0; i < steps; i++)

@@ -61,7 +61,7 @@ public sealed class OneThetaTests
     {
         net ??= Mlp;
         var model = net(1);
-        var optimizer = optim.SGD(model.parameters(), 0.2, momentum: 0.5);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.2, momentum: 0.5);
         var recomputation = new IndependentRecomputation(k, () => net(99));
         var session = ProbeSession.Attach(model, new ProbeOptions
         {
@@ -219,7 +219,7 @@ public sealed class OneThetaTests
         var read = new List<double[][]>();
         var reader = new GradientReader(read);
         var model = Mlp(seed: 1);
-        var optimizer = optim.SGD(model.parameters(), 0.2);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.2);
         var recomputation = new IndependentRecomputation(K, () => Mlp(99));
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
@@ -365,7 +365,7 @@ public sealed class OneThetaTests
         Dictionary<string, Tensor> Run(bool probe)
         {
             var model = Net();
-            var optimizer = optim.SGD(model.parameters(), 0.1);
+            var optimizer = new GcSafeSgd(model.parameters(), 0.1);
             using var session = probe ? ProbeSession.Attach(model, new ProbeOptions { WindowSize = 4, Interval = 4, Output = null, OverheadBudget = null }, optimizer) : null;
             var generator = new Generator(8);
             torch.manual_seed(17);   // the dropout stream
@@ -396,7 +396,7 @@ public sealed class OneThetaTests
     public void Without_the_batch_the_session_says_once_what_it_misses_and_publishes_the_rest()
     {
         var model = Mlp(seed: 2);
-        var optimizer = optim.SGD(model.parameters(), 0.1);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.1);
         var output = new StringWriter();
         using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = 4, Interval = 4, Output = output, OverheadBudget = null }, optimizer);
         // A trainer that never passes the batch: windows close without the micro-batches, at their steps.
@@ -419,7 +419,7 @@ public sealed class OneThetaTests
         // branch, say): that window waits and closes at step 3.
         const int K = 4;
         var model = Mlp(seed: 2);
-        var optimizer = optim.SGD(model.parameters(), 0.1);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.1);
         using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = K, Interval = 2, Output = null, OverheadBudget = null }, optimizer);
         var generator = new Generator(4);
         for (int step = 0; step < 4; step++)

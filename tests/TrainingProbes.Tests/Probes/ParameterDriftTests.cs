@@ -23,7 +23,7 @@ public sealed class ParameterDriftTests
     {
         torch.manual_seed(3);
         var model = nn.Sequential(nn.Linear(37, 19), nn.Tanh(), nn.Linear(19, 3)).to(dtype);
-        var optimizer = optim.SGD(model.parameters(), 0.2);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.2);
         var recorder = new ThetaRecorder();
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {

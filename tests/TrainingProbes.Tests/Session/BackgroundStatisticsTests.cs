@@ -17,7 +17,7 @@ public sealed class BackgroundStatisticsTests
     {
         torch.manual_seed(1);
         var model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3));
-        return (model, optim.SGD(model.parameters(), 0.05));
+        return (model, new GcSafeSgd(model.parameters(), 0.05));
     }
 
     private static void Step(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ProbeSession session, Generator generator)

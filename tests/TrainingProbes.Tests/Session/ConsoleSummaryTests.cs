@@ -12,7 +12,7 @@ public sealed partial class ConsoleSummaryTests
     {
         torch.manual_seed(2);
         var model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3));
-        var optimizer = optim.SGD(model.parameters(), 0.05);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.05);
         var lossFunction = nn.CrossEntropyLoss();
         var output = new StringWriter();
         using var session = ProbeSession.Attach(model, new ProbeOptions

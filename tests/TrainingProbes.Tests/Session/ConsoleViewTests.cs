@@ -13,7 +13,7 @@ public sealed partial class ConsoleViewTests
     {
         torch.manual_seed(6);
         var model = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 3));
-        var optimizer = optim.SGD(model.parameters(), 0.05);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.05);
         var options = new ProbeOptions
         {
             WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, RunId = "view", Loss = (o, t) => nn.functional.cross_entropy(o, t), StepStatistics = true,
@@ -52,6 +52,7 @@ public sealed partial class ConsoleViewTests
         foreach (var label in new[] { "training loss", "gradient gsnr", "cosine [euclidean]", "relative regret [fisher]", "cosine [adaptive]", "step cosine (optimizer)" })
             Assert.Contains(label, plain);
         Assert.Contains(" ± ", plain);
+        Assert.Contains("spread: one window's scatter between windows", plain);   // the legend of the run-level column
         Assert.Matches("[▁▂▃▄▅▆▇█]{3,}", plain);   // a trend over the six windows
         Assert.Contains("overhead", plain);
         Assert.Contains("rule gradient.gsnr < 0.0001 for 3: watching (6 evaluations)", plain);

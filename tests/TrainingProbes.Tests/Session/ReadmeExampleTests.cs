@@ -27,7 +27,7 @@ public sealed class ReadmeExampleTests
     {
         torch.manual_seed(11);
         var model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).to(ScalarType.Float64);
-        var optimizer = optim.SGD(model.parameters(), 0.1);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.1);
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
             WindowSize = 3, Interval = 3, Output = null, OverheadBudget = null, Probes = [new GradientShareProbe("2.weight")],

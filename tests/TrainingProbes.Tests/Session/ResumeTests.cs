@@ -53,13 +53,13 @@ public sealed class ResumeTests : IDisposable
     {
         // Uninterrupted: 100 steps.
         var full = Model(1);
-        var fullOptimizer = optim.SGD(full.parameters(), 0.1);
+        var fullOptimizer = new GcSafeSgd(full.parameters(), 0.1);
         using var uninterrupted = ProbeSession.Attach(full, Options(), fullOptimizer);
         Train(full, fullOptimizer, uninterrupted, 0, 100);
 
         // Interrupted after 50 steps: the weights and the probe state are saved ...
         var first = Model(1);
-        var firstOptimizer = optim.SGD(first.parameters(), 0.1);
+        var firstOptimizer = new GcSafeSgd(first.parameters(), 0.1);
         string path = Path.Combine(_folder, "probes.safetensors");
         Tensor[] weights;
         using (var before = ProbeSession.Attach(first, Options(), firstOptimizer))
@@ -73,7 +73,7 @@ public sealed class ResumeTests : IDisposable
         var second = Model(2);
         using (torch.no_grad())
             foreach (var (p, w) in second.parameters().Zip(weights)) p.copy_(w);
-        var secondOptimizer = optim.SGD(second.parameters(), 0.1);
+        var secondOptimizer = new GcSafeSgd(second.parameters(), 0.1);
         using var resumed = ProbeSession.Attach(second, Options(), secondOptimizer);
         resumed.RestoreState(path);
         Assert.Equal(50, resumed.StepCount);
@@ -101,12 +101,12 @@ public sealed class ResumeTests : IDisposable
         // The control that shows the comparison above can fail: the Fisher average, the smoothed means and the rule's
         // counters all start over in a session that is not restored.
         var full = Model(1);
-        var fullOptimizer = optim.SGD(full.parameters(), 0.1);
+        var fullOptimizer = new GcSafeSgd(full.parameters(), 0.1);
         using var uninterrupted = ProbeSession.Attach(full, Options(), fullOptimizer);
         Train(full, fullOptimizer, uninterrupted, 0, 100);
 
         var second = Model(1);
-        var secondOptimizer = optim.SGD(second.parameters(), 0.1);
+        var secondOptimizer = new GcSafeSgd(second.parameters(), 0.1);
         using (var before = ProbeSession.Attach(second, Options(), secondOptimizer)) Train(second, secondOptimizer, before, 0, 50);
         using var fresh = ProbeSession.Attach(second, Options(), secondOptimizer);
         Train(second, secondOptimizer, fresh, 50, 100);
@@ -125,14 +125,14 @@ public sealed class ResumeTests : IDisposable
         string path = Path.Combine(_folder, "small.safetensors");
         using (var session = ProbeSession.Attach(small, Options()))
         {
-            Train(small, optim.SGD(small.parameters(), 0.1), session, 0, 30);
+            Train(small, new GcSafeSgd(small.parameters(), 0.1), session, 0, 30);
             session.SaveState(path);
         }
 
         torch.manual_seed(3);
         var other = nn.Sequential(nn.Linear(6, 20), nn.ReLU(), nn.Linear(20, 3));
         using var target = ProbeSession.Attach(other, Options());
-        Train(other, optim.SGD(other.parameters(), 0.1), target, 0, 7);
+        Train(other, new GcSafeSgd(other.parameters(), 0.1), target, 0, 7);
         var error = Assert.Throws<InvalidDataException>(() => target.RestoreState(path));
         Assert.Contains("parameters", error.Message);
         Assert.Equal(7, target.StepCount);

@@ -12,7 +12,7 @@ public sealed class SessionLifetimeTests
     {
         torch.manual_seed(5);
         var model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3));
-        var optimizer = optim.SGD(model.parameters(), 0.05);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.05);
         var lossFunction = nn.CrossEntropyLoss();
         var generator = new Generator(7);
         for (int i = 0; i < 120; i++)
@@ -48,5 +48,58 @@ public sealed class SessionLifetimeTests
         Assert.False(model.IsAlive, "the model is still reachable after a full GC");
         Assert.False(session.IsAlive, "the session is still reachable after a full GC");
         Assert.False(buffer.IsAlive, "the session's gradient buffer is still reachable after a full GC");
+    }
+
+    /// <summary>A probe whose deferred work (on the session's worker) takes a while: a window's statistics in flight.</summary>
+    private sealed class SlowStatistics(ManualResetEventSlim started) : TrainingProbe
+    {
+        public override string Name => "slow";
+
+        public override void OnWindowClosed(ProbeWindowContext window) => window.Defer(() =>
+        {
+            started.Set();
+            Thread.Sleep(1500);
+        });
+    }
+
+    /// <summary>Trains until a window's job is running on the worker, leaves the session undisposed, returns weak references.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static (WeakReference Model, WeakReference Session) DropWhileAJobRuns(ManualResetEventSlim started)
+    {
+        torch.manual_seed(5);
+        var model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3));
+        var optimizer = new GcSafeSgd(model.parameters(), 0.05);
+        var lossFunction = nn.CrossEntropyLoss();
+        var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = 4, Interval = 5, OverheadBudget = null, Output = null, Loss = lossFunction.call, Probes = [new SlowStatistics(started)],
+        }, optimizer);
+        var generator = new Generator(7);
+        for (int i = 0; i < 5; i++)
+        {
+            using var scope = torch.NewDisposeScope();
+            var x = torch.randn([16, 6], generator: generator);
+            var y = torch.randint(0, 3, [16], generator: generator);
+            optimizer.zero_grad();
+            var loss = lossFunction.call(model.call(x), y);
+            loss.backward();
+            session.Step(loss, x, y);
+            optimizer.step();
+        }
+
+        Assert.True(started.Wait(TimeSpan.FromSeconds(30)), "the window's job did not start");
+        return (new WeakReference(model), new WeakReference(session));
+    }
+
+    [Fact]
+    public void A_window_job_still_running_does_not_keep_an_abandoned_session_or_its_model_alive()
+    {
+        using var started = new ManualResetEventSlim();
+        var (model, session) = DropWhileAJobRuns(started);
+        GC.Collect();   // the job sleeps on the worker for 1.5 s: it is still running now
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+        Assert.False(model.IsAlive, "the model is kept alive by its window's job running on the worker");
+        Assert.False(session.IsAlive, "the session is kept alive by its window's job running on the worker");
     }
 }

@@ -32,7 +32,7 @@ public sealed class StoppingSessionTests
     public void Early_stopping_on_a_reported_value_stops_and_restores_the_weights_of_the_best_evaluation()
     {
         var model = Model();
-        var optimizer = optim.SGD(model.parameters(), 0.2);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.2);
         var rule = new EarlyStopping("val.loss") { Patience = 2, RestoreBestWeights = true };
         using var session = ProbeSession.Attach(model, new ProbeOptions { Output = null, OverheadBudget = null, Stopping = [rule] }, optimizer);
         var fired = new List<StoppingEventArgs>();
@@ -76,7 +76,7 @@ public sealed class StoppingSessionTests
     public void A_text_rule_on_an_indicator_stops_and_a_warning_rule_only_warns()
     {
         var model = Model();
-        var optimizer = optim.SGD(model.parameters(), 0.1);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.1);
         var stopRule = StoppingRule.Parse("step.gradient.cosine[euclidean] < 2 for 3");
         var warnRule = StoppingRule.Parse("training.loss > -1 -> warn");
         var output = new StringWriter();
@@ -113,7 +113,7 @@ public sealed class StoppingSessionTests
         {
             string path = Path.Combine(folder, "best.pt");
             var model = Model();
-            var optimizer = optim.SGD(model.parameters(), 0.1);
+            var optimizer = new GcSafeSgd(model.parameters(), 0.1);
             var rule = new EarlyStopping("val.accuracy") { Action = RuleAction.Checkpoint };
             using var session = ProbeSession.Attach(model, new ProbeOptions { Output = null, OverheadBudget = null, Stopping = [rule], CheckpointPath = path }, optimizer);
             var generator = new Generator(6);
@@ -183,7 +183,7 @@ public sealed class StoppingSessionTests
         try
         {
             var model = Model();
-            var optimizer = optim.SGD(model.parameters(), 0.1);
+            var optimizer = new GcSafeSgd(model.parameters(), 0.1);
             // A folder that does not exist yet, two levels deep: the probe creates it, as every exporter does.
             string target = Path.Combine(folder, "runs", "first");
             var export = new GradientExportProbe(target, every: 2);

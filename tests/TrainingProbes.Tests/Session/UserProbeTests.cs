@@ -50,7 +50,7 @@ public sealed class UserProbeTests
 
         using var model = new LinearRegressionModel(Inputs, data.UnusedValues);
         var (weight, bias) = RegressionTraining.InitialParameters(model);
-        var optimizer = torch.optim.SGD(model.parameters(), LearningRate);
+        var optimizer = new GcSafeSgd(model.parameters(), LearningRate);
         using var session = ProbeSession.Attach(model, options, optimizer);
 
         RegressionTraining.Train(model, session, optimizer, data, steps);   // must not throw
@@ -83,7 +83,7 @@ public sealed class UserProbeTests
 
         using var model = new LinearRegressionModel(Inputs, data.UnusedValues);
         var (weight, bias) = RegressionTraining.InitialParameters(model);
-        var optimizer = torch.optim.SGD(model.parameters(), LearningRate);
+        var optimizer = new GcSafeSgd(model.parameters(), LearningRate);
         using var session = ProbeSession.Attach(model, options, optimizer);
 
         RegressionTraining.Train(model, session, optimizer, data, steps, passBatch: true);

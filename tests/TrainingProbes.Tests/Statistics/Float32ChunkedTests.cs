@@ -36,7 +36,7 @@ public sealed class Float32ChunkedTests
         var parameters = model.parameters().ToList();
         Assert.True(parameters.Sum(p => p.numel()) > 32768, "the model must span two chunks (32768 columns each for K = 8)");
         var recorder = new Recorder(parameters);
-        var optimizer = optim.SGD(model.parameters(), 0.1, momentum: 0.9);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.1, momentum: 0.9);
         // No Fisher floor: the reference whitens with 1/sqrt(F) itself (FisherFloorTests check the floor).
         var lossFunction = nn.CrossEntropyLoss();
         var options = new ProbeOptions

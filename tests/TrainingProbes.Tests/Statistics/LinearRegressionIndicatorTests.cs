@@ -50,7 +50,7 @@ public sealed class LinearRegressionIndicatorTests
         torch.manual_seed(17);
         using var model = new LinearRegressionModel(Inputs, data.UnusedValues);
         var (weight, bias) = RegressionTraining.InitialParameters(model);
-        var optimizer = torch.optim.SGD(model.parameters(), LearningRate);
+        var optimizer = new GcSafeSgd(model.parameters(), LearningRate);
         using (var session = ProbeSession.Attach(model, options, optimizer))
         {
             RegressionTraining.Train(model, session, optimizer, data, steps, usesUnused);

@@ -17,7 +17,7 @@ public sealed class NonFiniteGradientTests
     {
         torch.manual_seed(3);
         var model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3)).to(dtype);
-        var optimizer = optim.SGD(model.parameters(), 0.05);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.05);
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
             WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, Strict = false, BuiltInProbes = true, StepStatistics = true,

@@ -23,7 +23,7 @@ public sealed class TrainedReluNetwork : IDisposable
         (Images, Labels) = Mnist.Load(Mnist.DefaultDirectory, count: 2000, dtype: ScalarType.Float64);
         torch.manual_seed(31);
         Model = Mlp();
-        using (var optimizer = torch.optim.SGD(Model.parameters(), learningRate: 0.05, momentum: 0.9))
+        using (var optimizer = new GcSafeSgd(Model.parameters(), lr: 0.05, momentum: 0.9))
         using (var draws = new Generator(5, device: CPU))
         {
             for (int step = 0; step < 300; step++)

@@ -106,7 +106,7 @@ public sealed class RescalingInvarianceTests
 
     private static IReadOnlyList<ProbeSnapshot> Train(Sequential model, List<(double[] X, long[] Labels)> batches)
     {
-        var optimizer = torch.optim.SGD(model.parameters(), 0.0);   // theta fixed: both models see the same points
+        var optimizer = new GcSafeSgd(model.parameters(), 0.0);   // theta fixed: both models see the same points
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
             WindowSize = K, Interval = N, Output = null, OverheadBudget = null, StepStatistics = true, Loss = (output, target) => nn.functional.cross_entropy(output, target),

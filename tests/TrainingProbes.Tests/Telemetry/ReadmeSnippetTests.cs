@@ -12,7 +12,7 @@ public sealed class ReadmeSnippetTests
     public void The_distributed_OTLP_setup_builds_and_tags_the_session_with_run_and_worker()
     {
         var model = torch.nn.Linear(3, 2);
-        var optimizer = torch.optim.SGD(model.parameters(), 0.1);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.1);
         int rank = int.Parse(Environment.GetEnvironmentVariable("RANK") ?? "0");
         using var metrics = Sdk.CreateMeterProviderBuilder()
             .ConfigureResource(r => r.AddService("trainer", serviceInstanceId: $"rank-{rank}"))

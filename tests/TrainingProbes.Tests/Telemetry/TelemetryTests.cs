@@ -13,7 +13,7 @@ public sealed class TelemetryTests
     {
         torch.manual_seed(13);
         model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3));
-        var optimizer = optim.SGD(model.parameters(), 0.1);
+        var optimizer = new GcSafeSgd(model.parameters(), 0.1);
         var session = ProbeSession.Attach(model, options, optimizer);
         var generator = new Generator(5);
         var lossFunction = nn.CrossEntropyLoss();
@@ -87,7 +87,7 @@ public sealed class TelemetryTests
     {
         torch.manual_seed(13);
         var models = new[] { nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)), nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3)) };
-        var optimizers = models.Select(m => optim.SGD(m.parameters(), 0.1)).ToArray();
+        var optimizers = models.Select(m => new GcSafeSgd(m.parameters(), 0.1)).ToArray();
         var sessions = models.Select((m, i) => ProbeSession.Attach(m, new ProbeOptions { RunId = $"gauges-{i}", WindowSize = 2, Interval = 3, Output = null, OverheadBudget = null }, optimizers[i])).ToArray();
         var generator = new Generator(5);
         void Train(int steps)
