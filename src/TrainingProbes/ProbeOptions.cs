@@ -313,6 +313,20 @@ public sealed class ProbeOptions
     private int _smoothingWindows = 32;
 
     /// <summary>
+    /// Steps a window stays in the smoothed values and the spread (default 1,000; null: as many as
+    /// <see cref="SmoothingWindows"/> holds, however old). A window this many steps or more before the latest is left out,
+    /// so a smoothed value never describes a part of the run long past, whatever the schedule's pace.
+    /// </summary>
+    public int? SmoothingSteps
+    {
+        get => _smoothingSteps;
+        init => _smoothingSteps = value is null or >= 1 ? value
+            : throw new ArgumentOutOfRangeException(nameof(SmoothingSteps), value, "SmoothingSteps is a number of steps, at least 1 (for example 1000), or null for no limit.");
+    }
+
+    private int? _smoothingSteps = 1000;
+
+    /// <summary>
     /// Whether a window's statistics run on a worker thread while training goes on (default true): the probes take what
     /// they need from the model on the training thread when the window closes (the one-theta evaluations, a copy of
     /// theta), and the statistics over the window's buffers and the transfer of their few numbers to the host run on the

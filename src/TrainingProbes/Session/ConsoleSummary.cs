@@ -17,7 +17,8 @@ internal static class ConsoleSummary
         + $"cos, regret (relative) and kappa (contrastive flatness) come from the K = {options.WindowSize} micro-batches of a "
         + "training step's minibatch at its theta, for minibatches of the trainer's size"
         + (options.SmoothingWindows > 0
-            ? $", over the last {options.SmoothingWindows} windows (*.smoothed: one window sees one minibatch and is noisy)"
+            ? $", over the last {options.SmoothingWindows} windows" + (options.SmoothingSteps is { } span ? " of the last " + span.ToString("N0", System.Globalization.CultureInfo.InvariantCulture) + " steps" : "")
+                + " (*.smoothed: one window sees one minibatch and is noisy)"
             : ", of the latest window")
         + ", value±standard error (a 95% interval is about ±2 of them)"
         + (options.StepStatistics ? "; 'step cos' is the optimizer's step-to-step cosine of the latest window (negative: oscillation)" : "")

@@ -107,7 +107,7 @@ internal sealed class ConsoleView
         var table = new Table().Border(TableBorder.Simple).Expand();
         table.AddColumn(new TableColumn("[bold]indicator[/]"));
         table.AddColumn(new TableColumn(_options.SmoothingWindows > 0
-            ? $"[bold]last {_options.SmoothingWindows} windows ± s.e.[/]" : "[bold]value ± s.e.[/]").RightAligned());
+            ? $"[bold]last {_options.SmoothingWindows} windows{(_options.SmoothingSteps is { } span ? " of " + span.ToString("N0", System.Globalization.CultureInfo.InvariantCulture) + " steps" : "")} ± s.e.[/]" : "[bold]value ± s.e.[/]").RightAligned());
         if (_options.SmoothingWindows > 0) table.AddColumn(new TableColumn("[bold]spread[/]").RightAligned());
         table.AddColumn(new TableColumn($"[bold]trend, {recent.Count} windows[/]"));
 

@@ -69,8 +69,9 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         _leftOut = new GramSummary(k, options.RegretQuantile);
         _leaveOneOut = new double[k * _definitions.Length];
         _pass = new Pass(this);
-        if (smoothing > 0) _smoother = new WindowSmoother(_layout.Geometries.Count * _definitions.Length + 2, smoothing);
-        if (smoothing > 0 && microBatches) _pool = new MomentPool(_layout.Geometries.Count, smoothing);
+        long span = options.SmoothingSteps is { } steps ? steps : long.MaxValue;
+        if (smoothing > 0) _smoother = new WindowSmoother(_layout.Geometries.Count * _definitions.Length + 2, smoothing, span);
+        if (smoothing > 0 && microBatches) _pool = new MomentPool(_layout.Geometries.Count, smoothing, span);
         _synthetic = new double[k * k];
         _pooledLeaveOneOut = new double[_definitions.Length * Math.Max(smoothing, 1)];
         _pooledValues = new double[_definitions.Length];
@@ -233,7 +234,7 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
             if (_pool is not null)
             {
                 var (d, s) = MomentPool.Moments(gram, k);
-                _pool.Add(index, d, s);
+                _pool.Add(index, d, s, window.Step);
                 Pool(index);
             }
 
@@ -299,7 +300,7 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         window.Report(_prefix + name, value, geometry);
         window.Report(_prefix + name + Indicators.StandardErrorSuffix, error, geometry);
         if (_smoother is null) return;
-        var (mean, meanError) = _smoother.Add(series, value, error);   // also holds the values for the spread
+        var (mean, meanError) = _smoother.Add(series, value, error, window.Step);   // also holds the values for the spread
         if (pooled is { } p) (mean, meanError) = p;
         window.Report(_prefix + name + Indicators.SmoothedSuffix, mean, geometry);
         window.Report(_prefix + name + Indicators.SmoothedSuffix + Indicators.StandardErrorSuffix, meanError, geometry);
@@ -345,20 +346,22 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         for (int i = 0; i < tensors.Count; i++) state.SetTensor($"whitening.{i}", tensors[i]);
         if (_smoother is not null)
         {
-            var (values, variances, count, next) = _smoother.State;
+            var (values, variances, count, next, steps) = _smoother.State;
             state.Set("smoother.values", values);
             state.Set("smoother.variances", variances);
             state.Set("smoother.count", count);
             state.Set("smoother.next", next);
+            state.Set("smoother.steps", steps);
         }
 
         if (_pool is not null)
         {
-            var (d, s, count, next) = _pool.State;
+            var (d, s, count, next, steps) = _pool.State;
             state.Set("pool.d", d);
             state.Set("pool.s", s);
             state.Set("pool.count", count);
             state.Set("pool.next", next);
+            state.Set("pool.steps", steps);
         }
     }
 
@@ -376,10 +379,12 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         Action smoother = () => { };
         if (_smoother is not null)
             smoother = _smoother.Prepare(state.Get<double[]>("smoother.values"), state.Get<double[]>("smoother.variances"),
-                state.Get<int[]>("smoother.count"), state.Get<int[]>("smoother.next"));
+                state.Get<int[]>("smoother.count"), state.Get<int[]>("smoother.next"),
+                state.Has("smoother.steps") ? state.Get<long[]>("smoother.steps") : null);
         Action pool = () => { };
         if (_pool is not null)
-            pool = _pool.Prepare(state.Get<double[]>("pool.d"), state.Get<double[]>("pool.s"), state.Get<int[]>("pool.count"), state.Get<int[]>("pool.next"));
+            pool = _pool.Prepare(state.Get<double[]>("pool.d"), state.Get<double[]>("pool.s"), state.Get<int[]>("pool.count"), state.Get<int[]>("pool.next"),
+                state.Has("pool.steps") ? state.Get<long[]>("pool.steps") : null);
         return () =>
         {
             using (torch.no_grad())

@@ -1,7 +1,7 @@
 namespace TrainingProbes.Statistics;
 
 /// <summary>
-/// The two moments of the last n windows' micro-batch Gram matrices, per geometry: d, the mean squared norm of a
+/// The two moments of the last n windows' micro-batch Gram matrices within a span of steps, per geometry: d, the mean squared norm of a
 /// micro-batch gradient (the mean diagonal), and s, the unbiased |E g|^2 (the mean off-diagonal). The moment-form
 /// indicators (cosine, regret, relative regret, flatness, noise, norms, disparity, norm test) depend on a window only
 /// through them, so their mean over windows is a ratio of pooled moments rather than a mean of noisy ratios: from one
@@ -12,6 +12,9 @@ namespace TrainingProbes.Statistics;
 internal sealed class MomentPool
 {
     private readonly int _windows;
+    private readonly long _span;
+    private readonly long[] _steps;
+    private long _now;                     // the latest window's step: windows span or more steps before it are left out
     private readonly int _series;
     private readonly double[] _d;
     private readonly double[] _s;
@@ -20,10 +23,14 @@ internal sealed class MomentPool
 
     /// <param name="series">Number of series (geometries).</param>
     /// <param name="windows">Windows pooled (at least 2).</param>
-    public MomentPool(int series, int windows)
+    /// <param name="span">Steps a window stays in the pool: those at least this many steps before the latest are left out.</param>
+    public MomentPool(int series, int windows, long span = long.MaxValue)
     {
         if (windows < 2) throw new ArgumentOutOfRangeException(nameof(windows), windows, "Pooling needs at least 2 windows.");
+        if (span < 1) throw new ArgumentOutOfRangeException(nameof(span), span, "The span is at least one step.");
         _windows = windows;
+        _span = span;
+        _steps = new long[series * windows];
         _series = series;
         _d = new double[series * windows];
         _s = new double[series * windows];
@@ -44,13 +51,15 @@ internal sealed class MomentPool
         return (diagonal / k, (all - diagonal) / (k * (k - 1.0)));
     }
 
-    /// <summary>Adds a window's moments to <paramref name="series"/> (non-finite ones are not added).</summary>
-    public void Add(int series, double d, double s)
+    /// <summary>Adds the moments of the window at <paramref name="step"/> to <paramref name="series"/> (non-finite ones are not added).</summary>
+    public void Add(int series, double d, double s, long step = 0)
     {
+        _now = Math.Max(_now, step);
         if (!double.IsFinite(d) || !double.IsFinite(s)) return;
         int slot = series * _windows + _next[series];
         _d[slot] = d;
         _s[slot] = s;
+        _steps[slot] = step;
         _next[series] = (_next[series] + 1) % _windows;
         _count[series] = Math.Min(_count[series] + 1, _windows);
     }
@@ -58,22 +67,34 @@ internal sealed class MomentPool
     /// <summary>The most windows held, n.</summary>
     public int Capacity => _windows;
 
-    /// <summary>Windows held for <paramref name="series"/>.</summary>
-    public int Count(int series) => _count[series];
+    /// <summary>Windows of <paramref name="series"/> held within the span.</summary>
+    public int Count(int series)
+    {
+        int held = 0;
+        for (int i = 0; i < _count[series]; i++)
+            if (InSpan(series * _windows + i)) held++;
+        return held;
+    }
 
-    /// <summary>The pooled moments of <paramref name="series"/>, leaving out its <paramref name="leftOut"/>-th window held (-1: none).</summary>
+    private bool InSpan(int slot) => _now - _steps[slot] < _span;
+
+    /// <summary>
+    /// The pooled moments of <paramref name="series"/> over its windows within the span, leaving out the
+    /// <paramref name="leftOut"/>-th of them (-1: none).
+    /// </summary>
     public (double D, double S) Pooled(int series, int leftOut = -1)
     {
-        int m = _count[series];
         double d = 0, s = 0;
-        for (int i = 0; i < m; i++)
+        int used = 0;
+        for (int i = 0, j = -1; i < _count[series]; i++)
         {
-            if (i == leftOut) continue;
-            d += _d[series * _windows + i];
-            s += _s[series * _windows + i];
+            int slot = series * _windows + i;
+            if (!InSpan(slot) || ++j == leftOut) continue;
+            d += _d[slot];
+            s += _s[slot];
+            used++;
         }
 
-        int used = leftOut >= 0 && leftOut < m ? m - 1 : m;
         return used == 0 ? (double.NaN, double.NaN) : (d / used, s / used);
     }
 
@@ -86,12 +107,14 @@ internal sealed class MomentPool
     }
 
     /// <summary>The pool's windows, to save.</summary>
-    public (double[] D, double[] S, int[] Count, int[] Next) State => ((double[])_d.Clone(), (double[])_s.Clone(), (int[])_count.Clone(), (int[])_next.Clone());
+    public (double[] D, double[] S, int[] Count, int[] Next, long[] Steps) State =>
+        ((double[])_d.Clone(), (double[])_s.Clone(), (int[])_count.Clone(), (int[])_next.Clone(), (long[])_steps.Clone());
 
-    /// <summary>Checks a saved <see cref="State"/> against this pool's shape; returns what restores it.</summary>
-    public Action Prepare(double[] d, double[] s, int[] count, int[] next)
+    /// <summary>Checks a saved <see cref="State"/> against this pool's shape; returns what restores it (steps null: saved before windows had steps, all taken as step 0).</summary>
+    public Action Prepare(double[] d, double[] s, int[] count, int[] next, long[]? steps)
     {
-        if (d.Length != _d.Length || s.Length != _s.Length || count.Length != _series || next.Length != _series
+        steps ??= new long[_steps.Length];
+        if (d.Length != _d.Length || steps.Length != _steps.Length || s.Length != _s.Length || count.Length != _series || next.Length != _series
             || count.Any(c => c < 0 || c > _windows) || next.Any(n => n < 0 || n >= _windows))
             throw new InvalidDataException(
                 $"The saved moment pool holds {count.Length} series over {(count.Length > 0 ? d.Length / count.Length : 0)} windows; this session pools {_series} over {_windows} (ProbeOptions.SmoothingWindows).");
@@ -99,6 +122,7 @@ internal sealed class MomentPool
         {
             d.CopyTo(_d, 0);
             s.CopyTo(_s, 0);
+            steps.CopyTo(_steps, 0);
             count.CopyTo(_count, 0);
             next.CopyTo(_next, 0);
         };

@@ -1,14 +1,18 @@
 namespace TrainingProbes.Statistics;
 
 /// <summary>
-/// The mean of each series over its last n windows, with the standard error of that mean,
+/// The mean of each series over its last n windows within a span of steps, with the standard error of that mean,
 /// <c>sqrt(sum_i se_i^2) / m</c> over the m &lt;= n windows held (the windows' minibatches are independent draws, so
 /// their errors add in quadrature; the parameters move between windows, so the mean describes the recent past,
-/// not one theta). Undefined (NaN) values are not added. Allocates only at construction.
+/// not one theta). A window whose step is <c>span</c> or more steps before the series' latest is left out, however
+/// few windows there are. Undefined (NaN) values are not added. Allocates only at construction.
 /// </summary>
 internal sealed class WindowSmoother
 {
     private readonly int _windows;
+    private readonly long _span;
+    private readonly long[] _steps;
+    private long _now;                       // the latest window's step: the span ends there, even for a series it left undefined
     private readonly double[] _values;
     private readonly double[] _variances;
     private readonly int[] _count;
@@ -16,39 +20,65 @@ internal sealed class WindowSmoother
 
     /// <param name="series">Number of series.</param>
     /// <param name="windows">Windows per mean (at least 2).</param>
-    public WindowSmoother(int series, int windows)
+    /// <param name="span">Steps a window stays in the mean: those at least this many steps before the latest are left out.</param>
+    public WindowSmoother(int series, int windows, long span = long.MaxValue)
     {
         if (windows < 2) throw new ArgumentOutOfRangeException(nameof(windows), windows, "A mean over windows needs at least 2 windows.");
+        if (span < 1) throw new ArgumentOutOfRangeException(nameof(span), span, "The span is at least one step.");
         _windows = windows;
+        _span = span;
+        _steps = new long[series * windows];
         _values = new double[series * windows];
         _variances = new double[series * windows];
         _count = new int[series];
         _next = new int[series];
     }
 
-    /// <summary>Adds a window's value of <paramref name="series"/> and returns the mean over the last windows and its standard error.</summary>
-    public (double Mean, double StandardError) Add(int series, double value, double standardError)
+    /// <summary>
+    /// Adds the value of <paramref name="series"/> of the window at <paramref name="step"/> and returns the mean over the
+    /// windows held within the span, and its standard error.
+    /// </summary>
+    public (double Mean, double StandardError) Add(int series, double value, double standardError, long step = 0)
     {
+        _now = Math.Max(_now, step);
         if (!double.IsNaN(value))
         {
             int slot = series * _windows + _next[series];
             _values[slot] = value;
             _variances[slot] = standardError * standardError;
+            _steps[slot] = step;
             _next[series] = (_next[series] + 1) % _windows;
             _count[series] = Math.Min(_count[series] + 1, _windows);
         }
 
-        int m = _count[series];
-        if (m == 0) return (double.NaN, double.NaN);
+        var (first, skip, count) = Held(series);
         double sum = 0, variance = 0;
-        for (int i = 0; i < m; i++)
+        for (int i = skip; i < count; i++)
         {
-            sum += _values[series * _windows + i];
-            variance += _variances[series * _windows + i];
+            int slot = Slot(series, first, i);
+            sum += _values[slot];
+            variance += _variances[slot];
         }
 
-        return (sum / m, Math.Sqrt(variance) / m);
+        int m = count - skip;
+        return m == 0 ? (double.NaN, double.NaN) : (sum / m, Math.Sqrt(variance) / m);
     }
+
+    /// <summary>
+    /// The windows of <paramref name="series"/> held, oldest first: the i-th is at <see cref="Slot"/>(series, First, i) for
+    /// i in [Skip, Count); the first Skip are outside the span that ends at the latest window (steps only grow, so they
+    /// are the oldest).
+    /// </summary>
+    private (int First, int Skip, int Count) Held(int series)
+    {
+        int m = _count[series];
+        int first = m < _windows ? 0 : _next[series];
+        int skip = 0;
+        while (skip < m && _now - _steps[Slot(series, first, skip)] >= _span) skip++;
+        return (first, skip, m);
+    }
+
+    private int Slot(int series, int first, int i) => series * _windows + (first + i) % _windows;
 
     /// <summary>
     /// The between-window spread of <paramref name="series"/>: <c>sqrt(sum (v_i - v_(i-1))^2 / (2 (m - 1)))</c> over the
@@ -58,13 +88,12 @@ internal sealed class WindowSmoother
     /// </summary>
     public double Spread(int series)
     {
-        int m = _count[series];
-        int first = m < _windows ? 0 : _next[series];   // the oldest value held
+        var (first, skip, count) = Held(series);
         double sum = 0, previous = double.NaN;
         int pairs = 0;
-        for (int i = 0; i < m; i++)
+        for (int i = skip; i < count; i++)
         {
-            double value = _values[series * _windows + (first + i) % _windows];
+            double value = _values[Slot(series, first, i)];
             if (!double.IsFinite(value)) { previous = double.NaN; continue; }
             if (!double.IsNaN(previous))
             {
@@ -79,12 +108,14 @@ internal sealed class WindowSmoother
     }
 
     /// <summary>The smoother's windows, to save: values, variances, counts and next slots.</summary>
-    public (double[] Values, double[] Variances, int[] Count, int[] Next) State => ((double[])_values.Clone(), (double[])_variances.Clone(), (int[])_count.Clone(), (int[])_next.Clone());
+    public (double[] Values, double[] Variances, int[] Count, int[] Next, long[] Steps) State =>
+        ((double[])_values.Clone(), (double[])_variances.Clone(), (int[])_count.Clone(), (int[])_next.Clone(), (long[])_steps.Clone());
 
-    /// <summary>Checks a saved <see cref="State"/> against this smoother's shape; returns what restores it.</summary>
-    public Action Prepare(double[] values, double[] variances, int[] count, int[] next)
+    /// <summary>Checks a saved <see cref="State"/> against this smoother's shape; returns what restores it (steps null: a state saved before windows had steps, all taken as step 0).</summary>
+    public Action Prepare(double[] values, double[] variances, int[] count, int[] next, long[]? steps)
     {
-        if (values.Length != _values.Length || variances.Length != _variances.Length || count.Length != _count.Length || next.Length != _next.Length
+        steps ??= new long[_steps.Length];
+        if (values.Length != _values.Length || steps.Length != _steps.Length || variances.Length != _variances.Length || count.Length != _count.Length || next.Length != _next.Length
             || count.Any(c => c < 0 || c > _windows) || next.Any(n => n < 0 || n >= _windows))
             throw new InvalidDataException(
                 $"The saved smoothing state holds {count.Length} series over {(count.Length > 0 ? values.Length / count.Length : 0)} windows; this session smooths {_count.Length} series over {_windows} (ProbeOptions.SmoothingWindows).");
@@ -92,6 +123,7 @@ internal sealed class WindowSmoother
         {
             values.CopyTo(_values, 0);
             variances.CopyTo(_variances, 0);
+            steps.CopyTo(_steps, 0);
             count.CopyTo(_count, 0);
             next.CopyTo(_next, 0);
         };

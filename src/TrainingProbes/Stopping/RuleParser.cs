@@ -6,8 +6,9 @@ namespace TrainingProbes.Stopping;
 /// <summary>
 /// Reads the text form of a rule (see <see cref="StoppingRule.Parse"/>): a tokenizer and a recursive-descent parser.
 /// <code>
-/// rule      = early | threshold
+/// rule      = early | threshold | rise
 /// threshold = metric ( comparator number | "is" ["not"] "finite" ) ["for" integer] ["->" action] end
+/// rise      = metric "rises" number "%" "above" "its" "minimum" ["after" integer] ["for" integer] ["->" action] end
 /// early     = "early_stopping" "(" param { "," param } ")" ["->" action] end
 /// param     = name "=" value
 /// metric    = snake_name ["[" geometry "]"]
@@ -51,9 +52,11 @@ internal sealed partial class RuleParser
         return first.IsWord("early_stopping") && _tokens[_next + 1].Is("(") ? ParseEarlyStopping() : ParseThreshold();
     }
 
-    private ThresholdRule ParseThreshold()
+    private StoppingRule ParseThreshold()
     {
         var (monitor, geometry) = ParseMetric();
+        if (Peek().IsWord("rises"))
+            return ParseRise(monitor, geometry);
         var token = Next();
         ThresholdComparison comparison;
         double threshold = 0;
@@ -104,6 +107,40 @@ internal sealed partial class RuleParser
             For = count,
             Action = action,
         };
+    }
+
+    private RiseRule ParseRise(string monitor, Geometry geometry)
+    {
+        Next(); // rises
+        var token = Next();
+        double percent = ParseNumber(token, "a percentage, for example 25");
+        if (!(percent > 0))
+            throw Error(token, "a percentage above 0");
+        foreach (var word in new[] { "%", "above", "its", "minimum" })
+        {
+            token = Next();
+            if (!(word == "%" ? token.Is("%") : token.IsWord(word)))
+                throw Error(token, $"'{word}' (the form is: <metric> rises 25% above its minimum [after <step>] [for <n>])");
+        }
+
+        long after = 0;
+        if (Peek().IsWord("after"))
+        {
+            Next();
+            token = Next();
+            after = ParseInteger(token) is long a ? a : throw Error(token, "a step (an integer, 0 or more) after 'after'");
+        }
+
+        int count = 1;
+        if (Peek().IsWord("for"))
+        {
+            Next();
+            token = Next();
+            count = ParseInteger(token) is long n and >= 1 and <= int.MaxValue ? (int)n : throw Error(token, "a positive integer after 'for'");
+        }
+
+        var action = ParseActionAndEnd("'after', 'for', '->' or the end of the rule");
+        return new RiseRule { Monitor = monitor, Geometry = geometry, Rise = percent / 100, After = after, For = count, Action = action };
     }
 
     private EarlyStopping ParseEarlyStopping()
@@ -323,7 +360,7 @@ internal sealed partial class RuleParser
                 pos += 2;
                 tokens.Add(new Token(TokenKind.Symbol, text[start..pos], start));
             }
-            else if (c is '>' or '<' or '(' or ')' or '[' or ']' or ',' or '=')
+            else if (c is '>' or '<' or '(' or ')' or '[' or ']' or ',' or '=' or '%')
             {
                 pos++;
                 tokens.Add(new Token(TokenKind.Symbol, c.ToString(), start));
