@@ -12,9 +12,7 @@ namespace TrainingProbes.Statistics;
 internal sealed class MomentPool
 {
     private readonly int _windows;
-    private readonly long _span;
-    private readonly long[] _steps;
-    private long _now;                     // the latest window's step: windows span or more steps before it are left out
+    private readonly StepSpan _span;
     private readonly int _series;
     private readonly double[] _d;
     private readonly double[] _s;
@@ -27,10 +25,8 @@ internal sealed class MomentPool
     public MomentPool(int series, int windows, long span = long.MaxValue)
     {
         if (windows < 2) throw new ArgumentOutOfRangeException(nameof(windows), windows, "Pooling needs at least 2 windows.");
-        if (span < 1) throw new ArgumentOutOfRangeException(nameof(span), span, "The span is at least one step.");
         _windows = windows;
-        _span = span;
-        _steps = new long[series * windows];
+        _span = new StepSpan(series * windows, span);
         _series = series;
         _d = new double[series * windows];
         _s = new double[series * windows];
@@ -54,12 +50,12 @@ internal sealed class MomentPool
     /// <summary>Adds the moments of the window at <paramref name="step"/> to <paramref name="series"/> (non-finite ones are not added).</summary>
     public void Add(int series, double d, double s, long step = 0)
     {
-        _now = Math.Max(_now, step);
+        _span.Advance(step);
         if (!double.IsFinite(d) || !double.IsFinite(s)) return;
         int slot = series * _windows + _next[series];
         _d[slot] = d;
         _s[slot] = s;
-        _steps[slot] = step;
+        _span.Stamp(slot, step);
         _next[series] = (_next[series] + 1) % _windows;
         _count[series] = Math.Min(_count[series] + 1, _windows);
     }
@@ -72,11 +68,9 @@ internal sealed class MomentPool
     {
         int held = 0;
         for (int i = 0; i < _count[series]; i++)
-            if (InSpan(series * _windows + i)) held++;
+            if (_span.Holds(series * _windows + i)) held++;
         return held;
     }
-
-    private bool InSpan(int slot) => _now - _steps[slot] < _span;
 
     /// <summary>
     /// The pooled moments of <paramref name="series"/> over its windows within the span, leaving out the
@@ -89,7 +83,7 @@ internal sealed class MomentPool
         for (int i = 0, j = -1; i < _count[series]; i++)
         {
             int slot = series * _windows + i;
-            if (!InSpan(slot) || ++j == leftOut) continue;
+            if (!_span.Holds(slot) || ++j == leftOut) continue;
             d += _d[slot];
             s += _s[slot];
             used++;
@@ -108,13 +102,12 @@ internal sealed class MomentPool
 
     /// <summary>The pool's windows, to save.</summary>
     public (double[] D, double[] S, int[] Count, int[] Next, long[] Steps) State =>
-        ((double[])_d.Clone(), (double[])_s.Clone(), (int[])_count.Clone(), (int[])_next.Clone(), (long[])_steps.Clone());
+        ((double[])_d.Clone(), (double[])_s.Clone(), (int[])_count.Clone(), (int[])_next.Clone(), _span.State);
 
     /// <summary>Checks a saved <see cref="State"/> against this pool's shape; returns what restores it (steps null: saved before windows had steps, all taken as step 0).</summary>
     public Action Prepare(double[] d, double[] s, int[] count, int[] next, long[]? steps)
     {
-        steps ??= new long[_steps.Length];
-        if (d.Length != _d.Length || steps.Length != _steps.Length || s.Length != _s.Length || count.Length != _series || next.Length != _series
+        if (d.Length != _d.Length || !_span.Fits(steps) || s.Length != _s.Length || count.Length != _series || next.Length != _series
             || count.Any(c => c < 0 || c > _windows) || next.Any(n => n < 0 || n >= _windows))
             throw new InvalidDataException(
                 $"The saved moment pool holds {count.Length} series over {(count.Length > 0 ? d.Length / count.Length : 0)} windows; this session pools {_series} over {_windows} (ProbeOptions.SmoothingWindows).");
@@ -122,7 +115,7 @@ internal sealed class MomentPool
         {
             d.CopyTo(_d, 0);
             s.CopyTo(_s, 0);
-            steps.CopyTo(_steps, 0);
+            _span.Restore(steps);
             count.CopyTo(_count, 0);
             next.CopyTo(_next, 0);
         };

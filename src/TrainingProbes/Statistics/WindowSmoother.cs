@@ -10,9 +10,7 @@ namespace TrainingProbes.Statistics;
 internal sealed class WindowSmoother
 {
     private readonly int _windows;
-    private readonly long _span;
-    private readonly long[] _steps;
-    private long _now;                       // the latest window's step: the span ends there, even for a series it left undefined
+    private readonly StepSpan _span;
     private readonly double[] _values;
     private readonly double[] _variances;
     private readonly int[] _count;
@@ -24,10 +22,8 @@ internal sealed class WindowSmoother
     public WindowSmoother(int series, int windows, long span = long.MaxValue)
     {
         if (windows < 2) throw new ArgumentOutOfRangeException(nameof(windows), windows, "A mean over windows needs at least 2 windows.");
-        if (span < 1) throw new ArgumentOutOfRangeException(nameof(span), span, "The span is at least one step.");
         _windows = windows;
-        _span = span;
-        _steps = new long[series * windows];
+        _span = new StepSpan(series * windows, span);
         _values = new double[series * windows];
         _variances = new double[series * windows];
         _count = new int[series];
@@ -40,13 +36,13 @@ internal sealed class WindowSmoother
     /// </summary>
     public (double Mean, double StandardError) Add(int series, double value, double standardError, long step = 0)
     {
-        _now = Math.Max(_now, step);
+        _span.Advance(step);
         if (!double.IsNaN(value))
         {
             int slot = series * _windows + _next[series];
             _values[slot] = value;
             _variances[slot] = standardError * standardError;
-            _steps[slot] = step;
+            _span.Stamp(slot, step);
             _next[series] = (_next[series] + 1) % _windows;
             _count[series] = Math.Min(_count[series] + 1, _windows);
         }
@@ -74,7 +70,7 @@ internal sealed class WindowSmoother
         int m = _count[series];
         int first = m < _windows ? 0 : _next[series];
         int skip = 0;
-        while (skip < m && _now - _steps[Slot(series, first, skip)] >= _span) skip++;
+        while (skip < m && !_span.Holds(Slot(series, first, skip))) skip++;
         return (first, skip, m);
     }
 
@@ -109,13 +105,12 @@ internal sealed class WindowSmoother
 
     /// <summary>The smoother's windows, to save: values, variances, counts and next slots.</summary>
     public (double[] Values, double[] Variances, int[] Count, int[] Next, long[] Steps) State =>
-        ((double[])_values.Clone(), (double[])_variances.Clone(), (int[])_count.Clone(), (int[])_next.Clone(), (long[])_steps.Clone());
+        ((double[])_values.Clone(), (double[])_variances.Clone(), (int[])_count.Clone(), (int[])_next.Clone(), _span.State);
 
     /// <summary>Checks a saved <see cref="State"/> against this smoother's shape; returns what restores it (steps null: a state saved before windows had steps, all taken as step 0).</summary>
     public Action Prepare(double[] values, double[] variances, int[] count, int[] next, long[]? steps)
     {
-        steps ??= new long[_steps.Length];
-        if (values.Length != _values.Length || steps.Length != _steps.Length || variances.Length != _variances.Length || count.Length != _count.Length || next.Length != _next.Length
+        if (values.Length != _values.Length || !_span.Fits(steps) || variances.Length != _variances.Length || count.Length != _count.Length || next.Length != _next.Length
             || count.Any(c => c < 0 || c > _windows) || next.Any(n => n < 0 || n >= _windows))
             throw new InvalidDataException(
                 $"The saved smoothing state holds {count.Length} series over {(count.Length > 0 ? values.Length / count.Length : 0)} windows; this session smooths {_count.Length} series over {_windows} (ProbeOptions.SmoothingWindows).");
@@ -123,7 +118,7 @@ internal sealed class WindowSmoother
         {
             values.CopyTo(_values, 0);
             variances.CopyTo(_variances, 0);
-            steps.CopyTo(_steps, 0);
+            _span.Restore(steps);
             count.CopyTo(_count, 0);
             next.CopyTo(_next, 0);
         };

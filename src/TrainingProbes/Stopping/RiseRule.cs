@@ -64,11 +64,13 @@ public sealed class RiseRule : StoppingRule
     /// <summary>The step of <see cref="Minimum"/>, or null.</summary>
     public long? MinimumStep { get; private set; }
 
+    private readonly ConsecutiveCount _held = new();
+
     /// <summary>Consecutive evaluations, up to the last one, where the rise held.</summary>
-    public int Consecutive { get; private set; }
+    public int Consecutive => _held.Count;
 
     /// <summary>The step of the first of the <see cref="Consecutive"/> evaluations, or null when the count is 0.</summary>
-    public long? ConsecutiveSince { get; private set; }
+    public long? ConsecutiveSince => _held.Since;
 
     /// <inheritdoc />
     public override RuleDecision Evaluate(double value, long step)
@@ -89,42 +91,25 @@ public sealed class RiseRule : StoppingRule
 
         if (!holds)
         {
-            Consecutive = 0;
-            ConsecutiveSince = null;
+            _held.Miss();
             return Finish(false, false, value, step, $"{label} = {Show(value)} is not {Percent(Rise)} above {against}.");
         }
 
-        if (Consecutive == 0)
-            ConsecutiveSince = step;
-        if (Consecutive < int.MaxValue)
-            Consecutive++;
-        bool fired = Action == RuleAction.Stop ? Consecutive >= For : Consecutive == For;
-        var reason = new StringBuilder(label).Append(" = ").Append(Show(value)).Append(" is more than ").Append(Percent(Rise))
-            .Append(" above ").Append(against).Append(" for ")
-            .Append(Consecutive >= For ? Plural(Consecutive, "evaluation") : $"{Consecutive} of {For} evaluations")
-            .Append($" (since step {ConsecutiveSince})").Append(Consecutive > For && !fired ? "; already reported." : ".");
-        return Finish(fired, false, value, step, reason.ToString());
+        bool fired = _held.Hold(step, For, Action);
+        return Finish(fired, false, value, step, $"{label} = {Show(value)} is more than {Percent(Rise)} above {against}" + _held.Describe(For, fired));
     }
 
     /// <inheritdoc />
-    public override RuleState SaveState() => BaseState() with
-    {
-        BestValue = Minimum,
-        BestStep = MinimumStep,
-        Consecutive = Consecutive,
-        ConsecutiveSince = ConsecutiveSince,
-    };
+    public override RuleState SaveState() => _held.Save(BaseState() with { BestValue = Minimum, BestStep = MinimumStep });
 
     /// <inheritdoc />
     public override void RestoreState(RuleState state)
     {
         ValidateBaseState(state);
-        if (state.Wait != 0)
-            throw new ArgumentException($"The state of rule '{state.Name}' has a wait count, which a rise rule does not keep; it was not saved by this rule.", nameof(state));
-        if ((state.Consecutive == 0) != (state.ConsecutiveSince is null) || (state.BestValue is null) != (state.BestStep is null))
-            throw new ArgumentException($"The state of rule '{state.Name}' has a count without its step, or a minimum without its step.", nameof(state));
-        Consecutive = state.Consecutive;
-        ConsecutiveSince = state.ConsecutiveSince;
+        var held = _held.Prepare(state);
+        if ((state.BestValue is null) != (state.BestStep is null))
+            throw new ArgumentException($"The state of rule '{state.Name}' has a minimum without its step, or a step without a minimum.", nameof(state));
+        held();
         Minimum = state.BestValue;
         MinimumStep = state.BestStep;
         ApplyBaseState(state);

@@ -65,11 +65,13 @@ public sealed class ThresholdRule : StoppingRule
                 "For is the number of consecutive evaluations the condition must hold: at least 1, for example 5.");
     }
 
+    private readonly ConsecutiveCount _held = new();
+
     /// <summary>Consecutive evaluations, up to the last one, where the condition held.</summary>
-    public int Consecutive { get; private set; }
+    public int Consecutive => _held.Count;
 
     /// <summary>The step of the first of the <see cref="Consecutive"/> evaluations, or null when the count is 0.</summary>
-    public long? ConsecutiveSince { get; private set; }
+    public long? ConsecutiveSince => _held.Since;
 
     /// <summary>The best value among evaluations where the condition had held for <see cref="For"/>, or null.</summary>
     public double? BestValue { get; private set; }
@@ -101,19 +103,14 @@ public sealed class ThresholdRule : StoppingRule
         var (shownValue, shownThreshold) = ShowApart(value, Threshold);
         if (!Holds(value))
         {
-            Consecutive = 0;
-            ConsecutiveSince = null;
+            _held.Miss();
             string not = finiteness ? $"{label} = {shownValue} is {(double.IsFinite(value) ? "finite" : "not finite")}."
                 : double.IsFinite(value) ? $"{label} = {shownValue} is not {Symbol(Comparison)} {shownThreshold}."
                 : $"{label} = {shownValue} is not finite, so not {Symbol(Comparison)} {shownThreshold}.";
             return Finish(false, false, value, step, not);
         }
 
-        if (Consecutive == 0)
-            ConsecutiveSince = step;
-        if (Consecutive < int.MaxValue)
-            Consecutive++;
-        bool fired = Action == RuleAction.Stop ? Consecutive >= For : Consecutive == For;
+        bool fired = _held.Hold(step, For, Action);
         bool improved = false;
         if (Consecutive >= For && !finiteness && (BestValue is not double best || (Comparison is ThresholdComparison.GreaterThan or ThresholdComparison.GreaterThanOrEqual ? value > best : value < best)))
         {
@@ -124,31 +121,19 @@ public sealed class ThresholdRule : StoppingRule
 
         var reason = new StringBuilder(label).Append(" = ").Append(shownValue);
         reason.Append(finiteness ? (double.IsFinite(value) ? " is finite" : " is not finite") : $" {Symbol(Comparison)} {shownThreshold}");
-        reason.Append(" for ").Append(Consecutive >= For ? Plural(Consecutive, "evaluation") : $"{Consecutive} of {For} evaluations");
-        reason.Append($" (since step {ConsecutiveSince})");
-        reason.Append(Consecutive > For && !fired ? "; already reported." : ".");
+        reason.Append(_held.Describe(For, fired));
         return Finish(fired, improved, value, step, reason.ToString());
     }
 
     /// <inheritdoc />
-    public override RuleState SaveState() => BaseState() with
-    {
-        BestValue = BestValue,
-        BestStep = BestStep,
-        Consecutive = Consecutive,
-        ConsecutiveSince = ConsecutiveSince,
-    };
+    public override RuleState SaveState() => _held.Save(BaseState() with { BestValue = BestValue, BestStep = BestStep });
 
     /// <inheritdoc />
     public override void RestoreState(RuleState state)
     {
         ValidateBaseState(state);
-        if (state.Wait != 0)
-            throw new ArgumentException($"The state of rule '{state.Name}' has a wait count, which a threshold rule does not keep; it was not saved by this rule.", nameof(state));
-        if ((state.Consecutive == 0) != (state.ConsecutiveSince is null))
-            throw new ArgumentException($"The state of rule '{state.Name}' has a consecutive count without its first step, or a step without a count.", nameof(state));
-        Consecutive = state.Consecutive;
-        ConsecutiveSince = state.ConsecutiveSince;
+        var held = _held.Prepare(state);
+        held();
         ApplyBaseState(state);
         BestValue = state.BestValue;
         BestStep = state.BestStep;

@@ -15,18 +15,20 @@ namespace TrainingProbes.Tests.Statistics;
 /// </summary>
 public sealed class PortableIndicatorTests(Xunit.Abstractions.ITestOutputHelper output)
 {
-    private const int Population = 2048, Hidden = 64, Windows = 32;
+    private const int Population = 2048, Windows = 32;
 
     private static Tensor CrossEntropy(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
 
-    [Fact]
-    public void Noise_scale_and_per_example_noise_agree_across_batch_sizes_32_to_256_with_the_exact_values()
+    [Theory]
+    [InlineData(64, false)]    // 784-64-10 trained with SGD
+    [InlineData(128, true)]    // 784-128-10 trained with Adam
+    public void Noise_scale_and_per_example_noise_agree_across_batch_sizes_32_to_256_with_the_exact_values(int hidden, bool adam)
     {
         var (images, labels) = Mnist.Load(Mnist.DefaultDirectory, count: Population);
         using var x = images.reshape(Population, 784);
         torch.manual_seed(0);
-        var model = nn.Sequential(nn.Linear(784, Hidden), nn.ReLU(), nn.Linear(Hidden, 10));
-        var optimizer = new GcSafeSgd(model.parameters(), 0.1);
+        var model = nn.Sequential(nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10));
+        torch.optim.Optimizer optimizer = adam ? new GcSafeAdam(model.parameters(), 1e-3) : new GcSafeSgd(model.parameters(), 0.1);
         for (int step = 0; step < 150; step++)
         {
             using var scope = torch.NewDisposeScope();

@@ -56,28 +56,10 @@ public sealed class RunLevelSpreadTests(Xunit.Abstractions.ITestOutputHelper out
     [Fact]
     public void A_session_publishes_each_values_spread_over_its_smoothing_windows()
     {
-        torch.manual_seed(4);
-        var model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3));
-        var optimizer = new GcSafeSgd(model.parameters(), 0.1);
-        static Tensor Loss(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
-        using var session = ProbeSession.Attach(model, new ProbeOptions
+        var history = SmallRun.History(seed: 4, learningRate: 0.1, steps: 9, loss => new ProbeOptions
         {
-            Interval = 1, OverheadBudget = null, Output = null, Loss = Loss, SmoothingWindows = 5, Geometries = Geometry.Euclidean,
-        }, optimizer);
-        for (int step = 0; step < 9; step++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var input = torch.randn(32, 6);
-            var target = torch.randint(0, 3, [32]);
-            optimizer.zero_grad();
-            var loss = Loss(model.call(input), target);
-            loss.backward();
-            session.Step(loss, input, target);
-            optimizer.step();
-        }
-
-        session.Flush();
-        var history = session.History;
+            Interval = 1, OverheadBudget = null, Output = null, Loss = loss, SmoothingWindows = 5, Geometries = Geometry.Euclidean,
+        });
         Assert.Equal(9, history.Count);
         foreach (string name in new[] { Indicators.Cosine, Indicators.ExampleSnr })
         {

@@ -51,28 +51,10 @@ public sealed class SmoothingSpanTests
     [Fact]
     public void A_sessions_smoothed_values_describe_the_windows_of_the_last_SmoothingSteps_steps()
     {
-        torch.manual_seed(5);
-        var model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3));
-        var optimizer = new GcSafeSgd(model.parameters(), 0.05);
-        static Tensor Loss(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
-        using var session = ProbeSession.Attach(model, new ProbeOptions
+        var history = SmallRun.History(seed: 5, learningRate: 0.05, steps: 2_000, loss => new ProbeOptions
         {
-            Interval = 300, OverheadBudget = null, Output = null, Loss = Loss, SmoothingSteps = 1000, Geometries = Geometry.Euclidean,
-        }, optimizer);
-        for (int step = 0; step < 2_000; step++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var input = torch.randn(32, 6);
-            var target = torch.randint(0, 3, [32]);
-            optimizer.zero_grad();
-            var loss = Loss(model.call(input), target);
-            loss.backward();
-            session.Step(loss, input, target);
-            optimizer.step();
-        }
-
-        session.Flush();
-        var history = session.History;
+            Interval = 300, OverheadBudget = null, Output = null, Loss = loss, SmoothingSteps = 1000, Geometries = Geometry.Euclidean,
+        });
         var last = history[^1];
         var recent = history.Where(w => last.Step - w.Step < 1000).ToList();
         Assert.InRange(recent.Count, 2, history.Count - 2);            // the span leaves out some windows, not all
