@@ -26,6 +26,24 @@ using static TorchSharp.torch;
 
 var arguments = args.ToList();
 string dataDirectory = Mnist.DirectoryFromArguments(arguments);
+if (arguments is ["matrix" or "matrix-report", ..])
+{
+    // The evidence matrix: `matrix <part>` trains one part's 54 runs; `matrix-report` replays the rules on all parts.
+    string matrixOutput = Take(arguments, "--output") ?? MatrixReport.DefaultFolder;
+    int matrixSteps = int.Parse(Take(arguments, "--steps") ?? "3000", CultureInfo.InvariantCulture);
+    return arguments switch
+    {
+        ["matrix", string part] => MatrixRuns.Run(part, dataDirectory, matrixOutput, matrixSteps),
+        ["matrix-report"] => MatrixReport.Run(matrixOutput),
+        _ => Usage("usage: Evidence matrix <digits-mlp|digits-cnn|teacher-mlp|teacher-cnn> [--steps N] [--output <folder>] | Evidence matrix-report [--output <folder>]"),
+    };
+}
+
+static int Usage(string text)
+{
+    Console.Error.WriteLine(text);
+    return 2;
+}
 string output = Take(arguments, "--output") ?? Path.Combine(AppContext.BaseDirectory, "results");
 int steps = int.Parse(Take(arguments, "--steps") ?? "3000", CultureInfo.InvariantCulture);
 int windowSize = int.Parse(Take(arguments, "--window-size") ?? new ProbeOptions().WindowSize.ToString(CultureInfo.InvariantCulture), CultureInfo.InvariantCulture);
