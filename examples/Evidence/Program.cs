@@ -15,6 +15,9 @@
 // It writes results/windows.csv (one row per window) and results/summary.md (the tables docs/EVIDENCE.md shows).
 //
 //   dotnet run -c Release --project examples/Evidence -- [--data <mnist folder>] [--output <folder>] [--steps N]
+//
+// The evidence matrix (MatrixRuns, MatrixReport; docs/EVIDENCE.md): `-- <part>` (digits-mlp, digits-cnn, teacher-mlp,
+// teacher-cnn) trains one part's 54 runs, `-- matrix-report` replays the rules on every part recorded.
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
@@ -26,6 +29,9 @@ using static TorchSharp.torch;
 
 var arguments = args.ToList();
 string dataDirectory = Mnist.DirectoryFromArguments(arguments);
+// A part's name alone is the matrix part: `Evidence digits-mlp` is `Evidence matrix digits-mlp`.
+if (arguments is [string first, ..] && first.Contains('-') && !first.StartsWith("--", StringComparison.Ordinal) && first != "matrix-report")
+    arguments.Insert(0, "matrix");
 if (arguments is ["matrix" or "matrix-report", ..])
 {
     // The evidence matrix: `matrix <part>` trains one part's 54 runs; `matrix-report` replays the rules on all parts.
