@@ -15,6 +15,9 @@
 // It writes results/windows.csv (one row per window) and results/summary.md (the tables docs/EVIDENCE.md shows).
 //
 //   dotnet run -c Release --project examples/Evidence -- [--data <mnist folder>] [--output <folder>] [--steps N]
+//
+// The evidence matrix (MatrixRuns, MatrixReport; docs/EVIDENCE.md): `-- <part>` (digits-mlp, digits-cnn, teacher-mlp,
+// teacher-cnn) trains one part's 54 runs, `-- matrix-report` replays the rules on every part recorded.
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
@@ -26,6 +29,27 @@ using static TorchSharp.torch;
 
 var arguments = args.ToList();
 string dataDirectory = Mnist.DirectoryFromArguments(arguments);
+// A part's name alone is the matrix part: `Evidence digits-mlp` is `Evidence matrix digits-mlp`.
+if (arguments is [string first, ..] && first.Contains('-') && !first.StartsWith("--", StringComparison.Ordinal) && first != "matrix-report")
+    arguments.Insert(0, "matrix");
+if (arguments is ["matrix" or "matrix-report", ..])
+{
+    // The evidence matrix: `matrix <part>` trains one part's 54 runs; `matrix-report` replays the rules on all parts.
+    string matrixOutput = Take(arguments, "--output") ?? MatrixReport.DefaultFolder;
+    int matrixSteps = int.Parse(Take(arguments, "--steps") ?? "3000", CultureInfo.InvariantCulture);
+    return arguments switch
+    {
+        ["matrix", string part] => MatrixRuns.Run(part, dataDirectory, matrixOutput, matrixSteps),
+        ["matrix-report"] => MatrixReport.Run(matrixOutput),
+        _ => Usage("usage: Evidence matrix <digits-mlp|digits-cnn|teacher-mlp|teacher-cnn> [--steps N] [--output <folder>] | Evidence matrix-report [--output <folder>]"),
+    };
+}
+
+static int Usage(string text)
+{
+    Console.Error.WriteLine(text);
+    return 2;
+}
 string output = Take(arguments, "--output") ?? Path.Combine(AppContext.BaseDirectory, "results");
 int steps = int.Parse(Take(arguments, "--steps") ?? "3000", CultureInfo.InvariantCulture);
 int windowSize = int.Parse(Take(arguments, "--window-size") ?? new ProbeOptions().WindowSize.ToString(CultureInfo.InvariantCulture), CultureInfo.InvariantCulture);

@@ -2,12 +2,12 @@
 // `if (model.Probe(loss, optimizer, x, y, lossFunction.call).ShouldStop) break;`.
 //
 // It trains an MLP (784-128-128-10) or a small CNN (two 3x3 convolutions) with SGD on the repository's 10,000 digits
-// (data/mnist-10k: the first 8,000 train, the last 2,000 are a held-out test split never trained on), or on a full
-// MNIST download (--data <folder>: train-*-ubyte for training, t10k-*-ubyte for testing when present). After every
-// epoch it measures the test accuracy and loss, reports them to the probe session (session.Report), and prints one
-// line with the headline indicators of the latest window. The README's stopping rule ("regret.relative.smoothed[fisher] > 0.99 for 3":
-// the minibatch gradients at one theta have stopped agreeing) ends training when it fires. --label-noise replaces
-// that fraction of the training labels by other, random ones. At the end it writes <output>/summary.json.
+// (data/mnist-10k: the first 7,000 train, the next 1,000 validate, the last 2,000 are a held-out test split never
+// trained on), or on a full MNIST download (--data <folder>: train-*-ubyte for training and validation, t10k-*-ubyte
+// for testing when present). After every epoch it reports the validation loss to the probe session
+// (session.Report("val.loss", ...)), where the library's default rule stops training when it has not improved for 5
+// epochs, and prints one line with the test accuracy and the headline indicators of the latest window. --label-noise
+// replaces that fraction of the training labels by other, random ones. At the end it writes <output>/summary.json.
 //
 //   dotnet run -c Release --project examples/Mnist -- [--model mlp|cnn] [--epochs N] [--steps N] [--label-noise 0.2]
 //       [--data <folder>] [--prometheus [port]] [--seed S] [--output <folder>] [--help]
@@ -33,7 +33,7 @@ const string Usage = """
       --label-noise P       replace the labels of this fraction of the training split by random other labels (default 0)
       --interval N|budget   a window every N steps, or "budget" (the default, the session's): its 5% overhead
                             budget sets the interval
-      --stop RULE|none      the stopping rule (default "regret.relative.smoothed[fisher] > 0.99 for 3", the README's)
+      --stop RULE|none      the stopping rule (default: the library's, "early_stopping(monitor=val.loss, patience=5)")
       --data <folder>       a full MNIST download (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], and
                             t10k-*-ubyte[.gz] for the test split); default the repository's data/mnist-10k, whose last
                             2,000 digits are the test split
@@ -43,7 +43,7 @@ const string Usage = """
       --help                this text
     """;
 
-const int RepositoryTestSize = 2000, Classes = 10, Pixels = 28 * 28;
+const int RepositoryTestSize = 2000, ValidationSize = 1000, Classes = 10, Pixels = 28 * 28;
 
 Settings settings;
 try
@@ -64,7 +64,7 @@ if (settings.Help)
 }
 
 // Data. A missing or damaged file ends the program with a message that names it and the format it should have.
-Tensor trainX, trainY, testX, testY;
+Tensor trainX, trainY, validationX, validationY, testX, testY;
 try
 {
     if (Mnist.HasTestSet(settings.Data))
@@ -82,6 +82,11 @@ try
         (testX, testY) = (images[(int)(n - RepositoryTestSize)..], labels[(int)(n - RepositoryTestSize)..]);
     }
 
+    // The validation split: the last 1,000 of the training digits (clean labels), for the stopping rule.
+    int trainCount = (int)trainX.shape[0] - ValidationSize;
+    if (trainCount <= 0) throw new InvalidDataException($"{settings.Data} holds too few training digits to hold out {ValidationSize} for validation.");
+    (validationX, validationY) = (trainX[trainCount..], trainY[trainCount..]);
+    (trainX, trainY) = (trainX[..trainCount], trainY[..trainCount]);
     if (trainX.shape[1] != Pixels || testX.shape[1] != Pixels)
         throw new InvalidDataException($"the images in {settings.Data} are not 28x28 (MNIST's size).");
 }
@@ -140,7 +145,7 @@ session.WindowClosed += (_, _) => windows++;
 session.RuleFired += (_, e) =>
 {
     if (e.Action == RuleAction.Stop) firedRule ??= e.Rule.ToString();
-    Console.WriteLine($"rule fired ({e.Action}) at step {e.Step}: {e.Reason}");
+    Console.WriteLine($"rule fired ({e.Action}) at step {e.Step}: {e.Reason}" + (e.Probes.Length > 0 ? $" The probes (smoothed ± spread): {e.Probes}" : ""));
 };
 
 int stepsPerEpoch = (trainSize + settings.Batch - 1) / settings.Batch;
@@ -177,9 +182,12 @@ while (step < budget && !stopped)
         }
     }
 
-    (testAccuracy, testLoss) = Evaluate();
+    (testAccuracy, testLoss) = Evaluate(testX, testY);
+    var (_, validationLoss) = Evaluate(validationX, validationY);
+    session.Report("val.loss", validationLoss);   // the default rule's monitor
     session.Report("test.accuracy", testAccuracy);
     session.Report("test.loss", testLoss);
+    if (session.ShouldStop) stopped = true;
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
         $"epoch {epoch,3} step {step,6} | train loss {lossSum / Math.Max(lossCount, 1):F4} | test accuracy {testAccuracy:F4} loss {testLoss:F4} | {Headline(session.Latest)}"));
 }
@@ -197,6 +205,7 @@ var summary = new Dictionary<string, object?>
     ["model"] = settings.Model,
     ["data"] = settings.Data,
     ["train_size"] = trainSize,
+    ["validation_size"] = ValidationSize,
     ["test_size"] = testSize,
     ["label_noise"] = settings.LabelNoise,
     ["noisy_labels"] = noisy,
@@ -228,23 +237,24 @@ foreach (var written in session.WriteReport(settings.Output)) Console.WriteLine(
 session.Dispose();
 return 0;
 
-(double Accuracy, double Loss) Evaluate()
+(double Accuracy, double Loss) Evaluate(Tensor images, Tensor labels)
 {
     using var scope = torch.NewDisposeScope();
     using var noGrad = torch.no_grad();
     model.eval();
     double correct = 0, lossSum = 0;
-    for (int start = 0; start < testSize; start += 1000)
+    int size = (int)images.shape[0];
+    for (int start = 0; start < size; start += 1000)
     {
-        int end = Math.Min(start + 1000, testSize);
-        var logits = model.call(testX[start..end]);
-        var y = testY[start..end];
+        int end = Math.Min(start + 1000, size);
+        var logits = model.call(images[start..end]);
+        var y = labels[start..end];
         lossSum += nn.functional.cross_entropy(logits, y, reduction: nn.Reduction.Sum).item<float>();
         correct += logits.argmax(1).eq(y).sum().item<long>();
     }
 
     model.train();
-    return (correct / testSize, lossSum / testSize);
+    return (correct / size, lossSum / size);
 }
 
 static int AddLabelNoise(ref Tensor labels, double fraction, int seed)
@@ -284,7 +294,7 @@ internal sealed record Settings(
         int epochs = 20, batch = 64, seed = 1;
         int? steps = null, port = null, interval = null;
         double lr = 0.05, noise = 0;
-        StoppingRule? stop = StoppingRule.Parse("regret.relative.smoothed[fisher] > 0.99 for 3");
+        StoppingRule? stop = ProbeOptions.DefaultStoppingRule();
         bool help = false;
         for (int i = 0; i < args.Length; i++)
         {

@@ -2,9 +2,9 @@
 // `if (model.Probe(loss, optimizer, x, y, lossFunction.call).ShouldStop) break;`. Given the step's batch and the loss
 // function, the session measures its indicators on the window's batches at one theta.
 // It trains a small MLP on a synthetic classification task it generates itself, and the probe session prints the
-// generalization indicators of each window to the console. Under `dotnet run`, Properties/launchSettings.json also
-// serves them at http://127.0.0.1:9464/metrics for Prometheus while it runs, and sets a stopping rule
-// (TRAININGPROBES_STOP) that ends training once the minibatch gradients stop agreeing.
+// gradient indicators of each window to the console. Under `dotnet run`, Properties/launchSettings.json also serves
+// them at http://127.0.0.1:9464/metrics for Prometheus while it runs. It reports no validation loss, so the library's
+// default rule (a val.loss plateau) never stops it; TRAININGPROBES_STOP sets other rules.
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -15,7 +15,8 @@ internal static class ReportChart
     public const int HeaderHeight = 56;
 
     /// <summary>A series in a panel; <paramref name="Style"/> picks its line pattern (its colour is its geometry's).</summary>
-    private sealed record Line(SeriesKey Key, string Label, bool Right, SeriesKey? StandardError, int Style);
+    // The band is Value +- BandScale x the StandardError series: the window's jackknife error, or 1.96 spreads between windows.
+    private sealed record Line(SeriesKey Key, string Label, bool Right, SeriesKey? StandardError, int Style, double BandScale = 1, string BandText = " \u00b1 s.e.");
 
     /// <summary>A panel; <paramref name="LogLeft"/> draws the left axis on a log scale (values that span decades across geometries).</summary>
     private sealed record Panel(string Title, string LeftLabel, string? RightLabel, IReadOnlyList<Line> Lines, bool LogLeft = false);
@@ -67,7 +68,7 @@ internal static class ReportChart
         string detail = $"{windows} windows up to step {last}" +
             (table.StopLabel is { } stop ? $"; {stop}" : "; no stop rule fired") +
             (failures > 0 ? $"; {failures} probe failures (see report.csv)" : "") +
-            ". Shaded bands: value \u00b1 1 standard error (jackknife over the window's minibatches).";
+            ". Shaded bands: value \u00b1 1 standard error (jackknife over the window's minibatches); in the smoothed panel, \u00b1 1.96 spread between windows (the run-level interval).";
         using var typeface = SKTypeface.FromFamilyName("DejaVu Sans", SKFontStyle.Bold) ?? SKTypeface.Default;
         using var bold = new SKFont(typeface, 20);
         using var regular = new SKFont(SKTypeface.FromFamilyName("DejaVu Sans") ?? SKTypeface.Default, 14);
@@ -114,6 +115,16 @@ internal static class ReportChart
         Add("Flatness", "ratio (dimensionless)", null,
             [.. PerGeometry(Indicators.JensenRatio, "Jensen ratio"), .. PerGeometry(Indicators.ContrastiveFlatness, "contrastive flatness", style: 1),
              .. PerGeometry(Indicators.FiniteContrastiveFlatness, "contrastive flatness at eps", style: 2)]);
+        // The smoothed values with the run-level interval (value +- 1.96 spread between windows), not the window's error.
+        IEnumerable<Line> Smoothed(string name, string label, bool right = false, int style = 0) =>
+            present.Where(k => k.Name == name + Indicators.SmoothedSuffix).OrderBy(k => k.Geometry).Select(k =>
+            {
+                var spread = new SeriesKey(name + Indicators.SpreadSuffix, k.Geometry, null);
+                return new Line(k, (k.Geometry == Geometry.None ? label : $"{label} ({k.Geometry.ToName()})") + ", smoothed", right,
+                    present.Contains(spread) ? spread : null, style, 1.96, " \u00b1 1.96 spread (run level)");
+            });
+        Add("Smoothed values with the run-level interval", "cosine (dimensionless)", "per-example SNR (dimensionless)",
+            [.. Smoothed(Indicators.Cosine, "cosine"), .. Smoothed(Indicators.ExampleSnr, "per-example SNR", right: true, style: 1)]);
         // Noise is a squared gradient norm, in each geometry's own units: decades apart, hence the log scale.
         Add("Gradient noise and GSNR", "noise: trace of gradient covariance (log)", "GSNR (dimensionless)",
             [.. PerGeometry(Indicators.GradientNoise, "noise"), .. PerGeometry(Indicators.Gsnr, "GSNR", right: true, style: 1)], logLeft: true);
@@ -171,7 +182,7 @@ internal static class ReportChart
             bool log = panel.LogLeft && !line.Right;
             var points = table.Rows
                 .Where(r => r.Values.TryGetValue(line.Key, out double v) && double.IsFinite(v) && (!log || v > 0))
-                .Select(r => (X: (double)r.Step, Y: r.Values[line.Key], Se: line.StandardError is { } se && r.Values.TryGetValue(se, out double e) && double.IsFinite(e) ? e : double.NaN))
+                .Select(r => (X: (double)r.Step, Y: r.Values[line.Key], Se: line.StandardError is { } se && r.Values.TryGetValue(se, out double e) && double.IsFinite(e) ? line.BandScale * e : double.NaN))
                 .ToArray();
             double[] xs = [.. points.Select(p => p.X)], ys = [.. points.Select(p => p.Y)];
 
@@ -193,7 +204,7 @@ internal static class ReportChart
             }
 
             var scatter = plot.Add.Scatter(xs, log ? [.. ys.Select(Math.Log10)] : ys, color);
-            scatter.LegendText = line.Label + (banded.Length > 1 ? " \u00b1 s.e." : "");
+            scatter.LegendText = line.Label + (banded.Length > 1 ? line.BandText : "");
             scatter.LineWidth = 2;
             scatter.MarkerSize = xs.Length > 60 ? 0 : 5;
             scatter.LinePattern = Patterns[line.Style % Patterns.Length];

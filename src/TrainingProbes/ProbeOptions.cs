@@ -267,9 +267,17 @@ public sealed class ProbeOptions
     /// <summary>
     /// Rules evaluated on every value they monitor when it is published (indicators at each window, values the
     /// trainer reports with <see cref="ProbeSession.Report"/> when reported): early stopping, warnings, checkpoints.
-    /// Give each rule to one session only (rules keep state).
+    /// Give each rule to one session only (rules keep state). Default: <see cref="DefaultStoppingRule"/>, which acts
+    /// only when the trainer reports <c>val.loss</c>; <c>[]</c> stops on nothing.
     /// </summary>
-    public IReadOnlyList<StoppingRule> Stopping { get; init; } = [];
+    public IReadOnlyList<StoppingRule> Stopping { get; init; } = [DefaultStoppingRule()];
+
+    /// <summary>
+    /// The default rule, a new instance per call: stop when the validation loss the trainer reports as <c>val.loss</c>
+    /// has not improved for 5 reports. No rule on the probes alone held across the evidence matrix's configurations
+    /// (docs/EVIDENCE.md); this one was chosen there, and the console explains its stop with the probes' smoothed values.
+    /// </summary>
+    public static StoppingRule DefaultStoppingRule() => new EarlyStopping("val.loss") { Patience = 5, IsDefault = true };
 
     /// <summary>
     /// A file the best weights are written to each time a <see cref="RuleAction.Checkpoint"/> rule sees an
@@ -450,7 +458,12 @@ public sealed class ProbeOptions
                     var other => throw new ArgumentException($"TRAININGPROBES_BACKGROUND is '{other}'; use true or false."),
                 },
                 Probes = read("TRAININGPROBES_PROMETHEUS") is { Length: > 0 } endpoint ? [PrometheusEndpoint(endpoint)] : [],
-                Stopping = read("TRAININGPROBES_STOP") is { Length: > 0 } rules ? ParseRules(rules) : [],
+                Stopping = read("TRAININGPROBES_STOP")?.Trim() switch
+                {
+                    null or "" => defaults.Stopping,
+                    "none" => [],
+                    var rules => ParseRules(rules),
+                },
                 CheckpointPath = read("TRAININGPROBES_CHECKPOINT") is { Length: > 0 } checkpoint ? checkpoint : null,
                 Strict = read("TRAININGPROBES_STRICT")?.Trim().ToLowerInvariant() switch
                 {

@@ -75,15 +75,15 @@ public sealed class ProbeSession : IDisposable
         _telemetry = new SessionTelemetry(RunId, options.Worker, _publisher, _scheduler, _failures, _stopping);
         if (options.Output is { } output)
         {
-            var view = new ConsoleView(options, output, ConsoleView.IsTerminal(output));
+            var view = new ConsoleView(options, output, ConsoleView.IsTerminal(output), rules: _stopping.Rules);
             _publisher.Subscribe("console", snapshot => view.Show(snapshot, _publisher.History, _stopping.ShouldStop));
         }
         _publisher.Subscribe("stopping", _stopping.OnSnapshot);
         _publisher.Subscribe("WindowClosed", snapshot => WindowClosed?.Invoke(this, snapshot));
-        _stopping.Fired += (rule, decision, restored) =>
+        _stopping.Fired += (rule, decision, restored, probes) =>
         {
             Record.Add(new FiredRule(rule.Name, rule.Action, decision.Step, decision.Value, decision.Reason));
-            RuleFired?.Invoke(this, new StoppingEventArgs(rule, decision, restored));
+            RuleFired?.Invoke(this, new StoppingEventArgs(rule, decision, restored, probes));
         };
 
         try
@@ -203,7 +203,7 @@ public sealed class ProbeSession : IDisposable
     public event EventHandler<StoppingEventArgs>? RuleFired;
 
     /// <summary>The stopping rules of <see cref="ProbeOptions.Stopping"/>.</summary>
-    public IReadOnlyList<StoppingRule> Rules => Options.Stopping;
+    public IReadOnlyList<StoppingRule> Rules => _stopping.Rules;
 
     /// <summary>
     /// The best weights a rule has kept (a CPU copy), for a rule with <see cref="EarlyStopping.RestoreBestWeights"/>

@@ -36,7 +36,7 @@ internal static class Data
         var generator = new Generator((ulong)(7919 + step));
         var x = torch.randn([BatchSize, Features], generator: generator);
         // A learnable rule plus noise, so that the gradients carry signal. Scalars kept alive: several scenarios
-        // allocate on other threads (README, "Known issues").
+        // allocate on other threads (docs/KNOWN-ISSUES.md).
         var y = x[.., 0].add(x[.., 1], Half).add_(torch.randn([BatchSize], generator: generator), Noise).gt(Zero).to(ScalarType.Int64)
             .add_(x[.., 2].gt(One).to(ScalarType.Int64), One);
         return (x, y);

@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 namespace TrainingProbes.FaultScenarios;
 
 /// <summary>
-/// Reproductions of TorchSharp 0.107.0's fault (README, "Known issues"): a <see cref="Scalar"/> made by an implicit
+/// Reproductions of TorchSharp 0.107.0's fault (docs/KNOWN-ISSUES.md): a <see cref="Scalar"/> made by an implicit
 /// conversion is unreachable once TorchSharp has read its handle, so a garbage collection during the native call can
 /// finalize it and free the native scalar while the call reads it. Each reproduction runs the faulty call with three
 /// threads allocating garbage until it fails (or a time limit), then the same work with the scalars kept alive for as
@@ -68,7 +68,7 @@ internal static class UpstreamFaults
             var (calls, elapsed, error) = RunUntilError(faulty, long.MaxValue, limit);
             if (error is null)
                 throw new ReproductionFailedException($"{faultyName} ran {calls:N0} times in {elapsed.TotalSeconds:F0} s under garbage pressure without TorchSharp's error: " +
-                    "if TorchSharp now keeps its scalars alive (check its release notes), update the README's known issues and GcSafeSgd.");
+                    "if TorchSharp now keeps its scalars alive (check its release notes), update docs/KNOWN-ISSUES.md, the README's summary and GcSafeSgd.");
             Console.WriteLine($"REPRODUCED: {faultyName} failed after {calls:N0} calls ({elapsed.TotalSeconds:F2} s, {pressure.Collections} collections): " +
                 $"{error.GetType().Name}: {error.Message.Split('\n')[0]}\n  where: {Where(error)}");
             Check.That(error is ExternalException && error.Message.Contains(RaisedFrom, StringComparison.Ordinal), $"an unexpected error: {error}");

@@ -7,7 +7,7 @@ namespace TrainingProbes.FaultTests;
 /// (TrainingProbes.FaultScenarios' reproductions). Category KnownUpstreamFault: CI runs them with every other test.
 /// Each passes while the fault is there and its workaround holds: the faulty call fails under garbage pressure, the same
 /// work with the workaround does not. Once TorchSharp fixes the fault, the reproduction fails and says so, and the
-/// README's "Known issues" section is to be updated.
+/// docs/KNOWN-ISSUES.md and the README's summary are to be updated.
 /// </summary>
 [Trait("Category", "KnownUpstreamFault")]
 [Trait("Category", "Long")]

@@ -142,7 +142,7 @@ public sealed class ReportTests : IDisposable
 
         // The PNG: its size from its header (width, height at bytes 16 and 20), and a drawing, not a blank page.
         int panels = ReportChart.PanelCount(table);
-        Assert.Equal(4, panels);   // agreement and regret, flatness, noise and GSNR, loss and accuracy (no curvature probe)
+        Assert.Equal(5, panels);   // agreement and regret, smoothed with run-level bands, flatness, noise and GSNR, loss and accuracy (no curvature probe)
         var bytes = File.ReadAllBytes(paths[1]);
         Assert.Equal([0x89, (byte)'P', (byte)'N', (byte)'G'], bytes[..4]);
         var (width, height) = ReportChart.Size(panels);

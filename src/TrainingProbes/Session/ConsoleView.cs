@@ -24,6 +24,7 @@ internal sealed class ConsoleView
     public static readonly TimeSpan MinimumGap = TimeSpan.FromSeconds(1);
 
     private readonly ProbeOptions _options;
+    private readonly IReadOnlyList<StoppingRule> _rules;
     private readonly TextWriter _output;
     private readonly int _width;
     private readonly TimeProvider _clock;
@@ -36,9 +37,11 @@ internal sealed class ConsoleView
     /// <param name="terminal">Panels (true) or plain lines.</param>
     /// <param name="width">The panel's width (0: the terminal's).</param>
     /// <param name="clock">The clock of <see cref="MinimumGap"/> (the options' by default).</param>
-    public ConsoleView(ProbeOptions options, TextWriter output, bool terminal, int width = 0, TimeProvider? clock = null)
+    /// <param name="rules">The session's rules, whose state the panel shows (the options' by default).</param>
+    public ConsoleView(ProbeOptions options, TextWriter output, bool terminal, int width = 0, TimeProvider? clock = null, IReadOnlyList<StoppingRule>? rules = null)
     {
         _options = options;
+        _rules = rules ?? options.Stopping;
         _output = output;
         Terminal = terminal;
         _width = width > 0 ? width : TerminalWidth();
@@ -150,7 +153,7 @@ internal sealed class ConsoleView
         if (s.TryGetValue(Indicators.ProbeInterval, Geometry.None, out double interval))
             budget.Append(budget.Length > 0 ? ", " : "").Append(CultureInfo.InvariantCulture, $"next window in {interval:N0} steps");
         if (budget.Length > 0) lines.Add(new Markup("[grey]" + Markup.Escape(budget.ToString()) + "[/]"));
-        foreach (var rule in _options.Stopping)
+        foreach (var rule in _rules)
             lines.Add(new Markup(RuleLine(rule)));
         if (s.Failures.Count > 0)
             lines.Add(new Markup($"[yellow]{s.Failures.Count} failure(s) in this window: {Markup.Escape(string.Join("; ", s.Failures.Select(f => $"{f.Probe} ({f.Reason})").Distinct()))}[/]"));

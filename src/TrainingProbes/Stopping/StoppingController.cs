@@ -21,6 +21,7 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     private readonly CancellationTokenSource _stopSource = new();
     private readonly HashSet<StoppingRule> _fired = [];
     private readonly Dictionary<StoppingRule, WeightSnapshot> _best = [];
+    private readonly StoppingRule[] _rules;
     private volatile bool _shouldStop;
 
     public StoppingController(nn.Module model, ProbeOptions options, ILogger logger, string runId, TrainingProbes.Session.ProbeFailures failures, Func<long> steps)
@@ -31,11 +32,14 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
         _runId = runId;
         _failures = failures;
         _steps = steps;
-        MonitorsLoss = options.Stopping.Any(rule => rule.Monitor == Indicators.Loss && rule.Geometry == Geometry.None);
+        // The default rule is the options' until a session uses it: each session works on a fresh copy of it.
+        _rules = [.. options.Stopping.Select(rule => rule.IsDefault ? ProbeOptions.DefaultStoppingRule() : rule)];
+        MonitorsLoss = _rules.Any(rule => rule.Monitor == Indicators.Loss && rule.Geometry == Geometry.None);
     }
 
     private readonly HashSet<(string, Geometry)> _seen = [];
     private int _windows;
+    private ProbeSnapshot? _latest;
 
     /// <summary>
     /// Warns about each rule whose monitor the catalogue does not know but that is a few letters away from a name it
@@ -46,7 +50,7 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     {
         foreach (var rule in options.Stopping)
         {
-            if (MonitorCheck.LikelyMeant(rule.Monitor) is not { } meant) continue;
+            if (rule.IsDefault || MonitorCheck.LikelyMeant(rule.Monitor) is not { } meant) continue;
             string message = $"The stopping rule '{rule.Name}' monitors {rule.MonitorLabel}, which no built-in probe publishes; did you mean {meant}? " +
                 "(A value your trainer reports with ProbeSession.Report, or your own probe publishes, may have any name.)";
             if (options.Strict) throw new ArgumentException(message + " ProbeOptions.Strict is set.", nameof(options));
@@ -56,7 +60,7 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     }
 
     /// <summary>The rules.</summary>
-    public IReadOnlyList<StoppingRule> Rules => _options.Stopping;
+    public IReadOnlyList<StoppingRule> Rules => _rules;
 
     /// <summary>True once a stop rule has fired.</summary>
     public bool ShouldStop => _shouldStop;
@@ -65,7 +69,7 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     public CancellationToken StopToken => _stopSource.Token;
 
     /// <summary>Raised when a rule fires (stop or warn), on the training thread.</summary>
-    public event Action<StoppingRule, RuleDecision, bool>? Fired;
+    public event Action<StoppingRule, RuleDecision, bool, string>? Fired;
 
     /// <summary>The best weights a rule has kept, or null.</summary>
     public WeightSnapshot? BestWeights(StoppingRule rule) => _best.GetValueOrDefault(rule);
@@ -75,12 +79,13 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     {
         // Each rule on its own: one that throws (or whose checkpoint cannot be written) skips no other.
         _windows++;
-        foreach (var rule in _options.Stopping)
+        _latest = snapshot;
+        foreach (var rule in _rules)
         {
             if (snapshot.TryGetValue(rule.Monitor, rule.Geometry, out _)) _seen.Add((rule.Monitor, rule.Geometry));
             // Names the catalogue knows were checked at attach (some appear only every few windows: an active window's).
             // Another name may be a value the trainer reports rarely (once per epoch): a warning, never thrown.
-            if (_windows == MonitorCheck.Patience && !_seen.Contains((rule.Monitor, rule.Geometry)) && !IndicatorCatalogue.TryFind(rule.Monitor, out _))
+            if (_windows == MonitorCheck.Patience && !rule.IsDefault && !_seen.Contains((rule.Monitor, rule.Geometry)) && !IndicatorCatalogue.TryFind(rule.Monitor, out _))
                 _logger.LogWarning("TrainingProbes run {RunId}: {Message}", _runId, MonitorCheck.NeverSeen(rule, _windows));
             try
             {
@@ -95,7 +100,7 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
 
     /// <summary>Evaluates the rules that monitor a value the trainer reported (a validation loss, say).</summary>
     /// <summary>Whether a rule copies the weights when it improves (a checkpoint action, or best weights to restore).</summary>
-    public bool KeepsWeights => _options.Stopping.Any(rule => rule.Action == RuleAction.Checkpoint || rule is EarlyStopping { RestoreBestWeights: true });
+    public bool KeepsWeights => _rules.Any(rule => rule.Action == RuleAction.Checkpoint || rule is EarlyStopping { RestoreBestWeights: true });
 
     /// <summary>Whether a rule monitors the training loss (<see cref="Indicators.Loss"/>).</summary>
     public bool MonitorsLoss { get; }
@@ -103,7 +108,7 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     public void OnReported(string name, Geometry geometry, double value, long step)
     {
         _seen.Add((name, geometry));
-        foreach (var rule in _options.Stopping)
+        foreach (var rule in _rules)
             if (rule.Monitor == name && rule.Geometry == geometry)
                 Act(rule, rule.Evaluate(value, step));
     }
@@ -135,12 +140,13 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
         }
 
         string what = rule.Action == RuleAction.Stop ? "stop" : "warning";
-        _logger.LogWarning("TrainingProbes run {RunId}: {What} at step {Step}, rule '{Rule}': {Reason}{Restored}",
-            _runId, what, decision.Step, rule.Name, decision.Reason, restored ? $" Restored the best weights (step {_best[rule].Step})." : "");
+        string probes = StopExplanation.Values(_latest) is { Length: > 0 } values ? $"; the probes at step {_latest!.Step} (smoothed, ± spread between windows): {values}" : "";
+        _logger.LogWarning("TrainingProbes run {RunId}: {What} at step {Step}, rule '{Rule}': {Reason}{Restored}{Probes}",
+            _runId, what, decision.Step, rule.Name, decision.Reason, restored ? $" Restored the best weights (step {_best[rule].Step})." : "", probes);
         _options.Output?.WriteLine($"[probes] {what} at step {decision.Step}: {decision.Reason} (rule: {rule.Name})" +
-            (restored ? $"; restored the best weights of step {_best[rule].Step}" : ""));
+            (restored ? $"; restored the best weights of step {_best[rule].Step}" : "") + probes);
         if (rule.Action == RuleAction.Stop) SetStop();
-        Fired?.Invoke(rule, decision, restored);
+        Fired?.Invoke(rule, decision, restored, StopExplanation.Values(_latest));
     }
 
     /// <summary>
@@ -181,14 +187,14 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     }
 
     /// <summary>The rules' state as JSON.</summary>
-    public string Save() => StoppingState.ToJson(_options.Stopping.Select(r => r.SaveState()).ToArray());
+    public string Save() => StoppingState.ToJson(_rules.Select(r => r.SaveState()).ToArray());
 
     /// <summary>Restores <see cref="Save()"/>'s state, matched by rule name. A restored stop rule that had fired stops again.</summary>
     public void Restore(string json)
     {
         var states = StoppingState.FromJson(json);
-        var byName = _options.Stopping.ToDictionary(r => r.Name);
-        var missing = _options.Stopping.Select(r => r.Name).Except(states.Select(s => s.Name)).ToList();
+        var byName = _rules.ToDictionary(r => r.Name);
+        var missing = _rules.Select(r => r.Name).Except(states.Select(s => s.Name)).ToList();
         var unknown = states.Select(s => s.Name).Where(n => !byName.ContainsKey(n)).ToList();
         if (missing.Count > 0 || unknown.Count > 0)
             throw new ArgumentException(
@@ -210,25 +216,25 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     /// </summary>
     private void Apply(IReadOnlyList<RuleState> states, bool keep = true)
     {
-        var byName = _options.Stopping.ToDictionary(r => r.Name);
-        var before = _options.Stopping.Select(r => r.SaveState()).ToArray();
+        var byName = _rules.ToDictionary(r => r.Name);
+        var before = _rules.Select(r => r.SaveState()).ToArray();
         try
         {
             foreach (var state in states) byName[state.Name].RestoreState(state);
         }
         catch
         {
-            for (int i = 0; i < before.Length; i++) _options.Stopping[i].RestoreState(before[i]);
+            for (int i = 0; i < before.Length; i++) _rules[i].RestoreState(before[i]);
             throw;
         }
 
         if (!keep)
         {
-            for (int i = 0; i < before.Length; i++) _options.Stopping[i].RestoreState(before[i]);
+            for (int i = 0; i < before.Length; i++) _rules[i].RestoreState(before[i]);
             return;
         }
 
-        foreach (var rule in _options.Stopping)
+        foreach (var rule in _rules)
             if (rule.Action == RuleAction.Stop && rule.Stopped && _fired.Add(rule)) SetStop();
     }
 
@@ -243,7 +249,7 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
         // commit then cannot fail after another part of the session has been restored. The scheduler's part carries the
         // step counter, so the rules' steps need no check against the session's here.
         var states = StoppingState.FromJson(json);
-        var names = _options.Stopping.Select(r => r.Name).ToHashSet();
+        var names = _rules.Select(r => r.Name).ToHashSet();
         if (!names.SetEquals(states.Select(s => s.Name)))
             throw new InvalidDataException(
                 $"The saved stopping rules ({string.Join(", ", states.Select(s => s.Name))}) are not this session's ({string.Join(", ", names)}).");

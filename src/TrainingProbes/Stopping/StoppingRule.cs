@@ -88,6 +88,12 @@ public abstract partial class StoppingRule
             : throw new ArgumentException("Name must not be empty or white space; leave it unset to use the rule's text.", nameof(Name));
     }
 
+    /// <summary>
+    /// Whether this is <see cref="ProbeOptions.DefaultStoppingRule"/>: each session then works on a fresh copy of it
+    /// (options may be shared), and no warning says that its monitor, which only some trainers report, was never seen.
+    /// </summary>
+    internal bool IsDefault { get; init; }
+
     /// <summary>Whether this <see cref="RuleAction.Stop"/> rule has fired (it stays fired).</summary>
     public bool Stopped { get; private protected set; }
 

@@ -25,7 +25,7 @@ internal sealed class SessionTelemetry
         _rules = stopping.Rules;
         failures.Failed += (what, reason) => ProbeMetrics.Failures.Add(1,
             [.. SessionAttributes, new(TrainingProbesMeter.ProbeAttribute, what), new(TrainingProbesMeter.ReasonAttribute, reason)]);
-        stopping.Fired += (rule, _, _) => ProbeMetrics.RulesFired.Add(1, RuleAttributes(rule));
+        stopping.Fired += (rule, _, _, _) => ProbeMetrics.RulesFired.Add(1, RuleAttributes(rule));
         publisher.Subscribe("telemetry", OnWindow);
         ProbeMetrics.Register(this);
     }
