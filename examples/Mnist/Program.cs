@@ -22,6 +22,7 @@ using TrainingProbes.Prometheus;
 using TrainingProbes.Reporting;
 using TrainingProbes.Stopping;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 const string Usage = """
     usage: Mnist [options]

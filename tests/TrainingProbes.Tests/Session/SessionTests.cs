@@ -1,6 +1,7 @@
 using TrainingProbes.Session;
 using TorchSharp;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Session;
 
