@@ -14,6 +14,7 @@ using TorchSharp;
 using TrainingProbes;
 using TrainingProbes.Examples;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 internal sealed record MatrixConfig(string Data, string Architecture, string Optimizer, int Batch, double Noise, int Seed)
 {

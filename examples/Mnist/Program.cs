@@ -7,7 +7,8 @@
 // for testing when present). After every epoch it reports the validation loss to the probe session
 // (session.Report("val.loss", ...)), where the library's default rule stops training when it has not improved for 5
 // epochs, and prints one line with the test accuracy and the headline indicators of the latest window. --label-noise
-// replaces that fraction of the training labels by other, random ones. At the end it writes <output>/summary.json.
+// replaces that fraction of the training labels by other, random ones. At the end it writes <output>/summary.json,
+// the trained weights as <output>/model.pt (a PyTorch state_dict) and the report.
 //
 //   dotnet run -c Release --project examples/Mnist -- [--model mlp|cnn] [--epochs N] [--steps N] [--label-noise 0.2]
 //       [--data <folder>] [--prometheus [port]] [--seed S] [--output <folder>] [--help]
@@ -17,11 +18,13 @@ using System.Text.Encodings.Web;
 using System.Text.Json;
 using TorchSharp;
 using TrainingProbes;
+using TrainingProbes.Checkpoints;
 using TrainingProbes.Examples;
 using TrainingProbes.Prometheus;
 using TrainingProbes.Reporting;
 using TrainingProbes.Stopping;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 const string Usage = """
     usage: Mnist [options]
@@ -39,7 +42,7 @@ const string Usage = """
                             2,000 digits are the test split
       --prometheus [port]   serve the indicators at http://127.0.0.1:<port>/metrics (default port 9464)
       --seed S              seeds initialization, shuffling and label noise (default 1)
-      --output <folder>     where summary.json, report.csv and report.png go (default ./mnist-results)
+      --output <folder>     where summary.json, model.pt, report.csv and report.png go (default ./mnist-results)
       --help                this text
     """;
 
@@ -113,7 +116,7 @@ var model = settings.Model == "cnn"
         nn.Linear(128, 128), nn.ReLU(),
         nn.Linear(128, Classes));
 // torch.optim.SGD with a step whose scalars stay alive: the same steps, bit for bit, but immune to TorchSharp 0.107's
-// freed-scalar fault when other threads collect garbage, as the /metrics endpoint's do (README, "Known issues").
+// freed-scalar fault when other threads collect garbage, as the /metrics endpoint's do (docs/KNOWN-ISSUES.md).
 var optimizer = new GcSafeSgd(model.parameters(), lr: settings.LearningRate, momentum: 0.9);
 var lossFunction = nn.CrossEntropyLoss();
 
@@ -200,6 +203,10 @@ Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
 
 Directory.CreateDirectory(settings.Output);
 string summaryPath = Path.Combine(settings.Output, "summary.json");
+// The trained weights, a PyTorch state_dict that torch.load reads (the integration test recomputes the test accuracy
+// from them with PyTorch).
+string weightsPath = Path.Combine(settings.Output, "model.pt");
+CheckpointFile.Save(model, weightsPath, CheckpointFormat.PyTorch);
 var summary = new Dictionary<string, object?>
 {
     ["model"] = settings.Model,
@@ -224,6 +231,7 @@ var summary = new Dictionary<string, object?>
     ["windows_published"] = windows,
     ["probe_failures"] = session.FailureCount,
     ["seconds"] = Math.Round(clock.Elapsed.TotalSeconds, 1),
+    ["weights"] = weightsPath,
     ["latest"] = session.Latest is { } latest
         ? latest.Values.Where(v => double.IsFinite(v.Value) && !v.Name.EndsWith(Indicators.StandardErrorSuffix, StringComparison.Ordinal))
             .GroupBy(v => v.Geometry == Geometry.None ? v.Name : $"{v.Name}[{v.Geometry.ToString().ToLowerInvariant()}]")

@@ -6,10 +6,11 @@ namespace TrainingProbes;
 
 /// <summary>
 /// Probes that an environment variable of the one-line form turns on (<see cref="ProbeOptions.FromEnvironment()"/>),
-/// provided by other packages: a package registers its factory when its assembly loads (TrainingProbes.Prometheus does
-/// for <c>TRAININGPROBES_PROMETHEUS</c>), so the core library needs no reference to it.
+/// provided by this project's other packages: TrainingProbes.Prometheus registers its factory for
+/// <c>TRAININGPROBES_PROMETHEUS</c> when its assembly loads (it sees this internal class through InternalsVisibleTo), so
+/// the core library needs no reference to it and offers no public registry of its own.
 /// </summary>
-public static class EnvironmentProbes
+internal static class EnvironmentProbes
 {
     private static readonly ConcurrentDictionary<string, Func<string, TrainingProbe>> Factories = new(StringComparer.Ordinal);
 

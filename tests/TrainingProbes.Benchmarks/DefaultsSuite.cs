@@ -4,6 +4,7 @@ using TrainingProbes;
 using TrainingProbes.Examples;
 using static TorchSharp.torch;
 using static BenchmarkStatistics;
+using TrainingProbes.Optimizers;
 
 /// <summary>
 /// What the one line gives with no options: the MNIST MLP 784-256-256-10, SGD 0.05, batch 64, one torch thread (or

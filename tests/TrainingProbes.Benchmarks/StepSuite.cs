@@ -4,6 +4,7 @@ using TrainingProbes;
 using TrainingProbes.Examples;
 using static TorchSharp.torch;
 using static BenchmarkStatistics;
+using TrainingProbes.Optimizers;
 
 /// <summary>
 /// What the training thread feels of a window: the wall time of each step call (forward, backward, <c>session.Step</c>,

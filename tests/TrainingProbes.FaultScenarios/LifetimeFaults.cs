@@ -4,6 +4,7 @@ using System.Runtime.CompilerServices;
 using TorchSharp;
 using TrainingProbes.Prometheus;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.FaultScenarios;
 

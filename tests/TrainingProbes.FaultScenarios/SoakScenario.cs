@@ -3,6 +3,7 @@ using System.Net.Sockets;
 using TorchSharp;
 using TrainingProbes.Prometheus;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.FaultScenarios;
 

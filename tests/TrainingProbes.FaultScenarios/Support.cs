@@ -4,6 +4,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using TrainingProbes.Stopping;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.FaultScenarios;
 

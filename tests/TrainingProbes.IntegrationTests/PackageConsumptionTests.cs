@@ -141,7 +141,7 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
         var x = torch.randn(512, 10);
         var y = (x.sum(1) > 0).to(ScalarType.Int64);
         var model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2));
-        var optimizer = new TrainingProbes.GcSafeSgd(model.parameters(), 0.1);
+        var optimizer = new TrainingProbes.Optimizers.GcSafeSgd(model.parameters(), 0.1);
         var lossFunction = nn.CrossEntropyLoss();
 
         for (int step = 0; step < 300; step++)

@@ -5,6 +5,7 @@ using TorchSharp;
 using TrainingProbes.Checkpoints;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.IntegrationTests;
 

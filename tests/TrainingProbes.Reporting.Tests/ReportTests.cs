@@ -5,6 +5,7 @@ using SkiaSharp;
 using TorchSharp;
 using TrainingProbes.Stopping;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 [assembly: CollectionBehavior(DisableTestParallelization = true)]
 

@@ -2,6 +2,7 @@ using TorchSharp;
 using TrainingProbes.Capture;
 using TrainingProbes.Examples;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Capture;
 

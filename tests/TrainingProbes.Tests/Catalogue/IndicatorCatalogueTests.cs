@@ -2,6 +2,7 @@ using TorchSharp;
 using TrainingProbes.Stopping;
 using TrainingProbes.Tests.Telemetry;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Catalogue;
 

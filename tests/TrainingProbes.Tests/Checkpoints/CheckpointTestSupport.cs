@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.Json;
 using TorchSharp;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Checkpoints;
 

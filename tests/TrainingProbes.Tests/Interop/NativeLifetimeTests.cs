@@ -2,6 +2,7 @@ using System.Reflection.Emit;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Interop;
 

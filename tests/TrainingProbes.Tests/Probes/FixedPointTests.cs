@@ -4,6 +4,7 @@ using TrainingProbes.Curvature;
 using TrainingProbes.Tests.Curvature;
 using TrainingProbes.Tests.IndicatorsTests;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Probes;
 

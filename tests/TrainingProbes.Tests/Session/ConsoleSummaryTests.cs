@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.RegularExpressions;
 using TorchSharp;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Session;
 

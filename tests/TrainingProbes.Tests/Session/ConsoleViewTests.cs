@@ -3,6 +3,7 @@ using TorchSharp;
 using TrainingProbes.Session;
 using TrainingProbes.Stopping;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Session;
 

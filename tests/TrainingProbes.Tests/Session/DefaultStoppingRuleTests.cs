@@ -2,6 +2,7 @@ using Microsoft.Extensions.Logging;
 using TorchSharp;
 using TrainingProbes.Stopping;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Session;
 

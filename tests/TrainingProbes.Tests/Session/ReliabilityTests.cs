@@ -3,6 +3,7 @@ using TrainingProbes.Session;
 using TrainingProbes.Stopping;
 using TrainingProbes.Tests.Telemetry;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Session;
 

@@ -1,6 +1,7 @@
 using TorchSharp;
 using TrainingProbes.Stopping;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Session;
 

@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using TorchSharp;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Session;
 

@@ -1,6 +1,7 @@
 using TrainingProbes.Session;
 using TorchSharp;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Session;
 
@@ -55,10 +56,61 @@ public sealed class SessionTests
         session.Flush();
         Assert.Same(history[^1], session.Latest);
         Assert.Equal(0.05, session.Latest!.Get(Indicators.LearningRate), 12);
-        Assert.True(session.Latest.Get(Indicators.ProbeOverhead) > 0);
         session.Flush();
         Assert.Contains("capture", session.Latest.ProbeSeconds.Keys);
         Assert.Equal(0, session.FailureCount);
+    }
+
+    [Fact]
+    public void Overhead_is_the_probes_time_over_the_training_time_between_windows_on_the_sessions_clock()
+    {
+        // A clock that moves only when told: 10 ms of training before each step, 3 ms of probe work in each window (a
+        // probe advances the clock when the window closes). Windows every 5 steps, statistics inline: each interval
+        // after the first has 5 x 10 ms of training and 3 ms of probes, so probe.overhead is 3 / 50 exactly.
+        var clock = new ManualClock();
+        var (model, optimizer) = SmallModel();
+        using var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            WindowSize = 3, Interval = 5, Output = null, OverheadBudget = null, BackgroundStatistics = false, Loss = CrossEntropy,
+            TimeProvider = clock, Probes = [new ClockProbe(clock, TimeSpan.FromMilliseconds(3))],
+        }, optimizer);
+        var generator = new Generator(3);
+        var overheads = new List<double>();
+        session.WindowClosed += (_, snapshot) => overheads.Add(snapshot.Get(Indicators.ProbeOverhead));
+        for (int i = 0; i < 31; i++)
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(10));
+            using var scope = torch.NewDisposeScope();
+            var x = torch.randn([16, 5], generator: generator);
+            var y = torch.randint(0, 3, [16], generator: generator);
+            optimizer.zero_grad();
+            var loss = CrossEntropy(model.call(x), y);
+            loss.backward();
+            session.Step(loss, x, y);
+            optimizer.step();
+        }
+
+        session.Flush();
+        Assert.Equal(7, overheads.Count);   // windows at steps 0, 5, ..., 30
+        foreach (double overhead in overheads.Skip(1)) Assert.Equal(3.0 / 50.0, overhead, 12);
+    }
+
+    private sealed class ManualClock : TimeProvider
+    {
+        private long _ticks = 1_000_000;
+
+        public override long TimestampFrequency => TimeSpan.TicksPerSecond;
+
+        public override long GetTimestamp() => Interlocked.Read(ref _ticks);
+
+        public void Advance(TimeSpan by) => Interlocked.Add(ref _ticks, by.Ticks);
+    }
+
+    private sealed class ClockProbe(ManualClock clock, TimeSpan work) : TrainingProbe
+    {
+        public override string Name => "clock";
+
+        public override void OnWindowClosed(ProbeWindowContext window) => clock.Advance(work);
     }
 
     private sealed class ThrowingProbe : TrainingProbe

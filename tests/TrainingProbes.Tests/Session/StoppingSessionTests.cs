@@ -2,6 +2,7 @@ using TorchSharp;
 using TrainingProbes.Checkpoints;
 using TrainingProbes.Stopping;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Session;
 

@@ -1,5 +1,6 @@
 using TorchSharp;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.IndicatorsTests;
 

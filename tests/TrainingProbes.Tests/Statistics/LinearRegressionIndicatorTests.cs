@@ -1,6 +1,7 @@
 using static TrainingProbes.Tests.StepNames;
 using TorchSharp;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.IndicatorsTests;
 

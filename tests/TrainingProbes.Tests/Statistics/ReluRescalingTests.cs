@@ -3,6 +3,7 @@ using TorchSharp.Modules;
 using TrainingProbes.Examples;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Statistics;
 

@@ -2,6 +2,7 @@ using OpenTelemetry;
 using OpenTelemetry.Metrics;
 using OpenTelemetry.Resources;
 using TorchSharp;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Telemetry;
 

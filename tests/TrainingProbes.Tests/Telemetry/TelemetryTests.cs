@@ -4,6 +4,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using TrainingProbes.Tests.IndicatorsTests;
 using static TorchSharp.torch;
+using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.Tests.Telemetry;
 

@@ -3,7 +3,7 @@ using TorchSharp.Modules;
 using TrainingProbes.Interop;
 using static TorchSharp.torch;
 
-namespace TrainingProbes;
+namespace TrainingProbes.Optimizers;
 
 /// <summary>
 /// TorchSharp's <see cref="Adam"/> with a <see cref="step"/> that keeps its scalars alive: a drop-in replacement for
