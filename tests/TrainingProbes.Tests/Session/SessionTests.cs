@@ -16,12 +16,13 @@ public sealed class SessionTests
 
     private static Tensor CrossEntropy(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
 
-    private static void Train(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ProbeSession session, int steps, int seed = 3)
+    private static void Train(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ProbeSession session, int steps, int seed = 3, Action? beforeEachStep = null)
     {
         var generator = new Generator((ulong)seed);
         var lossFunction = nn.CrossEntropyLoss();
         for (int i = 0; i < steps; i++)
         {
+            beforeEachStep?.Invoke();
             using var scope = torch.NewDisposeScope();
             var x = torch.randn([16, 5], generator: generator);
             var y = torch.randint(0, 3, [16], generator: generator);
@@ -74,23 +75,9 @@ public sealed class SessionTests
             WindowSize = 3, Interval = 5, Output = null, OverheadBudget = null, BackgroundStatistics = false, Loss = CrossEntropy,
             TimeProvider = clock, Probes = [new ClockProbe(clock, TimeSpan.FromMilliseconds(3))],
         }, optimizer);
-        var generator = new Generator(3);
         var overheads = new List<double>();
         session.WindowClosed += (_, snapshot) => overheads.Add(snapshot.Get(Indicators.ProbeOverhead));
-        for (int i = 0; i < 31; i++)
-        {
-            clock.Advance(TimeSpan.FromMilliseconds(10));
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn([16, 5], generator: generator);
-            var y = torch.randint(0, 3, [16], generator: generator);
-            optimizer.zero_grad();
-            var loss = CrossEntropy(model.call(x), y);
-            loss.backward();
-            session.Step(loss, x, y);
-            optimizer.step();
-        }
-
-        session.Flush();
+        Train(model, optimizer, session, 31, beforeEachStep: () => clock.Advance(TimeSpan.FromMilliseconds(10)));
         Assert.Equal(7, overheads.Count);   // windows at steps 0, 5, ..., 30
         foreach (double overhead in overheads.Skip(1)) Assert.Equal(3.0 / 50.0, overhead, 12);
     }
