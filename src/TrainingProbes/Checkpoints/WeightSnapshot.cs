@@ -4,22 +4,13 @@ using static TorchSharp.torch;
 namespace TrainingProbes.Checkpoints;
 
 /// <summary>
-/// A copy of a module's state (its parameters and persistent buffers, such as batch-norm running statistics, by
-/// their state_dict names) kept in CPU memory, whatever device the module trains on: for keeping the best weights
-/// seen so far without holding a second copy of the model on the accelerator.
+/// A CPU copy of a module's state (parameters and persistent buffers, by state_dict name), for keeping the best weights
+/// seen so far without a second copy of the model on the accelerator.
 /// </summary>
 /// <remarks>
-/// <para>
-/// A typical use keeps one snapshot and refreshes it on each improvement: <see cref="CaptureInto"/> reuses the CPU
-/// tensors of the previous capture when the names, shapes and dtypes are unchanged, so after the first capture an
-/// improvement allocates nothing. <see cref="RestoreTo"/> writes the values back into the module's own tensors in
-/// place; <see cref="CheckpointFile.Save(WeightSnapshot, string, CheckpointFormat)"/> writes them to a file.
-/// </para>
-/// <para>
-/// The copies are owned by the snapshot, not by any dispose scope that is open when it captures, and are freed by
-/// <see cref="Dispose"/>. A capture from an accelerator waits for the device copy to finish. Not thread-safe: use a
-/// snapshot from one thread at a time, like the module itself.
-/// </para>
+/// <see cref="CaptureInto"/> reuses the held CPU tensors when names, shapes and dtypes are unchanged, so refreshing a
+/// snapshot allocates nothing. The copies belong to the snapshot (not to an open dispose scope) until
+/// <see cref="Dispose"/>. Not thread-safe, like the module itself.
 /// </remarks>
 public sealed class WeightSnapshot : IDisposable
 {
@@ -48,12 +39,10 @@ public sealed class WeightSnapshot : IDisposable
         }
     }
 
-    /// <summary>Copies the current parameters and buffers of <paramref name="model"/> into a new snapshot on the CPU.</summary>
+    /// <summary>Copies <paramref name="model"/>'s current state into a new CPU snapshot, which the caller disposes.</summary>
     /// <param name="model">The module whose state_dict is copied; it is not modified.</param>
     /// <param name="step">The training step to record with the values.</param>
     /// <param name="value">The value to record with them (for example the validation loss that made them the best).</param>
-    /// <returns>A snapshot that the caller disposes.</returns>
-    /// <exception cref="ArgumentNullException"><paramref name="model"/> is null.</exception>
     public static WeightSnapshot Capture(nn.Module model, long step, double value)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -71,15 +60,12 @@ public sealed class WeightSnapshot : IDisposable
     }
 
     /// <summary>
-    /// Copies the current parameters and buffers of <paramref name="model"/> into this snapshot, replacing what it
-    /// held. When the module's state_dict has the same names, shapes and dtypes as the held copies, the values are
-    /// copied into the existing CPU tensors (no allocation); otherwise the snapshot reallocates its copies.
+    /// Copies <paramref name="model"/>'s current state into this snapshot, into the held tensors when names, shapes
+    /// and dtypes are unchanged (no allocation), into new ones otherwise.
     /// </summary>
     /// <param name="model">The module whose state_dict is copied; it is not modified.</param>
     /// <param name="step">The training step to record with the values.</param>
     /// <param name="value">The value to record with them.</param>
-    /// <exception cref="ArgumentNullException"><paramref name="model"/> is null.</exception>
-    /// <exception cref="ObjectDisposedException">The snapshot was disposed.</exception>
     public void CaptureInto(nn.Module model, long step, double value)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -126,17 +112,11 @@ public sealed class WeightSnapshot : IDisposable
     }
 
     /// <summary>
-    /// Writes the captured values back into <paramref name="model"/>'s own parameters and buffers, in place (under
-    /// no_grad), each onto its tensor's own device and dtype; parameters keep their <c>requires_grad</c> and the
-    /// optimizer's references stay valid. Nothing is written unless the module's state_dict has exactly the captured
-    /// names with the captured shapes.
+    /// Writes the captured values back into <paramref name="model"/>'s own tensors, in place (the optimizer's references
+    /// stay valid), only if its state_dict has exactly the captured names and shapes.
     /// </summary>
     /// <param name="model">The module to restore.</param>
-    /// <exception cref="ArgumentNullException"><paramref name="model"/> is null.</exception>
-    /// <exception cref="ObjectDisposedException">The snapshot was disposed.</exception>
-    /// <exception cref="InvalidOperationException">
-    /// The module's state does not match the snapshot; the message names the missing, extra and mismatched entries.
-    /// </exception>
+    /// <exception cref="InvalidOperationException">The module does not match the snapshot; the message names the mismatches.</exception>
     public void RestoreTo(nn.Module model)
     {
         ArgumentNullException.ThrowIfNull(model);
