@@ -28,8 +28,7 @@ public static class CheckpointFile
     /// </summary>
     /// <param name="model">The module to save; it is not modified.</param>
     /// <param name="path"><c>.pt</c>, <c>.pth</c> or <c>.bin</c> for PyTorch, <c>.safetensors</c> for safetensors.</param>
-    /// <param name="format">The format to write; it must agree with the extension.</param>
-    /// <exception cref="ArgumentException">The extension is unknown or that of the other format.</exception>
+    /// <param name="format">The format to write; it must agree with the extension (else <see cref="ArgumentException"/>).</param>
     /// <exception cref="DirectoryNotFoundException">The folder of <paramref name="path"/> does not exist.</exception>
     public static void Save(nn.Module model, string path, CheckpointFormat format)
     {
@@ -45,11 +44,8 @@ public static class CheckpointFile
     /// writes the module they came from; a safetensors file also records <c>"step"</c> and <c>"value"</c> in its metadata.
     /// </summary>
     /// <param name="weights">The snapshot to save.</param>
-    /// <param name="path"><c>.pt</c>, <c>.pth</c> or <c>.bin</c> for PyTorch, <c>.safetensors</c> for safetensors.</param>
-    /// <param name="format">The format to write; it must agree with the extension.</param>
-    /// <exception cref="ArgumentException">The extension is unknown or that of the other format.</exception>
-    /// <exception cref="DirectoryNotFoundException">The folder of <paramref name="path"/> does not exist.</exception>
-    /// <exception cref="ObjectDisposedException">The snapshot was disposed.</exception>
+    /// <param name="path">As for the module overload.</param>
+    /// <param name="format">As for the module overload.</param>
     public static void Save(WeightSnapshot weights, string path, CheckpointFormat format)
     {
         ArgumentNullException.ThrowIfNull(weights);
@@ -70,8 +66,6 @@ public static class CheckpointFile
     /// <param name="tensors">The tensors by name; a name may not be <c>"__metadata__"</c>.</param>
     /// <param name="path">The file to write, ending in <c>.safetensors</c>; it is replaced atomically.</param>
     /// <param name="metadata">Optional string metadata, stored under <c>"__metadata__"</c>.</param>
-    /// <exception cref="ArgumentException">The path does not end in <c>.safetensors</c>, or a name is empty or reserved.</exception>
-    /// <exception cref="DirectoryNotFoundException">The folder of <paramref name="path"/> does not exist.</exception>
     /// <exception cref="NotSupportedException">A tensor's dtype has no safetensors name (complex, for example).</exception>
     public static void SaveTensors(IReadOnlyDictionary<string, Tensor> tensors, string path, IReadOnlyDictionary<string, string>? metadata = null)
     {
@@ -94,8 +88,6 @@ public static class CheckpointFile
     /// </remarks>
     /// <param name="model">The module to fill; left untouched if the file does not fit it.</param>
     /// <param name="path">The file to read.</param>
-    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
-    /// <exception cref="DirectoryNotFoundException">Its folder does not exist.</exception>
     /// <exception cref="InvalidDataException">The file is corrupted, of neither format, or not the format its extension names; the message names the file.</exception>
     /// <exception cref="InvalidOperationException">The file's state does not fit the module; the message names the mismatches.</exception>
     public static void Load(nn.Module model, string path)
@@ -113,20 +105,19 @@ public static class CheckpointFile
 
         using var stream = new FileStream(fullPath, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
         var byContent = Sniff(stream);
-        var format = FormatOf(fullPath) ?? byContent ?? throw new InvalidDataException(
-            $"Cannot load '{path}': its extension is not one of {KnownExtensions}, and its content is neither a zip archive nor a safetensors file.");
-        if (byContent is not null && byContent != format)
-            throw new InvalidDataException($"Cannot load '{path}': its extension names a {format} checkpoint but the file holds a {byContent} checkpoint.");
+        var format = FormatOf(fullPath) ?? byContent;
+        if (format is null || byContent != format)
+            throw new InvalidDataException($"Cannot load '{path}': " + (byContent is null
+                ? "its content is neither a PyTorch archive (zip; the legacy torch.save format is not supported) nor a safetensors file."
+                : $"its extension names a {format} checkpoint but the file holds a {byContent} checkpoint."));
 
         using var scope = torch.NewDisposeScope();   // frees every tensor read from the file
-        var state = format == CheckpointFormat.PyTorch ? ReadPyTorch(stream, path) : ReadSafetensors(stream, path).Tensors;
+        var state = format is CheckpointFormat.PyTorch ? ReadPyTorch(stream, path) : ReadSafetensors(stream, path).Tensors;
         ModuleState.CopyInto(model, state, $"'{path}'", "the file");
     }
 
     private static Dictionary<string, Tensor> ReadPyTorch(FileStream stream, string path)
     {
-        if (Sniff(stream) != CheckpointFormat.PyTorch)
-            throw new InvalidDataException($"'{path}' is not a PyTorch checkpoint: it is not a zip archive (the legacy torch.save format is not supported).");
         var state = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         try
         {

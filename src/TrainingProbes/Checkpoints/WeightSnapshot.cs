@@ -83,17 +83,14 @@ public sealed class WeightSnapshot : IDisposable
         }
         else
         {
-            var names = new string[state.Count];
             var copies = new List<Tensor>(state.Count);
             try
             {
-                foreach (var (name, tensor) in state)
+                // Owned by the snapshot, not by a dispose scope the caller may have open around this call.
+                foreach (var (_, tensor) in state)
                 {
-                    // Owned by the snapshot, not by a dispose scope the caller may have open around this call.
-                    var copy = torch.empty(tensor.shape, dtype: tensor.dtype, device: torch.CPU).DetachFromDisposeScope();
-                    copies.Add(copy);
-                    copy.copy_(tensor);
-                    names[copies.Count - 1] = name;
+                    copies.Add(torch.empty(tensor.shape, dtype: tensor.dtype, device: torch.CPU).DetachFromDisposeScope());
+                    copies[^1].copy_(tensor);
                 }
             }
             catch
@@ -101,10 +98,8 @@ public sealed class WeightSnapshot : IDisposable
                 foreach (var copy in copies) copy.Dispose();
                 throw;
             }
-
             foreach (var old in _tensors) old.Dispose();
-            _tensors = [.. copies];
-            _names = names;
+            (_tensors, _names) = ([.. copies], [.. state.Keys]);
         }
 
         Step = step;
@@ -128,9 +123,7 @@ public sealed class WeightSnapshot : IDisposable
     internal Dictionary<string, Tensor> AsDictionary()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var dictionary = new Dictionary<string, Tensor>(_names.Length, StringComparer.Ordinal);
-        for (int i = 0; i < _names.Length; i++) dictionary.Add(_names[i], _tensors[i]);
-        return dictionary;
+        return _names.Zip(_tensors).ToDictionary(p => p.First, p => p.Second, StringComparer.Ordinal);
     }
 
     /// <summary>Frees the CPU copies. Later calls to the snapshot's methods throw <see cref="ObjectDisposedException"/>.</summary>
@@ -142,17 +135,7 @@ public sealed class WeightSnapshot : IDisposable
         _tensors = [];
     }
 
-    private bool Fits(Dictionary<string, Tensor> state)
-    {
-        if (state.Count != _names.Length || _names.Length == 0) return false;
-        int i = 0;
-        foreach (var (name, tensor) in state)
-        {
-            var held = _tensors[i];
-            if (name != _names[i] || held.dtype != tensor.dtype || !held.shape.AsSpan().SequenceEqual(tensor.shape))
-                return false;
-            i++;
-        }
-        return true;
-    }
+    private bool Fits(Dictionary<string, Tensor> state) =>
+        state.Count == _names.Length && _names.Length > 0 && state.Select((kv, i) =>
+            kv.Key == _names[i] && _tensors[i].dtype == kv.Value.dtype && _tensors[i].shape.AsSpan().SequenceEqual(kv.Value.shape)).All(x => x);
 }
