@@ -27,7 +27,7 @@ using static BenchmarkStatistics;
 if (args.Length > 0 && args[0] == "bdn")
 {
     // BenchmarkDotNet over the window kernels; further arguments go to it (for example --filter '*Window*').
-    BenchmarkDotNet.Running.BenchmarkRunner.Run<WindowKernelBenchmarks>(args: args[1..]);
+    BenchmarkDotNet.Running.BenchmarkRunner.Run<TrainingProbes.Benchmarks.WindowKernelBenchmarks>(args: args[1..]);
     return;
 }
 

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -26,9 +27,9 @@ internal static class ModuleState
         if (missing.Count > 0 || extra.Count > 0 || mismatched.Count > 0)
         {
             var message = new StringBuilder($"The state in {sourceLabel} does not fit the model ({model.GetType().Name}); nothing was copied.");
-            if (missing.Count > 0) message.Append($" Missing from {sourceLabel}: {List(missing)}.");
-            if (extra.Count > 0) message.Append($" Not in the model: {List(extra)}.");
-            if (mismatched.Count > 0) message.Append($" Shape mismatch: {List(mismatched)}.");
+            if (missing.Count > 0) message.Append(CultureInfo.InvariantCulture, $" Missing from {sourceLabel}: {List(missing)}.");
+            if (extra.Count > 0) message.Append(CultureInfo.InvariantCulture, $" Not in the model: {List(extra)}.");
+            if (mismatched.Count > 0) message.Append(CultureInfo.InvariantCulture, $" Shape mismatch: {List(mismatched)}.");
             throw new InvalidOperationException(message.ToString());
         }
 
