@@ -51,28 +51,9 @@ internal static unsafe class KernelSuite
     private static void Measure(long p, int k, int repetitions)
     {
         using var scope = torch.NewDisposeScope();
-        torch.manual_seed(1);
-        var buffer = torch.randn(k, p);
-        var fisher = torch.rand(p, dtype: ScalarType.Float64);
-        var theta = torch.randn(p);
-        double Statistics(Geometry[] geometries)
-        {
-            var layout = new CoordinateSums.Layout(k, geometries);
-            var kernel = new WindowKernel(layout, 0);
-            var sums = new double[layout.Length];
-            float* start = WindowKernel.Address<float>(buffer);
-            var rows = new nint[k];
-            for (int i = 0; i < k; i++) rows[i] = (nint)(start + i * p);
-            var state = new WindowKernel.State
-            {
-                Fisher = WindowKernel.Address<double>(fisher), Decay = 0.9, Floor = 1e-8, Bias = 1, Theta = WindowKernel.Address<float>(theta),
-                Eta = 0, StoredEpsilon = Math.Pow(2, -23),
-            };
-            return Time(() =>
-            {
-                fixed (nint* pointers = rows) return kernel.Accumulate((float**)pointers, p, state, sums);
-            }, repetitions);
-        }
+        var (buffer, fisher, theta) = Inputs(p, k);
+        double Statistics(Geometry[] geometries) =>
+            KernelTime(buffer, fisher, theta, new CoordinateSums.Layout(k, geometries), 0, repetitions);
 
         double floor = Time(() => buffer.sum().item<float>(), repetitions);
         using var sweep = torch.ones(16L << 20);
@@ -86,31 +67,10 @@ internal static unsafe class KernelSuite
     private static void FastPath(long p, int k, int repetitions)
     {
         using var scope = torch.NewDisposeScope();
-        torch.manual_seed(1);
-        var buffer = torch.randn(k, p);
-        var fisher = torch.rand(p, dtype: ScalarType.Float64);
-        var theta = torch.randn(p);
+        var (buffer, fisher, theta) = Inputs(p, k);
         var layout = new CoordinateSums.Layout(k, [Geometry.Euclidean, Geometry.Fisher, Geometry.Adaptive]);
-        double Managed(double epsilon)
-        {
-            var kernel = new WindowKernel(layout, epsilon);
-            var sums = new double[layout.Length];
-            float* start = WindowKernel.Address<float>(buffer);
-            var rows = new nint[k];
-            for (int i = 0; i < k; i++) rows[i] = (nint)(start + i * p);
-            var state = new WindowKernel.State
-            {
-                Fisher = WindowKernel.Address<double>(fisher), Decay = 0.9, Floor = 1e-8, Bias = 1, Theta = WindowKernel.Address<float>(theta),
-                Eta = 0, StoredEpsilon = Math.Pow(2, -23),
-            };
-            return Time(() =>
-            {
-                fixed (nint* pointers = rows) return kernel.Accumulate((float**)pointers, p, state, sums);
-            }, repetitions);
-        }
-
-        double fast = Managed(0);
-        double exact = Managed(1e-300);
+        double fast = KernelTime(buffer, fisher, theta, layout, 0, repetitions);
+        double exact = KernelTime(buffer, fisher, theta, layout, 1e-300, repetitions);
         var tensorSums = torch.zeros(layout.Length, ScalarType.Float64);
         var blockState = new CoordinateSums.BlockState(fisher, 0.9, 1e-8, 1, theta, 0, ScalarType.Float32);
         double tensor = Time(() =>
@@ -119,6 +79,34 @@ internal static unsafe class KernelSuite
             return CoordinateSums.Accumulate(buffer, blockState, layout, 0, tensorSums).item<double>();
         }, repetitions);
         Console.WriteLine($"| {p:G2} | {k} | {fast:F2} | {exact:F2} | {tensor:F2} | {exact / fast:F1} | {tensor / fast:F1} |");
+    }
+
+    /// <summary>A [K, P] float32 buffer of gradients, F (float64) and theta (float32) of P columns, from seed 1.</summary>
+    private static (Tensor Buffer, Tensor Fisher, Tensor Theta) Inputs(long p, int k)
+    {
+        torch.manual_seed(1);
+        return (torch.randn(k, p), torch.rand(p, dtype: ScalarType.Float64), torch.randn(p));
+    }
+
+    /// <summary>The median time of <see cref="WindowKernel.Accumulate"/> over the [K, P] <paramref name="buffer"/>, with F and theta of P columns.</summary>
+    private static double KernelTime(Tensor buffer, Tensor fisher, Tensor theta, CoordinateSums.Layout layout, double epsilon, int repetitions)
+    {
+        int k = layout.K;
+        long p = buffer.shape[1];
+        var kernel = new WindowKernel(layout, epsilon);
+        var sums = new double[layout.Length];
+        float* start = WindowKernel.Address<float>(buffer);
+        var rows = new nint[k];
+        for (int i = 0; i < k; i++) rows[i] = (nint)(start + i * p);
+        var state = new WindowKernel.State
+        {
+            Fisher = WindowKernel.Address<double>(fisher), Decay = 0.9, Floor = 1e-8, Bias = 1, Theta = WindowKernel.Address<float>(theta),
+            Eta = 0, StoredEpsilon = Math.Pow(2, -23),
+        };
+        return Time(() =>
+        {
+            fixed (nint* pointers = rows) return kernel.Accumulate((float**)pointers, p, state, sums);
+        }, repetitions);
     }
 
     private static void MicroBatchWindow(long p, int k, int repetitions)
