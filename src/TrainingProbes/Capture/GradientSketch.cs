@@ -181,7 +181,7 @@ internal sealed class GradientSketch : IDisposable
             var values = Head(_chunk[segment], length).copy_(flat.narrow(0, offset, length)).mul_(Head(_signs[segment], length));
             plain?.narrow(0, shift, Dimension).index_add_(0, buckets, values, alpha);
             if (scaled is null) continue;
-            values.mul_(Head(_scale[segment], length).copy_(theta!.narrow(0, offset, length)).abs_().add_(_eta, _plus));   // add_(Scalar) alone passes an implicit alpha
+            values.mul_(Statistics.Whitening.AdaptiveD(theta!.narrow(0, offset, length), _eta, Head(_scale[segment], length)));
             scaled.narrow(0, shift, Dimension).index_add_(0, buckets, values, alpha);
         }
     }
