@@ -29,7 +29,7 @@ namespace TrainingProbes;
 /// gradient (frozen after the session started) gets none: the values are those of the parameters that still train;
 /// when none does, or the loss has no graph, the window fails with a message (logged and counted by the session).
 /// </remarks>
-public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
+public sealed class FixedPointProbe : TrainingProbe, IStatefulPart
 {
     /// <summary>Prefix of the names this probe reports.</summary>
     public const string Prefix = "fixed_point.";
@@ -318,9 +318,9 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
         _curvature?.Dispose();
     }
 
-    string Session.IStatefulPart.StateKey => Name;
+    string IStatefulPart.StateKey => Name;
 
-    void Session.IStatefulPart.Save(Session.SessionStateWriter state)
+    void IStatefulPart.Save(SessionStateWriter state)
     {
         state.Set("runs", Runs);
         state.Set("windows_seen", _windowsSeen);
@@ -329,7 +329,7 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
             for (int i = 0; i < eigenvector.Length; i++) state.SetTensor($"eigenvector.{i}", eigenvector[i]);
     }
 
-    Action Session.IStatefulPart.Prepare(Session.SessionStateReader state)
+    Action IStatefulPart.Prepare(SessionStateReader state)
     {
         int runs = state.Get<int>("runs"), windowsSeen = state.Get<int>("windows_seen");
         var family = _family?.Prepare(state.For("family")) ?? (() => { });

@@ -14,7 +14,7 @@ namespace TrainingProbes.Probes;
 /// batch and loss function (<c>model.Probe(loss, optimizer, input, target, lossFunction.call)</c> or
 /// <see cref="ProbeOptions.Loss"/>) the session says once what it misses and this probe publishes nothing.
 /// </remarks>
-internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProbe, Session.IStatefulPart
+internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProbe, IStatefulPart
 {
     private FirstOrderFamily? _family;
 
@@ -36,8 +36,8 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
 
     public string StateKey => Name;
 
-    public void Save(Session.SessionStateWriter state) => _family?.Save(state.For("family"));
+    public void Save(SessionStateWriter state) => _family?.Save(state.For("family"));
 
-    public Action Prepare(Session.SessionStateReader state) =>
+    public Action Prepare(SessionStateReader state) =>
         _family?.Prepare(state.For("family")) ?? throw new InvalidDataException($"The probe '{Name}' did not start, so it has no state to restore.");
 }

@@ -337,7 +337,7 @@ internal sealed class FirstOrderFamily : IDisposable
     }
 
     /// <summary>Saves what carries from window to window: the whitening's Fisher average, floors and update count, and the smoother.</summary>
-    public void Save(Session.SessionStateWriter state)
+    public void Save(SessionStateWriter state)
     {
         state.Set("whitening.updates", Whitening.Updates);
         state.Set("whitening.floors", Whitening.Floors);
@@ -349,7 +349,7 @@ internal sealed class FirstOrderFamily : IDisposable
     }
 
     /// <summary>Saves the windows a smoother or a pool holds: two columns of values, the counts, next slots and steps.</summary>
-    private static void SaveWindows(Session.SessionStateWriter state, string prefix, string first, string second,
+    private static void SaveWindows(SessionStateWriter state, string prefix, string first, string second,
         (double[], double[], int[], int[], long[]) windows)
     {
         state.Set($"{prefix}.{first}", windows.Item1);
@@ -360,13 +360,13 @@ internal sealed class FirstOrderFamily : IDisposable
     }
 
     /// <summary>Reads what <see cref="SaveWindows"/> saved into <paramref name="prepare"/> (steps null: saved before windows had steps).</summary>
-    private static Action PrepareWindows(Session.SessionStateReader state, string prefix, string first, string second,
+    private static Action PrepareWindows(SessionStateReader state, string prefix, string first, string second,
         Func<double[], double[], int[], int[], long[]?, Action> prepare) =>
         prepare(state.Get<double[]>($"{prefix}.{first}"), state.Get<double[]>($"{prefix}.{second}"), state.Get<int[]>($"{prefix}.count"),
             state.Get<int[]>($"{prefix}.next"), state.Has($"{prefix}.steps") ? state.Get<long[]>($"{prefix}.steps") : null);
 
     /// <summary>Checks <see cref="Save"/>'s state against this family; returns what restores it.</summary>
-    public Action Prepare(Session.SessionStateReader state)
+    public Action Prepare(SessionStateReader state)
     {
         long updates = state.Get<long>("whitening.updates");
         double[] floors = state.Get<double[]>("whitening.floors"), inUse = state.Get<double[]>("whitening.floors_in_use");

@@ -10,7 +10,7 @@ namespace TrainingProbes.Stopping;
 /// writes checkpoints, sets <see cref="ShouldStop"/> and cancels <see cref="StopToken"/> when a stop rule fires, and
 /// saves and restores the rules' state.
 /// </summary>
-internal sealed class StoppingController : IDisposable, TrainingProbes.Session.IStatefulPart
+internal sealed class StoppingController : IDisposable, IStatefulPart
 {
     private readonly nn.Module _model;
     private readonly ProbeOptions _options;
@@ -240,9 +240,9 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
 
     public string StateKey => "stopping";
 
-    public void Save(TrainingProbes.Session.SessionStateWriter state) => state.Set("rules", Save());
+    public void Save(SessionStateWriter state) => state.Set("rules", Save());
 
-    public Action Prepare(TrainingProbes.Session.SessionStateReader state)
+    public Action Prepare(SessionStateReader state)
     {
         string json = state.Get<string>("rules");
         // Check the rules match, and that each accepts its state (applied and taken back), before anything changes: the
