@@ -1,7 +1,6 @@
 using TorchSharp;
 using TrainingProbes.Stopping;
 using static TorchSharp.torch;
-using TrainingProbes.Optimizers;
 using static TrainingProbes.TestSupport.Trainer;
 
 namespace TrainingProbes.Tests.Session;
@@ -21,7 +20,7 @@ public sealed class BackgroundStatisticsTests
             WindowSize = 4, Interval = 7, OverheadBudget = null, Output = null, Loss = CrossEntropy, LayerMetrics = 2, BackgroundStatistics = background,
         }, optimizer);
         var generator = new Generator(3);
-        for (int i = 0; i < steps; i++) Step(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
+        Train(model, optimizer, steps, generator, (loss, x, y) => session.Step(loss, x, y));
         session.Flush();
         return [.. session.History];
     }
@@ -78,10 +77,10 @@ public sealed class BackgroundStatisticsTests
             WindowSize = 3, Interval = 10, OverheadBudget = null, Output = null, Loss = CrossEntropy, Probes = [gated],
         }, optimizer);
         var generator = new Generator(3);
-        for (int i = 0; i < 3; i++) Step(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));   // window 0 closes at step 2
+        Train(model, optimizer, 3, generator, (loss, x, y) => session.Step(loss, x, y));   // window 0 closes at step 2
 
         // Seven more steps (3 to 9) while the window's job is blocked: none of them waits for it, nothing is published.
-        for (int i = 0; i < 7; i++) Step(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
+        Train(model, optimizer, 7, generator, (loss, x, y) => session.Step(loss, x, y));
         Assert.True(SpinWait.SpinUntil(() => Volatile.Read(ref gated.Started) == 1, TimeSpan.FromSeconds(10)), "the window's job never started");
         Assert.Equal(0, Volatile.Read(ref gated.Finished));
         Assert.Null(session.Latest);
@@ -107,7 +106,7 @@ public sealed class BackgroundStatisticsTests
             WindowSize = 3, Interval = 5, OverheadBudget = null, Output = null, Loss = CrossEntropy, Probes = [gated], Strict = false,
         }, optimizer);
         var generator = new Generator(3);
-        for (int i = 0; i < 20; i++) Step(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
+        Train(model, optimizer, 20, generator, (loss, x, y) => session.Step(loss, x, y));
         session.Flush();
 
         Assert.Equal(4, session.History.Count);
@@ -165,7 +164,7 @@ public sealed class BackgroundStatisticsTests
             WindowSize = 3, Interval = 4, OverheadBudget = null, Output = null, Loss = CrossEntropy, Probes = [new ReusedTensorProbe()],
         }, optimizer);
         var generator = new Generator(3);
-        for (int i = 0; i < 24; i++) Step(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
+        Train(model, optimizer, 24, generator, (loss, x, y) => session.Step(loss, x, y));
         session.Flush();
         Assert.Equal(6, session.History.Count);
         Assert.All(session.History, s => Assert.Equal(s.Window, s.Get("reused.window")));

@@ -2,7 +2,6 @@ using Microsoft.Extensions.Logging;
 using TorchSharp;
 using TrainingProbes.Stopping;
 using static TorchSharp.torch;
-using TrainingProbes.Optimizers;
 using static TrainingProbes.TestSupport.Trainer;
 
 namespace TrainingProbes.Tests.Session;

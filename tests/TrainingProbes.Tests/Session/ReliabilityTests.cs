@@ -24,12 +24,12 @@ public sealed class ReliabilityTests
             WindowSize = 4, Interval = 5, OverheadBudget = null, Output = null, Loss = CrossEntropy, RunId = "stale-gauges", Strict = false,
         }, optimizer);
         var generator = new Generator(3);
-        for (int step = 0; step < 20; step++) Step(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
+        Train(model, optimizer, 20, generator, (loss, x, y) => session.Step(loss, x, y));
         session.Flush();
         Assert.Contains(session.CurrentValues, v => v.Name == Indicators.Cosine);
 
         // An evaluation phase, say, that passes only the loss: the window waits 100 steps for a batch, then closes without.
-        for (int step = 0; step < 130; step++) Step(model, optimizer, generator, (loss, _, _) => session.Step(loss));
+        Train(model, optimizer, 130, generator, (loss, _, _) => session.Step(loss));
         session.Flush();
 
         var last = session.History[^1];
@@ -69,7 +69,7 @@ public sealed class ReliabilityTests
             Stopping = [StoppingRule.Parse("training.loss is not finite")],
         }, optimizer);
         var generator = new Generator(3);
-        for (int step = 0; step < 10; step++) Step(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
+        Train(model, optimizer, 10, generator, (loss, x, y) => session.Step(loss, x, y));
         // Step 10 closes a window (Interval 5): its statistics run on the worker, but the NaN is seen now.
         Step(model, optimizer, generator, (_, x, y) =>
         {
@@ -218,10 +218,10 @@ public sealed class ReliabilityTests
             WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, Loss = CrossEntropy, StepStatistics = true, Strict = false,
         }, optimizer);
         var generator = new Generator(3);
-        for (int step = 0; step < 22; step++) Step(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
+        Train(model, optimizer, 22, generator, (loss, x, y) => session.Step(loss, x, y));
         ((TorchSharp.Modules.Linear)((TorchSharp.Modules.Sequential)model)[0]).weight = new TorchSharp.Modules.Parameter(torch.randn([8, 5]));
         optimizer = new GcSafeSgd(model.parameters(), 0.05);   // the old one holds the replaced parameter
-        for (int step = 22; step < 40; step++) Step(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
+        Train(model, optimizer, 18, generator, (loss, x, y) => session.Step(loss, x, y));   // steps 22 to 39
         session.Flush();
 
         var failures = session.History.SelectMany(s => s.Failures).ToList();
