@@ -84,16 +84,10 @@ public sealed class TelemetryTests
         void Train(int steps)
         {
             for (int i = 0; i < steps; i++)
-                for (int s = 0; s < sessions.Length; s++)
+                for (int s = 0; s < sessions.Length; s++)   // the two models take turns at one generator
                 {
-                    using var scope = torch.NewDisposeScope();
-                    var x = torch.randn([12, 6], generator: generator);
-                    var y = torch.randint(0, 3, [12], generator: generator);
-                    optimizers[s].zero_grad();
-                    var loss = nn.functional.cross_entropy(models[s].call(x), y);
-                    loss.backward();
-                    sessions[s].Step(loss);
-                    optimizers[s].step();
+                    var session = sessions[s];
+                    Step(models[s], optimizers[s], generator, (loss, _, _) => session.Step(loss), new Classification(Features: 6, Batch: 12));
                 }
 
             foreach (var session in sessions) session.Flush();
