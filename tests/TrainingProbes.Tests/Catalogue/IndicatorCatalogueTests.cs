@@ -3,6 +3,7 @@ using TrainingProbes.Stopping;
 using TrainingProbes.Tests.Telemetry;
 using static TorchSharp.torch;
 using TrainingProbes.Optimizers;
+using static TrainingProbes.TestSupport.Trainer;
 
 namespace TrainingProbes.Tests.Catalogue;
 
@@ -75,18 +76,7 @@ public sealed class IndicatorCatalogueTests
         }, optimizer);
         int fired = 0;
         session.RuleFired += (_, e) => fired += e.Rule == warn ? 1 : 0;
-        var generator = new Generator(3);
-        for (int i = 0; i < 40; i++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn([16, 5], generator: generator);
-            var y = torch.randint(0, 3, [16], generator: generator);
-            optimizer.zero_grad();
-            var loss = lossFunction.call(model.call(x), y);
-            loss.backward();
-            session.Step(loss, x, y);
-            optimizer.step();
-        }
+        Train(model, optimizer, 40, seed: 3, onStep: (loss, x, y) => session.Step(loss, x, y), loss: lossFunction.call);
 
         // The snapshot: in every geometry, with a standard error; the euclidean value equals the mean squared norm of
         // the recorded micro-batch gradients.

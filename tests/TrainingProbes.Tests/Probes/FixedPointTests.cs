@@ -90,19 +90,8 @@ public sealed class FixedPointTests
     private static void Train(nn.Module<Tensor, Tensor> model, int steps, int seed, Action<Tensor, Tensor, Tensor> probe)
     {
         var optimizer = new GcSafeAdam(model.parameters(), 0.01);
-        var generator = new Generator((ulong)seed);
         torch.manual_seed(seed);   // dropout draws from the global generator: both runs start it alike
-        for (int i = 0; i < steps; i++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn([16, 6], generator: generator);
-            var y = torch.randint(0, 3, [16], generator: generator);
-            optimizer.zero_grad();
-            var loss = nn.functional.cross_entropy(model.call(x), y);
-            loss.backward();
-            probe(loss, x, y);
-            optimizer.step();
-        }
+        Trainer.Train(model, optimizer, steps, seed, probe, new Classification(Features: 6));
     }
 
     private static List<(Tensor, Tensor)> RegressionBatches(int k, int size, int seed, out double[][] xs, out double[] ys)

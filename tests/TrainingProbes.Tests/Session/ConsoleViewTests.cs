@@ -4,6 +4,7 @@ using TrainingProbes.Session;
 using TrainingProbes.Stopping;
 using static TorchSharp.torch;
 using TrainingProbes.Optimizers;
+using static TrainingProbes.TestSupport.Trainer;
 
 namespace TrainingProbes.Tests.Session;
 
@@ -21,18 +22,7 @@ public sealed partial class ConsoleViewTests
             Stopping = [StoppingRule.Parse("gradient.gsnr < 0.0001 for 3")],
         };
         using var session = ProbeSession.Attach(model, options, optimizer);
-        var generator = new Generator(9);
-        for (int step = 0; step < 60; step++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn([24, 5], generator: generator);
-            var y = torch.randint(0, 3, [24], generator: generator);
-            optimizer.zero_grad();
-            var loss = nn.functional.cross_entropy(model.call(x), y);
-            loss.backward();
-            session.Step(loss, x, y);
-            optimizer.step();
-        }
+        Train(model, optimizer, 60, seed: 9, onStep: (loss, x, y) => session.Step(loss, x, y), task: new Classification(Batch: 24));
 
         session.Flush();
         return (options, session.History);

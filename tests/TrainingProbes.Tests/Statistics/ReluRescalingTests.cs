@@ -27,14 +27,11 @@ public sealed class TrainedReluNetwork : IDisposable
         using (var optimizer = new GcSafeSgd(Model.parameters(), lr: 0.05, momentum: 0.9))
         using (var draws = new Generator(5, device: CPU))
         {
-            for (int step = 0; step < 300; step++)
+            Trainer.Train(Model, optimizer, 0, 300, _ =>
             {
-                using var scope = torch.NewDisposeScope();
                 var batch = torch.randint(0, TrainDigits, [MinibatchSize], generator: draws);
-                optimizer.zero_grad();
-                nn.functional.cross_entropy(Model.call(Images[batch]), Labels[batch]).backward();
-                optimizer.step();
-            }
+                return (Images[batch], Labels[batch]);
+            });
         }
 
         using (torch.no_grad())
