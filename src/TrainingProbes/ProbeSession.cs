@@ -146,11 +146,11 @@ public sealed class ProbeSession : IDisposable
     /// <summary>Raised on the training thread when a rule fires (stop or warn), with the rule, the value, the step and the reason.</summary>
     public event EventHandler<StoppingEventArgs>? RuleFired;
 
-    /// <summary>The stopping rules of <see cref="ProbeOptions.Stopping"/>.</summary>
+    /// <summary>This session's copies of the rules of <see cref="ProbeOptions.Stopping"/>, with their state (best value, counts).</summary>
     public IReadOnlyList<StoppingRule> Rules => _stopping.Rules;
 
     /// <summary>The best weights (a CPU copy) a rule with <see cref="EarlyStopping.RestoreBestWeights"/> or <see cref="RuleAction.Checkpoint"/> kept; null before its first improvement.</summary>
-    /// <param name="rule">One of <see cref="Rules"/>.</param>
+    /// <param name="rule">One of <see cref="Rules"/>, or the rule of <see cref="ProbeOptions.Stopping"/> it copies.</param>
     public WeightSnapshot? BestWeights(StoppingRule rule) => _stopping.BestWeights(rule);
 
     /// <summary>Reports a value the probes do not compute (a validation loss, say) at this step: its rules run now, and it becomes the gauge <c>trainingprobes.&lt;name&gt;</c>.</summary>

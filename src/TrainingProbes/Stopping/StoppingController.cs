@@ -22,6 +22,7 @@ internal sealed class StoppingController : IDisposable, IStatefulPart
     private readonly HashSet<StoppingRule> _fired = [];
     private readonly Dictionary<StoppingRule, WeightSnapshot> _best = [];
     private readonly StoppingRule[] _rules;
+    private readonly Dictionary<StoppingRule, StoppingRule> _copies;   // the options' rule -> this session's copy
     private volatile bool _shouldStop;
 
     public StoppingController(nn.Module model, ProbeOptions options, ILogger logger, string runId, TrainingProbes.Session.ProbeFailures failures, Func<long> steps)
@@ -32,8 +33,11 @@ internal sealed class StoppingController : IDisposable, IStatefulPart
         _runId = runId;
         _failures = failures;
         _steps = steps;
-        // The default rule is the options' until a session uses it: each session works on a fresh copy of it.
-        _rules = [.. options.Stopping.Select(rule => rule.IsDefault ? ProbeOptions.DefaultStoppingRule() : rule)];
+        // Each session works on its own copy of each rule (options may be shared); the default rule starts fresh.
+        _copies = new Dictionary<StoppingRule, StoppingRule>(ReferenceEqualityComparer.Instance);
+        foreach (var rule in options.Stopping)
+            _copies.TryAdd(rule, rule.IsDefault ? ProbeOptions.DefaultStoppingRule() : rule.CopyForSession());
+        _rules = [.. options.Stopping.Select(rule => _copies[rule])];
         MonitorsLoss = _rules.Any(rule => rule.Monitor == Indicators.Loss && rule.Geometry == Geometry.None);
     }
 
@@ -72,7 +76,7 @@ internal sealed class StoppingController : IDisposable, IStatefulPart
     public event Action<StoppingRule, RuleDecision, bool, string>? Fired;
 
     /// <summary>The best weights a rule has kept, or null.</summary>
-    public WeightSnapshot? BestWeights(StoppingRule rule) => _best.GetValueOrDefault(rule);
+    public WeightSnapshot? BestWeights(StoppingRule rule) => _best.GetValueOrDefault(_copies.GetValueOrDefault(rule) ?? rule);
 
     /// <summary>Evaluates every rule on a published snapshot.</summary>
     public void OnSnapshot(ProbeSnapshot snapshot)

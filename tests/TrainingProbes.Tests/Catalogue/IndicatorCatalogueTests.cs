@@ -75,7 +75,7 @@ public sealed class IndicatorCatalogueTests
             Loss = lossFunction.call, Probes = [recorder], Stopping = [warn, early],
         }, optimizer);
         int fired = 0;
-        session.RuleFired += (_, e) => fired += e.Rule == warn ? 1 : 0;
+        session.RuleFired += (_, e) => fired += e.Rule.Name == warn.Name ? 1 : 0;
         Train(model, optimizer, 40, seed: 3, onStep: (loss, x, y) => session.Step(loss, x, y), loss: lossFunction.call);
 
         // The snapshot: in every geometry, with a standard error; the euclidean value equals the mean squared norm of
@@ -100,6 +100,7 @@ public sealed class IndicatorCatalogueTests
         // first window), and early stopping took its direction from the entry.
         Assert.Equal(1, fired);
         Assert.Equal(StoppingMode.Max, early.EffectiveMode);
+        Assert.Equal(StoppingMode.Max, session.Rules.OfType<EarlyStopping>().Single().EffectiveMode);
     }
 
     [Fact]
