@@ -1,0 +1,57 @@
+using TorchSharp;
+
+namespace TrainingProbes.Tests.Session;
+
+/// <summary>
+/// The session-lifetime hook behind <c>TRAININGPROBES_PROMETHEUS</c>: what the options list is acquired as the session
+/// starts and disposed as it ends, without being a probe.
+/// </summary>
+public sealed class SessionResourcesTests
+{
+    private sealed class Resource(string name, List<string> log) : IDisposable
+    {
+        public void Dispose() => log.Add($"dispose {name}");
+    }
+
+    private static Func<ProbeSession, IDisposable> Acquired(string name, List<string> log) => session =>
+    {
+        Assert.NotNull(session.Options);
+        log.Add($"acquire {name}");
+        return new Resource(name, log);
+    };
+
+    [Fact]
+    public void Resources_are_acquired_at_attach_in_order_and_disposed_once_at_dispose_last_first()
+    {
+        var log = new List<string>();
+        var model = torch.nn.Linear(3, 2);
+        var session = ProbeSession.Attach(model, new ProbeOptions
+        {
+            Output = null, OverheadBudget = null, SessionResources = [Acquired("a", log), Acquired("b", log)],
+        });
+        Assert.Equal(["acquire a", "acquire b"], log);
+        Assert.DoesNotContain(session.RunningProbes, p => p.Name is "a" or "b");
+
+        session.Dispose();
+        session.Dispose();
+        Assert.Equal(["acquire a", "acquire b", "dispose b", "dispose a"], log);
+    }
+
+    [Fact]
+    public void A_failed_acquisition_fails_the_attach_releases_the_ones_before_it_and_leaves_the_model_free()
+    {
+        var log = new List<string>();
+        var model = torch.nn.Linear(3, 2);
+        var error = Assert.Throws<ProbeConfigurationException>(() => ProbeSession.Attach(model, new ProbeOptions
+        {
+            Output = null, OverheadBudget = null,
+            SessionResources = [Acquired("a", log), _ => throw new ProbeConfigurationException("port 9464 is already in use"), Acquired("c", log)],
+        }));
+        Assert.Contains("port 9464 is already in use", error.Message);
+        Assert.Equal(["acquire a", "dispose a"], log);
+
+        Assert.Null(ProbeSession.Get(model));
+        using var session = ProbeSession.Attach(model, new ProbeOptions { Output = null, OverheadBudget = null });
+        Assert.Same(session, ProbeSession.Get(model));
+    }
+}
