@@ -54,4 +54,14 @@ public sealed class SessionResourcesTests
         using var session = ProbeSession.Attach(model, new ProbeOptions { Output = null, OverheadBudget = null });
         Assert.Same(session, ProbeSession.Get(model));
     }
+
+    [Fact]
+    public void The_prometheus_variable_adds_a_session_resource_and_no_probe()
+    {
+        var options = ProbeOptions.FromEnvironment(name => name == "TRAININGPROBES_PROMETHEUS" ? "127.0.0.1:9464" : null);
+        Assert.Empty(options.Probes);
+        Assert.Single(options.SessionResources);
+        Assert.Empty(ProbeOptions.FromEnvironment(_ => null).SessionResources);
+        Assert.Empty(new ProbeOptions().SessionResources);
+    }
 }
