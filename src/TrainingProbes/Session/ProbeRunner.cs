@@ -123,17 +123,25 @@ internal sealed class ProbeRunner
         return seconds;
     }
 
-    /// <summary>Ends every started probe (once), then releases the session's resources.</summary>
+    /// <summary>
+    /// Ends every started probe (once), then releases the session's resources, even when a probe's end throws
+    /// (under <see cref="ProbeOptions.Strict"/>): a port must not stay bound by a session that is gone.
+    /// </summary>
     public void End()
     {
         using var scope = torch.NewDisposeScope();
-        for (int i = 0; i < _probes.Length; i++)
+        try
         {
-            if (!_started[i]) continue;
-            _started[i] = false;
-            _failures.Guard(_probes[i].Name, static p => p.OnSessionEnd(), _probes[i]);
+            for (int i = 0; i < _probes.Length; i++)
+            {
+                if (!_started[i]) continue;
+                _started[i] = false;
+                _failures.Guard(_probes[i].Name, static p => p.OnSessionEnd(), _probes[i]);
+            }
         }
-
-        _resources.Release(_failures);
+        finally
+        {
+            _resources.Release(_failures);
+        }
     }
 }

@@ -55,6 +55,26 @@ public sealed class SessionResourcesTests
         Assert.Same(session, ProbeSession.Get(model));
     }
 
+    private sealed class ThrowingEnd : TrainingProbe
+    {
+        public override string Name => "throwing_end";
+
+        public override void OnSessionEnd() => throw new InvalidOperationException("end failed");
+    }
+
+    [Fact]
+    public void Resources_are_released_even_when_a_strict_sessions_probe_fails_to_end()
+    {
+        var log = new List<string>();
+        var session = ProbeSession.Attach(torch.nn.Linear(3, 2), new ProbeOptions
+        {
+            Output = null, OverheadBudget = null, Strict = true, Probes = [new ThrowingEnd()], SessionResources = [Acquired("a", log)],
+        });
+
+        Assert.Throws<ProbeFailureException>(session.Dispose);
+        Assert.Equal(["acquire a", "dispose a"], log);
+    }
+
     [Fact]
     public void The_prometheus_variable_adds_a_session_resource_and_no_probe()
     {
