@@ -264,6 +264,9 @@ public sealed class ProbeOptions
     /// <summary>Probes added to the built-in ones; their values join the same snapshots and metrics.</summary>
     public IReadOnlyList<TrainingProbe> Probes { get; init; } = [];
 
+    /// <summary>What the session acquires at start and disposes at end (<see cref="Session.SessionResources"/>): TRAININGPROBES_PROMETHEUS's server.</summary>
+    internal IReadOnlyList<Func<ProbeSession, IDisposable>> SessionResources { get; init; } = [];
+
     /// <summary>
     /// Rules evaluated on every value they monitor when it is published (indicators at each window, values the
     /// trainer reports with <see cref="ProbeSession.Report"/> when reported): early stopping, warnings, checkpoints.

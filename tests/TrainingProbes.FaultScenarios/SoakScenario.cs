@@ -26,8 +26,8 @@ internal static class SoakScenario
         var log = new LogCollector();
         var model = new Net(1);
         var fixedPoint = new FixedPointProbe(new FixedPointOptions { Loss = Data.Loss, Minibatches = 4, Every = 5, PowerIterations = 5, TraceSamples = 2 });
-        var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = port });
-        using var session = ProbeSession.Attach(model, Options.Small(log, probes: [fixedPoint, endpoint]));
+        using var endpoint = PrometheusScrapeEndpoint.Start(new PrometheusEndpointOptions { Port = port });
+        using var session = ProbeSession.Attach(model, Options.Small(log, probes: [fixedPoint]));
         var optimizer = new GcSafeSgd(model.parameters(), 0.02);
 
         using var clients = new ScrapeClients(port, count: 2, pauseMilliseconds: 20);

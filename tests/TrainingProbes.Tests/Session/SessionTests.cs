@@ -263,6 +263,8 @@ public sealed class OptionsFromEnvironmentTests
     [InlineData("TRAININGPROBES_WINDOW_SIZE", "1", "WindowSize")]
     [InlineData("TRAININGPROBES_GEOMETRIES", "euclid", "TRAININGPROBES_GEOMETRIES")]
     [InlineData("TRAININGPROBES_OUTPUT", "file", "TRAININGPROBES_OUTPUT")]
+    [InlineData("TRAININGPROBES_PROMETHEUS", "metrics", "TRAININGPROBES_PROMETHEUS")]
+    [InlineData("TRAININGPROBES_PROMETHEUS", "example.org:9464", "TRAININGPROBES_PROMETHEUS")]
     public void Unusable_values_name_the_variable_or_option(string variable, string value, string named)
     {
         var error = Assert.ThrowsAny<ArgumentException>(() => ProbeOptions.FromEnvironment(name => name == variable ? value : null));
