@@ -36,6 +36,7 @@ public sealed class AddIndicatorFileTests(ITestOutputHelper output)
                 }));
         """;
 
+    /// <summary>The trainer's project: the copied library, and the tests' shared training loop (its source, linked).</summary>
     private const string Project = """
         <Project Sdk="Microsoft.NET.Sdk">
           <PropertyGroup>
@@ -44,6 +45,7 @@ public sealed class AddIndicatorFileTests(ITestOutputHelper output)
           <ItemGroup>
             <ProjectReference Include="../../src/TrainingProbes/TrainingProbes.csproj" />
             <PackageReference Include="TorchSharp-cpu" />
+            <Compile Include="../../tests/TrainingProbes.TestSupport/Trainer.cs" />
           </ItemGroup>
         </Project>
         """;
@@ -54,8 +56,8 @@ public sealed class AddIndicatorFileTests(ITestOutputHelper output)
         using System.Globalization;
         using TorchSharp;
         using TrainingProbes;
-        using TrainingProbes.Optimizers;
         using TrainingProbes.Stopping;
+        using TrainingProbes.TestSupport;
         using static TorchSharp.torch;
 
         const string name = "gradient.test_mean_squared_norm";
@@ -66,29 +68,15 @@ public sealed class AddIndicatorFileTests(ITestOutputHelper output)
         };
         listener.Start();
 
-        torch.manual_seed(4);
-        var model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3));
-        var optimizer = new GcSafeSgd(model.parameters(), 0.05);
-        var lossFunction = nn.CrossEntropyLoss();
+        var (model, optimizer) = Trainer.SmallModel(seed: 4);
         var recorder = new Recorder();
         var early = new EarlyStopping(name) { Geometry = Geometry.Euclidean, Patience = 1000 };
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
-            WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, Loss = lossFunction.call,
+            WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, Loss = Trainer.CrossEntropy,
             Probes = [recorder], Stopping = [early],
         }, optimizer);
-        var generator = new Generator(3);
-        for (int i = 0; i < 40; i++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn([16, 5], generator: generator);
-            var y = torch.randint(0, 3, [16], generator: generator);
-            optimizer.zero_grad();
-            var loss = lossFunction.call(model.call(x), y);
-            loss.backward();
-            session.Step(loss, x, y);
-            optimizer.step();
-        }
+        Trainer.Train(model, optimizer, 40, seed: 3, onStep: (loss, x, y) => session.Step(loss, x, y));
         session.Flush();
         var snapshot = session.Latest!;
         string F(double v) => v.ToString("R", CultureInfo.InvariantCulture);
@@ -97,28 +85,18 @@ public sealed class AddIndicatorFileTests(ITestOutputHelper output)
         Console.WriteLine($"adaptive={F(snapshot.Get(name, Geometry.Adaptive))}");
         Console.WriteLine($"expected={F(recorder.SquaredNorms[^1].Average())}");
         Console.WriteLine($"unit={unit}");
-        Console.WriteLine($"direction={early.EffectiveMode}");
+        Console.WriteLine($"direction={session.Rules.OfType<EarlyStopping>().Single().EffectiveMode}");
 
-        /// <summary>The squared norms of the window's gradients, from its raw K x P gradients, in double precision.</summary>
+        /// <summary>Each window's squared gradient norms, row sums of squares of its raw K x P gradients in double precision.</summary>
         sealed class Recorder : TrainingProbe
         {
             public override string Name => "recorder";
 
             public List<double[]> SquaredNorms { get; } = [];
 
-            public override void OnWindowClosed(ProbeWindowContext window)
-            {
-                var norms = new double[window.WindowSize];
-                foreach (string parameter in window.ParameterNames)
-                {
-                    var g = window.Gradients(parameter).to(ScalarType.Float64).reshape(window.WindowSize, -1);
-                    var values = g.data<double>().ToArray();
-                    int columns = values.Length / window.WindowSize;
-                    for (int i = 0; i < window.WindowSize; i++)
-                        for (int c = 0; c < columns; c++) norms[i] += values[i * columns + c] * values[i * columns + c];
-                }
-                SquaredNorms.Add(norms);
-            }
+            public override void OnWindowClosed(ProbeWindowContext window) => SquaredNorms.Add(window.ParameterNames
+                .Select(p => window.Gradients(p).to(ScalarType.Float64).reshape(window.WindowSize, -1).square().sum(dim: 1L))
+                .Aggregate((a, b) => a + b).data<double>().ToArray());
         }
         """;
 
@@ -129,9 +107,11 @@ public sealed class AddIndicatorFileTests(ITestOutputHelper output)
         try
         {
             // The library as it is in the repository (sources and build files, no build outputs), plus one file.
-            foreach (var file in new[] { "Directory.Build.props", "Directory.Build.targets", "Directory.Packages.props", "LICENSE", "README.md" })
+            foreach (var file in new[] { ".editorconfig", "Directory.Build.props", "Directory.Build.targets", "Directory.Packages.props", "LICENSE", "README.md" })
                 File.Copy(RepositoryFiles.PathOf(file), Path.Combine(work, file));
             CopySources(RepositoryFiles.PathOf("src"), Path.Combine(work, "src"));
+            Directory.CreateDirectory(Path.Combine(work, "tests/TrainingProbes.TestSupport"));
+            File.Copy(RepositoryFiles.PathOf("tests/TrainingProbes.TestSupport/Trainer.cs"), Path.Combine(work, "tests/TrainingProbes.TestSupport/Trainer.cs"));
             string added = Path.Combine(work, "src/TrainingProbes/Catalogue/Indicators/TestMeanSquaredNorm.cs");
             Assert.False(File.Exists(added));
             File.WriteAllText(added, IndicatorFile);

@@ -1,5 +1,4 @@
 using TorchSharp;
-using TrainingProbes.Optimizers;
 using static TorchSharp.torch;
 
 namespace TrainingProbes.Tests.Session;
@@ -43,35 +42,26 @@ public sealed class UserProbeStateTests : IDisposable
         }
     }
 
+    /// <summary>Steps [from, to) on batches that depend only on the step's index.</summary>
     private static void Train(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ProbeSession session, int from, int to)
     {
-        for (int step = from; step < to; step++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var generator = new Generator((ulong)(2000 + step));
-            var x = torch.randn([16, 6], generator: generator);
-            var y = torch.randint(0, 3, [16], generator: generator);
-            optimizer.zero_grad();
-            var loss = nn.functional.cross_entropy(model.call(x), y);
-            loss.backward();
-            session.Step(loss, x, y);
-            optimizer.step();
-        }
+        var task = new Classification(Features: 6);
+        Trainer.Train(model, optimizer, from, to, step => task.AtStep(step, seed: 2000), (loss, x, y) => session.Step(loss, x, y));
         session.Flush();
     }
 
-    private static (nn.Module<Tensor, Tensor> Model, optim.Optimizer Optimizer, Accumulator Probe, ProbeSession Session) Start(string runId)
-    {
-        torch.manual_seed(5);
-        var model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3));
-        var optimizer = new GcSafeSgd(model.parameters(), 0.1);
-        var probe = new Accumulator([12, 6]);
-        var session = ProbeSession.Attach(model, new ProbeOptions
+    private static ProbeSession Attach(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, string runId, Accumulator probe) =>
+        ProbeSession.Attach(model, new ProbeOptions
         {
             RunId = runId, WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, Stopping = [],
-            Loss = (output, target) => nn.functional.cross_entropy(output, target), Probes = [probe],
+            Loss = Trainer.CrossEntropy, Probes = [probe],
         }, optimizer);
-        return (model, optimizer, probe, session);
+
+    private static (nn.Module<Tensor, Tensor> Model, optim.Optimizer Optimizer, Accumulator Probe, ProbeSession Session) Start(string runId)
+    {
+        var (model, optimizer) = Trainer.SmallModel(seed: 5, inputs: 6, hidden: 12, learningRate: 0.1);
+        var probe = new Accumulator([12, 6]);
+        return (model, optimizer, probe, Attach(model, optimizer, runId, probe));
     }
 
     [Fact]
@@ -89,11 +79,7 @@ public sealed class UserProbeStateTests : IDisposable
             session.SaveState(path);
         }
         var resumedProbe = new Accumulator([12, 6]);
-        using var resumed = ProbeSession.Attach(model, new ProbeOptions
-        {
-            RunId = "resumed", WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, Stopping = [],
-            Loss = (output, target) => nn.functional.cross_entropy(output, target), Probes = [resumedProbe],
-        }, optimizer);
+        using var resumed = Attach(model, optimizer, "resumed", resumedProbe);
         resumed.RestoreState(path);
         Assert.Equal(first.Windows, resumedProbe.Windows);
         Assert.Equal(first.Sum, resumedProbe.Sum);
@@ -117,11 +103,7 @@ public sealed class UserProbeStateTests : IDisposable
 
         // The same session shape, but the probe now keeps a tensor of another shape: its Prepare refuses the file.
         var wider = new Accumulator([12, 7]);
-        using var other = ProbeSession.Attach(model, new ProbeOptions
-        {
-            RunId = "other", WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, Stopping = [],
-            Loss = (output, target) => nn.functional.cross_entropy(output, target), Probes = [wider],
-        }, optimizer);
+        using var other = Attach(model, optimizer, "other", wider);
         long steps = other.StepCount;
         var error = Assert.Throws<InvalidDataException>(() => other.RestoreState(path));
         Assert.Contains("accumulator/sum", error.Message);
