@@ -158,7 +158,7 @@ var variants = suite switch
     "budget" => new (string Name, ProbeOptions? Options)[]
     {
         ("no probes", null),
-        ("budget 5%, passive windows only", new ProbeOptions { Output = null }),
+        ("budget 5%, no fixed-point windows", new ProbeOptions { Output = null }),
         ("budget 5% (default options)", new ProbeOptions { Loss = CrossEntropy, Output = null }),
         ("budget 5% + fixed-point probe", new ProbeOptions { Loss = CrossEntropy, Output = null, Probes = [FixedPoint()] }),
         ("budget 2% + fixed-point probe", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = 0.02, Probes = [FixedPoint()] }),

@@ -132,7 +132,7 @@ internal static class LifetimeFaults
         using var session = ProbeSession.Attach(model, Options.Small(log, probes: [probe]));
         new Trainer(model, session).Run(0, 60);
         Check.That(session.FailureCount == 0, $"{session.FailureCount} failures: " + string.Join(" / ", log.Warnings.Take(2)));
-        Check.That(probe.Runs == 6, $"{probe.Runs} of 6 active windows ran");
+        Check.That(probe.Runs == 6, $"{probe.Runs} of 6 fixed-point windows ran");
         Check.That(cached.All(b => !b.X.IsInvalid && !b.Y.IsInvalid), "the user's cached tensors are still valid");
     }
 

@@ -105,7 +105,7 @@ public static class IndicatorCatalogue
             return "Standard error (jackknife over the window's K minibatches) of: " + DescriptionOf(name[..^StandardErrorSuffix.Length]);
         if (!TryFind(name, out var definition)) return $"Value '{name}' reported by a probe.";
         if (name.StartsWith(FixedPointProbe.Prefix, StringComparison.Ordinal))
-            return definition.Description + " (active window: K minibatches at one theta)";
+            return definition.Description + " (fixed-point window: K minibatches at one theta)";
         if (name.StartsWith(GradientStatisticsProbe.Prefix, StringComparison.Ordinal))
             return definition.Description + " (the optimizer's step gradients, each at its own theta: a trajectory statistic)";
         return definition.Description;

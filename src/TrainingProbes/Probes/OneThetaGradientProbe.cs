@@ -8,7 +8,7 @@ namespace TrainingProbes.Probes;
 /// at the step's parameters (<see cref="Capture.MicroBatchWindow"/>), reported for minibatches of the trainer's size.
 /// </summary>
 /// <remarks>
-/// Passive step gradients come from K different parameter vectors: plain SGD overshoots across valleys, consecutive
+/// Step gradients come from K different parameter vectors: plain SGD overshoots across valleys, consecutive
 /// step gradients anti-correlate, and their statistics measure the optimizer (<see cref="ProbeOptions.StepStatistics"/>).
 /// At one theta the micro-batches differ only in their data, which is what generalization is about. Without the step's
 /// batch and loss function (<c>model.Probe(loss, optimizer, input, target, lossFunction.call)</c> or

@@ -87,7 +87,7 @@ internal sealed class StoppingController : IDisposable, IStatefulPart
         foreach (var rule in _rules)
         {
             if (snapshot.TryGetValue(rule.Monitor, rule.Geometry, out _)) _seen.Add((rule.Monitor, rule.Geometry));
-            // Names the catalogue knows were checked at attach (some appear only every few windows: an active window's).
+            // Names the catalogue knows were checked at attach (some appear only every few windows: a fixed-point window's).
             // Another name may be a value the trainer reports rarely (once per epoch): a warning, never thrown.
             if (_windows == MonitorCheck.Patience && !rule.IsDefault && !_seen.Contains((rule.Monitor, rule.Geometry)) && !IndicatorCatalogue.TryFind(rule.Monitor, out _))
                 _logger.LogWarning("TrainingProbes run {RunId}: {Message}", _runId, MonitorCheck.NeverSeen(rule, _windows));

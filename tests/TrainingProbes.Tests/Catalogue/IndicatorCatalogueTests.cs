@@ -117,7 +117,7 @@ public sealed class IndicatorCatalogueTests
         var rows = File.ReadAllLines(Path.Combine(RepositoryRoot(), "docs", "REFERENCE.md")).Where(l => l.StartsWith("| `trainingprobes.", StringComparison.Ordinal)).ToList();
         foreach (var definition in IndicatorCatalogue.BuiltIn)
         {
-            // Indicators only an active window computes are listed under the fixed-point probe's prefix.
+            // Indicators only a fixed-point window computes are listed under the fixed-point probe's prefix.
             string[] names = [TrainingProbesMeter.InstrumentPrefix + definition.Name, TrainingProbesMeter.InstrumentPrefix + FixedPointProbe.Prefix + definition.Name];
             var row = rows.FirstOrDefault(l => names.Any(n => l.StartsWith("| `" + n + "` |", StringComparison.Ordinal)));
             Assert.True(row is not null, $"docs/REFERENCE.md has no instrument row for {names[0]}");

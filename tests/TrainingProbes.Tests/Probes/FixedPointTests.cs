@@ -36,7 +36,7 @@ public sealed class FixedPointTests
             session.Flush();
             var last = session.Latest!;
 
-            // The active window's first-order values against the same four minibatch gradients, taken again by the test
+            // The fixed-point window's first-order values against the same four minibatch gradients, taken again by the test
             // (autograd at the window's theta, the random state the probe started from) and compared in double precision.
             var g = recomputed.Last!;
             double Dot(int i, int j) => g[i].Zip(g[j]).Sum(p => p.First * p.Second);
@@ -53,9 +53,9 @@ public sealed class FixedPointTests
         Train(plain, 30, 8, (_, _, _) => { });
 
         foreach (var ((name, a), (_, b)) in watched.named_parameters().Zip(plain.named_parameters()))
-            Assert.True(a.allclose(b, rtol: 0, atol: 0), $"parameter {name} differs after training with active windows");
+            Assert.True(a.allclose(b, rtol: 0, atol: 0), $"parameter {name} differs after training with fixed-point windows");
         foreach (var ((name, a), (_, b)) in watched.named_buffers().Zip(plain.named_buffers()))
-            Assert.True(a.allclose(b, rtol: 0, atol: 0), $"buffer {name} differs after training with active windows");
+            Assert.True(a.allclose(b, rtol: 0, atol: 0), $"buffer {name} differs after training with fixed-point windows");
         Assert.True(watched.training);
     }
 

@@ -77,7 +77,7 @@ public sealed class TrainedReluNetwork : IDisposable
     }
 
     /// <summary>
-    /// One active window on the network rescaled by <paramref name="a"/> (default options but at most 12 Hutchinson
+    /// One fixed-point window on the network rescaled by <paramref name="a"/> (default options but at most 12 Hutchinson
     /// samples, to keep the class fast).
     /// </summary>
     public ProbeSnapshot Measure(double a, double eta = 0, double gsnrEpsilon = 0)
