@@ -108,7 +108,7 @@ using (torch.no_grad())
 Console.WriteLine($"MLP 784-128-128-10 (ReLU, float64), {Steps} SGD steps of {BatchSize} on the first {TrainDigits} of {digits} MNIST digits from {dataDirectory}");
 Console.WriteLine($"training loss {trainLoss:F4}, accuracy on the other {digits - TrainDigits} digits {heldOutAccuracy:P1}; torch threads {torch.get_num_threads()}");
 
-// 2. One active window: K fixed minibatches of training digits, at the trained theta and at the rescaled ones.
+// 2. One fixed-point window: K fixed minibatches of training digits, at the trained theta and at the rescaled ones.
 var probeBatches = Enumerable.Range(0, Minibatches)
     .Select(k => (Input: trainX.narrow(0, k * MinibatchSize, MinibatchSize), Target: trainY.narrow(0, k * MinibatchSize, MinibatchSize)))
     .ToList();

@@ -120,9 +120,11 @@ var model = settings.Model == "cnn"
 var optimizer = new GcSafeSgd(model.parameters(), lr: settings.LearningRate, momentum: 0.9);
 var lossFunction = nn.CrossEntropyLoss();
 
-// The session, attached before the loop so that it carries the stopping rule and the endpoint; the one line in the
-// loop then uses it. Its own per-window console lines are off: the per-epoch line below shows the headline values.
-var endpoint = settings.PrometheusPort is int port ? new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = port }) : null;
+// The /metrics endpoint, when asked for: it serves every session of the process until the program ends.
+using var endpoint = settings.PrometheusPort is int port ? PrometheusScrapeEndpoint.Start(new PrometheusEndpointOptions { Port = port }) : null;
+
+// The session, attached before the loop so that it carries the stopping rule; the one line in the loop then uses
+// it. Its own per-window console lines are off: the per-epoch line below shows the headline values.
 ProbeSession session;
 try
 {
@@ -130,7 +132,6 @@ try
     {
         RunId = $"mnist-{settings.Model}-seed{settings.Seed}",
         Stopping = settings.StopRule is { } rule ? [rule] : [],
-        Probes = endpoint is null ? [] : [endpoint],
         Output = null,
         Interval = settings.Interval ?? new ProbeOptions().Interval,
         OverheadBudget = settings.Interval is null ? new ProbeOptions().OverheadBudget : null,
@@ -156,7 +157,7 @@ int budget = settings.Steps ?? settings.Epochs * stepsPerEpoch;
 Console.WriteLine($"MNIST from {settings.Data}: {trainSize} training digits ({noisy} with noisy labels), {testSize} test digits; " +
                   $"{settings.Model}, batch {settings.Batch}, lr {settings.LearningRate}, {budget} steps ({stepsPerEpoch} per epoch); " +
                   $"stopping rule: {settings.StopRule?.ToString() ?? "none"}");
-if (endpoint?.Address is { } address) Console.WriteLine($"metrics at {address}");
+if (endpoint is not null) Console.WriteLine($"metrics at {endpoint.Address}");
 
 var clock = Stopwatch.StartNew();
 int step = 0, epoch = 0;

@@ -12,11 +12,11 @@ using OpenTelemetry.Metrics;
 namespace TrainingProbes.Prometheus;
 
 /// <summary>
-/// The Kestrel server behind a <see cref="PrometheusScrapeEndpoint"/>. An endpoint either owns one
-/// (<see cref="Start"/>) or shares the process-wide one for its host, port and path (<see cref="Acquire"/>), as the
-/// endpoints of <c>TRAININGPROBES_PROMETHEUS</c> do: every one-line session of the process gets its own endpoint
-/// object, and they must not each try to bind the same port. The registry of shared servers holds a server only while
-/// some endpoint uses it, and a server holds no session or model (the exporter reads the sessions through weak references).
+/// The Kestrel server behind a <see cref="PrometheusScrapeEndpoint"/>. An endpoint either owns one (<see cref="Start"/>)
+/// or holds the process-wide one for its host, port and path (<see cref="Acquire"/>), as the sessions of
+/// <c>TRAININGPROBES_PROMETHEUS</c> do: every one-line session of the process takes its own hold, and they must not
+/// each try to bind the same port. The registry of shared servers holds a server only while somebody holds it, and a
+/// server holds no session or model (the exporter reads the sessions through weak references).
 /// </summary>
 internal sealed class ScrapeServer
 {
@@ -42,7 +42,7 @@ internal sealed class ScrapeServer
     public static ScrapeServer Start(PrometheusEndpointOptions options) => Launch(options, sharedAs: null);
 
     /// <summary>
-    /// The process-wide server for the options' host, port and path, started if no endpoint holds it; each call takes
+    /// The process-wide server for the options' host, port and path, started if nobody holds it; each call takes
     /// one hold, which <see cref="Release"/> gives back. The last release stops the server and forgets it.
     /// </summary>
     /// <exception cref="ProbeConfigurationException">The server is not running and cannot listen where the options say.</exception>
@@ -72,7 +72,7 @@ internal sealed class ScrapeServer
             return;
         }
 
-        // Stopped under the registry's lock, so that an endpoint acquiring the same port meanwhile waits for the port
+        // Stopped under the registry's lock, so that a session acquiring the same port meanwhile waits for the port
         // to be free and starts a new server instead of failing to bind.
         lock (SharedGate)
         {

@@ -1,5 +1,5 @@
-using static TorchSharp.torch;
 using Microsoft.Extensions.Logging;
+using static TorchSharp.torch;
 using TrainingProbes.Stopping;
 
 namespace TrainingProbes;
@@ -264,6 +264,9 @@ public sealed class ProbeOptions
     /// <summary>Probes added to the built-in ones; their values join the same snapshots and metrics.</summary>
     public IReadOnlyList<TrainingProbe> Probes { get; init; } = [];
 
+    /// <summary>What the session acquires at start and disposes at end (<see cref="Session.SessionResources"/>): TRAININGPROBES_PROMETHEUS's server.</summary>
+    internal IReadOnlyList<Func<ProbeSession, IDisposable>> SessionResources { get; init; } = [];
+
     /// <summary>
     /// Rules evaluated on every value they monitor when it is published (indicators at each window, values the
     /// trainer reports with <see cref="ProbeSession.Report"/> when reported): early stopping, warnings, checkpoints.
@@ -336,13 +339,9 @@ public sealed class ProbeOptions
 
     /// <summary>
     /// Whether a window's statistics run on a worker thread while training goes on (default true): the probes take what
-    /// they need from the model on the training thread when the window closes (the one-theta evaluations, a copy of
-    /// theta), and the statistics over the window's buffers and the transfer of their few numbers to the host run on the
-    /// worker. The snapshot is published on the training thread at the first <see cref="ProbeSession.Step"/> after the
-    /// worker is done (or at <see cref="ProbeSession.Flush"/> and <see cref="ProbeSession.Dispose"/>), in order; the
-    /// next window does not start before the previous one is read (with windows back to back the training thread waits
-    /// for it). The overhead budget charges the worker's time to the next interval. False computes everything on the
-    /// training thread at the window's last step and publishes at once.
+    /// they need from the model when the window closes, the statistics and the transfer of their few numbers run on the
+    /// worker, and the snapshot is published at the first <see cref="ProbeSession.Step"/> after (or at
+    /// <see cref="ProbeSession.Flush"/>). False computes and publishes on the training thread at the window's last step.
     /// </summary>
     public bool BackgroundStatistics { get; init; } = true;
 
@@ -376,17 +375,10 @@ public sealed class ProbeOptions
     internal static bool StrictByDefault { get; set; }
 
     /// <summary>
-    /// Default options, overridden by environment variables where set: <c>TRAININGPROBES_WINDOW_SIZE</c>,
-    /// <c>TRAININGPROBES_INTERVAL</c>, <c>TRAININGPROBES_GEOMETRIES</c> (comma-separated names),
-    /// <c>TRAININGPROBES_RUN_ID</c>, <c>TRAININGPROBES_WORKER</c>, <c>TRAININGPROBES_LAYER_METRICS</c>,
-    /// <c>TRAININGPROBES_OVERHEAD_BUDGET</c> (a fraction, or <c>none</c> for a fixed interval),
-    /// <c>TRAININGPROBES_STORAGE</c> (<c>full</c>, <c>bfloat16</c> or <c>sketch</c>), <c>TRAININGPROBES_SKETCH_DIMENSION</c>,
-    /// <c>TRAININGPROBES_BACKGROUND</c> (<c>true</c> or <c>false</c>),
-    /// <c>TRAININGPROBES_OUTPUT</c> (<c>console</c> or <c>none</c>), <c>TRAININGPROBES_STRICT</c> (<c>true</c> or <c>false</c>) and <c>TRAININGPROBES_PROMETHEUS</c> (a port or
-    /// host:port: serves a Prometheus scrape endpoint there; needs the TrainingProbes.Prometheus package),
-    /// <c>TRAININGPROBES_STOP</c> (rules as text, separated by <c>;</c>, see <see cref="StoppingRule.Parse"/>)
-    /// and <c>TRAININGPROBES_CHECKPOINT</c> (<see cref="CheckpointPath"/>).
-    /// The one-line <c>model.Probe(loss)</c> uses these when no session was attached explicitly.
+    /// Default options, overridden by the <c>TRAININGPROBES_*</c> environment variables where set (the table in
+    /// docs/REFERENCE.md: window size, interval, geometries, run id, worker, layer metrics, overhead budget, storage,
+    /// sketch dimension, background, output, strict, Prometheus endpoint, stopping rules, checkpoint path). The one-line
+    /// <c>model.Probe(loss)</c> uses these when no session was attached explicitly.
     /// </summary>
     /// <exception cref="ArgumentException">A variable holds a value that cannot be used; the message names it.</exception>
     public static ProbeOptions FromEnvironment() => FromEnvironment(Environment.GetEnvironmentVariable);

@@ -27,7 +27,7 @@ using static BenchmarkStatistics;
 if (args.Length > 0 && args[0] == "bdn")
 {
     // BenchmarkDotNet over the window kernels; further arguments go to it (for example --filter '*Window*').
-    BenchmarkDotNet.Running.BenchmarkRunner.Run<WindowKernelBenchmarks>(args: args[1..]);
+    BenchmarkDotNet.Running.BenchmarkRunner.Run<TrainingProbes.Benchmarks.WindowKernelBenchmarks>(args: args[1..]);
     return;
 }
 
@@ -158,23 +158,24 @@ var variants = suite switch
     "budget" => new (string Name, ProbeOptions? Options)[]
     {
         ("no probes", null),
-        ("budget 5%, passive windows only", new ProbeOptions { Output = null }),
+        ("budget 5%, no fixed-point windows", new ProbeOptions { Output = null }),
         ("budget 5% (default options)", new ProbeOptions { Loss = CrossEntropy, Output = null }),
         ("budget 5% + fixed-point probe", new ProbeOptions { Loss = CrossEntropy, Output = null, Probes = [FixedPoint()] }),
         ("budget 2% + fixed-point probe", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = 0.02, Probes = [FixedPoint()] }),
     },
-    // Scrapes: the same options with a /metrics endpoint, scraped or not.
+    // Scrapes: the same options, with the /metrics endpoint (which serves every session) scraped or not.
     "scrape" => new (string Name, ProbeOptions? Options)[]
     {
         ("no probes", null),
-        ("N=100 fixed + /metrics, not scraped", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
-        ("N=100 fixed + /metrics, ~20 scrapes/s", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
-        ("N=100 fixed + /metrics, ~200 scrapes/s", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new() { Port = 0 })] }),
+        ("N=100 fixed + /metrics, not scraped", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null }),
+        ("N=100 fixed + /metrics, ~20 scrapes/s", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null }),
+        ("N=100 fixed + /metrics, ~200 scrapes/s", new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null }),
     },
     _ => throw new ArgumentException($"Unknown suite '{suite}': use intervals, budget or scrape."),
 };
 
 var perStep = variants.Select(_ => new List<double>()).ToArray();
+using var endpoint = suite == "scrape" ? PrometheusScrapeEndpoint.Start(new() { Port = 0 }) : null;
 var runs = variants.Select(v => new Run(images, labels, v.Options)).ToArray();
 foreach (var run in runs) run.Train(50);   // warm-up
 
@@ -183,8 +184,8 @@ foreach (var run in runs) run.Train(50);   // warm-up
 var scrapers = new Dictionary<int, Scraper>();
 if (suite == "scrape")
 {
-    scrapers[variants.Length - 2] = new Scraper(((PrometheusScrapeEndpoint)variants[^2].Options!.Probes[0]).Address!, pauseMilliseconds: 50);
-    scrapers[variants.Length - 1] = new Scraper(((PrometheusScrapeEndpoint)variants[^1].Options!.Probes[0]).Address!, pauseMilliseconds: 5);
+    scrapers[variants.Length - 2] = new Scraper(endpoint!.Address, pauseMilliseconds: 50);
+    scrapers[variants.Length - 1] = new Scraper(endpoint!.Address, pauseMilliseconds: 5);
 }
 var clock = Stopwatch.StartNew();
 var scrapedSeconds = new Dictionary<int, double>();

@@ -25,10 +25,10 @@ internal static class ScrapeSuite
         var model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5));
         var optimizer = optim.SGD(model.parameters(), 0.05, momentum: 0.9);
         static Tensor Loss(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
-        var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
+        using var endpoint = PrometheusScrapeEndpoint.Start(new PrometheusEndpointOptions { Port = 0 });
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
-            Loss = Loss, Output = null, OverheadBudget = null, Interval = 20, Probes = [endpoint],
+            Loss = Loss, Output = null, OverheadBudget = null, Interval = 20,
         }, optimizer);
         var generator = new Generator(2);
         void Train(int steps)
@@ -57,13 +57,13 @@ internal static class ScrapeSuite
         if (Environment.GetEnvironmentVariable("ALLOC_TICKS") is not null)
         {
             using var listener = new AllocationTicks();
-            Measure(http, endpoint.Address!, collections, pause: TimeSpan.FromMilliseconds(350));
+            Measure(http, endpoint.Address, collections, pause: TimeSpan.FromMilliseconds(350));
             foreach (var (type, n) in listener.Types.OrderByDescending(t => t.Value).Take(25)) Console.WriteLine($"  {n,4} x ~100 KB  {type}");
         }
 
         var floor = StaticServer(page);
         var floorAddress = new Uri(floor.Urls.First() + "/metrics");
-        foreach (var (name, address) in new[] { ("TrainingProbes /metrics", endpoint.Address!), ("floor: static page, bare Kestrel", floorAddress) })
+        foreach (var (name, address) in new[] { ("TrainingProbes /metrics", endpoint.Address), ("floor: static page, bare Kestrel", floorAddress) })
         {
             var collected = Measure(http, address, collections, pause: TimeSpan.FromMilliseconds(350));
             var back = Measure(http, address, cached, pause: TimeSpan.Zero);
@@ -73,7 +73,7 @@ internal static class ScrapeSuite
 
         // Training between scrapes: one window (20 steps) before each, as when Prometheus scrapes less often than windows
         // close; only the scrape is counted.
-        var fresh = Measure(http, endpoint.Address!, collections, pause: TimeSpan.FromMilliseconds(350), before: () => Train(20));
+        var fresh = Measure(http, endpoint.Address, collections, pause: TimeSpan.FromMilliseconds(350), before: () => Train(20));
         Console.WriteLine($"{"TrainingProbes, a window between",-34} every 350 ms: {fresh.Bytes,8:N0} B/scrape, median {fresh.Median * 1e3,6:F2} ms");
 
         floor.StopAsync().GetAwaiter().GetResult();

@@ -7,6 +7,8 @@ using TrainingProbes;
 using TrainingProbes.Statistics;
 using static TorchSharp.torch;
 
+namespace TrainingProbes.Benchmarks;
+
 /// <summary>
 /// BenchmarkDotNet: a window's statistics (<see cref="WindowKernel"/> over a [K, P] float32 buffer: the Gram matrix of
 /// each geometry, the GSNR sums with their influences, the Fisher fold) in the euclidean geometry and in all three,

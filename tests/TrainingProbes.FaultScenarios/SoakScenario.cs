@@ -7,10 +7,10 @@ using TrainingProbes.Optimizers;
 
 namespace TrainingProbes.FaultScenarios;
 
-/// <summary>Soak and load, short: a long run with passive and active windows while the endpoint is scraped.</summary>
+/// <summary>Soak and load, short: a long run with ordinary and fixed-point windows while the endpoint is scraped.</summary>
 internal static class SoakScenario
 {
-    [Scenario("12, scope 5: 20,000 steps with passive and active windows while two clients scrape the endpoint")]
+    [Scenario("12, scope 5: 20,000 steps with ordinary and fixed-point windows while two clients scrape the endpoint")]
     private static void SoakWhileScraped()
     {
         // SOAK_STEPS runs the long version (the README gives its figures); memory is compared between 60% and the end.
@@ -26,8 +26,8 @@ internal static class SoakScenario
         var log = new LogCollector();
         var model = new Net(1);
         var fixedPoint = new FixedPointProbe(new FixedPointOptions { Loss = Data.Loss, Minibatches = 4, Every = 5, PowerIterations = 5, TraceSamples = 2 });
-        var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = port });
-        using var session = ProbeSession.Attach(model, Options.Small(log, probes: [fixedPoint, endpoint]));
+        using var endpoint = PrometheusScrapeEndpoint.Start(new PrometheusEndpointOptions { Port = port });
+        using var session = ProbeSession.Attach(model, Options.Small(log, probes: [fixedPoint]));
         var optimizer = new GcSafeSgd(model.parameters(), 0.02);
 
         using var clients = new ScrapeClients(port, count: 2, pauseMilliseconds: 20);
@@ -59,11 +59,11 @@ internal static class SoakScenario
         long managed = GC.GetTotalMemory(forceFullCollection: true);
         clients.Dispose();
         int scrapes = clients.Scrapes, errors = clients.Errors;
-        Console.WriteLine($"{session.History.Count} snapshots kept, {fixedPoint.Runs} active windows, {scrapes} scrapes ({errors} errors); " +
+        Console.WriteLine($"{session.History.Count} snapshots kept, {fixedPoint.Runs} fixed-point windows, {scrapes} scrapes ({errors} errors); " +
             $"live tensors {liveAtCheckpoint} at step {checkpoint:N0} and {live} at {steps:N0}; managed memory {managedAtCheckpoint / 1e6:F1} MB and {managed / 1e6:F1} MB; " +
             $"resident {Environment.WorkingSet / 1e6:F0} MB");
         Check.That(session.FailureCount == 0, $"{session.FailureCount} failures: " + string.Join(" / ", log.Warnings.Take(2)));
-        Check.That(fixedPoint.Runs >= steps / 10 / 5 - 1, $"{fixedPoint.Runs} active windows ran");
+        Check.That(fixedPoint.Runs >= steps / 10 / 5 - 1, $"{fixedPoint.Runs} fixed-point windows ran");
         Check.That(scrapes > 50 && errors == 0, $"{scrapes} scrapes, {errors} errors, the first: {clients.FirstError}");
         Check.That(live == liveAtCheckpoint, $"live tensors grew from {liveAtCheckpoint} to {live} over {steps - checkpoint:N0} steps");
         Check.That(managed - managedAtCheckpoint < 2_000_000, $"managed memory grew by {(managed - managedAtCheckpoint) / 1e6:F1} MB over {steps - checkpoint:N0} steps");

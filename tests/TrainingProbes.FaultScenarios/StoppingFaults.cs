@@ -91,7 +91,8 @@ internal static class StoppingFaults
             trainer.Run(0, 100);
             Check.That(trainer.StepsRun == 100, $"training ran {trainer.StepsRun} of 100 steps");
             Check.That(closed == 10, $"WindowClosed was raised for {closed} of 10 windows");
-            Check.That(always.Evaluations == 10, $"the rule after the checkpoint rule was evaluated in {always.Evaluations} of 10 windows");
+            var evaluated = session.Rules[1];   // the session's copy of `always`
+            Check.That(evaluated.Name == always.Name && evaluated.Evaluations == 10, $"the rule after the checkpoint rule was evaluated in {evaluated.Evaluations} of 10 windows");
             Check.That(session.FailureCount > 0 && log.Warnings.Any(w => w.Contains("best.pt", StringComparison.Ordinal)),
                 "the failed checkpoint write is counted and logged with its path");
             Check.That(session.History.Any(s => s.Failures.Any(f => f.Probe == "checkpoint")), "the snapshot of a window whose checkpoint failed says so");
@@ -155,6 +156,6 @@ internal static class StoppingFaults
         {
         }
 
-        Check.That(session.SaveStoppingState() == before, "a restore that fails leaves every rule as it was; rule a's best value is now " + a.BestValue);
+        Check.That(session.SaveStoppingState() == before, "a restore that fails leaves every rule as it was; rule a's best value is now " + ((EarlyStopping)session.Rules[0]).BestValue);
     }
 }

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Reflection;
 
 // One scenario at a time: the garbage threads of one would slow the timing-sensitive checks of another.
 [assembly: CollectionBehavior(DisableTestParallelization = true)]
@@ -7,22 +8,23 @@ namespace TrainingProbes.FaultTests;
 
 /// <summary>
 /// Runs each fault scenario of TrainingProbes.FaultScenarios in a process of its own and asserts that it passed: it
-/// exited 0 (its own checks held), within the time limit (no hang), and not by a signal (no native abort).
+/// exited 0 (its own checks held), within the time limit (no hang), and not by a signal (no native abort). The protocol
+/// (arguments, exit codes, where the program is found) and why it is not Microsoft.DotNet.RemoteExecutor: README.md.
 /// </summary>
 [Trait("Category", "Long")]   // processes of their own, the soak and the GC stress: `dotnet test --filter Category=Long`
 public sealed class FaultScenarioTests
 {
     private static readonly TimeSpan Limit = TimeSpan.FromMinutes(5);   // the longest, CollectionsFromOtherThreadsWhileScraped, takes about 100 s here
 
-    private static string ScenarioAssembly
-    {
-        get
-        {
-            var build = new DirectoryInfo(AppContext.BaseDirectory);   // .../tests/TrainingProbes.FaultTests/bin/<Configuration>/<tfm>/
-            var tests = build.Parent!.Parent!.Parent!.Parent!;
-            return Path.Combine(tests.FullName, "TrainingProbes.FaultScenarios", "bin", build.Parent!.Name, build.Name, "TrainingProbes.FaultScenarios.dll");
-        }
-    }
+    /// <summary>
+    /// The scenario program's assembly, as the build wrote it into this one (the project file's
+    /// AddFaultScenariosAssemblyMetadata target: the scenario project's own TargetPath).
+    /// </summary>
+    private static string ScenarioAssembly =>
+        typeof(FaultScenarioTests).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>()
+            .SingleOrDefault(a => a.Key == "FaultScenariosAssembly")?.Value is { Length: > 0 } path
+            ? path
+            : throw new InvalidOperationException("This assembly does not say where the fault scenarios are (no FaultScenariosAssembly metadata); build it with its project file.");
 
     public static TheoryData<string> Scenarios() => Listed("--list");
 

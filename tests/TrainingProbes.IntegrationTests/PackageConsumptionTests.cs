@@ -21,6 +21,7 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
 {
     private const string TorchSharpVersion = "0.107.0";
     private const string RepairTargets = "buildTransitive/TrainingProbes.NativeRepair.targets";
+    private const string RepairTaskAssembly = "tasks/netstandard2.0/TrainingProbes.NativeRepair.dll";
     private static readonly string[] Packables =
     [
         "src/TrainingProbes/TrainingProbes.csproj",
@@ -181,7 +182,7 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
     }
 
     /// <summary>What a package must carry: README, licence, repository URL, and either (a library) its assembly, XML docs
-    /// and symbols, or (the repair) only its buildTransitive targets and task source.</summary>
+    /// and symbols, or (the repair) only its buildTransitive targets and the task assembly they load.</summary>
     private static void CheckPackage(string pathWithoutExtension, string id, bool library)
     {
         using (var package = ZipFile.OpenRead(pathWithoutExtension + ".nupkg"))
@@ -198,7 +199,7 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
             else
             {
                 Assert.Contains(RepairTargets, entries);
-                Assert.Contains("buildTransitive/LibTorchSharpRepair.cs", entries);
+                Assert.Contains(RepairTaskAssembly, entries);
                 Assert.DoesNotContain(entries, e => e.StartsWith("lib/", StringComparison.Ordinal));
             }
 
@@ -217,7 +218,7 @@ public sealed partial class PackageConsumptionTests(ITestOutputHelper output)
             if (!library)
             {
                 Assert.Contains("TrainingProbesRepairLibTorchSharp=false", text);
-                Assert.False(File.Exists(pathWithoutExtension + ".snupkg"), "the repair package has no assembly, so no symbols");
+                Assert.False(File.Exists(pathWithoutExtension + ".snupkg"), "the repair package's assembly is a build task: no symbols package");
                 return;
             }
 

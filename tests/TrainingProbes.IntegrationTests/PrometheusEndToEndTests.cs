@@ -27,21 +27,20 @@ public sealed class PrometheusEndToEndTests
     [FactNeeding(Tool.Prometheus)]
     public void Prometheus_scrapes_every_instrument_and_every_dashboard_and_alert_query_has_data()
     {
-        var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
+        using var endpoint = PrometheusScrapeEndpoint.Start(new PrometheusEndpointOptions { Port = 0 });
         using var training = new BackgroundTraining(() => new ProbeOptions
         {
             RunId = RunId, Worker = "rank-0", LayerMetrics = 2, Output = null, OverheadBudget = null,
             StepStatistics = true,   // the opt-in step family: every instrument of the table
             Loss = (output, target) => TorchSharp.torch.nn.functional.cross_entropy(output, target),
             Stopping = [TrainingProbes.Stopping.StoppingRule.Parse("training.loss is not finite")],
-            Probes = [endpoint, new FixedPointProbe(new FixedPointOptions
+            Probes = [new FixedPointProbe(new FixedPointOptions
             {
                 Loss = (output, target) => TorchSharp.torch.nn.functional.cross_entropy(output, target), Every = 2, PowerIterations = 5, TraceSamples = 5,
                 Minibatches = 5,   // the GSNR's standard error needs K >= 5
             })],
         }).Start();
-        Assert.NotNull(endpoint.Address);
-        using var prometheus = PrometheusServer.Start(endpoint.Address!, [RepositoryFiles.PathOf("examples/grafana/alerts.yml")]);
+        using var prometheus = PrometheusServer.Start(endpoint.Address, [RepositoryFiles.PathOf("examples/grafana/alerts.yml")]);
 
         string run = $"{RunId}";
         prometheus.WaitUntil(

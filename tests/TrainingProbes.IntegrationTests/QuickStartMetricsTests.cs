@@ -54,6 +54,9 @@ public sealed partial class QuickStartMetricsTests
             if (!process.HasExited) process.Kill(entireProcessTree: true);
             await process.WaitForExitAsync();
         }
+
+        // The session said where it is served: it held the process-wide endpoint of the variable.
+        Assert.Contains($"[probes] Prometheus metrics at http://127.0.0.1:{port}/metrics", await log);
     }
 
     [GeneratedRegex("^(trainingprobes_[a-z0-9_]+)[{ ]", RegexOptions.Multiline)]

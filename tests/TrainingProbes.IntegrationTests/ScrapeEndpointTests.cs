@@ -11,11 +11,11 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
     public async Task A_burst_of_scrapes_while_training_leaves_every_indicator_bit_identical()
     {
         const int Steps = 10_000;
-        var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
+        using var endpoint = PrometheusScrapeEndpoint.Start(new PrometheusEndpointOptions { Port = 0 });
         IReadOnlyList<ProbeSnapshot> scraped, quiet;
         int requests = 0, duringTraining = 0;
         // Training holds at its middle step until the clients are done: the burst overlaps training on any machine.
-        using (var training = new BackgroundTraining(() => new ProbeOptions { RunId = "burst", Output = null, OverheadBudget = null, Interval = 20, Probes = [endpoint] },
+        using (var training = new BackgroundTraining(() => new ProbeOptions { RunId = "burst", Output = null, OverheadBudget = null, Interval = 20 },
             Steps, seed: 7, holdAt: Steps / 2))
         {
             training.Start();
@@ -61,7 +61,7 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
             // Everything but the overheads, which are measurements of time.
             static bool Timed(IndicatorValue v) => v.Name is Indicators.ProbeOverhead or Indicators.ProbeOverheadTotal;
             var expected = quiet[w].Values.Where(v => !Timed(v)).ToList();
-            var actual = scraped[w].Values.Where(v => !Timed(v) && v.Probe != "prometheus").ToList();
+            var actual = scraped[w].Values.Where(v => !Timed(v)).ToList();
             Assert.Equal(expected.Count, actual.Count);
             for (int i = 0; i < expected.Count; i++)
             {
@@ -86,70 +86,89 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
     }
 
     [Fact]
-    public async Task The_endpoint_serves_on_loopback_while_the_session_lives_and_stops_with_it()
+    public async Task The_endpoint_serves_on_loopback_from_Start_until_it_is_disposed()
     {
-        var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
+        var endpoint = PrometheusScrapeEndpoint.Start(new PrometheusEndpointOptions { Port = 0 });
+        var address = endpoint.Address;
+        Assert.Equal("127.0.0.1", address.Host);
+        Assert.Equal("/metrics", address.AbsolutePath);
+        Assert.NotEqual(0, address.Port);
+        using var http = new HttpClient();
+        Assert.DoesNotContain("run_id=\"loopback\"", await http.GetStringAsync(address));
+
+        // A session started afterwards is served without being told about the endpoint ...
         var model = torch.nn.Linear(3, 2);
-        Uri address;
-        using (var session = ProbeSession.Attach(model, new ProbeOptions { Output = null, OverheadBudget = null, Probes = [endpoint] }))
+        using (var session = ProbeSession.Attach(model, new ProbeOptions { RunId = "loopback", Output = null, OverheadBudget = null }))
         {
-            address = endpoint.Address!;
-            Assert.Equal("127.0.0.1", address.Host);
-            Assert.Equal("/metrics", address.AbsolutePath);
-            using var http = new HttpClient();
-            var text = await http.GetStringAsync(address);
+            Assert.Empty(session.Options.Probes);
+            var text = await ScrapeUntilItShows(http, address, "run_id=\"loopback\"");
             Assert.Contains("trainingprobes_training_step{", text);
+            Assert.Contains("run_id=\"loopback\"", text);
         }
 
-        using var client = new TcpClient();
-        Assert.ThrowsAny<SocketException>(() => client.Connect(IPAddress.Loopback, address.Port));
+        // ... and the endpoint outlives it, until it is disposed; a second Dispose does nothing.
+        Assert.Equal(HttpStatusCode.OK, (await http.GetAsync(address)).StatusCode);
+        endpoint.Dispose();
+        AssertClosed(address.Port);
+        endpoint.Dispose();
+        Assert.Equal(address, endpoint.Address);
     }
 
     [Fact]
-    public async Task One_endpoint_in_two_sessions_serves_until_the_last_of_them_ends()
+    public async Task One_endpoint_serves_every_session_of_the_process_as_they_come_and_go()
     {
-        var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
-        var first = ProbeSession.Attach(torch.nn.Linear(3, 2), new ProbeOptions { RunId = "first", Output = null, OverheadBudget = null, Probes = [endpoint] });
-        var second = ProbeSession.Attach(torch.nn.Linear(3, 2), new ProbeOptions { RunId = "second", Output = null, OverheadBudget = null, Probes = [endpoint] });
-        var address = endpoint.Address!;
+        using var endpoint = PrometheusScrapeEndpoint.Start(new PrometheusEndpointOptions { Port = 0 });
+        var first = ProbeSession.Attach(torch.nn.Linear(3, 2), new ProbeOptions { RunId = "first", Output = null, OverheadBudget = null });
+        var second = ProbeSession.Attach(torch.nn.Linear(3, 2), new ProbeOptions { RunId = "second", Output = null, OverheadBudget = null });
         using var http = new HttpClient();
+        var text = await ScrapeUntilItShows(http, endpoint.Address, "run_id=\"second\"");
+        Assert.Contains("run_id=\"first\"", text);
+        Assert.Contains("run_id=\"second\"", text);
 
         first.Dispose();
-        Assert.Contains("run_id=\"second\"", await http.GetStringAsync(address));
-
+        Assert.Contains("run_id=\"second\"", await http.GetStringAsync(endpoint.Address));
         second.Dispose();
-        AssertClosed(address.Port);
+        Assert.Equal(HttpStatusCode.OK, (await http.GetAsync(endpoint.Address)).StatusCode);
+
+        using var third = ProbeSession.Attach(torch.nn.Linear(3, 2), new ProbeOptions { RunId = "third", Output = null, OverheadBudget = null });
+        Assert.Contains("run_id=\"third\"", await ScrapeUntilItShows(http, endpoint.Address, "run_id=\"third\""));
     }
 
     [Fact]
-    public async Task Sessions_sharing_an_endpoint_may_start_and_end_on_any_thread()
+    public async Task Sessions_served_by_an_endpoint_may_start_and_end_on_any_thread()
     {
-        var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
+        using var endpoint = PrometheusScrapeEndpoint.Start(new PrometheusEndpointOptions { Port = 0 });
         var sessions = new ProbeSession[8];
         Parallel.For(0, sessions.Length, i => sessions[i] = ProbeSession.Attach(torch.nn.Linear(3, 2),
-            new ProbeOptions { RunId = $"thread{i}", Output = null, OverheadBudget = null, Probes = [endpoint] }));
-        var address = endpoint.Address!;
+            new ProbeOptions { RunId = $"thread{i}", Output = null, OverheadBudget = null }));
+        var address = endpoint.Address;
         using var http = new HttpClient();
-        Assert.Contains("run_id=\"thread7\"", await http.GetStringAsync(address));
+        var text = await ScrapeUntilItShows(http, address, "run_id=\"thread7\"");
+        Assert.All(Enumerable.Range(0, sessions.Length), i => Assert.Contains($"run_id=\"thread{i}\"", text));
 
         Parallel.For(1, sessions.Length, i => sessions[i].Dispose());
         Assert.Contains("run_id=\"thread0\"", await http.GetStringAsync(address));
         sessions[0].Dispose();
-        AssertClosed(address.Port);
+        Assert.Equal(HttpStatusCode.OK, (await http.GetAsync(address)).StatusCode);
     }
 
     [Fact]
-    public void Dispose_stops_a_shared_endpoint_at_once_and_for_good()
+    public async Task Disposing_the_endpoint_stops_it_at_once_and_the_sessions_train_on()
     {
-        var endpoint = new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = 0 });
-        using var first = ProbeSession.Attach(torch.nn.Linear(3, 2), new ProbeOptions { Output = null, OverheadBudget = null, Probes = [endpoint] });
-        using var second = ProbeSession.Attach(torch.nn.Linear(3, 2), new ProbeOptions { Output = null, OverheadBudget = null, Probes = [endpoint] });
+        var endpoint = PrometheusScrapeEndpoint.Start(new PrometheusEndpointOptions { Port = 0 });
+        using var training = new BackgroundTraining(() => new ProbeOptions { RunId = "unserved", Output = null, OverheadBudget = null, Interval = 20 },
+            steps: 400, holdAt: 200);
+        training.Start();
+        Assert.True(SpinWait.SpinUntil(() => training.Steps >= 200, TimeSpan.FromMinutes(1)), $"training at step {training.Steps}");
+        using var http = new HttpClient();
+        Assert.Contains("run_id=\"unserved\"", await ScrapeUntilItShows(http, endpoint.Address, "run_id=\"unserved\""));
 
         endpoint.Dispose();
-        AssertClosed(endpoint.Address!.Port);
-        var error = Assert.Throws<ProbeConfigurationException>(() => ProbeSession.Attach(torch.nn.Linear(3, 2),
-            new ProbeOptions { Output = null, OverheadBudget = null, Probes = [endpoint] }));
-        Assert.Contains("disposed", error.Message);
+        AssertClosed(endpoint.Address.Port);
+        training.Release();
+        training.Join(TimeSpan.FromMinutes(1));
+        Assert.Equal(400 / 20, training.Session!.History.Count);
+        Assert.Equal(0, training.Session.FailureCount);
     }
 
     [Fact]
@@ -159,7 +178,9 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
         var environment = new Dictionary<string, string> { ["TRAININGPROBES_PROMETHEUS"] = $"127.0.0.1:{port}", ["TRAININGPROBES_OUTPUT"] = "none" };
         ProbeOptions FromEnvironment(string run) => ProbeOptions.FromEnvironment(name => name == "TRAININGPROBES_RUN_ID" ? run : environment.GetValueOrDefault(name));
 
-        // Each one-line session builds its own options, so its own endpoint object; they must not each bind the port.
+        // The variable adds no probe: each one-line session builds its own options and holds the process-wide server
+        // while it lives; the sessions must not each bind the port.
+        Assert.Empty(FromEnvironment("first").Probes);
         var first = ProbeSession.Attach(torch.nn.Linear(3, 2), FromEnvironment("first"));
         var second = ProbeSession.Attach(torch.nn.Linear(3, 2), FromEnvironment("second"));
         var address = new Uri($"http://127.0.0.1:{port}/metrics");
@@ -178,37 +199,60 @@ public sealed class ScrapeEndpointTests(Xunit.Abstractions.ITestOutputHelper out
         third.Dispose();
         AssertClosed(port);
 
-        // And a later session starts it afresh.
-        using var fourth = ProbeSession.Attach(torch.nn.Linear(3, 2), FromEnvironment("fourth"));
+        // And a later session starts it afresh, saying where on its output.
+        var console = new StringWriter();
+        using var fourth = ProbeSession.Attach(torch.nn.Linear(3, 2),
+            new ProbeOptions { RunId = "fourth", Output = console, OverheadBudget = null, SessionResources = FromEnvironment("fourth").SessionResources });
         Assert.Contains("run_id=\"fourth\"", await http.GetStringAsync(address));
+        Assert.Contains($"[probes] Prometheus metrics at {address}", console.ToString());
     }
 
     [Fact]
-    public void A_port_in_use_fails_the_attach_with_a_message_naming_the_port_and_the_option()
+    public void A_port_in_use_fails_Start_with_a_message_naming_the_port_and_the_option()
+    {
+        using var holder = new TcpListener(IPAddress.Loopback, 0);
+        holder.Start();
+        int port = ((IPEndPoint)holder.LocalEndpoint).Port;
+
+        var error = Assert.Throws<ProbeConfigurationException>(() => PrometheusScrapeEndpoint.Start(new PrometheusEndpointOptions { Port = port }));
+        Assert.Contains($"port {port} is already in use", error.Message);
+        Assert.Contains("PrometheusEndpointOptions.Port", error.Message);
+    }
+
+    [Fact]
+    public void A_port_in_use_fails_a_one_line_sessions_attach_and_leaves_nothing_behind()
     {
         using var holder = new TcpListener(IPAddress.Loopback, 0);
         holder.Start();
         int port = ((IPEndPoint)holder.LocalEndpoint).Port;
         var model = torch.nn.Linear(3, 2);
+        var options = ProbeOptions.FromEnvironment(name => name switch
+        {
+            "TRAININGPROBES_PROMETHEUS" => $"127.0.0.1:{port}",
+            "TRAININGPROBES_OUTPUT" => "none",
+            _ => null,
+        });
 
-        var error = Assert.Throws<ProbeConfigurationException>(() => ProbeSession.Attach(model,
-            new ProbeOptions { Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Port = port })] }));
+        var error = Assert.Throws<ProbeConfigurationException>(() => ProbeSession.Attach(model, options));
         Assert.Contains($"port {port} is already in use", error.Message);
-        Assert.Contains("PrometheusEndpointOptions.Port", error.Message);
+        Assert.Contains("TRAININGPROBES_PROMETHEUS", error.Message);
 
-        // The failed attach left nothing behind: the model can be attached again.
-        using var session = ProbeSession.Attach(model, new ProbeOptions { Output = null, OverheadBudget = null });
-        Assert.NotNull(ProbeSession.Get(model));
+        // The failed attach left nothing behind: the model can be attached again, and once the port is free the
+        // process-wide server starts (no failed hold of it was kept).
+        holder.Stop();
+        using (var session = ProbeSession.Attach(model, options))
+        {
+            Assert.Same(session, ProbeSession.Get(model));
+        }
+
+        AssertClosed(port);
     }
 
     [Fact]
-    public void A_host_that_is_not_this_machines_fails_the_attach_naming_the_addresses_that_work_and_the_variable()
+    public void A_host_that_is_not_this_machines_fails_Start_naming_the_addresses_that_work_and_the_variable()
     {
-        var model = torch.nn.Linear(3, 2);
-        var error = Assert.Throws<ProbeConfigurationException>(() => ProbeSession.Attach(model, new ProbeOptions
-        {
-            Output = null, OverheadBudget = null, Probes = [new PrometheusScrapeEndpoint(new PrometheusEndpointOptions { Host = "8.8.8.8", Port = 0 })],
-        }));
+        var error = Assert.Throws<ProbeConfigurationException>(() =>
+            PrometheusScrapeEndpoint.Start(new PrometheusEndpointOptions { Host = "8.8.8.8", Port = 0 }));
         Assert.Contains("8.8.8.8", error.Message);
         Assert.Contains("127.0.0.1", error.Message);
         Assert.Contains("0.0.0.0", error.Message);

@@ -24,7 +24,7 @@ internal static class TestSetup
     internal static void StrictSessions() => ProbeOptions.StrictByDefault = true;
 }
 
-/// <summary>Names of the optimizer's step-to-step statistics (passive windows), which the replay tests check.</summary>
+/// <summary>Names of the optimizer's step-to-step statistics (step windows), which the replay tests check.</summary>
 internal static class StepNames
 {
     public static string Step(string name) => TrainingProbes.Probes.GradientStatisticsProbe.Prefix + name;

@@ -181,7 +181,7 @@ internal sealed class GradientSketch : IDisposable
             var values = Head(_chunk[segment], length).copy_(flat.narrow(0, offset, length)).mul_(Head(_signs[segment], length));
             plain?.narrow(0, shift, Dimension).index_add_(0, buckets, values, alpha);
             if (scaled is null) continue;
-            values.mul_(Head(_scale[segment], length).copy_(theta!.narrow(0, offset, length)).abs_().add_(_eta, _plus));   // add_(Scalar) alone passes an implicit alpha
+            values.mul_(Statistics.Whitening.AdaptiveD(theta!.narrow(0, offset, length), _eta, Head(_scale[segment], length)));
             scaled.narrow(0, shift, Dimension).index_add_(0, buckets, values, alpha);
         }
     }
@@ -195,7 +195,7 @@ internal sealed class GradientSketch : IDisposable
     /// <summary>
     /// The memory a session with <see cref="WindowStorage.Sketch"/> and the built-in probes adds, in bytes, for
     /// <paramref name="parameters"/> float32 parameters: 4 per parameter (the one-theta probe's copy of theta), and per
-    /// window (the passive one and the one-theta one) K x d x 4 per geometry, its [2d] scratch per geometry and its
+    /// window (the step window and the one-theta one) K x d x 4 per geometry, its [2d] scratch per geometry and its
     /// hash tables and work space (<see cref="TableLength"/> x 20: buckets 8, signs 4, two float32 work spaces 4 each),
     /// the drift probe's two sketches of theta, and the K step batches the one-theta probe keeps
     /// (<paramref name="batchBytes"/>).

@@ -32,4 +32,10 @@ public sealed record IndicatorDefinition(
     /// firing counters, the step gauge).
     /// </summary>
     public bool IsSnapshotValue { get; init; } = true;
+
+    /// <summary>
+    /// True for an indicator computed from per-coordinate sums over the window (GSNR, EB): a window kept as sketches
+    /// (<see cref="WindowStorage.Sketch"/>) cannot give it, and a rule on it is refused there.
+    /// </summary>
+    public bool PerCoordinate { get; init; }
 }

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -7,12 +8,9 @@ namespace TrainingProbes.Checkpoints;
 /// <summary>Checked, all-or-nothing copies of a state (name -> tensor) into a module's parameters and buffers.</summary>
 internal static class ModuleState
 {
-    private const int MaxNamesListed = 10;
-
     /// <summary>
-    /// Copies <paramref name="source"/> into the module's own state_dict tensors, in place, under no_grad: each
-    /// value lands on its target's device and dtype, and parameters keep their <c>requires_grad</c>. Nothing is
-    /// copied unless the names match exactly and every shape matches.
+    /// Copies <paramref name="source"/> into the module's own state_dict tensors in place, under no_grad (each value lands
+    /// on its target's device and dtype; parameters keep <c>requires_grad</c>), but only if every name and shape matches.
     /// </summary>
     /// <param name="model">The module to write.</param>
     /// <param name="source">The values, by state_dict name.</param>
@@ -21,27 +19,17 @@ internal static class ModuleState
     /// <exception cref="InvalidOperationException">Names are missing or extra, or shapes differ; the message names them.</exception>
     internal static void CopyInto(nn.Module model, IReadOnlyDictionary<string, Tensor> source, string sourceLabel, string sourceNoun)
     {
-        // state_dict() returns the module's own Parameter and buffer objects (TorchSharp 0.107): never dispose them.
-        var target = model.state_dict();
-
+        var target = model.state_dict();   // the module's own tensors (TorchSharp 0.107): never dispose them
         var missing = target.Keys.Where(k => !source.ContainsKey(k)).ToList();
         var extra = source.Keys.Where(k => !target.ContainsKey(k)).ToList();
-        var mismatched = new List<string>();
-        foreach (var (name, tensor) in target)
-        {
-            if (!source.TryGetValue(name, out var value)) continue;
-            var expected = tensor.shape;
-            var actual = value.shape;
-            if (!expected.AsSpan().SequenceEqual(actual))
-                mismatched.Add($"{name} ({Shape(actual)} in {sourceNoun}, {Shape(expected)} in the model)");
-        }
-
+        var mismatched = target.Where(t => source.TryGetValue(t.Key, out var v) && !t.Value.shape.AsSpan().SequenceEqual(v.shape))
+            .Select(t => $"{t.Key} ({Shape(source[t.Key].shape)} in {sourceNoun}, {Shape(t.Value.shape)} in the model)").ToList();
         if (missing.Count > 0 || extra.Count > 0 || mismatched.Count > 0)
         {
             var message = new StringBuilder($"The state in {sourceLabel} does not fit the model ({model.GetType().Name}); nothing was copied.");
-            if (missing.Count > 0) message.Append($" Missing from {sourceLabel}: {List(missing)}.");
-            if (extra.Count > 0) message.Append($" Not in the model: {List(extra)}.");
-            if (mismatched.Count > 0) message.Append($" Shape mismatch: {List(mismatched)}.");
+            if (missing.Count > 0) message.Append(CultureInfo.InvariantCulture, $" Missing from {sourceLabel}: {List(missing)}.");
+            if (extra.Count > 0) message.Append(CultureInfo.InvariantCulture, $" Not in the model: {List(extra)}.");
+            if (mismatched.Count > 0) message.Append(CultureInfo.InvariantCulture, $" Shape mismatch: {List(mismatched)}.");
             throw new InvalidOperationException(message.ToString());
         }
 
@@ -50,10 +38,8 @@ internal static class ModuleState
             tensor.copy_(source[name]);   // copy_ returns the same wrapper: nothing to dispose
     }
 
-    internal static string Shape(long[] shape) => $"[{string.Join(", ", shape)}]";
+    private static string Shape(long[] shape) => $"[{string.Join(", ", shape)}]";
 
     private static string List(List<string> names) =>
-        names.Count <= MaxNamesListed
-            ? string.Join(", ", names)
-            : string.Join(", ", names.Take(MaxNamesListed)) + $" and {names.Count - MaxNamesListed} more";
+        string.Join(", ", names.Take(10)) + (names.Count > 10 ? $" and {names.Count - 10} more" : "");
 }

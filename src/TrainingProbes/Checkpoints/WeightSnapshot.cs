@@ -4,22 +4,13 @@ using static TorchSharp.torch;
 namespace TrainingProbes.Checkpoints;
 
 /// <summary>
-/// A copy of a module's state (its parameters and persistent buffers, such as batch-norm running statistics, by
-/// their state_dict names) kept in CPU memory, whatever device the module trains on: for keeping the best weights
-/// seen so far without holding a second copy of the model on the accelerator.
+/// A CPU copy of a module's state (parameters and persistent buffers, by state_dict name), for keeping the best weights
+/// seen so far without a second copy of the model on the accelerator.
 /// </summary>
 /// <remarks>
-/// <para>
-/// A typical use keeps one snapshot and refreshes it on each improvement: <see cref="CaptureInto"/> reuses the CPU
-/// tensors of the previous capture when the names, shapes and dtypes are unchanged, so after the first capture an
-/// improvement allocates nothing. <see cref="RestoreTo"/> writes the values back into the module's own tensors in
-/// place; <see cref="CheckpointFile.Save(WeightSnapshot, string, CheckpointFormat)"/> writes them to a file.
-/// </para>
-/// <para>
-/// The copies are owned by the snapshot, not by any dispose scope that is open when it captures, and are freed by
-/// <see cref="Dispose"/>. A capture from an accelerator waits for the device copy to finish. Not thread-safe: use a
-/// snapshot from one thread at a time, like the module itself.
-/// </para>
+/// <see cref="CaptureInto"/> reuses the held CPU tensors when names, shapes and dtypes are unchanged, so refreshing a
+/// snapshot allocates nothing. The copies belong to the snapshot (not to an open dispose scope) until
+/// <see cref="Dispose"/>. Not thread-safe, like the module itself.
 /// </remarks>
 public sealed class WeightSnapshot : IDisposable
 {
@@ -48,12 +39,10 @@ public sealed class WeightSnapshot : IDisposable
         }
     }
 
-    /// <summary>Copies the current parameters and buffers of <paramref name="model"/> into a new snapshot on the CPU.</summary>
+    /// <summary>Copies <paramref name="model"/>'s current state into a new CPU snapshot, which the caller disposes.</summary>
     /// <param name="model">The module whose state_dict is copied; it is not modified.</param>
     /// <param name="step">The training step to record with the values.</param>
     /// <param name="value">The value to record with them (for example the validation loss that made them the best).</param>
-    /// <returns>A snapshot that the caller disposes.</returns>
-    /// <exception cref="ArgumentNullException"><paramref name="model"/> is null.</exception>
     public static WeightSnapshot Capture(nn.Module model, long step, double value)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -71,15 +60,12 @@ public sealed class WeightSnapshot : IDisposable
     }
 
     /// <summary>
-    /// Copies the current parameters and buffers of <paramref name="model"/> into this snapshot, replacing what it
-    /// held. When the module's state_dict has the same names, shapes and dtypes as the held copies, the values are
-    /// copied into the existing CPU tensors (no allocation); otherwise the snapshot reallocates its copies.
+    /// Copies <paramref name="model"/>'s current state into this snapshot, into the held tensors when names, shapes
+    /// and dtypes are unchanged (no allocation), into new ones otherwise.
     /// </summary>
     /// <param name="model">The module whose state_dict is copied; it is not modified.</param>
     /// <param name="step">The training step to record with the values.</param>
     /// <param name="value">The value to record with them.</param>
-    /// <exception cref="ArgumentNullException"><paramref name="model"/> is null.</exception>
-    /// <exception cref="ObjectDisposedException">The snapshot was disposed.</exception>
     public void CaptureInto(nn.Module model, long step, double value)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -97,17 +83,14 @@ public sealed class WeightSnapshot : IDisposable
         }
         else
         {
-            var names = new string[state.Count];
             var copies = new List<Tensor>(state.Count);
             try
             {
-                foreach (var (name, tensor) in state)
+                // Owned by the snapshot, not by a dispose scope the caller may have open around this call.
+                foreach (var (_, tensor) in state)
                 {
-                    // Owned by the snapshot, not by a dispose scope the caller may have open around this call.
-                    var copy = torch.empty(tensor.shape, dtype: tensor.dtype, device: torch.CPU).DetachFromDisposeScope();
-                    copies.Add(copy);
-                    copy.copy_(tensor);
-                    names[copies.Count - 1] = name;
+                    copies.Add(torch.empty(tensor.shape, dtype: tensor.dtype, device: torch.CPU).DetachFromDisposeScope());
+                    copies[^1].copy_(tensor);
                 }
             }
             catch
@@ -115,10 +98,8 @@ public sealed class WeightSnapshot : IDisposable
                 foreach (var copy in copies) copy.Dispose();
                 throw;
             }
-
             foreach (var old in _tensors) old.Dispose();
-            _tensors = [.. copies];
-            _names = names;
+            (_tensors, _names) = ([.. copies], [.. state.Keys]);
         }
 
         Step = step;
@@ -126,17 +107,11 @@ public sealed class WeightSnapshot : IDisposable
     }
 
     /// <summary>
-    /// Writes the captured values back into <paramref name="model"/>'s own parameters and buffers, in place (under
-    /// no_grad), each onto its tensor's own device and dtype; parameters keep their <c>requires_grad</c> and the
-    /// optimizer's references stay valid. Nothing is written unless the module's state_dict has exactly the captured
-    /// names with the captured shapes.
+    /// Writes the captured values back into <paramref name="model"/>'s own tensors, in place (the optimizer's references
+    /// stay valid), only if its state_dict has exactly the captured names and shapes.
     /// </summary>
     /// <param name="model">The module to restore.</param>
-    /// <exception cref="ArgumentNullException"><paramref name="model"/> is null.</exception>
-    /// <exception cref="ObjectDisposedException">The snapshot was disposed.</exception>
-    /// <exception cref="InvalidOperationException">
-    /// The module's state does not match the snapshot; the message names the missing, extra and mismatched entries.
-    /// </exception>
+    /// <exception cref="InvalidOperationException">The module does not match the snapshot; the message names the mismatches.</exception>
     public void RestoreTo(nn.Module model)
     {
         ArgumentNullException.ThrowIfNull(model);
@@ -148,9 +123,7 @@ public sealed class WeightSnapshot : IDisposable
     internal Dictionary<string, Tensor> AsDictionary()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        var dictionary = new Dictionary<string, Tensor>(_names.Length, StringComparer.Ordinal);
-        for (int i = 0; i < _names.Length; i++) dictionary.Add(_names[i], _tensors[i]);
-        return dictionary;
+        return _names.Zip(_tensors).ToDictionary(p => p.First, p => p.Second, StringComparer.Ordinal);
     }
 
     /// <summary>Frees the CPU copies. Later calls to the snapshot's methods throw <see cref="ObjectDisposedException"/>.</summary>
@@ -162,17 +135,7 @@ public sealed class WeightSnapshot : IDisposable
         _tensors = [];
     }
 
-    private bool Fits(Dictionary<string, Tensor> state)
-    {
-        if (state.Count != _names.Length || _names.Length == 0) return false;
-        int i = 0;
-        foreach (var (name, tensor) in state)
-        {
-            var held = _tensors[i];
-            if (name != _names[i] || held.dtype != tensor.dtype || !held.shape.AsSpan().SequenceEqual(tensor.shape))
-                return false;
-            i++;
-        }
-        return true;
-    }
+    private bool Fits(Dictionary<string, Tensor> state) =>
+        state.Count == _names.Length && _names.Length > 0 && state.Select((kv, i) =>
+            kv.Key == _names[i] && _tensors[i].dtype == kv.Value.dtype && _tensors[i].shape.AsSpan().SequenceEqual(kv.Value.shape)).All(x => x);
 }

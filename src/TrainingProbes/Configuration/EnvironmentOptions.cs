@@ -33,7 +33,7 @@ internal static class EnvironmentOptions
         [nameof(ProbeOptions.OverheadBudget)] = "TRAININGPROBES_OVERHEAD_BUDGET", [nameof(ProbeOptions.Storage)] = "TRAININGPROBES_STORAGE",
         [nameof(ProbeOptions.SketchDimension)] = "TRAININGPROBES_SKETCH_DIMENSION", [nameof(ProbeOptions.CheckpointPath)] = "TRAININGPROBES_CHECKPOINT",
         [nameof(ProbeOptions.RunId)] = "TRAININGPROBES_RUN_ID", [nameof(ProbeOptions.Worker)] = "TRAININGPROBES_WORKER",
-        [nameof(ProbeOptions.Stopping)] = "TRAININGPROBES_STOP", [nameof(ProbeOptions.Probes)] = "TRAININGPROBES_PROMETHEUS",
+        [nameof(ProbeOptions.Stopping)] = "TRAININGPROBES_STOP", [nameof(ProbeOptions.SessionResources)] = "TRAININGPROBES_PROMETHEUS",
         [nameof(ProbeOptions.BackgroundStatistics)] = "TRAININGPROBES_BACKGROUND",
     };
 
@@ -75,7 +75,7 @@ internal static class EnvironmentOptions
                     "false" or "0" => false,
                     var other => throw new ArgumentException($"TRAININGPROBES_BACKGROUND is '{other}'; use true or false."),
                 },
-                Probes = read("TRAININGPROBES_PROMETHEUS") is { Length: > 0 } endpoint ? [PrometheusEndpoint(endpoint)] : [],
+                SessionResources = read("TRAININGPROBES_PROMETHEUS") is { Length: > 0 } endpoint ? [PrometheusEndpoint(endpoint)] : [],
                 Stopping = read("TRAININGPROBES_STOP")?.Trim() switch
                 {
                     null or "" => defaults.Stopping,
@@ -113,12 +113,13 @@ internal static class EnvironmentOptions
             : throw new ArgumentException($"{variable} is '{text}'; it must be an integer.");
 
         // The endpoint lives in the TrainingProbes.Prometheus package (ASP.NET Core stays out of the core library),
-        // which registers its factory with EnvironmentProbes when it loads.
-        static TrainingProbe PrometheusEndpoint(string value)
+        // which registers its factory with EnvironmentResources when it loads. Each session holds the process-wide
+        // server while it lives.
+        static Func<ProbeSession, IDisposable> PrometheusEndpoint(string value)
         {
             try
             {
-                return EnvironmentProbes.Create("TRAININGPROBES_PROMETHEUS", value, "TrainingProbes.Prometheus")
+                return EnvironmentResources.Create("TRAININGPROBES_PROMETHEUS", value, "TrainingProbes.Prometheus")
                     ?? throw new ArgumentException(
                         $"TRAININGPROBES_PROMETHEUS is '{value}', but the application does not reference the TrainingProbes.Prometheus package that serves it. Add the package, or unset the variable.");
             }

@@ -36,7 +36,7 @@ internal static class OptionsValidation
                 "The fisher geometry needs a per-coordinate average of squared gradients, which Storage = Sketch does not keep. " +
                 "Leave Geometries unset (euclidean and adaptive) or drop Fisher, or use Storage = Full or BFloat16.", nameof(ProbeOptions.Geometries));
         if (o.Storage == WindowStorage.Sketch
-            && o.Stopping.FirstOrDefault(r => r is not null && (r.Geometry == Geometry.Fisher || r.Monitor.Split('.').Any(part => part is "gsnr" or "eb_criterion"))) is { } unavailable)
+            && o.Stopping.FirstOrDefault(r => r is not null && (r.Geometry == Geometry.Fisher || (IndicatorCatalogue.TryFind(r.Monitor, out var d) && d.PerCoordinate))) is { } unavailable)
             throw new ArgumentException(
                 $"The stopping rule '{unavailable.Name}' monitors {unavailable.MonitorLabel}, which Storage = Sketch does not compute (GSNR and EB are " +
                 "per-coordinate, and the fisher geometry needs a per-coordinate average); it would never fire. Monitor a Gram indicator such as " +

@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 namespace TrainingProbes.Curvature;
 
 /// <summary>
-/// The curvature of an active window (<see cref="FixedPointOptions.Curvature"/>): the top Hessian eigenvalue of the
+/// The curvature of a fixed-point window (<see cref="FixedPointOptions.Curvature"/>): the top Hessian eigenvalue of the
 /// pooled loss and of each minibatch's (contrastive curvature), the Hutchinson trace, and the top eigenvalue of
 /// <c>D Hbar D</c> in the invariant geometries, with D from the window's <see cref="Whitening"/>. Every power iteration
 /// starts from the previous window's top eigenvector (<see cref="FixedPointOptions.WarmStart"/>). Each estimate says

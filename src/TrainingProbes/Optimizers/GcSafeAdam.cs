@@ -46,13 +46,12 @@ public sealed class GcSafeAdam : Adam
     /// <returns>The closure's loss, or null.</returns>
     public override Tensor step(Func<Tensor>? closure = null) => _step<ParamGroup>(group =>
     {
-        var options = group.Options;
+        var o = group.Options;
+        var hyper = new AdamStep.Hyper(o.LearningRate!.Value, o.beta1!.Value, o.beta2!.Value, o.eps!.Value, o.weight_decay!.Value, Decoupled: false, o.amsgrad!.Value, o.maximize!.Value);
         foreach (var param in group.Parameters)
         {
             var state = (State)_state[param.Handle];
-            AdamStep.Apply(param, options.LearningRate!.Value, options.beta1!.Value, options.beta2!.Value, options.eps!.Value,
-                options.weight_decay!.Value, decoupled: false, options.amsgrad!.Value, options.maximize!.Value,
-                ref state.step, state.exp_avg, state.exp_avg_sq, ref state.max_exp_avg_sq);
+            AdamStep.Apply(param, hyper, ref state.step, state.exp_avg, state.exp_avg_sq, ref state.max_exp_avg_sq);
         }
     }, closure);
 }
@@ -97,13 +96,12 @@ public sealed class GcSafeAdamW : AdamW
     /// <returns>The closure's loss, or null.</returns>
     public override Tensor step(Func<Tensor>? closure = null) => _step<ParamGroup>(group =>
     {
-        var options = group.Options;
+        var o = group.Options;
+        var hyper = new AdamStep.Hyper(o.LearningRate!.Value, o.beta1!.Value, o.beta2!.Value, o.eps!.Value, o.weight_decay!.Value, Decoupled: true, o.amsgrad!.Value, o.maximize!.Value);
         foreach (var param in group.Parameters)
         {
             var state = (State)_state[param.Handle];
-            AdamStep.Apply(param, options.LearningRate!.Value, options.beta1!.Value, options.beta2!.Value, options.eps!.Value,
-                options.weight_decay!.Value, decoupled: true, options.amsgrad!.Value, options.maximize!.Value,
-                ref state.step, state.exp_avg, state.exp_avg_sq, ref state.max_exp_avg_sq);
+            AdamStep.Apply(param, hyper, ref state.step, state.exp_avg, state.exp_avg_sq, ref state.max_exp_avg_sq);
         }
     }, closure);
 }
@@ -111,10 +109,13 @@ public sealed class GcSafeAdamW : AdamW
 /// <summary>One parameter's Adam or AdamW update, operation for operation as TorchSharp 0.107 does it, with kept scalars.</summary>
 internal static class AdamStep
 {
+    /// <summary>A parameter group's settings for one step.</summary>
+    public readonly record struct Hyper(double LearningRate, double Beta1, double Beta2, double Eps, double WeightDecay, bool Decoupled, bool AmsGrad, bool Maximize);
+
     /// <summary>Updates <paramref name="param"/> and its state; inside the dispose scope and no_grad of the optimizer's <c>_step</c>.</summary>
-    public static void Apply(Parameter param, double lr, double beta1, double beta2, double eps, double weightDecay, bool decoupled, bool amsgrad, bool maximize,
-        ref long step, Tensor expAvg, Tensor expAvgSq, ref Tensor? maxExpAvgSq)
+    public static void Apply(Parameter param, in Hyper h, ref long step, Tensor expAvg, Tensor expAvgSq, ref Tensor? maxExpAvgSq)
     {
+        var (lr, beta1, beta2, eps, weightDecay, decoupled, amsgrad, maximize) = h;
         var gradient = param.grad;   // a new wrapper, owned by the dispose scope that _step opens
         if (gradient is null) return;
         if (maximize) gradient = gradient.neg();

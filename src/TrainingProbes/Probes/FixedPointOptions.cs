@@ -27,7 +27,7 @@ public sealed class FixedPointOptions
 
     /// <summary>
     /// Where the K minibatches come from: a source that is enumerated (and restarted when it ends) K items per
-    /// active window. Null splits the batch of the step that closes the window into K micro-batches; that step must
+    /// fixed-point window. Null splits the batch of the step that closes the window into K micro-batches; that step must
     /// then pass its input and target to the step call (<c>model.Probe(loss, optimizer, input, target)</c>).
     /// </summary>
     public IEnumerable<(Tensor Input, Tensor Target)>? Batches { get; init; }
@@ -41,14 +41,14 @@ public sealed class FixedPointOptions
     }
 
     /// <summary>
-    /// An active window runs at every this-many passive windows (default 10; the first at window Every - 1).
-    /// With an overhead budget, the session stretches the passive interval to pay for it.
+    /// A fixed-point window runs at every this-many windows (default 10; the first at window Every - 1).
+    /// With an overhead budget, the session stretches the interval between windows to pay for it.
     /// </summary>
     public int Every
     {
         get => _every;
         init => _every = value >= 1 ? value
-            : throw new ArgumentOutOfRangeException(nameof(Every), value, "Every must be at least 1 (1 runs an active window at every passive window).");
+            : throw new ArgumentOutOfRangeException(nameof(Every), value, "Every must be at least 1 (1 runs a fixed-point window at every window).");
     }
 
     /// <summary>

@@ -10,7 +10,7 @@ using static TorchSharp.torch;
 namespace TrainingProbes;
 
 /// <summary>
-/// Active windows: K minibatches evaluated at the same parameters theta, where the passive windows' step gradients
+/// Fixed-point windows: K minibatches evaluated at the same parameters theta, where the step windows' gradients
 /// come from parameters that drift. At every <see cref="FixedPointOptions.Every"/>-th window close it computes, at the
 /// current theta and without disturbing training:
 /// the first-order family of the K minibatch gradients (names prefixed <c>fixed_point.</c>); the finite-radius regret
@@ -29,7 +29,7 @@ namespace TrainingProbes;
 /// gradient (frozen after the session started) gets none: the values are those of the parameters that still train;
 /// when none does, or the loss has no graph, the window fails with a message (logged and counted by the session).
 /// </remarks>
-public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
+public sealed class FixedPointProbe : TrainingProbe, IStatefulPart
 {
     /// <summary>Prefix of the names this probe reports.</summary>
     public const string Prefix = "fixed_point.";
@@ -57,7 +57,7 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
     }
 
     /// <summary>
-    /// Runs one active window at the model's current parameters, outside any training loop (for example on a
+    /// Runs one fixed-point window at the model's current parameters, outside any training loop (for example on a
     /// checkpoint), and returns its values: the fixed-point family, and nothing else. The model's parameters, gradients,
     /// buffers and mode are left as they were.
     /// </summary>
@@ -102,7 +102,7 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
     /// <inheritdoc />
     public override string Name => "fixed_point";
 
-    /// <summary>Number of active windows run so far.</summary>
+    /// <summary>Number of fixed-point windows run so far.</summary>
     public int Runs { get; private set; }
 
     /// <inheritdoc />
@@ -126,8 +126,8 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
     /// <inheritdoc />
     public override void OnWindowClosed(ProbeWindowContext window)
     {
-        // At windows Every-1, 2 Every-1, ...: the first passive windows come first and give the overhead budget its
-        // first measure of the training's pace before an expensive active window is charged to it.
+        // At windows Every-1, 2 Every-1, ...: the first ordinary windows come first and give the overhead budget its
+        // first measure of the training's pace before an expensive fixed-point window is charged to it.
         int every = _runAtEveryWindow ? 1 : _options.Every;
         if (_windowsSeen++ % every != every - 1) return;
         try
@@ -318,9 +318,9 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
         _curvature?.Dispose();
     }
 
-    string Session.IStatefulPart.StateKey => Name;
+    string IStatefulPart.StateKey => Name;
 
-    void Session.IStatefulPart.Save(Session.SessionStateWriter state)
+    void IStatefulPart.Save(SessionStateWriter state)
     {
         state.Set("runs", Runs);
         state.Set("windows_seen", _windowsSeen);
@@ -329,7 +329,7 @@ public sealed class FixedPointProbe : TrainingProbe, Session.IStatefulPart
             for (int i = 0; i < eigenvector.Length; i++) state.SetTensor($"eigenvector.{i}", eigenvector[i]);
     }
 
-    Action Session.IStatefulPart.Prepare(Session.SessionStateReader state)
+    Action IStatefulPart.Prepare(SessionStateReader state)
     {
         int runs = state.Get<int>("runs"), windowsSeen = state.Get<int>("windows_seen");
         var family = _family?.Prepare(state.For("family")) ?? (() => { });

@@ -8,7 +8,7 @@ namespace TrainingProbes.Probes;
 /// describe the trajectory, not generalization: a negative <c>step.gradient.cosine</c> means consecutive steps
 /// overshoot across a valley (oscillation, compare Cohen et al. 2021 on the edge of stability).
 /// </summary>
-internal sealed class GradientStatisticsProbe(ProbeOptions options) : TrainingProbe, Session.IStatefulPart
+internal sealed class GradientStatisticsProbe(ProbeOptions options) : TrainingProbe, IStatefulPart
 {
     /// <summary>Prefix of the names this probe reports.</summary>
     public const string Prefix = "step.";
@@ -31,8 +31,8 @@ internal sealed class GradientStatisticsProbe(ProbeOptions options) : TrainingPr
 
     public string StateKey => Name;
 
-    public void Save(Session.SessionStateWriter state) => _family?.Save(state.For("family"));
+    public void Save(SessionStateWriter state) => _family?.Save(state.For("family"));
 
-    public Action Prepare(Session.SessionStateReader state) =>
+    public Action Prepare(SessionStateReader state) =>
         _family?.Prepare(state.For("family")) ?? throw new InvalidDataException($"The probe '{Name}' did not start, so it has no state to restore.");
 }

@@ -8,13 +8,13 @@ namespace TrainingProbes.Probes;
 /// at the step's parameters (<see cref="Capture.MicroBatchWindow"/>), reported for minibatches of the trainer's size.
 /// </summary>
 /// <remarks>
-/// Passive step gradients come from K different parameter vectors: plain SGD overshoots across valleys, consecutive
+/// Step gradients come from K different parameter vectors: plain SGD overshoots across valleys, consecutive
 /// step gradients anti-correlate, and their statistics measure the optimizer (<see cref="ProbeOptions.StepStatistics"/>).
 /// At one theta the micro-batches differ only in their data, which is what generalization is about. Without the step's
 /// batch and loss function (<c>model.Probe(loss, optimizer, input, target, lossFunction.call)</c> or
 /// <see cref="ProbeOptions.Loss"/>) the session says once what it misses and this probe publishes nothing.
 /// </remarks>
-internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProbe, Session.IStatefulPart
+internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProbe, IStatefulPart
 {
     private FirstOrderFamily? _family;
 
@@ -36,8 +36,8 @@ internal sealed class OneThetaGradientProbe(ProbeOptions options) : TrainingProb
 
     public string StateKey => Name;
 
-    public void Save(Session.SessionStateWriter state) => _family?.Save(state.For("family"));
+    public void Save(SessionStateWriter state) => _family?.Save(state.For("family"));
 
-    public Action Prepare(Session.SessionStateReader state) =>
+    public Action Prepare(SessionStateReader state) =>
         _family?.Prepare(state.For("family")) ?? throw new InvalidDataException($"The probe '{Name}' did not start, so it has no state to restore.");
 }

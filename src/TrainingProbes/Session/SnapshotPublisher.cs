@@ -51,7 +51,7 @@ internal sealed class SnapshotPublisher(int capacity, ProbeFailures failures)
         }
 
         Volatile.Write(ref _latest, snapshot);
-        // Values that are not computed at every window (an active window's) keep their last value for the gauges, unless
+        // Values that are not computed at every window (a fixed-point window's) keep their last value for the gauges, unless
         // their probe failed in this window: then its series go, rather than show an old value as current. A failure of
         // the watched parameters (replaced after attach) or of the capture takes every probe's series.
         MergeIntoCurrent(snapshot.Values, snapshot.Failures.Select(f => f.Probe).ToHashSet());

@@ -340,6 +340,10 @@ internal sealed class WindowLifecycle(
     private sealed record PendingWindow(WindowJob Job, List<(string Name, double Value)> Values, Dictionary<string, double> Seconds, bool WarmUp);
 
     private PendingWindow? _pending;
+
+    /// <summary>The <c>probe</c> attribute of the values the session measures itself (learning rate, overhead, interval).</summary>
+    private const string SessionSource = "session";
+
     /// <summary>Publishes the pending window, waiting for its job if it is still running (training thread only).</summary>
     public void Publish()
     {
@@ -351,12 +355,12 @@ internal sealed class WindowLifecycle(
 
         var context = pending.Job.Context;
         context.HoldSession(strongly: true);
-        context.CurrentProbe = "session";
-        foreach (var (name, value) in pending.Values) context.Report(name, value);
         var seconds = pending.Seconds;
         foreach (var (name, value) in pending.Job.Seconds) seconds[name] = seconds.GetValueOrDefault(name) + value;
 
-        var snapshot = new ProbeSnapshot(RunId, context.Step, context.Window, DateTimeOffset.UtcNow, context.Values.ToArray(), seconds, _failures.Take());
+        // The session's own measurements join the probes' values directly, attributed to the session.
+        IndicatorValue[] values = [.. context.Values, .. pending.Values.Select(v => new IndicatorValue(v.Name, Geometry.None, SessionSource, v.Value))];
+        var snapshot = new ProbeSnapshot(RunId, context.Step, context.Window, DateTimeOffset.UtcNow, values, seconds, _failures.Take());
         _publisher.Publish(snapshot);
         // Charged to the next interval: the publication, and how much longer the trainer's steps took while the worker
         // ran (measured against the steps while it did not); nothing of the first window's, whose code ran for the first

@@ -20,7 +20,7 @@ namespace TrainingProbes.Statistics;
 /// <c>alpha_c = 2 m_c / ((K - 1) w)</c>, <c>beta_c = -m_c^2 / ((K - 2) w^2)</c>: the derivatives of the ratio of K - 1
 /// values at the leave-one-out average. F folds <c>q_c = SS_c / K + m_c^2</c>, the mean square, where it is finite:
 /// <c>F_c &lt;- decay F_c + (1 - decay) q_c</c>; the fisher D is <c>1 / sqrt(max(F_c, floor) x bias)</c> where F_c &gt; 0
-/// and that raised value is at least <see cref="SmallestFisher"/>, else 0. Gram matrices of float32 blocks are taken
+/// and that raised value is at least <see cref="Whitening.SmallestFisher"/>, else 0 (both written in <see cref="Whitening"/>). Gram matrices of float32 blocks are taken
 /// with each block scaled by a power of two that brings its largest |value| near 1 (exact), so that squares of
 /// gradients near 1e20 do not overflow float32 and those near 1e-25 do not underflow.
 /// </remarks>
@@ -28,12 +28,6 @@ internal static class CoordinateSums
 {
     /// <summary>How many units of the stored dtype's rounding a coordinate's spread must exceed to count as noise.</summary>
     public const double RoundingFactor = 8;
-
-    /// <summary>
-    /// Below this raised F (2^-250) a coordinate counts as having no Fisher information (D = 0): its F has decayed from
-    /// gradients that stopped long ago, and its D would overflow float32.
-    /// </summary>
-    public const double SmallestFisher = 5.527147875260445e-76;
 
     /// <summary>The machine epsilon of the dtype gradients are stored in (bfloat16 storage rounds float32 to 8 bits).</summary>
     public static double Epsilon(ScalarType stored) => stored switch
@@ -96,17 +90,13 @@ internal static class CoordinateSums
                 case Geometry.Fisher:
                 {
                     var fisher = state.Fisher ?? throw new InvalidOperationException("The fisher geometry needs F.");
-                    var mean2 = squares.div(scalars[k]).add_(mean.mul(mean), Scalars.One);
-                    var folded = fisher.mul(scalars[state.Decay]).add_(mean2.mul(scalars[1 - state.Decay]), Scalars.One);
-                    fisher.copy_(torch.where(mean2.isfinite(), folded, fisher));
+                    Whitening.Fold(fisher, squares.div(scalars[k]).add_(mean.mul(mean), Scalars.One), state.Decay);
                     fisherSum = fisher.sum().reshape(1);
-                    var raised = (state.Floor > 0 ? fisher.clamp_min(scalars[state.Floor]) : fisher.clone()).mul_(scalars[state.Bias]);
-                    d = raised.rsqrt().masked_fill_(fisher.le(Scalars.Zero).logical_or_(raised.lt(scalars[SmallestFisher])), Scalars.Zero).to(compute);
+                    d = Whitening.FisherD(fisher, state.Floor, state.Bias, compute);
                     break;
                 }
                 case Geometry.Adaptive:
-                    d = (state.Theta ?? throw new InvalidOperationException("The adaptive geometry needs theta."))
-                        .to(compute).abs().add_(scalars[state.Eta], Scalars.One);
+                    d = Whitening.AdaptiveD(state.Theta ?? throw new InvalidOperationException("The adaptive geometry needs theta."), state.Eta, compute);
                     break;
             }
 

@@ -12,7 +12,7 @@ namespace TrainingProbes.Statistics;
 /// average, parameter by parameter; the O(K^2) formulas of <see cref="FirstOrderStatistics"/> and
 /// <see cref="GsnrStatistics"/> then run on the host, with jackknife standard errors over the K gradients.
 /// </summary>
-internal sealed unsafe class FirstOrderFamily : IDisposable
+internal sealed class FirstOrderFamily : IDisposable
 {
     private static readonly Geometry[] Order = [Geometry.Euclidean, Geometry.Fisher, Geometry.Adaptive];
 
@@ -33,13 +33,12 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
     private readonly double[] _synthetic;                 // a K x K matrix with the pooled moments
     private readonly double[] _pooledLeaveOneOut;         // per definition, the pooled values leaving one window out
     private readonly double[] _pooledValues, _pooledErrors;   // per definition, of the geometry being published
-    private readonly Pass _pass;
+    private readonly FirstOrderPass _pass;
     private readonly bool _sketched;
     private double[] _total = [];
     private int _partsPending;
     private ProbeWindowContext? _window;
     private double _examples = double.NaN;                // examples behind each of the window's gradients
-    private WindowKernel? _kernel;
 
     /// <param name="options">Geometries' settings, GSNR epsilon, regret quantile.</param>
     /// <param name="geometries">The geometries to compute.</param>
@@ -68,7 +67,7 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         _summary = new GramSummary(k, options.RegretQuantile);
         _leftOut = new GramSummary(k, options.RegretQuantile);
         _leaveOneOut = new double[k * _definitions.Length];
-        _pass = new Pass(this);
+        _pass = new FirstOrderPass(_layout, options.GsnrEpsilon, parameters, Whitening);
         long span = options.SmoothingSteps is { } steps ? steps : long.MaxValue;
         if (smoothing > 0) _smoother = new WindowSmoother(_layout.Geometries.Count * _definitions.Length + 2, smoothing, span);
         if (smoothing > 0 && microBatches) _pool = new MomentPool(_layout.Geometries.Count, smoothing, span);
@@ -118,30 +117,34 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
 
     private void ComputeFrom(IWindowSource source)
     {
-        var window = _window!;
         _total = new double[_layout.Length];
         _partsPending = 1;   // this method's own part, released at its end
+        if (source is GradientWindow { Sketch: { } sketch } sketched) ComputeSketched(sketched, sketch);
+        else ComputeCoordinates(source);
+        AddPart([]);
+    }
 
-        if (source is GradientWindow { Sketch: { } sketch } sketched)
+    /// <summary>Gram matrices of the [K, d] sketches: unbiased estimates of the full ones. No GSNR, no per-layer values.</summary>
+    private void ComputeSketched(GradientWindow sketched, GradientSketch sketch)
+    {
+        for (int s = 0; s < sketched.Segments.Count; s++)
         {
-            // Gram matrices of the [K, d] sketches: unbiased estimates of the full ones. No GSNR, no per-layer values.
-            for (int s = 0; s < sketched.Segments.Count; s++)
+            var sums = torch.zeros(_layout.Length, dtype: ScalarType.Float64, device: sketched.Segments[s].Device);
+            for (int i = 0; i < _layout.Geometries.Count; i++)
             {
-                var sums = torch.zeros(_layout.Length, dtype: ScalarType.Float64, device: sketched.Segments[s].Device);
-                for (int i = 0; i < _layout.Geometries.Count; i++)
-                {
-                    var h = sketch.Windows[sketch.IndexOf(_layout.Geometries[i])][s].to(ScalarType.Float64);
-                    sums.narrow(0, _layout.Gram(i), _k * _k).view(_k, _k).add_(h.mm(h.t()), Scalars.One);
-                }
-
-                _partsPending++;
-                window.Fetch(sums, AddPart);
+                var h = sketch.Windows[sketch.IndexOf(_layout.Geometries[i])][s].to(ScalarType.Float64);
+                sums.narrow(0, _layout.Gram(i), _k * _k).view(_k, _k).add_(h.mm(h.t()), Scalars.One);
             }
 
-            AddPart([]);
-            return;
+            _partsPending++;
+            _window!.Fetch(sums, AddPart);
         }
+    }
 
+    /// <summary>The per-coordinate read, parameter by parameter: host sums add at once, device sums after one transfer per device.</summary>
+    private void ComputeCoordinates(IWindowSource source)
+    {
+        var window = _window!;
         bool first = Whitening.NeedsFirstFloors;
         Whitening.Begin();
         if (first)
@@ -171,7 +174,6 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         }
 
         _pass.Release();
-
         foreach (var total in deviceTotals.Values)
         {
             _partsPending++;
@@ -183,8 +185,6 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
             {
                 for (int i = 0; i < fisherSums.Count; i++) Whitening.EndParameter(fisherSums[i].Parameter, host[i]);
             });
-
-        AddPart([]);
     }
 
     /// <summary>A layer's values, from the pass that just read it: at once from host sums, or after the transfer.</summary>
@@ -337,36 +337,36 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
     }
 
     /// <summary>Saves what carries from window to window: the whitening's Fisher average, floors and update count, and the smoother.</summary>
-    public void Save(Session.SessionStateWriter state)
+    public void Save(SessionStateWriter state)
     {
         state.Set("whitening.updates", Whitening.Updates);
         state.Set("whitening.floors", Whitening.Floors);
         state.Set("whitening.floors_in_use", Whitening.FloorsInUse);
         var tensors = Whitening.StateTensors;
         for (int i = 0; i < tensors.Count; i++) state.SetTensor($"whitening.{i}", tensors[i]);
-        if (_smoother is not null)
-        {
-            var (values, variances, count, next, steps) = _smoother.State;
-            state.Set("smoother.values", values);
-            state.Set("smoother.variances", variances);
-            state.Set("smoother.count", count);
-            state.Set("smoother.next", next);
-            state.Set("smoother.steps", steps);
-        }
-
-        if (_pool is not null)
-        {
-            var (d, s, count, next, steps) = _pool.State;
-            state.Set("pool.d", d);
-            state.Set("pool.s", s);
-            state.Set("pool.count", count);
-            state.Set("pool.next", next);
-            state.Set("pool.steps", steps);
-        }
+        if (_smoother is not null) SaveWindows(state, "smoother", "values", "variances", _smoother.State);
+        if (_pool is not null) SaveWindows(state, "pool", "d", "s", _pool.State);
     }
 
+    /// <summary>Saves the windows a smoother or a pool holds: two columns of values, the counts, next slots and steps.</summary>
+    private static void SaveWindows(SessionStateWriter state, string prefix, string first, string second,
+        (double[], double[], int[], int[], long[]) windows)
+    {
+        state.Set($"{prefix}.{first}", windows.Item1);
+        state.Set($"{prefix}.{second}", windows.Item2);
+        state.Set($"{prefix}.count", windows.Item3);
+        state.Set($"{prefix}.next", windows.Item4);
+        state.Set($"{prefix}.steps", windows.Item5);
+    }
+
+    /// <summary>Reads what <see cref="SaveWindows"/> saved into <paramref name="prepare"/> (steps null: saved before windows had steps).</summary>
+    private static Action PrepareWindows(SessionStateReader state, string prefix, string first, string second,
+        Func<double[], double[], int[], int[], long[]?, Action> prepare) =>
+        prepare(state.Get<double[]>($"{prefix}.{first}"), state.Get<double[]>($"{prefix}.{second}"), state.Get<int[]>($"{prefix}.count"),
+            state.Get<int[]>($"{prefix}.next"), state.Has($"{prefix}.steps") ? state.Get<long[]>($"{prefix}.steps") : null);
+
     /// <summary>Checks <see cref="Save"/>'s state against this family; returns what restores it.</summary>
-    public Action Prepare(Session.SessionStateReader state)
+    public Action Prepare(SessionStateReader state)
     {
         long updates = state.Get<long>("whitening.updates");
         double[] floors = state.Get<double[]>("whitening.floors"), inUse = state.Get<double[]>("whitening.floors_in_use");
@@ -376,15 +376,8 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
         var saved = targets.Select((t, i) => state.GetTensor($"whitening.{i}", t.shape, t.dtype)).ToArray();
         if (state.Has($"whitening.{targets.Count}"))
             throw new InvalidDataException("The saved whitening state has more tensors than this session's geometries use: it was saved with other Geometries.");
-        Action smoother = () => { };
-        if (_smoother is not null)
-            smoother = _smoother.Prepare(state.Get<double[]>("smoother.values"), state.Get<double[]>("smoother.variances"),
-                state.Get<int[]>("smoother.count"), state.Get<int[]>("smoother.next"),
-                state.Has("smoother.steps") ? state.Get<long[]>("smoother.steps") : null);
-        Action pool = () => { };
-        if (_pool is not null)
-            pool = _pool.Prepare(state.Get<double[]>("pool.d"), state.Get<double[]>("pool.s"), state.Get<int[]>("pool.count"), state.Get<int[]>("pool.next"),
-                state.Has("pool.steps") ? state.Get<long[]>("pool.steps") : null);
+        Action smoother = _smoother is null ? () => { } : PrepareWindows(state, "smoother", "values", "variances", _smoother.Prepare);
+        Action pool = _pool is null ? () => { } : PrepareWindows(state, "pool", "d", "s", _pool.Prepare);
         return () =>
         {
             using (torch.no_grad())
@@ -398,94 +391,6 @@ internal sealed unsafe class FirstOrderFamily : IDisposable
     }
 
     public void Dispose() => Whitening.Dispose();
-
-    /// <summary>One parameter's read: its blocks through the managed kernel or the tensor path, into its own sums.</summary>
-    private sealed class Pass(FirstOrderFamily family) : BlockSink
-    {
-        private int _parameter;
-        private ScalarType _stored;
-        private bool _squaresOnly;
-        private double _squares;
-        private Tensor? _squaresDevice;
-
-        /// <summary>The parameter's host sums (managed blocks), or null.</summary>
-        public double[]? Host { get; private set; }
-
-        /// <summary>The parameter's device sums (tensor blocks), or null; valid until the next <see cref="Run"/> or <see cref="Release"/>.</summary>
-        public Tensor? Device { get; private set; }
-
-        public double FisherHost { get; private set; }
-
-        public Tensor? FisherDevice { get; private set; }
-
-        public void Run(IWindowSource source, int parameter)
-        {
-            Release();
-            _parameter = parameter;
-            _stored = source.Stored;
-            _squaresOnly = false;
-            Host = null;
-            FisherHost = 0;
-            source.Read(parameter, this);
-        }
-
-        public double SumOfSquares(IWindowSource source, int parameter)
-        {
-            Release();
-            _parameter = parameter;
-            _squaresOnly = true;
-            _squares = 0;
-            source.Read(parameter, this);
-            return _squares + (_squaresDevice is null ? 0 : _squaresDevice.item<double>());   // once, at the first window
-        }
-
-        /// <summary>
-        /// Frees the device sums. They live outside every dispose scope: a source hands its blocks out of scopes of its
-        /// own, which would free anything made inside them.
-        /// </summary>
-        public void Release()
-        {
-            Device?.Dispose();
-            FisherDevice?.Dispose();
-            _squaresDevice?.Dispose();
-            Device = FisherDevice = _squaresDevice = null;
-        }
-
-        public override void Managed(float** rows, long offset, long count)
-        {
-            var layout = family._layout;
-            var kernel = family._kernel ??= new WindowKernel(layout, family._options.GsnrEpsilon);
-            if (_squaresOnly)
-            {
-                _squares += kernel.SumOfSquares(rows, count);
-                return;
-            }
-
-            int segment = family._parameters.Parameters[_parameter].Segment;
-            if (!family.Whitening.ManagedState(segment))
-                throw new InvalidOperationException("The whitening state of a CPU float32 window is not readable in place.");
-            Host ??= new double[layout.Length];
-            FisherHost += kernel.Accumulate(rows, count, family.Whitening.Managed(_parameter, offset, _stored), Host);
-        }
-
-        public override void Tensor(Tensor block, long offset)
-        {
-            if (_squaresOnly)
-            {
-                var squares = CoordinateSums.SumOfSquares(block);
-                if (_squaresDevice is null) _squaresDevice = squares.clone().DetachFromDisposeScope();
-                else _squaresDevice.add_(squares, Scalars.One);
-                return;
-            }
-
-            var layout = family._layout;
-            if (Device is null) Device = torch.zeros(layout.Length, ScalarType.Float64, block.device).DetachFromDisposeScope();
-            var state = family.Whitening.Tensors(_parameter, offset, block.shape[1], _stored);
-            var fisher = CoordinateSums.Accumulate(block, state, layout, family._options.GsnrEpsilon, Device);
-            if (FisherDevice is null) FisherDevice = fisher.clone().DetachFromDisposeScope();
-            else FisherDevice.add_(fisher, Scalars.One);
-        }
-    }
 }
 
 /// <summary>A window's gradients hold a NaN or an infinity (the failure's reason: <c>non_finite_gradient</c>).</summary>

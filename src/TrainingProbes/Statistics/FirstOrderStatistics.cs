@@ -85,49 +85,14 @@ internal readonly record struct FirstOrderStatistics(
         double meanGradSq = Math.Max(sumAll / ((double)k * k), 0);   // ||gbar||^2
         double meanGradNorm = Math.Sqrt(meanGradSq);
 
-        // Pairwise quantities over ordered pairs i != j; pairs whose reference gradient is zero have no direction and are left out.
-        double sumCos = 0, sumRegret = 0, sumRegretNorm = 0, sumDisparity = 0;
-        int cosPairs = 0, regretPairs = 0, pairs = 0;
-        for (int i = 0; i < k; i++)
-        {
-            double ni = Math.Sqrt(Math.Max(gram[i * k + i], 0));
-            for (int j = 0; j < k; j++)
-            {
-                if (i == j) continue;
-                double gij = gram[i * k + j];
-                double nj = Math.Sqrt(Math.Max(gram[j * k + j], 0));
-                double d2 = gram[i * k + i] + gram[j * k + j] - 2 * gij;
-                sumDisparity += Math.Sqrt(Math.Max(d2, 0));
-                pairs++;
-                if (ni > 0 && nj > 0)
-                {
-                    sumCos += gij / (ni * nj);
-                    cosPairs++;
-                }
-                if (ni > 0)
-                {
-                    double r = nj - gij / ni;
-                    scratch[regretPairs++] = r;
-                    sumRegret += r;
-                    sumRegretNorm += nj;
-                }
-            }
-        }
-
+        var pairwise = Pairwise(gram, k, scratch);
+        int regretPairs = pairwise.RegretPairs;
         double noise = (sumSq - k * meanGradSq) / (k - 1);
 
         // Tests of Byrd et al. (norm) and Bollapragada et al. (inner product, orthogonality), with the
         // K minibatch gradients as the samples of the mean gradient. Each is reported as the smallest
         // tolerance theta for which the test would pass.
-        double ipVar = 0, orth = 0;
-        for (int i = 0; i < k; i++)
-        {
-            double ai = 0;
-            for (int j = 0; j < k; j++) ai += gram[i * k + j];
-            ai /= k;                                         // <g_i, gbar>
-            ipVar += (ai - meanGradSq) * (ai - meanGradSq);
-            if (meanGradSq > 0) orth += gram[i * k + i] - ai * ai / meanGradSq;
-        }
+        var (ipVar, orth) = TestSums(gram, k, meanGradSq);
 
         double normTest = Math.Sqrt(Math.Max(noise, 0) / (k * meanGradSq));
         double innerProductTest = Math.Sqrt(ipVar / ((k - 1.0) * k * meanGradSq * meanGradSq));
@@ -136,15 +101,15 @@ internal readonly record struct FirstOrderStatistics(
         return new FirstOrderStatistics(
             MeanNorm: meanNorm,
             MeanGradientNorm: meanGradNorm,
-            Cosine: cosPairs > 0 ? sumCos / cosPairs : double.NaN,
-            Regret: regretPairs > 0 ? sumRegret / regretPairs : double.NaN,
+            Cosine: pairwise.CosinePairs > 0 ? pairwise.Cosine / pairwise.CosinePairs : double.NaN,
+            Regret: regretPairs > 0 ? pairwise.Regret / regretPairs : double.NaN,
             RegretUpper: regretPairs > 0 ? Quantile(scratch[..regretPairs], quantile) : double.NaN,
-            RelativeRegret: sumRegretNorm > 0 ? sumRegret / sumRegretNorm : double.NaN,
+            RelativeRegret: pairwise.RegretNorm > 0 ? pairwise.Regret / pairwise.RegretNorm : double.NaN,
             JensenRatio: meanSq > 0 ? meanNorm / Math.Sqrt(meanSq) : double.NaN,
             ContrastiveFlatness: meanGradNorm > 0 ? meanNorm / meanGradNorm : double.NaN,
             Noise: noise,
             Coherence: meanSq > 0 ? k * meanGradSq / meanSq : double.NaN,
-            Disparity: sumDisparity / pairs,
+            Disparity: pairwise.Disparity / pairwise.Pairs,
             NormTest: normTest,
             InnerProductTest: innerProductTest,
             OrthogonalityTest: orthogonalityTest,
@@ -184,16 +149,8 @@ internal readonly record struct FirstOrderStatistics(
                 if (j != i) scratch[regretPairs++] = Math.Sqrt(Math.Max(gram[j * k + j], 0)) - gram[i * k + j] / ni;
         }
 
-        // Bollapragada et al.'s tests with a_i = <g_i, gbar>, the sample variance of one window gradient over s.
-        double ipVar = 0, orth = 0;
-        for (int i = 0; i < k; i++)
-        {
-            double ai = 0;
-            for (int j = 0; j < k; j++) ai += gram[i * k + j];
-            ai /= k;
-            ipVar += (ai - meanGradSq) * (ai - meanGradSq);
-            if (meanGradSq > 0) orth += gram[i * k + i] - ai * ai / meanGradSq;
-        }
+        // Bollapragada et al.'s tests with the sample variance of one window gradient over s.
+        var (ipVar, orth) = TestSums(gram, k, meanGradSq);
 
         return new FirstOrderStatistics(
             MeanNorm: Math.Sqrt(Math.Max(a2, 0)),
@@ -213,6 +170,64 @@ internal readonly record struct FirstOrderStatistics(
             NoiseScale: NoiseScaleOf(examples * t, s),
             ExampleNoise: examples * t,
             ExampleSnr: SnrOf(examples * t, s));
+    }
+
+    /// <summary>
+    /// Sums over the ordered pairs i != j of minibatch gradients: cosines, regrets <c>n_j - G_ij / n_i</c> (each also
+    /// into <paramref name="scratch"/>) with the norms they are relative to, and disparities. Pairs whose reference
+    /// gradient is zero have no direction and are left out of the cosines and regrets.
+    /// </summary>
+    private static (double Cosine, int CosinePairs, double Regret, double RegretNorm, int RegretPairs, double Disparity, int Pairs) Pairwise(
+        ReadOnlySpan<double> gram, int k, Span<double> scratch)
+    {
+        double sumCos = 0, sumRegret = 0, sumRegretNorm = 0, sumDisparity = 0;
+        int cosPairs = 0, regretPairs = 0, pairs = 0;
+        for (int i = 0; i < k; i++)
+        {
+            double ni = Math.Sqrt(Math.Max(gram[i * k + i], 0));
+            for (int j = 0; j < k; j++)
+            {
+                if (i == j) continue;
+                double gij = gram[i * k + j];
+                double nj = Math.Sqrt(Math.Max(gram[j * k + j], 0));
+                double d2 = gram[i * k + i] + gram[j * k + j] - 2 * gij;
+                sumDisparity += Math.Sqrt(Math.Max(d2, 0));
+                pairs++;
+                if (ni > 0 && nj > 0)
+                {
+                    sumCos += gij / (ni * nj);
+                    cosPairs++;
+                }
+                if (ni > 0)
+                {
+                    double r = nj - gij / ni;
+                    scratch[regretPairs++] = r;
+                    sumRegret += r;
+                    sumRegretNorm += nj;
+                }
+            }
+        }
+
+        return (sumCos, cosPairs, sumRegret, sumRegretNorm, regretPairs, sumDisparity, pairs);
+    }
+
+    /// <summary>
+    /// The sums of Bollapragada et al.'s tests with <c>a_i = &lt;g_i, gbar&gt;</c>: the squared spread of the a_i about
+    /// <c>||gbar||^2</c> (inner product) and the squared norms of the g_i orthogonal to gbar (orthogonality).
+    /// </summary>
+    private static (double InnerProduct, double Orthogonal) TestSums(ReadOnlySpan<double> gram, int k, double meanGradSq)
+    {
+        double ipVar = 0, orth = 0;
+        for (int i = 0; i < k; i++)
+        {
+            double ai = 0;
+            for (int j = 0; j < k; j++) ai += gram[i * k + j];
+            ai /= k;                                         // <g_i, gbar>
+            ipVar += (ai - meanGradSq) * (ai - meanGradSq);
+            if (meanGradSq > 0) orth += gram[i * k + i] - ai * ai / meanGradSq;
+        }
+
+        return (ipVar, orth);
     }
 
     /// <summary>

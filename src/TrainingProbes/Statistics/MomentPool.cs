@@ -11,28 +11,13 @@ namespace TrainingProbes.Statistics;
 /// </summary>
 internal sealed class MomentPool
 {
-    private readonly int _windows;
-    private readonly StepSpan _span;
-    private readonly int _series;
-    private readonly double[] _d;
-    private readonly double[] _s;
-    private readonly int[] _count;
-    private readonly int[] _next;
+    private readonly WindowRing _ring;   // per window: d, s
 
     /// <param name="series">Number of series (geometries).</param>
     /// <param name="windows">Windows pooled (at least 2).</param>
     /// <param name="span">Steps a window stays in the pool: those at least this many steps before the latest are left out.</param>
-    public MomentPool(int series, int windows, long span = long.MaxValue)
-    {
-        if (windows < 2) throw new ArgumentOutOfRangeException(nameof(windows), windows, "Pooling needs at least 2 windows.");
-        _windows = windows;
-        _span = new StepSpan(series * windows, span);
-        _series = series;
-        _d = new double[series * windows];
-        _s = new double[series * windows];
-        _count = new int[series];
-        _next = new int[series];
-    }
+    public MomentPool(int series, int windows, long span = long.MaxValue) =>
+        _ring = new WindowRing(series, windows, span, "Pooling needs at least 2 windows.");
 
     /// <summary>The mean diagonal and mean off-diagonal entry of a K x K Gram matrix (K at least 2).</summary>
     public static (double D, double S) Moments(ReadOnlySpan<double> gram, int k)
@@ -50,25 +35,19 @@ internal sealed class MomentPool
     /// <summary>Adds the moments of the window at <paramref name="step"/> to <paramref name="series"/> (non-finite ones are not added).</summary>
     public void Add(int series, double d, double s, long step = 0)
     {
-        _span.Advance(step);
-        if (!double.IsFinite(d) || !double.IsFinite(s)) return;
-        int slot = series * _windows + _next[series];
-        _d[slot] = d;
-        _s[slot] = s;
-        _span.Stamp(slot, step);
-        _next[series] = (_next[series] + 1) % _windows;
-        _count[series] = Math.Min(_count[series] + 1, _windows);
+        _ring.Advance(step);
+        if (double.IsFinite(d) && double.IsFinite(s)) _ring.Add(series, d, s, step);
     }
 
     /// <summary>The most windows held, n.</summary>
-    public int Capacity => _windows;
+    public int Capacity => _ring.Windows;
 
     /// <summary>Windows of <paramref name="series"/> held within the span.</summary>
     public int Count(int series)
     {
         int held = 0;
-        for (int i = 0; i < _count[series]; i++)
-            if (_span.Holds(series * _windows + i)) held++;
+        for (int i = 0; i < _ring.Written(series); i++)
+            if (_ring.Holds(series * _ring.Windows + i)) held++;
         return held;
     }
 
@@ -80,12 +59,12 @@ internal sealed class MomentPool
     {
         double d = 0, s = 0;
         int used = 0;
-        for (int i = 0, j = -1; i < _count[series]; i++)
+        for (int i = 0, j = -1; i < _ring.Written(series); i++)
         {
-            int slot = series * _windows + i;
-            if (!_span.Holds(slot) || ++j == leftOut) continue;
-            d += _d[slot];
-            s += _s[slot];
+            int slot = series * _ring.Windows + i;
+            if (!_ring.Holds(slot) || ++j == leftOut) continue;
+            d += _ring.First[slot];
+            s += _ring.Second[slot];
             used++;
         }
 
@@ -101,23 +80,10 @@ internal sealed class MomentPool
     }
 
     /// <summary>The pool's windows, to save.</summary>
-    public (double[] D, double[] S, int[] Count, int[] Next, long[] Steps) State =>
-        ((double[])_d.Clone(), (double[])_s.Clone(), (int[])_count.Clone(), (int[])_next.Clone(), _span.State);
+    public (double[] D, double[] S, int[] Count, int[] Next, long[] Steps) State => _ring.State;
 
     /// <summary>Checks a saved <see cref="State"/> against this pool's shape; returns what restores it (steps null: saved before windows had steps, all taken as step 0).</summary>
-    public Action Prepare(double[] d, double[] s, int[] count, int[] next, long[]? steps)
-    {
-        if (d.Length != _d.Length || !_span.Fits(steps) || s.Length != _s.Length || count.Length != _series || next.Length != _series
-            || count.Any(c => c < 0 || c > _windows) || next.Any(n => n < 0 || n >= _windows))
-            throw new InvalidDataException(
-                $"The saved moment pool holds {count.Length} series over {(count.Length > 0 ? d.Length / count.Length : 0)} windows; this session pools {_series} over {_windows} (ProbeOptions.SmoothingWindows).");
-        return () =>
-        {
-            d.CopyTo(_d, 0);
-            s.CopyTo(_s, 0);
-            _span.Restore(steps);
-            count.CopyTo(_count, 0);
-            next.CopyTo(_next, 0);
-        };
-    }
+    public Action Prepare(double[] d, double[] s, int[] count, int[] next, long[]? steps) =>
+        _ring.Prepare(d, s, count, next, steps, () =>
+            $"The saved moment pool holds {count.Length} series over {(count.Length > 0 ? d.Length / count.Length : 0)} windows; this session pools {_ring.Series} over {_ring.Windows} (ProbeOptions.SmoothingWindows).");
 }

@@ -7,7 +7,7 @@ namespace TrainingProbes.Statistics;
 
 /// <summary>
 /// The per-coordinate whitening <c>h = D g</c> of each geometry, for one stream of windows, and the state it carries.
-/// The only place D is defined: the window pass (<see cref="CoordinateSums"/>, <see cref="WindowKernel"/>) reads its
+/// The only place D and the fold of F are defined (their formulas: Whitening.Formulas.cs): the window pass (<see cref="CoordinateSums"/>, <see cref="WindowKernel"/>) reads its
 /// state block by block, the finite-radius measures and the invariant curvature of <see cref="FixedPointProbe"/> read
 /// <see cref="Segment"/>.
 /// <list type="bullet">
@@ -22,7 +22,7 @@ namespace TrainingProbes.Statistics;
 /// </list>
 /// Memory: 8 bytes per watched parameter for F, a double per tensor for its floor.
 /// </summary>
-internal sealed unsafe class Whitening : IDisposable
+internal sealed unsafe partial class Whitening : IDisposable
 {
     private readonly ParameterLayout _layout;
     private readonly double _decay;
@@ -136,24 +136,22 @@ internal sealed unsafe class Whitening : IDisposable
     public double[] Floors
     {
         get => (double[])_next.Clone();
-        set
-        {
-            if (value.Length != _next.Length)
-                throw new InvalidDataException($"The saved whitening has {value.Length} floors; this session watches {_next.Length} parameter tensors.");
-            value.CopyTo(_next, 0);
-        }
+        set => Restore(value, _next);
     }
 
     /// <summary>The floors the last window used, which <see cref="Chunk"/> reads until the next (a copy; settable to restore).</summary>
     public double[] FloorsInUse
     {
         get => (double[])_floors.Clone();
-        set
-        {
-            if (value.Length != _floors.Length)
-                throw new InvalidDataException($"The saved whitening has {value.Length} floors; this session watches {_floors.Length} parameter tensors.");
-            value.CopyTo(_floors, 0);
-        }
+        set => Restore(value, _floors);
+    }
+
+    /// <summary>Copies saved floors into <paramref name="target"/>, one per parameter tensor this session watches.</summary>
+    private static void Restore(double[] saved, double[] target)
+    {
+        if (saved.Length != target.Length)
+            throw new InvalidDataException($"The saved whitening has {saved.Length} floors; this session watches {target.Length} parameter tensors.");
+        saved.CopyTo(target, 0);
     }
 
     /// <summary>
@@ -182,11 +180,10 @@ internal sealed unsafe class Whitening : IDisposable
                     part.copy_(part.clamp_min(scalars[Floor(q)]));
                 }
 
-                var scaled = raised.mul_(scalars[Bias]);
-                return scaled.rsqrt().masked_fill_(fisher.le(Scalars.Zero).logical_or_(scaled.lt(scalars[CoordinateSums.SmallestFisher])), Scalars.Zero).to(dtype);
+                return FisherD(fisher, raised.mul_(scalars[Bias]), dtype);
             }
             case Geometry.Adaptive:
-                return Required(Theta, geometry).Segments[segment].narrow(0, offset, length).to(dtype).abs().add_(scalars[_eta], Scalars.One);
+                return AdaptiveD(Required(Theta, geometry).Segments[segment].narrow(0, offset, length), _eta, dtype);
             default:
                 throw new ArgumentOutOfRangeException(nameof(geometry), geometry, "One geometry at a time.");
         }

@@ -9,26 +9,13 @@ namespace TrainingProbes.Statistics;
 /// </summary>
 internal sealed class WindowSmoother
 {
-    private readonly int _windows;
-    private readonly StepSpan _span;
-    private readonly double[] _values;
-    private readonly double[] _variances;
-    private readonly int[] _count;
-    private readonly int[] _next;
+    private readonly WindowRing _ring;   // per window: the value, its squared standard error
 
     /// <param name="series">Number of series.</param>
     /// <param name="windows">Windows per mean (at least 2).</param>
     /// <param name="span">Steps a window stays in the mean: those at least this many steps before the latest are left out.</param>
-    public WindowSmoother(int series, int windows, long span = long.MaxValue)
-    {
-        if (windows < 2) throw new ArgumentOutOfRangeException(nameof(windows), windows, "A mean over windows needs at least 2 windows.");
-        _windows = windows;
-        _span = new StepSpan(series * windows, span);
-        _values = new double[series * windows];
-        _variances = new double[series * windows];
-        _count = new int[series];
-        _next = new int[series];
-    }
+    public WindowSmoother(int series, int windows, long span = long.MaxValue) =>
+        _ring = new WindowRing(series, windows, span, "A mean over windows needs at least 2 windows.");
 
     /// <summary>
     /// Adds the value of <paramref name="series"/> of the window at <paramref name="step"/> and returns the mean over the
@@ -36,24 +23,16 @@ internal sealed class WindowSmoother
     /// </summary>
     public (double Mean, double StandardError) Add(int series, double value, double standardError, long step = 0)
     {
-        _span.Advance(step);
-        if (!double.IsNaN(value))
-        {
-            int slot = series * _windows + _next[series];
-            _values[slot] = value;
-            _variances[slot] = standardError * standardError;
-            _span.Stamp(slot, step);
-            _next[series] = (_next[series] + 1) % _windows;
-            _count[series] = Math.Min(_count[series] + 1, _windows);
-        }
+        _ring.Advance(step);
+        if (!double.IsNaN(value)) _ring.Add(series, value, standardError * standardError, step);
 
         var (first, skip, count) = Held(series);
         double sum = 0, variance = 0;
         for (int i = skip; i < count; i++)
         {
             int slot = Slot(series, first, i);
-            sum += _values[slot];
-            variance += _variances[slot];
+            sum += _ring.First[slot];
+            variance += _ring.Second[slot];
         }
 
         int m = count - skip;
@@ -67,14 +46,14 @@ internal sealed class WindowSmoother
     /// </summary>
     private (int First, int Skip, int Count) Held(int series)
     {
-        int m = _count[series];
-        int first = m < _windows ? 0 : _next[series];
+        int m = _ring.Written(series);
+        int first = m < _ring.Windows ? 0 : _ring.Next(series);
         int skip = 0;
-        while (skip < m && !_span.Holds(Slot(series, first, skip))) skip++;
+        while (skip < m && !_ring.Holds(Slot(series, first, skip))) skip++;
         return (first, skip, m);
     }
 
-    private int Slot(int series, int first, int i) => series * _windows + (first + i) % _windows;
+    private int Slot(int series, int first, int i) => series * _ring.Windows + (first + i) % _ring.Windows;
 
     /// <summary>
     /// The between-window spread of <paramref name="series"/>: <c>sqrt(sum (v_i - v_(i-1))^2 / (2 (m - 1)))</c> over the
@@ -89,7 +68,7 @@ internal sealed class WindowSmoother
         int pairs = 0;
         for (int i = skip; i < count; i++)
         {
-            double value = _values[Slot(series, first, i)];
+            double value = _ring.First[Slot(series, first, i)];
             if (!double.IsFinite(value)) { previous = double.NaN; continue; }
             if (!double.IsNaN(previous))
             {
@@ -104,23 +83,10 @@ internal sealed class WindowSmoother
     }
 
     /// <summary>The smoother's windows, to save: values, variances, counts and next slots.</summary>
-    public (double[] Values, double[] Variances, int[] Count, int[] Next, long[] Steps) State =>
-        ((double[])_values.Clone(), (double[])_variances.Clone(), (int[])_count.Clone(), (int[])_next.Clone(), _span.State);
+    public (double[] Values, double[] Variances, int[] Count, int[] Next, long[] Steps) State => _ring.State;
 
     /// <summary>Checks a saved <see cref="State"/> against this smoother's shape; returns what restores it (steps null: a state saved before windows had steps, all taken as step 0).</summary>
-    public Action Prepare(double[] values, double[] variances, int[] count, int[] next, long[]? steps)
-    {
-        if (values.Length != _values.Length || !_span.Fits(steps) || variances.Length != _variances.Length || count.Length != _count.Length || next.Length != _next.Length
-            || count.Any(c => c < 0 || c > _windows) || next.Any(n => n < 0 || n >= _windows))
-            throw new InvalidDataException(
-                $"The saved smoothing state holds {count.Length} series over {(count.Length > 0 ? values.Length / count.Length : 0)} windows; this session smooths {_count.Length} series over {_windows} (ProbeOptions.SmoothingWindows).");
-        return () =>
-        {
-            values.CopyTo(_values, 0);
-            variances.CopyTo(_variances, 0);
-            _span.Restore(steps);
-            count.CopyTo(_count, 0);
-            next.CopyTo(_next, 0);
-        };
-    }
+    public Action Prepare(double[] values, double[] variances, int[] count, int[] next, long[]? steps) =>
+        _ring.Prepare(values, variances, count, next, steps, () =>
+            $"The saved smoothing state holds {count.Length} series over {(count.Length > 0 ? values.Length / count.Length : 0)} windows; this session smooths {_ring.Series} series over {_ring.Windows} (ProbeOptions.SmoothingWindows).");
 }

@@ -13,6 +13,9 @@ internal sealed class ConsecutiveCount
     /// <summary>The step of the first of them, or null when <see cref="Count"/> is 0.</summary>
     public long? Since { get; private set; }
 
+    /// <summary>An independent counter at the same count.</summary>
+    public ConsecutiveCount Copy() => new() { Count = Count, Since = Since };
+
     /// <summary>The condition did not hold: the count starts again.</summary>
     public void Miss()
     {

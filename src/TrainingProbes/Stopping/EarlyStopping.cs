@@ -1,4 +1,5 @@
 using System.Diagnostics.CodeAnalysis;
+using System.Globalization;
 using System.Text;
 
 namespace TrainingProbes.Stopping;
@@ -283,9 +284,9 @@ public sealed class EarlyStopping : StoppingRule
             : Baseline is double baseline ? $" did not beat its baseline {Show(baseline)}"
             : " has had no finite value");
         if (MinDelta > 0 && (BestValue is not null || Baseline is not null))
-            reason.Append($" by more than min_delta {Show(MinDelta)}");
+            reason.Append(CultureInfo.InvariantCulture, $" by more than min_delta {Show(MinDelta)}");
         reason.Append(" for ").Append(Plural(Wait, "evaluation"));
-        reason.Append(fired ? "." : $" (patience {Patience}).");
+        reason.Append(fired ? "." : string.Create(CultureInfo.InvariantCulture, $" (patience {Patience})."));
         var decision = Finish(fired, false, value, step, reason.ToString());
         if (fired && Action != RuleAction.Stop)
             Wait = 0;

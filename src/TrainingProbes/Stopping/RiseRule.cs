@@ -64,7 +64,9 @@ public sealed class RiseRule : StoppingRule
     /// <summary>The step of <see cref="Minimum"/>, or null.</summary>
     public long? MinimumStep { get; private set; }
 
-    private readonly ConsecutiveCount _held = new();
+    private ConsecutiveCount _held = new();
+
+    private protected override void CopyOwnState() => _held = _held.Copy();
 
     /// <summary>Consecutive evaluations, up to the last one, where the rise held.</summary>
     public int Consecutive => _held.Count;

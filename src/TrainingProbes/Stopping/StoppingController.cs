@@ -10,7 +10,7 @@ namespace TrainingProbes.Stopping;
 /// writes checkpoints, sets <see cref="ShouldStop"/> and cancels <see cref="StopToken"/> when a stop rule fires, and
 /// saves and restores the rules' state.
 /// </summary>
-internal sealed class StoppingController : IDisposable, TrainingProbes.Session.IStatefulPart
+internal sealed class StoppingController : IDisposable, IStatefulPart
 {
     private readonly nn.Module _model;
     private readonly ProbeOptions _options;
@@ -22,6 +22,7 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     private readonly HashSet<StoppingRule> _fired = [];
     private readonly Dictionary<StoppingRule, WeightSnapshot> _best = [];
     private readonly StoppingRule[] _rules;
+    private readonly Dictionary<StoppingRule, StoppingRule> _copies;   // the options' rule -> this session's copy
     private volatile bool _shouldStop;
 
     public StoppingController(nn.Module model, ProbeOptions options, ILogger logger, string runId, TrainingProbes.Session.ProbeFailures failures, Func<long> steps)
@@ -32,8 +33,11 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
         _runId = runId;
         _failures = failures;
         _steps = steps;
-        // The default rule is the options' until a session uses it: each session works on a fresh copy of it.
-        _rules = [.. options.Stopping.Select(rule => rule.IsDefault ? ProbeOptions.DefaultStoppingRule() : rule)];
+        // Each session works on its own copy of each rule (options may be shared); the default rule starts fresh.
+        _copies = new Dictionary<StoppingRule, StoppingRule>(ReferenceEqualityComparer.Instance);
+        foreach (var rule in options.Stopping)
+            _copies.TryAdd(rule, rule.IsDefault ? ProbeOptions.DefaultStoppingRule() : rule.CopyForSession());
+        _rules = [.. options.Stopping.Select(rule => _copies[rule])];
         MonitorsLoss = _rules.Any(rule => rule.Monitor == Indicators.Loss && rule.Geometry == Geometry.None);
     }
 
@@ -72,7 +76,7 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
     public event Action<StoppingRule, RuleDecision, bool, string>? Fired;
 
     /// <summary>The best weights a rule has kept, or null.</summary>
-    public WeightSnapshot? BestWeights(StoppingRule rule) => _best.GetValueOrDefault(rule);
+    public WeightSnapshot? BestWeights(StoppingRule rule) => _best.GetValueOrDefault(_copies.GetValueOrDefault(rule) ?? rule);
 
     /// <summary>Evaluates every rule on a published snapshot.</summary>
     public void OnSnapshot(ProbeSnapshot snapshot)
@@ -83,7 +87,7 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
         foreach (var rule in _rules)
         {
             if (snapshot.TryGetValue(rule.Monitor, rule.Geometry, out _)) _seen.Add((rule.Monitor, rule.Geometry));
-            // Names the catalogue knows were checked at attach (some appear only every few windows: an active window's).
+            // Names the catalogue knows were checked at attach (some appear only every few windows: a fixed-point window's).
             // Another name may be a value the trainer reports rarely (once per epoch): a warning, never thrown.
             if (_windows == MonitorCheck.Patience && !rule.IsDefault && !_seen.Contains((rule.Monitor, rule.Geometry)) && !IndicatorCatalogue.TryFind(rule.Monitor, out _))
                 _logger.LogWarning("TrainingProbes run {RunId}: {Message}", _runId, MonitorCheck.NeverSeen(rule, _windows));
@@ -240,9 +244,9 @@ internal sealed class StoppingController : IDisposable, TrainingProbes.Session.I
 
     public string StateKey => "stopping";
 
-    public void Save(TrainingProbes.Session.SessionStateWriter state) => state.Set("rules", Save());
+    public void Save(SessionStateWriter state) => state.Set("rules", Save());
 
-    public Action Prepare(TrainingProbes.Session.SessionStateReader state)
+    public Action Prepare(SessionStateReader state)
     {
         string json = state.Get<string>("rules");
         // Check the rules match, and that each accepts its state (applied and taken back), before anything changes: the

@@ -94,6 +94,22 @@ public abstract partial class StoppingRule
     /// </summary>
     internal bool IsDefault { get; init; }
 
+    /// <summary>
+    /// A copy of this rule, with its settings and its state as they are now, for one session: options (and the rules in
+    /// them) may be shared by several sessions, and each must count and decide on its own.
+    /// </summary>
+    internal StoppingRule CopyForSession()
+    {
+        var copy = (StoppingRule)MemberwiseClone();
+        copy.CopyOwnState();
+        return copy;
+    }
+
+    /// <summary>Gives a fresh <see cref="CopyForSession"/> copy its own instances of any mutable state object.</summary>
+    private protected virtual void CopyOwnState()
+    {
+    }
+
     /// <summary>Whether this <see cref="RuleAction.Stop"/> rule has fired (it stays fired).</summary>
     public bool Stopped { get; private protected set; }
 

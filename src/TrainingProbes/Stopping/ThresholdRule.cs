@@ -65,7 +65,9 @@ public sealed class ThresholdRule : StoppingRule
                 "For is the number of consecutive evaluations the condition must hold: at least 1, for example 5.");
     }
 
-    private readonly ConsecutiveCount _held = new();
+    private ConsecutiveCount _held = new();
+
+    private protected override void CopyOwnState() => _held = _held.Copy();
 
     /// <summary>Consecutive evaluations, up to the last one, where the condition held.</summary>
     public int Consecutive => _held.Count;

@@ -33,8 +33,9 @@ internal sealed class SessionTelemetry
     private readonly IReadOnlyList<StoppingRule> _rules;
 
     /// <summary>
-    /// Makes the failure and firing series exist at 0 before the first failure or firing. Called once the probes have
-    /// started, so that a MeterProvider a probe creates (the Prometheus endpoint's) sees it.
+    /// Makes the failure and firing series exist at 0 before the first failure or firing. Called once the probes and
+    /// the session's resources have started, so that a MeterProvider started with the session (the Prometheus
+    /// endpoint of TRAININGPROBES_PROMETHEUS, or a probe's) sees it.
     /// </summary>
     public void Announce()
     {

@@ -33,19 +33,15 @@ public sealed class SketchStorageTests(Xunit.Abstractions.ITestOutputHelper outp
             Geometries = Geometry.Euclidean | Geometry.Adaptive, AdaptiveEta = 1e-3, Loss = CrossEntropy, StepStatistics = true,
         }, optimizer);
         session.WindowClosed += (_, snapshot) => snapshots.Add(snapshot);
-        for (int step = 0; step < steps; step++)
+        Trainer.Train(model, optimizer, 0, steps, step =>
         {
-            using var scope = torch.NewDisposeScope();
             long start = step * Batch % (4096 - Batch);
-            var input = x.narrow(0, start, Batch);
-            var target = labels.narrow(0, start, Batch);
-            optimizer.zero_grad();
-            var value = CrossEntropy(model.call(input), target);
-            value.backward();
+            return (x.narrow(0, start, Batch), labels.narrow(0, start, Batch));
+        }, (value, input, target) =>
+        {
             losses.Add(value.item<float>());
             session.Step(value, input, target);
-            optimizer.step();
-        }
+        });
 
         return (snapshots, losses);
     }

@@ -3,6 +3,7 @@ using TrainingProbes.Stopping;
 using TrainingProbes.Tests.Telemetry;
 using static TorchSharp.torch;
 using TrainingProbes.Optimizers;
+using static TrainingProbes.TestSupport.Trainer;
 
 namespace TrainingProbes.Tests.Catalogue;
 
@@ -74,19 +75,8 @@ public sealed class IndicatorCatalogueTests
             Loss = lossFunction.call, Probes = [recorder], Stopping = [warn, early],
         }, optimizer);
         int fired = 0;
-        session.RuleFired += (_, e) => fired += e.Rule == warn ? 1 : 0;
-        var generator = new Generator(3);
-        for (int i = 0; i < 40; i++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn([16, 5], generator: generator);
-            var y = torch.randint(0, 3, [16], generator: generator);
-            optimizer.zero_grad();
-            var loss = lossFunction.call(model.call(x), y);
-            loss.backward();
-            session.Step(loss, x, y);
-            optimizer.step();
-        }
+        session.RuleFired += (_, e) => fired += e.Rule.Name == warn.Name ? 1 : 0;
+        Train(model, optimizer, 40, seed: 3, onStep: (loss, x, y) => session.Step(loss, x, y), loss: lossFunction.call);
 
         // The snapshot: in every geometry, with a standard error; the euclidean value equals the mean squared norm of
         // the recorded micro-batch gradients.
@@ -110,6 +100,7 @@ public sealed class IndicatorCatalogueTests
         // first window), and early stopping took its direction from the entry.
         Assert.Equal(1, fired);
         Assert.Equal(StoppingMode.Max, early.EffectiveMode);
+        Assert.Equal(StoppingMode.Max, session.Rules.OfType<EarlyStopping>().Single().EffectiveMode);
     }
 
     [Fact]
@@ -126,7 +117,7 @@ public sealed class IndicatorCatalogueTests
         var rows = File.ReadAllLines(Path.Combine(RepositoryRoot(), "docs", "REFERENCE.md")).Where(l => l.StartsWith("| `trainingprobes.", StringComparison.Ordinal)).ToList();
         foreach (var definition in IndicatorCatalogue.BuiltIn)
         {
-            // Indicators only an active window computes are listed under the fixed-point probe's prefix.
+            // Indicators only a fixed-point window computes are listed under the fixed-point probe's prefix.
             string[] names = [TrainingProbesMeter.InstrumentPrefix + definition.Name, TrainingProbesMeter.InstrumentPrefix + FixedPointProbe.Prefix + definition.Name];
             var row = rows.FirstOrDefault(l => names.Any(n => l.StartsWith("| `" + n + "` |", StringComparison.Ordinal)));
             Assert.True(row is not null, $"docs/REFERENCE.md has no instrument row for {names[0]}");

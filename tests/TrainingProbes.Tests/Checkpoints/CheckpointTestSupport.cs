@@ -26,16 +26,7 @@ internal static class CheckpointTestSupport
         using var optimizer = new GcSafeSgd(model.parameters(), 0.1);
         model.train();
         torch.manual_seed(seed);
-        for (int i = 0; i < steps; i++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn(8, 4, dtype: dtype);
-            var y = torch.randn(8, 3, dtype: dtype);
-            optimizer.zero_grad();
-            var loss = nn.functional.mse_loss(model.call(x), y);
-            loss.backward();
-            optimizer.step();
-        }
+        Trainer.Train(model, optimizer, 0, steps, _ => (torch.randn(8, 4, dtype: dtype), torch.randn(8, 3, dtype: dtype)), loss: (output, target) => nn.functional.mse_loss(output, target));
     }
 
     /// <summary>The bytes of a tensor's values (row-major, little-endian), read through a contiguous CPU copy.</summary>

@@ -261,7 +261,7 @@ public sealed class DisposeScopeCoverageTests
         long flushBefore = DisposeScopeManager.Statistics.TensorStatistics.CreatedOutsideScopeCount;
         session.Flush();
         trainingDuring += DisposeScopeManager.Statistics.TensorStatistics.CreatedOutsideScopeCount - flushBefore;
-        Assert.True(fixedPoint.Runs >= 3, $"{fixedPoint.Runs} active windows ran");
+        Assert.True(fixedPoint.Runs >= 3, $"{fixedPoint.Runs} fixed-point windows ran");
         Assert.Equal(trainingBefore, trainingDuring);
         Assert.Equal(workerBefore, OutsideOnWorker());
     }

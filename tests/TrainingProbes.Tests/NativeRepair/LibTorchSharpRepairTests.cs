@@ -7,8 +7,8 @@ using static TorchSharp.torch;
 namespace TrainingProbes.Tests.NativeRepair;
 
 /// <summary>
-/// Tests of the build-time libLibTorchSharp.so repair (src/TrainingProbes.NativeRepair/buildTransitive/LibTorchSharpRepair.cs,
-/// compiled into this assembly with TRAININGPROBES_REPAIR_TESTS). The ELF facts are checked with
+/// Tests of the build-time libLibTorchSharp.so repair (the patcher of the TrainingProbes.NativeRepair project in
+/// src/, the package's task assembly, referenced by this one). The ELF facts are checked with
 /// <see cref="MiniElf"/>, a reader written independently of the patcher.
 /// </summary>
 public sealed class LibTorchSharpRepairTests : IDisposable

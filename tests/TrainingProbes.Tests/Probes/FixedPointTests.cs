@@ -26,15 +26,26 @@ public sealed class FixedPointTests
         {
             Loss = (output, target) => nn.functional.cross_entropy(output, target), Minibatches = 4, Every = 1, PowerIterations = 5, TraceSamples = 4,
         });
+        var recomputed = new MinibatchGradients(watched);
 
-        using (var session = ProbeSession.Attach(watched, new ProbeOptions { WindowSize = 2, Interval = 5, Output = null, OverheadBudget = null, Probes = [fixedPoint] }))
+        using (var session = ProbeSession.Attach(watched, new ProbeOptions { WindowSize = 2, Interval = 5, Output = null, OverheadBudget = null, Probes = [fixedPoint, recomputed] }))
         {
             Train(watched, 30, 8, (loss, x, y) => session.Step(loss, x, y));
             Assert.Equal(0, session.FailureCount);
             Assert.Equal(6, fixedPoint.Runs);
             session.Flush();
             var last = session.Latest!;
-            foreach (var name in new[] { "fixed_point.regret.finite", "fixed_point.flatness.contrastive_eps", "fixed_point.gradient.cosine" })
+
+            // The fixed-point window's first-order values against the same four minibatch gradients, taken again by the test
+            // (autograd at the window's theta, the random state the probe started from) and compared in double precision.
+            var g = recomputed.Last!;
+            double Dot(int i, int j) => g[i].Zip(g[j]).Sum(p => p.First * p.Second);
+            var pairs = (from i in Enumerable.Range(0, 4) from j in Enumerable.Range(0, 4) where i != j select Dot(i, j) / Math.Sqrt(Dot(i, i) * Dot(j, j))).ToList();
+            double cosine = pairs.Average();
+            double meanNorm = Enumerable.Range(0, 4).Average(i => Math.Sqrt(Dot(i, i)));
+            Assert.Equal(cosine, last.Get("fixed_point.gradient.cosine", Geometry.Euclidean), 1e-5);
+            Assert.Equal(meanNorm, last.Get("fixed_point.gradient.norm", Geometry.Euclidean), meanNorm * 1e-5);
+            foreach (var name in new[] { "fixed_point.regret.finite", "fixed_point.flatness.contrastive_eps" })
                 Assert.True(double.IsFinite(last.Get(name, Geometry.Fisher)), name);
             Assert.True(double.IsFinite(last.Get(Indicators.CurvatureTrace, Geometry.Euclidean)));
         }
@@ -42,28 +53,45 @@ public sealed class FixedPointTests
         Train(plain, 30, 8, (_, _, _) => { });
 
         foreach (var ((name, a), (_, b)) in watched.named_parameters().Zip(plain.named_parameters()))
-            Assert.True(a.allclose(b, rtol: 0, atol: 0), $"parameter {name} differs after training with active windows");
+            Assert.True(a.allclose(b, rtol: 0, atol: 0), $"parameter {name} differs after training with fixed-point windows");
         foreach (var ((name, a), (_, b)) in watched.named_buffers().Zip(plain.named_buffers()))
-            Assert.True(a.allclose(b, rtol: 0, atol: 0), $"buffer {name} differs after training with active windows");
+            Assert.True(a.allclose(b, rtol: 0, atol: 0), $"buffer {name} differs after training with fixed-point windows");
         Assert.True(watched.training);
+    }
+
+    /// <summary>
+    /// The fixed-point probe's minibatch gradients taken again after it: the closing batch in four chunks, one
+    /// autograd pass each at the same theta, from the random state the probe started from (its guard restored it).
+    /// </summary>
+    private sealed class MinibatchGradients(nn.Module<Tensor, Tensor> model) : TrainingProbe
+    {
+        public override string Name => "recomputed";
+
+        public double[][]? Last { get; private set; }
+
+        public override void OnWindowClosed(ProbeWindowContext window)
+        {
+            using var guard = new ModelStateGuard(model);
+            var parameters = model.parameters().ToArray();
+            var inputs = window.Input!.detach().chunk(4, 0);
+            var targets = window.Target!.detach().chunk(4, 0);
+            var gradients = new double[4][];
+            using (torch.enable_grad())
+                for (int i = 0; i < 4; i++)
+                {
+                    var loss = nn.functional.cross_entropy(model.call(inputs[i]), targets[i]);
+                    var grads = torch.autograd.grad([loss], parameters);
+                    gradients[i] = grads.SelectMany(t => t.to(ScalarType.Float64).flatten().data<double>().ToArray()).ToArray();
+                }
+            Last = gradients;
+        }
     }
 
     private static void Train(nn.Module<Tensor, Tensor> model, int steps, int seed, Action<Tensor, Tensor, Tensor> probe)
     {
         var optimizer = new GcSafeAdam(model.parameters(), 0.01);
-        var generator = new Generator((ulong)seed);
         torch.manual_seed(seed);   // dropout draws from the global generator: both runs start it alike
-        for (int i = 0; i < steps; i++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn([16, 6], generator: generator);
-            var y = torch.randint(0, 3, [16], generator: generator);
-            optimizer.zero_grad();
-            var loss = nn.functional.cross_entropy(model.call(x), y);
-            loss.backward();
-            probe(loss, x, y);
-            optimizer.step();
-        }
+        Trainer.Train(model, optimizer, steps, seed, probe, new Classification(Features: 6));
     }
 
     private static List<(Tensor, Tensor)> RegressionBatches(int k, int size, int seed, out double[][] xs, out double[] ys)

@@ -75,22 +75,12 @@ public sealed class OneThetaTests
     }
 
     /// <summary>Plain SGD steps on random batches with the one line, with or without the batch and loss function.</summary>
-    private static void Steps(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, int steps, ulong seed, bool passBatch, int inputs = Inputs)
-    {
-        var generator = new Generator(seed);
-        for (int step = 0; step < steps; step++)
+    private static void Steps(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, int steps, int seed, bool passBatch, int inputs = Inputs) =>
+        Trainer.Train(model, optimizer, steps, seed, (loss, x, y) =>
         {
-            using var scope = NewDisposeScope();
-            var x = randn([Batch, inputs], dtype: ScalarType.Float64, generator: generator);
-            var y = randint(0, Classes, [Batch], generator: generator);
-            optimizer.zero_grad();
-            var loss = CrossEntropy(model.call(x), y);
-            loss.backward();
             if (passBatch) model.Probe(loss, optimizer, x, y, CrossEntropy);
             else model.Probe(loss, optimizer);
-            optimizer.step();
-        }
-    }
+        }, new Classification(inputs, Classes, Batch, ScalarType.Float64));
 
     /// <summary>Every value of the family and GSNR against the reference, window by window.</summary>
     private static void AssertFamily(ProbeSession session, IndependentRecomputation recomputation, int k, int windows)
@@ -368,19 +358,8 @@ public sealed class OneThetaTests
             var model = Net();
             var optimizer = new GcSafeSgd(model.parameters(), 0.1);
             using var session = probe ? ProbeSession.Attach(model, new ProbeOptions { WindowSize = 4, Interval = 4, Output = null, OverheadBudget = null }, optimizer) : null;
-            var generator = new Generator(8);
             torch.manual_seed(17);   // the dropout stream
-            for (int step = 0; step < 24; step++)
-            {
-                using var scope = NewDisposeScope();
-                var x = randn([Batch, Inputs], generator: generator);
-                var y = randint(0, Classes, [Batch], generator: generator);
-                optimizer.zero_grad();
-                var loss = CrossEntropy(model.call(x), y);
-                loss.backward();
-                if (probe) model.Probe(loss, optimizer, x, y, CrossEntropy);
-                optimizer.step();
-            }
+            Trainer.Train(model, optimizer, 24, seed: 8, onStep: (loss, x, y) => { if (probe) model.Probe(loss, optimizer, x, y, CrossEntropy); }, task: new Classification(Features: Inputs, Classes: Classes, Batch: Batch));
 
             session?.Flush();
             if (probe) Assert.Equal(6, session!.History.Count(s => s.TryGetValue(Indicators.Cosine, Geometry.Euclidean, out _)));
@@ -422,19 +401,12 @@ public sealed class OneThetaTests
         var model = Mlp(seed: 2);
         var optimizer = new GcSafeSgd(model.parameters(), 0.1);
         using var session = ProbeSession.Attach(model, new ProbeOptions { WindowSize = K, Interval = 2, Output = null, OverheadBudget = null }, optimizer);
-        var generator = new Generator(4);
-        for (int step = 0; step < 4; step++)
+        int step = 0;
+        Trainer.Train(model, optimizer, 4, seed: 4, (loss, x, y) =>
         {
-            using var scope = NewDisposeScope();
-            var x = randn([Batch, Inputs], dtype: ScalarType.Float64, generator: generator);
-            var y = randint(0, Classes, [Batch], generator: generator);
-            optimizer.zero_grad();
-            var loss = CrossEntropy(model.call(x), y);
-            loss.backward();
-            if (step == 2) model.Probe(loss, optimizer);
+            if (step++ == 2) model.Probe(loss, optimizer);
             else model.Probe(loss, optimizer, x, y, CrossEntropy);
-            optimizer.step();
-        }
+        }, new Classification(Inputs, Classes, Batch, ScalarType.Float64));
 
         session.Flush();
         Assert.Equal(2, session.History.Count);

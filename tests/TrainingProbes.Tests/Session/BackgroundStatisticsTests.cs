@@ -1,7 +1,7 @@
 using TorchSharp;
 using TrainingProbes.Stopping;
 using static TorchSharp.torch;
-using TrainingProbes.Optimizers;
+using static TrainingProbes.TestSupport.Trainer;
 
 namespace TrainingProbes.Tests.Session;
 
@@ -12,36 +12,15 @@ namespace TrainingProbes.Tests.Session;
 /// </summary>
 public sealed class BackgroundStatisticsTests
 {
-    private static Tensor CrossEntropy(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
-
-    private static (nn.Module<Tensor, Tensor> Model, optim.Optimizer Optimizer) Model()
-    {
-        torch.manual_seed(1);
-        var model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3));
-        return (model, new GcSafeSgd(model.parameters(), 0.05));
-    }
-
-    private static void Step(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ProbeSession session, Generator generator)
-    {
-        using var scope = torch.NewDisposeScope();
-        var x = torch.randn([16, 5], generator: generator);
-        var y = torch.randint(0, 3, [16], generator: generator);
-        optimizer.zero_grad();
-        var loss = CrossEntropy(model.call(x), y);
-        loss.backward();
-        session.Step(loss, x, y);
-        optimizer.step();
-    }
-
     private static List<ProbeSnapshot> Run(bool background, int steps)
     {
-        var (model, optimizer) = Model();
+        var (model, optimizer) = SmallModel();
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
             WindowSize = 4, Interval = 7, OverheadBudget = null, Output = null, Loss = CrossEntropy, LayerMetrics = 2, BackgroundStatistics = background,
         }, optimizer);
         var generator = new Generator(3);
-        for (int i = 0; i < steps; i++) Step(model, optimizer, session, generator);
+        Train(model, optimizer, steps, generator, (loss, x, y) => session.Step(loss, x, y));
         session.Flush();
         return [.. session.History];
     }
@@ -91,24 +70,24 @@ public sealed class BackgroundStatisticsTests
     [Fact]
     public void The_training_thread_goes_on_while_the_statistics_run_and_waits_only_before_the_next_window()
     {
-        var (model, optimizer) = Model();
+        var (model, optimizer) = SmallModel();
         var gated = new GatedProbe();
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
             WindowSize = 3, Interval = 10, OverheadBudget = null, Output = null, Loss = CrossEntropy, Probes = [gated],
         }, optimizer);
         var generator = new Generator(3);
-        for (int i = 0; i < 3; i++) Step(model, optimizer, session, generator);   // window 0 closes at step 2
+        Train(model, optimizer, 3, generator, (loss, x, y) => session.Step(loss, x, y));   // window 0 closes at step 2
 
         // Seven more steps (3 to 9) while the window's job is blocked: none of them waits for it, nothing is published.
-        for (int i = 0; i < 7; i++) Step(model, optimizer, session, generator);
+        Train(model, optimizer, 7, generator, (loss, x, y) => session.Step(loss, x, y));
         Assert.True(SpinWait.SpinUntil(() => Volatile.Read(ref gated.Started) == 1, TimeSpan.FromSeconds(10)), "the window's job never started");
         Assert.Equal(0, Volatile.Read(ref gated.Finished));
         Assert.Null(session.Latest);
 
         // Step 10 would open window 1 over the buffers the job still reads: it waits, then publishes window 0 first.
         using var opener = new Timer(_ => gated.Gate.Set(), null, 200, Timeout.Infinite);
-        Step(model, optimizer, session, generator);   // step 10
+        Step(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));   // step 10
         Assert.Equal(1, Volatile.Read(ref gated.Finished));
         Assert.NotNull(session.Latest);
         Assert.Equal(0, session.Latest!.Window);
@@ -119,7 +98,7 @@ public sealed class BackgroundStatisticsTests
     [Fact]
     public void A_failing_background_job_is_counted_at_publication_and_training_goes_on()
     {
-        var (model, optimizer) = Model();
+        var (model, optimizer) = SmallModel();
         var gated = new GatedProbe { Throw = true };
         gated.Gate.Set();
         using var session = ProbeSession.Attach(model, new ProbeOptions
@@ -127,7 +106,7 @@ public sealed class BackgroundStatisticsTests
             WindowSize = 3, Interval = 5, OverheadBudget = null, Output = null, Loss = CrossEntropy, Probes = [gated], Strict = false,
         }, optimizer);
         var generator = new Generator(3);
-        for (int i = 0; i < 20; i++) Step(model, optimizer, session, generator);
+        Train(model, optimizer, 20, generator, (loss, x, y) => session.Step(loss, x, y));
         session.Flush();
 
         Assert.Equal(4, session.History.Count);
@@ -139,7 +118,7 @@ public sealed class BackgroundStatisticsTests
     [Fact]
     public void A_stop_rule_fires_once_the_window_is_published_within_a_few_steps_of_its_close()
     {
-        var (model, optimizer) = Model();
+        var (model, optimizer) = SmallModel();
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
             WindowSize = 2, Interval = 5, OverheadBudget = null, Output = null, Stopping = [StoppingRule.Parse("step.gradient.cosine[euclidean] < 2 for 3")],
@@ -149,7 +128,7 @@ public sealed class BackgroundStatisticsTests
         int steps = 0;
         for (; steps < 100; steps++)
         {
-            Step(model, optimizer, session, generator);
+            Step(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
             if (session.ShouldStop) break;
         }
 
@@ -179,13 +158,13 @@ public sealed class BackgroundStatisticsTests
     [Fact]
     public void A_reported_tensor_is_read_as_it_was_when_reported_even_if_the_probe_changes_it_before_the_worker_reads_it()
     {
-        var (model, optimizer) = Model();
+        var (model, optimizer) = SmallModel();
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
             WindowSize = 3, Interval = 4, OverheadBudget = null, Output = null, Loss = CrossEntropy, Probes = [new ReusedTensorProbe()],
         }, optimizer);
         var generator = new Generator(3);
-        for (int i = 0; i < 24; i++) Step(model, optimizer, session, generator);
+        Train(model, optimizer, 24, generator, (loss, x, y) => session.Step(loss, x, y));
         session.Flush();
         Assert.Equal(6, session.History.Count);
         Assert.All(session.History, s => Assert.Equal(s.Window, s.Get("reused.window")));
@@ -195,7 +174,7 @@ public sealed class BackgroundStatisticsTests
     public void A_session_whose_rules_keep_weights_publishes_each_window_at_its_own_step()
     {
         // The weights a checkpoint or best-weights rule keeps must be the window's: such a session runs inline.
-        var (model, optimizer) = Model();
+        var (model, optimizer) = SmallModel();
         var early = new EarlyStopping(StepNames.Step(Indicators.GradientNorm), StoppingMode.Min) { Geometry = Geometry.Euclidean, RestoreBestWeights = true, Patience = 100 };
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
@@ -204,7 +183,7 @@ public sealed class BackgroundStatisticsTests
         var generator = new Generator(3);
         for (int i = 0; i < 13; i++)
         {
-            Step(model, optimizer, session, generator);
+            Step(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
             int closed = (i + 1 + 2) / 5;   // windows close at steps 2, 7, 12
             Assert.Equal(closed, session.History.Count);
         }

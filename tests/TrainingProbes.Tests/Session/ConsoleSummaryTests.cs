@@ -3,6 +3,7 @@ using System.Text.RegularExpressions;
 using TorchSharp;
 using static TorchSharp.torch;
 using TrainingProbes.Optimizers;
+using static TrainingProbes.TestSupport.Trainer;
 
 namespace TrainingProbes.Tests.Session;
 
@@ -21,18 +22,7 @@ public sealed partial class ConsoleSummaryTests
             WindowSize = 4, Interval = 10, OverheadBudget = null, Output = output, Loss = lossFunction.call,
             TimeProvider = new SteppingClock(TimeSpan.FromSeconds(2)),   // every window is shown, a second or more apart
         }, optimizer);
-        var generator = new Generator(3);
-        for (int i = 0; i < 40; i++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn([16, 5], generator: generator);
-            var y = torch.randint(0, 3, [16], generator: generator);
-            optimizer.zero_grad();
-            var loss = lossFunction.call(model.call(x), y);
-            loss.backward();
-            session.Step(loss, x, y);
-            optimizer.step();
-        }
+        Train(model, optimizer, 40, seed: 3, onStep: (loss, x, y) => session.Step(loss, x, y), loss: lossFunction.call);
 
         session.Flush();
         var snapshot = session.Latest!;

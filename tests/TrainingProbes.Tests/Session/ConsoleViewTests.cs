@@ -4,13 +4,14 @@ using TrainingProbes.Session;
 using TrainingProbes.Stopping;
 using static TorchSharp.torch;
 using TrainingProbes.Optimizers;
+using static TrainingProbes.TestSupport.Trainer;
 
 namespace TrainingProbes.Tests.Session;
 
 /// <summary>The console view in both modes: a panel on a terminal, plain lines when the output is redirected.</summary>
 public sealed partial class ConsoleViewTests
 {
-    private static (ProbeOptions Options, IReadOnlyList<ProbeSnapshot> History) ShortRun()
+    private static (ProbeOptions Options, IReadOnlyList<ProbeSnapshot> History, IReadOnlyList<StoppingRule> Rules) ShortRun()
     {
         torch.manual_seed(6);
         var model = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 3));
@@ -21,29 +22,18 @@ public sealed partial class ConsoleViewTests
             Stopping = [StoppingRule.Parse("gradient.gsnr < 0.0001 for 3")],
         };
         using var session = ProbeSession.Attach(model, options, optimizer);
-        var generator = new Generator(9);
-        for (int step = 0; step < 60; step++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn([24, 5], generator: generator);
-            var y = torch.randint(0, 3, [24], generator: generator);
-            optimizer.zero_grad();
-            var loss = nn.functional.cross_entropy(model.call(x), y);
-            loss.backward();
-            session.Step(loss, x, y);
-            optimizer.step();
-        }
+        Train(model, optimizer, 60, seed: 9, onStep: (loss, x, y) => session.Step(loss, x, y), task: new Classification(Batch: 24));
 
         session.Flush();
-        return (options, session.History);
+        return (options, session.History, session.Rules);
     }
 
     [Fact]
     public void On_a_terminal_each_window_is_a_panel_with_values_errors_trends_budget_and_rules()
     {
-        var (options, history) = ShortRun();
+        var (options, history, rules) = ShortRun();
         var output = new StringWriter();
-        var view = new ConsoleView(options, output, terminal: true, width: 100);
+        var view = new ConsoleView(options, output, terminal: true, width: 100, rules: rules);
         view.Show(history[^1], history, stopped: false);
         string text = output.ToString();
 
@@ -63,7 +53,7 @@ public sealed partial class ConsoleViewTests
     [Fact]
     public void Redirected_each_window_is_one_plain_line_of_smoothed_values_after_a_legend()
     {
-        var (options, history) = ShortRun();
+        var (options, history, _) = ShortRun();
         var output = new StringWriter();
         var view = new ConsoleView(options, output, terminal: false, clock: new SteppingClock(TimeSpan.FromSeconds(2)));
         foreach (var snapshot in history) view.Show(snapshot, history, stopped: false);
@@ -84,7 +74,7 @@ public sealed partial class ConsoleViewTests
     [Fact]
     public void Windows_closer_than_the_minimum_gap_are_not_shown_except_the_first_and_a_stop()
     {
-        var (options, history) = ShortRun();
+        var (options, history, _) = ShortRun();
         var output = new StringWriter();
         var clock = new SteppingClock(ConsoleView.MinimumGap / 4);
         var view = new ConsoleView(options, output, terminal: false, clock: clock);

@@ -2,7 +2,7 @@ using Microsoft.Extensions.Logging;
 using TorchSharp;
 using TrainingProbes.Stopping;
 using static TorchSharp.torch;
-using TrainingProbes.Optimizers;
+using static TrainingProbes.TestSupport.Trainer;
 
 namespace TrainingProbes.Tests.Session;
 
@@ -12,27 +12,9 @@ namespace TrainingProbes.Tests.Session;
 /// </summary>
 public sealed class DefaultStoppingRuleTests
 {
-    private static (nn.Module<Tensor, Tensor> Model, optim.Optimizer Optimizer) Model()
-    {
-        torch.manual_seed(11);
-        var model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3));
-        return (model, new GcSafeSgd(model.parameters(), 0.05));
-    }
+    private static readonly Classification Batches = new(Features: 6, Classes: 3, Batch: 32);
 
-    private static void Train(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ProbeSession session, Generator generator, int steps)
-    {
-        for (int i = 0; i < steps; i++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn([32, 6], generator: generator);
-            var y = torch.randint(0, 3, [32], generator: generator);
-            optimizer.zero_grad();
-            var loss = nn.functional.cross_entropy(model.call(x), y);
-            loss.backward();
-            session.Step(loss, x, y);
-            optimizer.step();
-        }
-    }
+    private static (nn.Module<Tensor, Tensor> Model, optim.Optimizer Optimizer) Model() => SmallModel(seed: 11, inputs: 6, hidden: 16);
 
     [Fact]
     public void Options_carry_one_validation_plateau_rule_and_the_environment_keeps_it_unless_told_none()
@@ -56,7 +38,7 @@ public sealed class DefaultStoppingRuleTests
         var logger = new ListLogger();
         var output = new StringWriter();
         using var session = ProbeSession.Attach(model, new ProbeOptions { Output = output, OverheadBudget = null, Interval = 5, LoggerFactory = new ListLoggerFactory(logger), Loss = (output, target) => nn.functional.cross_entropy(output, target) }, optimizer);
-        Train(model, optimizer, session, new Generator(2), 120);
+        Train(model, optimizer, 120, new Generator(2), (loss, x, y) => session.Step(loss, x, y), Batches);
         session.Report("val.accuracy", 0.5);   // another reported value is no business of the default rule
         session.Flush();
 
@@ -82,8 +64,8 @@ public sealed class DefaultStoppingRuleTests
         double[] plateau = [1.0, 1.1, 1.2, 1.0, 1.05, 1.3];
         for (int i = 0; i < plateau.Length; i++)
         {
-            Train(first, firstOptimizer, a, new Generator((ulong)i), 2);
-            Train(second, secondOptimizer, b, new Generator((ulong)i), 2);
+            Train(first, firstOptimizer, 2, new Generator((ulong)i), (loss, x, y) => a.Step(loss, x, y), Batches);
+            Train(second, secondOptimizer, 2, new Generator((ulong)i), (loss, x, y) => b.Step(loss, x, y), Batches);
             a.Report("val.loss", plateau[i]);
             b.Report("val.loss", 1.0 - 0.1 * i);
             Assert.Equal(i == plateau.Length - 1, a.ShouldStop);
@@ -102,7 +84,7 @@ public sealed class DefaultStoppingRuleTests
         var generator = new Generator(4);
         for (int report = 0; report < 6 && !session.ShouldStop; report++)
         {
-            Train(model, optimizer, session, generator, 25);
+            Train(model, optimizer, 25, generator, (loss, x, y) => session.Step(loss, x, y), Batches);
             session.Flush();   // the window's statistics are published before the report, so the line can read them
             session.Report("val.loss", 2.0 + report);   // never improves after the first: fires at the sixth report
         }

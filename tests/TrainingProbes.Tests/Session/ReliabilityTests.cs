@@ -4,6 +4,7 @@ using TrainingProbes.Stopping;
 using TrainingProbes.Tests.Telemetry;
 using static TorchSharp.torch;
 using TrainingProbes.Optimizers;
+using static TrainingProbes.TestSupport.Trainer;
 
 namespace TrainingProbes.Tests.Session;
 
@@ -14,28 +15,6 @@ namespace TrainingProbes.Tests.Session;
 /// </summary>
 public sealed class ReliabilityTests
 {
-    private static (nn.Module<Tensor, Tensor> Model, optim.Optimizer Optimizer) SmallModel(int seed = 1)
-    {
-        torch.manual_seed(seed);
-        var model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3));
-        return (model, new GcSafeSgd(model.parameters(), 0.05));
-    }
-
-    private static Tensor CrossEntropy(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
-
-    /// <summary>One SGD step on a random batch; <paramref name="probe"/> decides how the session sees it.</summary>
-    private static void TrainStep(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, Generator generator, Action<Tensor, Tensor, Tensor> probe)
-    {
-        using var scope = torch.NewDisposeScope();
-        var x = torch.randn([16, 5], generator: generator);
-        var y = torch.randint(0, 3, [16], generator: generator);
-        optimizer.zero_grad();
-        var loss = CrossEntropy(model.call(x), y);
-        loss.backward();
-        probe(loss, x, y);
-        optimizer.step();
-    }
-
     [Fact]
     public void Windows_that_lose_their_batch_list_a_failure_and_their_gradient_values_leave_the_gauges()
     {
@@ -45,12 +24,12 @@ public sealed class ReliabilityTests
             WindowSize = 4, Interval = 5, OverheadBudget = null, Output = null, Loss = CrossEntropy, RunId = "stale-gauges", Strict = false,
         }, optimizer);
         var generator = new Generator(3);
-        for (int step = 0; step < 20; step++) TrainStep(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
+        Train(model, optimizer, 20, generator, (loss, x, y) => session.Step(loss, x, y));
         session.Flush();
         Assert.Contains(session.CurrentValues, v => v.Name == Indicators.Cosine);
 
         // An evaluation phase, say, that passes only the loss: the window waits 100 steps for a batch, then closes without.
-        for (int step = 0; step < 130; step++) TrainStep(model, optimizer, generator, (loss, _, _) => session.Step(loss));
+        Train(model, optimizer, 130, generator, (loss, _, _) => session.Step(loss));
         session.Flush();
 
         var last = session.History[^1];
@@ -90,9 +69,9 @@ public sealed class ReliabilityTests
             Stopping = [StoppingRule.Parse("training.loss is not finite")],
         }, optimizer);
         var generator = new Generator(3);
-        for (int step = 0; step < 10; step++) TrainStep(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
+        Train(model, optimizer, 10, generator, (loss, x, y) => session.Step(loss, x, y));
         // Step 10 closes a window (Interval 5): its statistics run on the worker, but the NaN is seen now.
-        TrainStep(model, optimizer, generator, (_, x, y) =>
+        Step(model, optimizer, generator, (_, x, y) =>
         {
             using var nan = torch.tensor(float.NaN);
             session.Step(nan, x, y);
@@ -113,7 +92,7 @@ public sealed class ReliabilityTests
             var generator = new Generator(3);
             var s = session;
             for (int step = 0; step < 30; step++)
-                TrainStep(model, optimizer, generator, (loss, x, y) =>
+                Step(model, optimizer, generator, (loss, x, y) =>
                 {
                     s.Step(loss, x, y);
                     if (twice) s.Step(loss, x, y);
@@ -239,10 +218,10 @@ public sealed class ReliabilityTests
             WindowSize = 4, Interval = 10, OverheadBudget = null, Output = null, Loss = CrossEntropy, StepStatistics = true, Strict = false,
         }, optimizer);
         var generator = new Generator(3);
-        for (int step = 0; step < 22; step++) TrainStep(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
+        Train(model, optimizer, 22, generator, (loss, x, y) => session.Step(loss, x, y));
         ((TorchSharp.Modules.Linear)((TorchSharp.Modules.Sequential)model)[0]).weight = new TorchSharp.Modules.Parameter(torch.randn([8, 5]));
         optimizer = new GcSafeSgd(model.parameters(), 0.05);   // the old one holds the replaced parameter
-        for (int step = 22; step < 40; step++) TrainStep(model, optimizer, generator, (loss, x, y) => session.Step(loss, x, y));
+        Train(model, optimizer, 18, generator, (loss, x, y) => session.Step(loss, x, y));   // steps 22 to 39
         session.Flush();
 
         var failures = session.History.SelectMany(s => s.Failures).ToList();

@@ -28,19 +28,8 @@ public sealed class ResumeTests : IDisposable
     /// <summary>Trains steps [from, to): each step's minibatch depends only on its index.</summary>
     private static void Train(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ProbeSession session, int from, int to)
     {
-        for (int step = from; step < to; step++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var generator = new Generator((ulong)(1000 + step));
-            var x = torch.randn([16, 6], generator: generator);
-            var y = torch.randint(0, 3, [16], generator: generator);
-            optimizer.zero_grad();
-            var loss = nn.functional.cross_entropy(model.call(x), y);
-            loss.backward();
-            session.Step(loss, x, y);
-            optimizer.step();
-        }
-
+        var task = new Classification(Features: 6);
+        Trainer.Train(model, optimizer, from, to, step => task.AtStep(step, seed: 1000), (loss, x, y) => session.Step(loss, x, y));
         session.Flush();
     }
 

@@ -2,6 +2,7 @@ using System.Runtime.CompilerServices;
 using TorchSharp;
 using static TorchSharp.torch;
 using TrainingProbes.Optimizers;
+using static TrainingProbes.TestSupport.Trainer;
 
 namespace TrainingProbes.Tests.Session;
 
@@ -15,18 +16,7 @@ public sealed class SessionLifetimeTests
         var model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3));
         var optimizer = new GcSafeSgd(model.parameters(), 0.05);
         var lossFunction = nn.CrossEntropyLoss();
-        var generator = new Generator(7);
-        for (int i = 0; i < 120; i++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn([16, 6], generator: generator);
-            var y = torch.randint(0, 3, [16], generator: generator);
-            optimizer.zero_grad();
-            var loss = lossFunction.call(model.call(x), y);
-            loss.backward();
-            model.Probe(loss, optimizer, x, y, lossFunction.call);
-            optimizer.step();
-        }
+        Train(model, optimizer, 120, seed: 7, onStep: (loss, x, y) => model.Probe(loss, optimizer, x, y, lossFunction.call), task: new Classification(Features: 6), loss: lossFunction.call);
 
         var session = ProbeSession.Get(model)!;
         session.Flush();   // the statistics of the last window may still run on the worker
@@ -75,18 +65,7 @@ public sealed class SessionLifetimeTests
         {
             WindowSize = 4, Interval = 5, OverheadBudget = null, Output = null, Loss = lossFunction.call, Probes = [new SlowStatistics(started)],
         }, optimizer);
-        var generator = new Generator(7);
-        for (int i = 0; i < 5; i++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn([16, 6], generator: generator);
-            var y = torch.randint(0, 3, [16], generator: generator);
-            optimizer.zero_grad();
-            var loss = lossFunction.call(model.call(x), y);
-            loss.backward();
-            session.Step(loss, x, y);
-            optimizer.step();
-        }
+        Train(model, optimizer, 5, seed: 7, onStep: (loss, x, y) => session.Step(loss, x, y), task: new Classification(Features: 6), loss: lossFunction.call);
 
         Assert.True(started.Wait(TimeSpan.FromSeconds(30)), "the window's job did not start");
         return (new WeakReference(model), new WeakReference(session));

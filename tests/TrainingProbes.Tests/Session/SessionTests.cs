@@ -1,38 +1,20 @@
 using TrainingProbes.Session;
 using TorchSharp;
 using static TorchSharp.torch;
-using TrainingProbes.Optimizers;
+using static TrainingProbes.TestSupport.Trainer;
 
 namespace TrainingProbes.Tests.Session;
 
 public sealed class SessionTests
 {
-    private static (nn.Module<Tensor, Tensor> Model, optim.Optimizer Optimizer) SmallModel(int seed = 1)
-    {
-        torch.manual_seed(seed);
-        var model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3));
-        return (model, new GcSafeSgd(model.parameters(), 0.05));
-    }
-
-    private static Tensor CrossEntropy(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
-
+    /// <summary>Trains on the default task (generator seeded <paramref name="seed"/>) with the session seeing every step, then flushes it.</summary>
     private static void Train(nn.Module<Tensor, Tensor> model, optim.Optimizer optimizer, ProbeSession session, int steps, int seed = 3, Action? beforeEachStep = null)
     {
-        var generator = new Generator((ulong)seed);
-        var lossFunction = nn.CrossEntropyLoss();
-        for (int i = 0; i < steps; i++)
+        Trainer.Train(model, optimizer, steps, seed, (loss, x, y) =>
         {
             beforeEachStep?.Invoke();
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn([16, 5], generator: generator);
-            var y = torch.randint(0, 3, [16], generator: generator);
-            optimizer.zero_grad();
-            var loss = lossFunction.call(model.call(x), y);
-            loss.backward();
             session.Step(loss, x, y);
-            optimizer.step();
-        }
-
+        });
         session.Flush();   // the last window's statistics may still be on the worker
     }
 
@@ -121,17 +103,7 @@ public sealed class SessionTests
             Assert.Equal(8, session.History.Count);
         }
 
-        var generator = new Generator(3);
-        var lossFunction = nn.CrossEntropyLoss();
-        for (int i = 0; i < 40; i++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn([16, 5], generator: generator);
-            var y = torch.randint(0, 3, [16], generator: generator);
-            plainOptimizer.zero_grad();
-            lossFunction.call(plain.call(x), y).backward();
-            plainOptimizer.step();
-        }
+        Trainer.Train(plain, plainOptimizer, 40, seed: 3);
 
         foreach (var ((name, a), (_, b)) in watched.named_parameters().Zip(plain.named_parameters()))
             Assert.True(a.allclose(b, rtol: 0, atol: 0), $"parameter {name} differs after training with probes");
@@ -291,6 +263,8 @@ public sealed class OptionsFromEnvironmentTests
     [InlineData("TRAININGPROBES_WINDOW_SIZE", "1", "WindowSize")]
     [InlineData("TRAININGPROBES_GEOMETRIES", "euclid", "TRAININGPROBES_GEOMETRIES")]
     [InlineData("TRAININGPROBES_OUTPUT", "file", "TRAININGPROBES_OUTPUT")]
+    [InlineData("TRAININGPROBES_PROMETHEUS", "metrics", "TRAININGPROBES_PROMETHEUS")]
+    [InlineData("TRAININGPROBES_PROMETHEUS", "example.org:9464", "TRAININGPROBES_PROMETHEUS")]
     public void Unusable_values_name_the_variable_or_option(string variable, string value, string named)
     {
         var error = Assert.ThrowsAny<ArgumentException>(() => ProbeOptions.FromEnvironment(name => name == variable ? value : null));

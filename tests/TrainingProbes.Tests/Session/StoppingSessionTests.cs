@@ -101,9 +101,41 @@ public sealed class StoppingSessionTests
         Assert.Equal(11, steps);
         Assert.True(session.ShouldStop);
         Assert.Equal([RuleAction.Warn, RuleAction.Stop], events.Select(e => e.Action).Distinct().ToArray());
-        Assert.Equal(stopRule, events.Single(e => e.Action == RuleAction.Stop).Rule);
+        // The session decided on its own copy of the rule: the options' rule is as it was given.
+        var fired = events.Single(e => e.Action == RuleAction.Stop).Rule;
+        Assert.Equal(stopRule.Name, fired.Name);
+        Assert.Same(session.Rules[0], fired);
+        Assert.True(fired.Stopped);
+        Assert.False(stopRule.Stopped);
         Assert.Contains("[probes] stop at step 12:", output.ToString());
         Assert.Contains("[probes] warning at step 2:", output.ToString());
+    }
+
+    [Fact]
+    public void Two_sessions_sharing_options_count_and_decide_on_their_own_copies_of_a_rule()
+    {
+        // One options object, one stateful rule, two models: each session must see only its own reports.
+        var rule = new EarlyStopping("val.loss") { Patience = 2 };
+        var options = new ProbeOptions { WindowSize = 2, Interval = 5, Output = null, OverheadBudget = null, Stopping = [rule] };
+        torch.manual_seed(1);
+        using var first = ProbeSession.Attach(nn.Sequential(nn.Linear(4, 2)), options);
+        using var second = ProbeSession.Attach(nn.Sequential(nn.Linear(4, 2)), options);
+
+        foreach (double loss in new[] { 1.0, 0.9, 0.95, 0.97 }) first.Report("val.loss", loss);   // worse twice: stops
+        second.Report("val.loss", 2.0);
+        second.Report("val.loss", 1.5);
+
+        var a = (EarlyStopping)first.Rules[0];
+        var b = (EarlyStopping)second.Rules[0];
+        Assert.NotSame(a, b);
+        Assert.True(first.ShouldStop);
+        Assert.False(second.ShouldStop);
+        Assert.Equal(0.9, a.BestValue);
+        Assert.Equal(1.5, b.BestValue);
+        Assert.Equal(4, a.Evaluations);
+        Assert.Equal(2, b.Evaluations);
+        Assert.Null(rule.BestValue);   // the options' rule is as it was given
+        Assert.Equal(0, rule.Evaluations);
     }
 
     [Fact]

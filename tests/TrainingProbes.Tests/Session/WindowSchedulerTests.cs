@@ -124,7 +124,7 @@ public sealed class WindowSchedulerTests
     {
         var clock = new FakeClock();
         var scheduler = new WindowScheduler(new ProbeOptions { WindowSize = 2, Interval = 400, OverheadBudget = 0.05 }, clock, windowLength: 2);
-        // Every fifth window costs ten times the others (an active window, say).
+        // Every fifth window costs ten times the others (a fixed-point window, say).
         var windows = Run(scheduler, clock, 60_000, 2, 1000, w => w % 5 == 4 ? 200_000 : 20_000);
         int expensive = Enumerable.Range(2, windows.Count - 3).First(i => i % 5 == 4);
         Assert.True(windows[expensive].Interval > 2 * windows[expensive - 1].Interval,

@@ -46,18 +46,9 @@ public sealed class Float32ChunkedTests
         };
         using var session = ProbeSession.Attach(model, options, optimizer);
 
-        var generator = new Generator(9);
-        for (int step = 0; step < 30; step++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var x = torch.rand([32, 784], generator: generator);
-            var y = torch.randint(0, 10, [32], generator: generator);
-            optimizer.zero_grad();
-            var loss = lossFunction.call(model.call(x), y);
-            loss.backward();
-            session.Step(loss, x, y);
-            optimizer.step();
-        }
+        using var generator = new Generator(9);   // uniform inputs (rand), not the Classification task's normal ones
+        Trainer.Train(model, optimizer, 0, 30, _ => (torch.rand([32, 784], generator: generator), torch.randint(0, 10, [32], generator: generator)),
+            (loss, x, y) => session.Step(loss, x, y), lossFunction.call);
 
         Assert.Equal(0, session.FailureCount);
         Assert.Equal(3, recorder.Windows.Count);

@@ -30,14 +30,11 @@ public sealed class PortableIndicatorTests(Xunit.Abstractions.ITestOutputHelper 
         torch.manual_seed(0);
         var model = nn.Sequential(nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10));
         torch.optim.Optimizer optimizer = adam ? new GcSafeAdam(model.parameters(), 1e-3) : new GcSafeSgd(model.parameters(), 0.1);
-        for (int step = 0; step < 150; step++)
+        Trainer.Train(model, optimizer, 0, 150, _ =>
         {
-            using var scope = torch.NewDisposeScope();
-            var batch = torch.randint(0, Population, [64]);
-            optimizer.zero_grad();
-            CrossEntropy(model.call(x[batch]), labels[batch]).backward();
-            optimizer.step();
-        }
+            var batch = torch.randint(0, Population, [64]);   // from the global generator, seeded above
+            return (x[batch], labels[batch]);
+        });
 
         var (trueNoise, trueSignal) = ExactMoments(model, x, labels);
         double trueScale = trueNoise / trueSignal;

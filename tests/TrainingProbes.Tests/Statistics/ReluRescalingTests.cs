@@ -27,14 +27,11 @@ public sealed class TrainedReluNetwork : IDisposable
         using (var optimizer = new GcSafeSgd(Model.parameters(), lr: 0.05, momentum: 0.9))
         using (var draws = new Generator(5, device: CPU))
         {
-            for (int step = 0; step < 300; step++)
+            Trainer.Train(Model, optimizer, 0, 300, _ =>
             {
-                using var scope = torch.NewDisposeScope();
                 var batch = torch.randint(0, TrainDigits, [MinibatchSize], generator: draws);
-                optimizer.zero_grad();
-                nn.functional.cross_entropy(Model.call(Images[batch]), Labels[batch]).backward();
-                optimizer.step();
-            }
+                return (Images[batch], Labels[batch]);
+            });
         }
 
         using (torch.no_grad())
@@ -80,7 +77,7 @@ public sealed class TrainedReluNetwork : IDisposable
     }
 
     /// <summary>
-    /// One active window on the network rescaled by <paramref name="a"/> (default options but at most 12 Hutchinson
+    /// One fixed-point window on the network rescaled by <paramref name="a"/> (default options but at most 12 Hutchinson
     /// samples, to keep the class fast).
     /// </summary>
     public ProbeSnapshot Measure(double a, double eta = 0, double gsnrEpsilon = 0)

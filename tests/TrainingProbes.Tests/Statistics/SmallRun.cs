@@ -15,21 +15,11 @@ internal static class SmallRun
     /// <summary>Trains <paramref name="steps"/> steps of batch 32 under the session <paramref name="options"/> makes (its loss function given); returns the history after a flush.</summary>
     public static IReadOnlyList<ProbeSnapshot> History(int seed, double learningRate, int steps, Func<Func<Tensor, Tensor, Tensor>, ProbeOptions> options)
     {
-        torch.manual_seed(seed);
-        var model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3));
+        var model = Trainer.Mlp(seed, inputs: 6, hidden: 16, classes: 3);
         var optimizer = new GcSafeSgd(model.parameters(), learningRate);
         using var session = ProbeSession.Attach(model, options(Loss), optimizer);
-        for (int step = 0; step < steps; step++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var input = torch.randn(32, 6);
-            var target = torch.randint(0, 3, [32]);
-            optimizer.zero_grad();
-            var loss = Loss(model.call(input), target);
-            loss.backward();
-            session.Step(loss, input, target);
-            optimizer.step();
-        }
+        // Random inputs and labels from the global generator, which Mlp seeded.
+        Trainer.Train(model, optimizer, 0, steps, _ => (torch.randn(32, 6), torch.randint(0, 3, [32])), (loss, x, y) => session.Step(loss, x, y), Loss);
 
         session.Flush();
         return session.History;

@@ -127,7 +127,7 @@ public sealed class SyntheticGradientCalibrationTests(Xunit.Abstractions.ITestOu
         IndicatorsTests.Close.Assert(expected, published, 1e-3, "gsnr.stderr with an outlier minibatch");
     }
 
-    /// <summary>Feeds K given gradients (rows of floats) through a passive window; returns the snapshot.</summary>
+    /// <summary>Feeds K given gradients (rows of floats) through a step window; returns the snapshot.</summary>
     private static ProbeSnapshot OneWindow(float[][] rows)
     {
         int k = rows.Length, size = rows[0].Length;

@@ -7,8 +7,8 @@ using static TrainingProbes.Tests.StepNames;
 namespace TrainingProbes.Tests.StatisticsTests;
 
 /// <summary>
-/// Every reader of the whitening D sees the same D, the one computed by hand in double: the passive statistics
-/// (<c>step.*</c>), the first-order family of an active window (<c>fixed_point.*</c>), the active window's radius
+/// Every reader of the whitening D sees the same D, the one computed by hand in double: the step statistics
+/// (<c>step.*</c>), the first-order family of a fixed-point window (<c>fixed_point.*</c>), the fixed-point window's radius
 /// <c>eps = Radius ||D^-1 theta||</c> and the invariant curvature <c>lambda_max(D Hbar D)</c>. The Fisher floor binds
 /// on one coordinate, and each reader's value without the floor is far outside the tolerance: a reader that ignored
 /// the floor would fail here.
@@ -101,7 +101,7 @@ public sealed class WhiteningReadersTests
         Math.Sqrt(Theta.Select((t, c) => d[c] > 0 ? t / d[c] * (t / d[c]) : 0).Sum());
 
     [Fact]
-    public void Passive_statistics_active_windows_and_invariant_curvature_read_the_same_floored_D()
+    public void Step_statistics_fixed_point_windows_and_invariant_curvature_read_the_same_floored_D()
     {
         var batches = Batches(out var xs, out var ys);
         var (g, h) = ClosedForm(xs, ys);
@@ -111,7 +111,7 @@ public sealed class WhiteningReadersTests
             PowerIterations = 500, PowerTolerance = 1e-12, TraceSamples = 4,
         });
 
-        // No optimizer step: the passive window's K step gradients are the K minibatch gradients at theta, as in the active window.
+        // No optimizer step: the step window's K step gradients are the K minibatch gradients at theta, as in the fixed-point window.
         var model = Logistic();
         var options = new ProbeOptions
         {
@@ -145,7 +145,7 @@ public sealed class WhiteningReadersTests
         {
             string what = geometry.ToName();
 
-            // The first-order family, of the passive window and of the active one.
+            // The first-order family, of the step window and of the fixed-point one.
             var expected = ReferenceIndicators.FirstOrder(ReferenceIndicators.Whiten(g, d), options.RegretQuantile);
             double scale = expected[Indicators.GradientNorm];
             foreach (var (name, value) in expected)
@@ -154,7 +154,7 @@ public sealed class WhiteningReadersTests
                 Close.Assert(value, snapshot.Get(FixedPointProbe.Prefix + name, geometry), 1e-9, $"{FixedPointProbe.Prefix}{name} [{what}]", scale);
             }
 
-            // The active window's radius and the invariant curvature.
+            // The fixed-point window's radius and the invariant curvature.
             double radius = Radius * ScaledThetaNorm(d);
             Close.Assert(radius, snapshot.Get(FixedPointProbe.Prefix + Indicators.Radius, geometry), 1e-9, $"radius [{what}]");
             double top = TopOfScaled(h, d);

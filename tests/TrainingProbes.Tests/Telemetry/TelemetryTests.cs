@@ -5,6 +5,7 @@ using TorchSharp.Modules;
 using TrainingProbes.Tests.IndicatorsTests;
 using static TorchSharp.torch;
 using TrainingProbes.Optimizers;
+using static TrainingProbes.TestSupport.Trainer;
 
 namespace TrainingProbes.Tests.Telemetry;
 
@@ -16,19 +17,8 @@ public sealed class TelemetryTests
         model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3));
         var optimizer = new GcSafeSgd(model.parameters(), 0.1);
         var session = ProbeSession.Attach(model, options, optimizer);
-        var generator = new Generator(5);
         var lossFunction = nn.CrossEntropyLoss();
-        for (int i = 0; i < steps; i++)
-        {
-            using var scope = torch.NewDisposeScope();
-            var x = torch.randn([12, 6], generator: generator);
-            var y = torch.randint(0, 3, [12], generator: generator);
-            optimizer.zero_grad();
-            var loss = lossFunction.call(model.call(x), y);
-            loss.backward();
-            session.Step(loss);
-            optimizer.step();
-        }
+        Train(model, optimizer, steps, seed: 5, onStep: (loss, _, _) => session.Step(loss), task: new Classification(Features: 6, Batch: 12), loss: lossFunction.call);
         session.Flush();
         return session;
     }
@@ -94,16 +84,10 @@ public sealed class TelemetryTests
         void Train(int steps)
         {
             for (int i = 0; i < steps; i++)
-                for (int s = 0; s < sessions.Length; s++)
+                for (int s = 0; s < sessions.Length; s++)   // the two models take turns at one generator
                 {
-                    using var scope = torch.NewDisposeScope();
-                    var x = torch.randn([12, 6], generator: generator);
-                    var y = torch.randint(0, 3, [12], generator: generator);
-                    optimizers[s].zero_grad();
-                    var loss = nn.functional.cross_entropy(models[s].call(x), y);
-                    loss.backward();
-                    sessions[s].Step(loss);
-                    optimizers[s].step();
+                    var session = sessions[s];
+                    Step(models[s], optimizers[s], generator, (loss, _, _) => session.Step(loss), new Classification(Features: 6, Batch: 12));
                 }
 
             foreach (var session in sessions) session.Flush();
