@@ -21,7 +21,6 @@ namespace TrainingProbes;
 /// </summary>
 public sealed class ProbeSession : IDisposable
 {
-    private readonly ProbeWindowContext _windowContext;
     private readonly ILogger _logger;
     private readonly WindowScheduler _scheduler;
     private readonly ProbeFailures _failures;
@@ -51,14 +50,13 @@ public sealed class ProbeSession : IDisposable
         try
         {
             _runner = new ProbeRunner(SessionStartup.BuiltInProbes(options), options.Probes, _failures);
-            _windowContext = new ProbeWindowContext(this, Windows.Layout, options.WindowSize);
             _publisher = new SnapshotPublisher(options.HistoryCapacity, _failures);
             _stopping = new StoppingController(model, options, _logger, RunId, _failures, () => _scheduler.Steps);
             _telemetry = new SessionTelemetry(RunId, options.Worker, _publisher, _scheduler, _failures, _stopping);
             SessionStartup.ShowOnConsole(options, _publisher, _stopping);
             _publisher.Subscribe("stopping", _stopping.OnSnapshot);
             _publisher.Subscribe("WindowClosed", snapshot => WindowClosed?.Invoke(this, snapshot));
-            _lifecycle = new WindowLifecycle(this, _scheduler, _failures, _runner, _publisher, _stopping, new ProbeStepContext(this), _windowContext, _worker, _logger);
+            _lifecycle = new WindowLifecycle(this, _scheduler, _failures, _runner, _publisher, _stopping, new ProbeStepContext(this), _worker, _logger);
             _stopping.Fired += (rule, decision, restored, probes) =>
             {
                 Record.Add(new FiredRule(rule.Name, rule.Action, decision.Step, decision.Value, decision.Reason));
@@ -123,7 +121,7 @@ public sealed class ProbeSession : IDisposable
     public long StepCount => _scheduler.Steps;
 
     /// <summary>Names of the watched parameters.</summary>
-    public IReadOnlyList<string> ParameterNames => _windowContext.ParameterNames;
+    public IReadOnlyList<string> ParameterNames => Windows.Layout.Names;
 
     /// <summary>Number of probe callbacks that threw; each is logged, and training goes on.</summary>
     public int FailureCount => _failures.Count;

@@ -8,7 +8,7 @@ namespace TrainingProbes;
 /// <summary>
 /// What a probe sees of a closed window: its K micro-batch gradients (on their device) and a way to report values.
 /// Values reported as tensors are gathered and moved to the host together, once per window and device, after all
-/// probes have run. The session reuses this object; do not keep it or the tensors it hands out.
+/// probes have run. Each window has its own; do not keep it or the tensors it hands out past the window.
 /// </summary>
 public sealed partial class ProbeWindowContext
 {

@@ -74,6 +74,11 @@ internal sealed class ParameterLayout
 
     public IReadOnlyList<CapturedParameter> Parameters { get; }
 
+    /// <summary>The watched parameters' names, in order.</summary>
+    public IReadOnlyList<string> Names => _names ??= [.. Parameters.Select(p => p.Name)];
+
+    private string[]? _names;
+
     public long ParameterCount => Segments.Sum(s => s.Count);
 
     /// <summary>The model's parameters a window watches: those that require a gradient and pass the filter.</summary>

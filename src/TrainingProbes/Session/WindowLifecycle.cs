@@ -15,7 +15,7 @@ namespace TrainingProbes.Session;
 /// </summary>
 internal sealed class WindowLifecycle(
     ProbeSession session, WindowScheduler scheduler, ProbeFailures failures, ProbeRunner runner, SnapshotPublisher publisher,
-    StoppingController stopping, ProbeStepContext stepContext, ProbeWindowContext windowContext, StatisticsWorker worker, ILogger logger)
+    StoppingController stopping, ProbeStepContext stepContext, StatisticsWorker worker, ILogger logger)
 {
     private readonly ProbeSession _session = session;
     private readonly WindowScheduler _scheduler = scheduler;
@@ -24,7 +24,6 @@ internal sealed class WindowLifecycle(
     private readonly SnapshotPublisher _publisher = publisher;
     private readonly StoppingController _stopping = stopping;
     private readonly ProbeStepContext _stepContext = stepContext;
-    private readonly ProbeWindowContext _windowContext = windowContext;
     private readonly StatisticsWorker _worker = worker;
     private readonly ILogger _logger = logger;
 
@@ -240,7 +239,7 @@ internal sealed class WindowLifecycle(
     {
         long started = _scheduler.Now;
         long? steady = null;
-        var context = _windowContext;
+        var context = new ProbeWindowContext(_session, Windows.Layout, Options.WindowSize);   // one per window
         context.Begin(_scheduler.Steps, _scheduler.Windows);
         context.Input = input;
         context.Target = target;
@@ -249,10 +248,10 @@ internal sealed class WindowLifecycle(
         {
             if (capture)
             {
-                TakeMicroBatches(input!, target!);
+                TakeMicroBatches(context, input!, target!);
                 // The first window's pass pays one-time costs (code compiled, memory allocated): a second pass measures
                 // what a window costs from then on, the overhead budget's first estimate.
-                if (_scheduler.Windows == 0 && context.MicroBatches is not null) steady = TakeMicroBatches(input!, target!);
+                if (_scheduler.Windows == 0 && context.MicroBatches is not null) steady = TakeMicroBatches(context, input!, target!);
             }
             else if (missing is not null)
             {
@@ -292,20 +291,20 @@ internal sealed class WindowLifecycle(
         if (!job.InBackground) Publish();
     }
 
-    /// <summary>The window's K micro-batch gradients, into the context; returns the ticks it took.</summary>
-    private long TakeMicroBatches(Tensor input, Tensor target)
+    /// <summary>The window's K micro-batch gradients, into <paramref name="context"/>; returns the ticks it took.</summary>
+    private long TakeMicroBatches(ProbeWindowContext context, Tensor input, Tensor target)
     {
         long started = _scheduler.Now;
-        _windowContext.MicroBatches = null;
+        context.MicroBatches = null;
         _failures.Guard("gradient", static a =>
         {
             var session = a.Session;
             var windows = session.Windows;
             windows.MicroBatches.Capture(session.Model, session.Forward!, session.LossFunction!, a.Input, a.Target);
             if (windows.MicroBatches.UsedPasses) session.TellPassesOnce(windows.MicroBatches.PassesReason);
-            session._windowContext.MicroBatches = (IWindowSource?)windows.MicroBatches.Sketched ?? windows.MicroBatches;
+            a.Context.MicroBatches = (IWindowSource?)windows.MicroBatches.Sketched ?? windows.MicroBatches;
             session._microBatchesTaken = true;
-        }, (Session: this, Input: input, Target: target));
+        }, (Session: this, Context: context, Input: input, Target: target));
         long ticks = _scheduler.Now - started;
         _runner.AddCaptureTicks(ticks);
         return ticks;
