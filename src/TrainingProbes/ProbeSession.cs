@@ -88,9 +88,6 @@ public sealed class ProbeSession : IDisposable
         return SessionRegistry.Add(model, () => new ProbeSession(model, options ?? new ProbeOptions(), optimizer));
     }
 
-    /// <summary>A session that is not registered as the model's session (for one-off measurements).</summary>
-    internal static ProbeSession CreateUnregistered(nn.Module model, ProbeOptions options) => new(model, options, optimizer: null);
-
     /// <summary>The session attached to <paramref name="model"/> (by <see cref="Attach"/> or the one-line call), or null.</summary>
     /// <param name="model">The model.</param>
     public static ProbeSession? Get(nn.Module model)

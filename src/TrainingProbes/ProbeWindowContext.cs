@@ -18,10 +18,14 @@ public sealed partial class ProbeWindowContext
     private readonly HashSet<string> _checkedNames = [];
     private readonly Dictionary<string, int> _parameterIndex;
 
-    internal ProbeWindowContext(ProbeSession session, ParameterLayout layout, int k)
+    /// <param name="session">The window's session; null for a window measured outside training (<see cref="FixedPointProbe.Measure"/>).</param>
+    /// <param name="layout">The watched parameters.</param>
+    /// <param name="k">K, the window's number of gradients.</param>
+    internal ProbeWindowContext(ProbeSession? session, ParameterLayout layout, int k)
     {
         _session = session;
-        _weakSession = new WeakReference<ProbeSession>(session);
+        _weakSession = new WeakReference<ProbeSession>(session!);
+        _sessionless = session is null;
         _layout = layout;
         WindowSize = k;
         _parameterIndex = layout.Parameters.Select((p, i) => (p.Name, i)).ToDictionary(t => t.Name, t => t.i);
@@ -31,7 +35,11 @@ public sealed partial class ProbeWindowContext
     /// <summary>The session.</summary>
     /// <exception cref="InvalidOperationException">Read by deferred work after the session and its model were collected.</exception>
     public ProbeSession Session => _session ?? (_weakSession.TryGetTarget(out var session) ? session
-        : throw new InvalidOperationException("The session was collected while this window's statistics ran: nothing references its model any more."));
+        : throw new InvalidOperationException(_sessionless
+            ? "This window was measured outside a session (FixedPointProbe.Measure): it has no session."
+            : "The session was collected while this window's statistics ran: nothing references its model any more."));
+
+    private readonly bool _sessionless;
 
     private readonly WeakReference<ProbeSession> _weakSession;
     private ProbeSession? _session;

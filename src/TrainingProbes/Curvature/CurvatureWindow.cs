@@ -19,7 +19,7 @@ namespace TrainingProbes.Curvature;
 /// model without it.
 /// </summary>
 internal sealed class CurvatureWindow(
-    FixedPointOptions options, ProbeSession session, Parameter[] parameters, GradientWindow buffer, Whitening whitening,
+    FixedPointOptions options, ILogger logger, string runId, Parameter[] parameters, GradientWindow buffer, Whitening whitening,
     Generator generator, Func<(Tensor Input, Tensor Target), Tensor> lossAt) : IDisposable
 {
     private Tensor[]? _eigenvector;
@@ -77,9 +77,9 @@ internal sealed class CurvatureWindow(
         }
 
         if (unconverged > 0)
-            session.Logger.LogWarning(
+            logger.LogWarning(
                 "TrainingProbes run {RunId}: {Count} of {Minibatches} minibatch Hessian eigenvalues did not converge in {Iterations} power iterations; curvature.contrastive uses them as they are. Raise FixedPointOptions.PowerIterations.",
-                session.RunId, unconverged, batches.Count, options.PowerIterations);
+                runId, unconverged, batches.Count, options.PowerIterations);
 
         using var pooledScope = torch.NewDisposeScope();
         var pooled = torch.stack(batches.Select(lossAt).Select(l => l.reshape([])).ToArray()).mean();
@@ -93,9 +93,9 @@ internal sealed class CurvatureWindow(
         window.Report(Indicators.CurvatureTraceHalfWidth, hutchinson.HalfWidth, Geometry.Euclidean);
         window.Report(Indicators.CurvatureTraceConverged, hutchinson.Converged ? 1 : 0, Geometry.Euclidean);
         if (!hutchinson.Converged)
-            session.Logger.LogWarning(
+            logger.LogWarning(
                 "TrainingProbes run {RunId}: the Hessian trace {Trace} did not reach its tolerance in {Samples} samples (95% half-width {HalfWidth}); raise FixedPointOptions.TraceSamples.",
-                session.RunId, hutchinson.Trace, hutchinson.Samples, hutchinson.HalfWidth);
+                runId, hutchinson.Trace, hutchinson.Samples, hutchinson.HalfWidth);
 
         // Invariant curvature: the top eigenvalue of D Hbar D.
         foreach (var geometry in new[] { Geometry.Fisher, Geometry.Adaptive })
@@ -126,9 +126,9 @@ internal sealed class CurvatureWindow(
         window.Report(Indicators.CurvatureConverged, estimate.Converged ? 1 : 0, geometry);
         window.Report(Indicators.CurvatureResidual, estimate.Residual, geometry);
         if (!estimate.Converged)
-            session.Logger.LogWarning(
+            logger.LogWarning(
                 "TrainingProbes run {RunId}: the top eigenvalue {Eigenvalue} ({Geometry}) did not converge in {Iterations} power iterations (relative residual {Residual}); raise FixedPointOptions.PowerIterations or PowerTolerance.",
-                session.RunId, estimate.Eigenvalue, geometry.ToName(), estimate.Iterations, estimate.Residual);
+                runId, estimate.Eigenvalue, geometry.ToName(), estimate.Iterations, estimate.Residual);
     }
 
     public void Dispose()

@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using TorchSharp;
 using TorchSharp.Modules;
 using TrainingProbes.Capture;
@@ -35,7 +37,7 @@ public sealed class FixedPointProbe : TrainingProbe, IStatefulPart
     public const string Prefix = "fixed_point.";
 
     private readonly FixedPointOptions _options;
-    private ProbeSession? _session;
+    private nn.Module? _model;
     private Func<Tensor, Tensor>? _forward;
     private GradientWindow? _buffer;
     private FirstOrderFamily? _family;
@@ -72,30 +74,32 @@ public sealed class FixedPointProbe : TrainingProbe, IStatefulPart
         if (options.Batches is null)
             throw new ArgumentException("Measure needs FixedPointOptions.Batches: there is no training step to split a batch from.", nameof(options));
         settings ??= new ProbeOptions();
-        var probe = new FixedPointProbe(options) { _runAtEveryWindow = true };
-        var sessionOptions = new ProbeOptions
+        string runId = settings.RunId ?? "measure";
+        var probe = new FixedPointProbe(options);
+        var started = Stopwatch.GetTimestamp();
+        try
         {
-            WindowSize = 2, Interval = 2, OverheadBudget = null, Output = null, BuiltInProbes = false, Probes = [probe],
-            Geometries = settings.Geometries, FisherDecay = settings.FisherDecay, AdaptiveEta = settings.AdaptiveEta,
-            GsnrEpsilon = settings.GsnrEpsilon, RegretQuantile = settings.RegretQuantile, ParameterFilter = settings.ParameterFilter,
-            FisherFloor = settings.FisherFloor,
-            LoggerFactory = settings.LoggerFactory, RunId = settings.RunId ?? "measure",
-            Strict = false,   // the measurement's failure is rethrown below, with its own message
-        };
-        using var session = ProbeSession.CreateUnregistered(model, sessionOptions);
-        session.Step();
-        session.Step();
-        if (session.FailureCount > 0 && probe.LastError is { } error)
-            throw new InvalidOperationException($"The fixed-point measurement failed: {error.Message}", error);
-
-        // Only the probe's own values: the session's timing values mean nothing for two back-to-back calls.
-        session.Flush();
-        var latest = session.Latest!;
-        return new ProbeSnapshot(latest.RunId, latest.Step, latest.Window, latest.Timestamp,
-            latest.Values.Where(v => v.Probe == probe.Name).ToArray(), latest.ProbeSeconds);
+            // What a session does for the probe at a window's close, without a session: bind it, run it in a dispose
+            // scope with gradients off, and read its values back in one transfer.
+            probe.Bind(model, settings, (ILogger?)settings.LoggerFactory?.CreateLogger<FixedPointProbe>() ?? NullLogger.Instance, runId);
+            var window = new ProbeWindowContext(null, probe._layout!, options.Minibatches) { CurrentProbe = probe.Name };
+            window.Begin(step: 0, window: 0);
+            using (torch.NewDisposeScope())
+            using (torch.no_grad())
+                probe.Run(window, probe.NextBatches(window));
+            window.Resolve((_, exception) => throw exception);
+            var seconds = new Dictionary<string, double> { [probe.Name] = Stopwatch.GetElapsedTime(started).TotalSeconds };
+            return new ProbeSnapshot(runId, 0, 0, DateTimeOffset.UtcNow, [.. window.Values], seconds);
+        }
+        catch (Exception ex) when (ex is not (ArgumentException or ProbeConfigurationException or OutOfMemoryException))
+        {
+            throw new InvalidOperationException($"The fixed-point measurement failed: {ex.Message}", ex);
+        }
+        finally
+        {
+            probe.OnSessionEnd();
+        }
     }
-
-    private bool _runAtEveryWindow;
 
     internal Exception? LastError { get; private set; }
 
@@ -108,27 +112,36 @@ public sealed class FixedPointProbe : TrainingProbe, IStatefulPart
     /// <inheritdoc />
     public override void OnSessionStart(ProbeSession session)
     {
-        _session = session;
-        _forward = _options.Forward ?? (session.Model is nn.Module<Tensor, Tensor> module
+        ArgumentNullException.ThrowIfNull(session);
+        Bind(session.Model, session.Options, session.Logger, session.RunId);
+    }
+
+    /// <summary>Makes the probe's buffers for <paramref name="model"/>'s watched parameters (a session's start, or <see cref="Measure"/>).</summary>
+    private void Bind(nn.Module model, ProbeOptions settings, ILogger logger, string runId)
+    {
+        _model = model;
+        _forward = _options.Forward ?? (model is nn.Module<Tensor, Tensor> module
             ? module.call
             : throw new ProbeConfigurationException(
-                $"FixedPointProbe cannot call the model ({session.Model.GetType().Name} is not a Module<Tensor, Tensor>): set FixedPointOptions.Forward."));
-        var layout = new ParameterLayout(session.Model, session.Options.ParameterFilter);
-        _buffer = new GradientWindow(layout, _options.Minibatches);
+                $"FixedPointProbe cannot call the model ({model.GetType().Name} is not a Module<Tensor, Tensor>): set FixedPointOptions.Forward."));
+        _layout = new ParameterLayout(model, settings.ParameterFilter);
+        _buffer = new GradientWindow(_layout, _options.Minibatches);
         _parameters = _buffer.Parameters.Select(p => p.Parameter).ToArray();
-        _theta = layout.CreateFlatBuffer();
-        _work = layout.CreateFlatBuffer();
-        _family = new FirstOrderFamily(session.Options, _options.Geometries, layout, _options.Minibatches, microBatches: false, _theta, Prefix, layerCount: 0);
+        _theta = _layout.CreateFlatBuffer();
+        _work = _layout.CreateFlatBuffer();
+        _family = new FirstOrderFamily(settings, _options.Geometries, _layout, _options.Minibatches, microBatches: false, _theta, Prefix, layerCount: 0);
         _generator = new Generator(_options.Seed, _parameters[0].device);
-        _curvature = new CurvatureWindow(_options, session, _parameters, _buffer!, _family!.Whitening, _generator, LossAt);
+        _curvature = new CurvatureWindow(_options, logger, runId, _parameters, _buffer!, _family!.Whitening, _generator, LossAt);
     }
+
+    private ParameterLayout? _layout;
 
     /// <inheritdoc />
     public override void OnWindowClosed(ProbeWindowContext window)
     {
         // At windows Every-1, 2 Every-1, ...: the first ordinary windows come first and give the overhead budget its
         // first measure of the training's pace before an expensive fixed-point window is charged to it.
-        int every = _runAtEveryWindow ? 1 : _options.Every;
+        int every = _options.Every;
         if (_windowsSeen++ % every != every - 1) return;
         try
         {
@@ -182,7 +195,7 @@ public sealed class FixedPointProbe : TrainingProbe, IStatefulPart
 
     private void Run(ProbeWindowContext window, List<(Tensor Input, Tensor Target)> batches)
     {
-        var model = _session!.Model;
+        var model = _model!;
         int k = batches.Count;
         using var state = new ModelStateGuard(model);
         _theta!.LoadParameters();
