@@ -116,7 +116,7 @@ var options = new FixedPointOptions
 {
     Loss = (output, target) => nn.functional.cross_entropy(output, target),
     Batches = probeBatches,
-    Minibatches = Minibatches,
+    WindowSize = Minibatches,
 };
 var settings = new ProbeOptions { FisherDecay = 0, FisherFloor = fisherFloor };   // one window: the Fisher diagonal is that window's mean g^2
 

@@ -121,7 +121,7 @@ if (suite == "curvature")
 {
     foreach (bool warm in new[] { false, true })
     {
-        var probe = new FixedPointProbe(new FixedPointOptions { Loss = CrossEntropy, Minibatches = 8, Every = 1, WarmStart = warm, FiniteRadius = false });
+        var probe = new FixedPointProbe(new FixedPointOptions { Loss = CrossEntropy, WindowSize = 8, Every = 1, WarmStart = warm, FiniteRadius = false });
         var run = new Run(images, labels, new ProbeOptions { Loss = CrossEntropy, Output = null, OverheadBudget = null, Interval = 100, Probes = [probe] });
         run.Train(300);   // past the first, steep steps
         run.Train(100 * rounds);
@@ -139,7 +139,7 @@ if (suite == "curvature")
 
 FixedPointProbe FixedPoint() => new(new FixedPointOptions
 {
-    Loss = CrossEntropy, Minibatches = 4, Every = 5,
+    Loss = CrossEntropy, WindowSize = 4, Every = 5,
 });
 
 var variants = suite switch

@@ -36,7 +36,7 @@ internal static class GcPressureScenario
         var log = new LogCollector();
         var model = new Net(1);
         model.to(dtype);
-        var active = fixedPoint ? new FixedPointProbe(new FixedPointOptions { Loss = Data.Loss, Minibatches = 4, Every = 5, PowerIterations = 5, TraceSamples = 2 }) : null;
+        var active = fixedPoint ? new FixedPointProbe(new FixedPointOptions { Loss = Data.Loss, WindowSize = 4, Every = 5, PowerIterations = 5, TraceSamples = 2 }) : null;
         using var endpoint = PrometheusScrapeEndpoint.Start(new PrometheusEndpointOptions { Port = port });
         using var session = ProbeSession.Attach(model, Options.Small(log, probes: active is null ? [] : [active], strict: true, storage: storage));
         // TorchSharp's own SGD fails within seconds here (UpstreamFaults.SgdStepFreesItsLearningRate); GcSafeSgd is the workaround.

@@ -128,7 +128,7 @@ internal static class LifetimeFaults
         var log = new LogCollector();
         var model = new Net(1);
         var cached = Enumerable.Range(1000, 8).Select(Data.Batch).ToList();
-        var probe = new FixedPointProbe(new FixedPointOptions { Loss = Data.Loss, Batches = cached, Minibatches = 4, Every = 1, Curvature = false });
+        var probe = new FixedPointProbe(new FixedPointOptions { Loss = Data.Loss, Batches = cached, WindowSize = 4, Every = 1, Curvature = false });
         using var session = ProbeSession.Attach(model, Options.Small(log, probes: [probe]));
         new Trainer(model, session).Run(0, 60);
         Check.That(session.FailureCount == 0, $"{session.FailureCount} failures: " + string.Join(" / ", log.Warnings.Take(2)));

@@ -16,7 +16,7 @@ internal static class ModelFaults
     {
         var log = new LogCollector();
         var model = new Net(1);
-        var probe = new FixedPointProbe(new FixedPointOptions { Loss = Data.Loss, Minibatches = 4, Every = 1, Curvature = false });
+        var probe = new FixedPointProbe(new FixedPointOptions { Loss = Data.Loss, WindowSize = 4, Every = 1, Curvature = false });
         using var session = ProbeSession.Attach(model, Options.Small(log, probes: [probe]));
         var trainer = new Trainer(model, session)
         {
@@ -35,7 +35,7 @@ internal static class ModelFaults
     {
         var log = new LogCollector();
         var model = new Net(1, unusedLayer: true);
-        var probe = new FixedPointProbe(new FixedPointOptions { Loss = Data.Loss, Minibatches = 4, Every = 1, Curvature = true, PowerIterations = 10, TraceSamples = 4 });
+        var probe = new FixedPointProbe(new FixedPointOptions { Loss = Data.Loss, WindowSize = 4, Every = 1, Curvature = true, PowerIterations = 10, TraceSamples = 4 });
         using var session = ProbeSession.Attach(model, Options.Small(log, probes: [probe]));
         new Trainer(model, session).Run(0, 40);
         Check.That(session.FailureCount == 0, $"{session.FailureCount} failures: " + string.Join(" / ", log.Warnings.Take(2)));

@@ -25,7 +25,7 @@ internal static class SoakScenario
 
         var log = new LogCollector();
         var model = new Net(1);
-        var fixedPoint = new FixedPointProbe(new FixedPointOptions { Loss = Data.Loss, Minibatches = 4, Every = 5, PowerIterations = 5, TraceSamples = 2 });
+        var fixedPoint = new FixedPointProbe(new FixedPointOptions { Loss = Data.Loss, WindowSize = 4, Every = 5, PowerIterations = 5, TraceSamples = 2 });
         using var endpoint = PrometheusScrapeEndpoint.Start(new PrometheusEndpointOptions { Port = port });
         using var session = ProbeSession.Attach(model, Options.Small(log, probes: [fixedPoint]));
         var optimizer = new GcSafeSgd(model.parameters(), 0.02);

@@ -37,7 +37,7 @@ public sealed class PrometheusEndToEndTests
             Probes = [new FixedPointProbe(new FixedPointOptions
             {
                 Loss = (output, target) => TorchSharp.torch.nn.functional.cross_entropy(output, target), Every = 2, PowerIterations = 5, TraceSamples = 5,
-                Minibatches = 5,   // the GSNR's standard error needs K >= 5
+                WindowSize = 5,   // the GSNR's standard error needs K >= 5
             })],
         }).Start();
         using var prometheus = PrometheusServer.Start(endpoint.Address, [RepositoryFiles.PathOf("examples/grafana/alerts.yml")]);

@@ -7,7 +7,7 @@ namespace TrainingProbes;
 /// </summary>
 public sealed class FixedPointOptions
 {
-    private int _minibatches = 4;
+    private int _windowSize = 4;
     private int _every = 10;
     private double _radius = 1e-3;
     private Geometry _geometries = Geometry.All;
@@ -32,12 +32,12 @@ public sealed class FixedPointOptions
     /// </summary>
     public IEnumerable<(Tensor Input, Tensor Target)>? Batches { get; init; }
 
-    /// <summary>K, the minibatches evaluated at the same parameters (at least 2, default 4).</summary>
-    public int Minibatches
+    /// <summary>K, the number of minibatches a fixed-point window evaluates at the same parameters (at least 2, default 4); the K of <see cref="ProbeOptions.WindowSize"/> for this probe's windows.</summary>
+    public int WindowSize
     {
-        get => _minibatches;
-        init => _minibatches = value >= 2 ? value
-            : throw new ArgumentOutOfRangeException(nameof(Minibatches), value, "Minibatches (K) must be at least 2: pairwise indicators need two gradients.");
+        get => _windowSize;
+        init => _windowSize = value >= 2 ? value
+            : throw new ArgumentOutOfRangeException(nameof(WindowSize), value, "WindowSize (K) must be at least 2: pairwise indicators need two gradients.");
     }
 
     /// <summary>

@@ -82,7 +82,7 @@ public sealed class FixedPointProbe : TrainingProbe, IStatefulPart
             // What a session does for the probe at a window's close, without a session: bind it, run it in a dispose
             // scope with gradients off, and read its values back in one transfer.
             probe.Bind(model, settings, (ILogger?)settings.LoggerFactory?.CreateLogger<FixedPointProbe>() ?? NullLogger.Instance, runId);
-            var window = new ProbeWindowContext(null, probe._layout!, options.Minibatches) { CurrentProbe = probe.Name };
+            var window = new ProbeWindowContext(null, probe._layout!, options.WindowSize) { CurrentProbe = probe.Name };
             window.Begin(step: 0, window: 0);
             using (torch.NewDisposeScope())
             using (torch.no_grad())
@@ -125,11 +125,11 @@ public sealed class FixedPointProbe : TrainingProbe, IStatefulPart
             : throw new ProbeConfigurationException(
                 $"FixedPointProbe cannot call the model ({model.GetType().Name} is not a Module<Tensor, Tensor>): set FixedPointOptions.Forward."));
         _layout = new ParameterLayout(model, settings.ParameterFilter);
-        _buffer = new GradientWindow(_layout, _options.Minibatches);
+        _buffer = new GradientWindow(_layout, _options.WindowSize);
         _parameters = _buffer.Parameters.Select(p => p.Parameter).ToArray();
         _theta = _layout.CreateFlatBuffer();
         _work = _layout.CreateFlatBuffer();
-        _family = new FirstOrderFamily(settings, _options.Geometries, _layout, _options.Minibatches, microBatches: false, _theta, Prefix, layerCount: 0);
+        _family = new FirstOrderFamily(settings, _options.Geometries, _layout, _options.WindowSize, microBatches: false, _theta, Prefix, layerCount: 0);
         _generator = new Generator(_options.Seed, _parameters[0].device);
         _curvature = new CurvatureWindow(_options, logger, runId, _parameters, _buffer!, _family!.Whitening, _generator, LossAt);
     }
@@ -158,14 +158,14 @@ public sealed class FixedPointProbe : TrainingProbe, IStatefulPart
 
     private List<(Tensor Input, Tensor Target)> NextBatches(ProbeWindowContext window)
     {
-        int k = _options.Minibatches;
+        int k = _options.WindowSize;
         if (_options.Batches is null)
         {
             if (window.Input is null || window.Target is null)
                 throw new InvalidOperationException(
                     "FixedPointProbe has no minibatches: set FixedPointOptions.Batches, or pass the step's input and target to the step call (model.Probe(loss, optimizer, input, target)).");
             if (window.Input.shape[0] < k)
-                throw new InvalidOperationException($"The batch of {window.Input.shape[0]} samples cannot be split into {k} micro-batches; lower FixedPointOptions.Minibatches.");
+                throw new InvalidOperationException($"The batch of {window.Input.shape[0]} samples cannot be split into {k} micro-batches; lower FixedPointOptions.WindowSize.");
             var inputs = window.Input.detach().chunk(k, 0);
             var targets = window.Target.detach().chunk(k, 0);
             return inputs.Zip(targets).Take(k).ToList();

@@ -219,7 +219,7 @@ public sealed class DisposeScopeCoverageTests
         var model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3));
         var optimizer = new GcSafeSgd(model.parameters(), 0.1, momentum: 0.5);
         static Tensor Loss(Tensor output, Tensor target) => nn.functional.cross_entropy(output, target);
-        var fixedPoint = new FixedPointProbe(new FixedPointOptions { Loss = Loss, Minibatches = 3, Every = 2, PowerIterations = 3, TraceSamples = 2 });
+        var fixedPoint = new FixedPointProbe(new FixedPointOptions { Loss = Loss, WindowSize = 3, Every = 2, PowerIterations = 3, TraceSamples = 2 });
         using var session = ProbeSession.Attach(model, new ProbeOptions
         {
             Loss = Loss, WindowSize = 3, Interval = 4, Output = null, OverheadBudget = null,

@@ -24,7 +24,7 @@ public sealed class FixedPointTests
         var plain = Network(3);
         var fixedPoint = new FixedPointProbe(new FixedPointOptions
         {
-            Loss = (output, target) => nn.functional.cross_entropy(output, target), Minibatches = 4, Every = 1, PowerIterations = 5, TraceSamples = 4,
+            Loss = (output, target) => nn.functional.cross_entropy(output, target), WindowSize = 4, Every = 1, PowerIterations = 5, TraceSamples = 4,
         });
         var recomputed = new MinibatchGradients(watched);
 
@@ -137,7 +137,7 @@ public sealed class FixedPointTests
         var batches = RegressionBatches(K, Size, 21, out var xs, out var ys);
         var snapshot = FixedPointProbe.Measure(model, new FixedPointOptions
         {
-            Loss = LogisticLoss, Batches = batches, Minibatches = K, FiniteRadius = false, PowerIterations = 200, PowerTolerance = 1e-10,
+            Loss = LogisticLoss, Batches = batches, WindowSize = K, FiniteRadius = false, PowerIterations = 200, PowerTolerance = 1e-10,
             TraceSamples = 400, TraceTolerance = 0.01, Geometries = Geometry.Euclidean,
         });
 
@@ -201,7 +201,7 @@ public sealed class FixedPointTests
         {
             var snapshot = FixedPointProbe.Measure(model, new FixedPointOptions
             {
-                Loss = LogisticLoss, Batches = batches, Minibatches = K, Curvature = false, Radius = radius, RadiusIsRelative = false,
+                Loss = LogisticLoss, Batches = batches, WindowSize = K, Curvature = false, Radius = radius, RadiusIsRelative = false,
             });
             foreach (var geometry in new[] { Geometry.Euclidean, Geometry.Fisher, Geometry.Adaptive })
                 Assert.Equal(radius, snapshot.Get("fixed_point." + Indicators.Radius, geometry), 12);
@@ -224,7 +224,7 @@ public sealed class FixedPointTests
         var before = model.parameters().Select(p => p.detach().clone()).ToList();
         var generator = new Generator(2);
         var batches = Enumerable.Range(0, 3).Select(_ => (torch.randn([8, 6], generator: generator), torch.randint(0, 3, [8], generator: generator))).ToList();
-        var options = new FixedPointOptions { Loss = (o, t) => nn.functional.cross_entropy(o, t), Batches = batches, Minibatches = 3, PowerIterations = 3, TraceSamples = 3 };
+        var options = new FixedPointOptions { Loss = (o, t) => nn.functional.cross_entropy(o, t), Batches = batches, WindowSize = 3, PowerIterations = 3, TraceSamples = 3 };
 
         var snapshot = FixedPointProbe.Measure(model, options);
 
@@ -272,7 +272,7 @@ public sealed class FixedPointTests
         var batches = Enumerable.Range(0, 4).Select(_ => (torch.randn([16, 6], generator: generator), torch.randint(0, 3, [16], generator: generator))).ToList();
         var options = new FixedPointOptions
         {
-            Loss = CrossEntropy, Batches = batches, Minibatches = 4, FiniteRadius = false, PowerIterations = 100, PowerTolerance = 1e-6, TraceSamples = 50,
+            Loss = CrossEntropy, Batches = batches, WindowSize = 4, FiniteRadius = false, PowerIterations = 100, PowerTolerance = 1e-6, TraceSamples = 50,
         };
         var with = new TwoLayer(9, unusedLayer: true);
         var without = new TwoLayer(9, unusedLayer: false);
@@ -308,7 +308,7 @@ public sealed class FixedPointTests
             var model = new TwoLayer(13, unusedLayer: false);
             var probe = new FixedPointProbe(new FixedPointOptions
             {
-                Loss = CrossEntropy, Minibatches = 4, Every = 1, FiniteRadius = false, PowerIterations = 100, PowerTolerance = 1e-6, TraceSamples = 50,
+                Loss = CrossEntropy, WindowSize = 4, Every = 1, FiniteRadius = false, PowerIterations = 100, PowerTolerance = 1e-6, TraceSamples = 50,
             });
             using var session = ProbeSession.Attach(model, new ProbeOptions
             {
@@ -364,7 +364,7 @@ public sealed class FixedPointTests
         var generator = new Generator(2);
         var batches = Enumerable.Range(0, 2).Select(_ => (torch.randn([8, 6], generator: generator), torch.randint(0, 3, [8], generator: generator))).ToList();
         var error = Assert.Throws<InvalidOperationException>(() => FixedPointProbe.Measure(new TwoLayer(1, unusedLayer: false),
-            new FixedPointOptions { Loss = (o, t) => CrossEntropy(o, t).detach(), Batches = batches, Minibatches = 2 }));
+            new FixedPointOptions { Loss = (o, t) => CrossEntropy(o, t).detach(), Batches = batches, WindowSize = 2 }));
         Assert.Contains("does not require a gradient", error.Message);
     }
 }

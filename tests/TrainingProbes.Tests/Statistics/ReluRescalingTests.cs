@@ -87,7 +87,7 @@ public sealed class TrainedReluNetwork : IDisposable
         {
             Loss = (output, target) => nn.functional.cross_entropy(output, target),
             Batches = Batches,
-            Minibatches = Minibatches,
+            WindowSize = Minibatches,
             TraceSamples = 12,
         };
         var settings = new ProbeOptions { FisherDecay = 0, AdaptiveEta = eta, GsnrEpsilon = gsnrEpsilon };
@@ -278,7 +278,7 @@ public sealed class ReluRescalingTests(TrainedReluNetwork network, ITestOutputHe
         {
             Loss = (output, target) => nn.functional.cross_entropy(output, target),
             Batches = network.Batches,
-            Minibatches = TrainedReluNetwork.Minibatches,
+            WindowSize = TrainedReluNetwork.Minibatches,
             FiniteRadius = false,
             TraceSamples = 30,
             TraceTolerance = 0.12,

@@ -107,7 +107,7 @@ public sealed class WhiteningReadersTests
         var (g, h) = ClosedForm(xs, ys);
         var fixedPoint = new FixedPointProbe(new FixedPointOptions
         {
-            Loss = Loss, Batches = batches, Minibatches = K, Every = 1, Radius = Radius, RadiusIsRelative = true,
+            Loss = Loss, Batches = batches, WindowSize = K, Every = 1, Radius = Radius, RadiusIsRelative = true,
             PowerIterations = 500, PowerTolerance = 1e-12, TraceSamples = 4,
         });
 
