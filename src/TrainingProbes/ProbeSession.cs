@@ -284,11 +284,17 @@ public sealed class ProbeSession : IDisposable
         {
             _disposed = true;
             _worker.Dispose();
-            _runner.End();
-            _telemetry.Unregister();
-            Windows.Dispose();
-            _stopping.Dispose();
-            SessionRegistry.Remove(Model, this);
+            try
+            {
+                _runner.End();   // under Strict a probe's end failure throws, after the cleanup below
+            }
+            finally
+            {
+                _telemetry.Unregister();
+                Windows.Dispose();
+                _stopping.Dispose();
+                SessionRegistry.Remove(Model, this);
+            }
         }
     }
 }

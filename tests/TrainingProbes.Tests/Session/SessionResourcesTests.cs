@@ -1,4 +1,5 @@
 using TorchSharp;
+using TrainingProbes.Tests.Telemetry;
 
 namespace TrainingProbes.Tests.Session;
 
@@ -63,16 +64,23 @@ public sealed class SessionResourcesTests
     }
 
     [Fact]
-    public void Resources_are_released_even_when_a_strict_sessions_probe_fails_to_end()
+    public void Resources_and_the_session_are_released_even_when_a_strict_sessions_probe_fails_to_end()
     {
         var log = new List<string>();
-        var session = ProbeSession.Attach(torch.nn.Linear(3, 2), new ProbeOptions
+        var model = torch.nn.Linear(3, 2);
+        var session = ProbeSession.Attach(model, new ProbeOptions
         {
-            Output = null, OverheadBudget = null, Strict = true, Probes = [new ThrowingEnd()], SessionResources = [Acquired("a", log)],
+            RunId = "strict-end", Output = null, OverheadBudget = null, Strict = true, Probes = [new ThrowingEnd()], SessionResources = [Acquired("a", log)],
         });
+        session.Report("val.loss", 1.0);
+        Assert.Contains(MeterReader.Collect(), m => m.RunId == "strict-end");
 
         Assert.Throws<ProbeFailureException>(session.Dispose);
         Assert.Equal(["acquire a", "dispose a"], log);
+        // The session's own cleanup ran too: its gauges left the meter and the model can have a new session.
+        Assert.DoesNotContain(MeterReader.Collect(), m => m.RunId == "strict-end");
+        Assert.Null(ProbeSession.Get(model));
+        using var next = ProbeSession.Attach(model, new ProbeOptions { Output = null, OverheadBudget = null });
     }
 
     [Fact]
