@@ -26,7 +26,7 @@ namespace TrainingProbes;
 /// perturbed for loss evaluations are copied back exactly; the model's mode, its buffers (batch norm statistics) and
 /// the CPU random state are restored; the probe draws its random vectors from its own generator. A training run with
 /// this probe ends with bit-identical parameters to the same run without it (tested on CPU). On CUDA, TorchSharp
-/// offers no way to save the CUDA random state, so a model with dropout sees another dropout stream after an active
+/// offers no way to save the CUDA random state, so a model with dropout sees another dropout stream after a fixed-point
 /// window unless <see cref="FixedPointOptions.EvaluationMode"/> is set. A watched parameter that no longer requires a
 /// gradient (frozen after the session started) gets none: the values are those of the parameters that still train;
 /// when none does, or the loss has no graph, the window fails with a message (logged and counted by the session).

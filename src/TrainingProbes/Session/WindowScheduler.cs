@@ -203,7 +203,7 @@ internal sealed class WindowScheduler : IStatefulPart
     /// Steps from now (the end of a window) to the start of the next window. Without a budget, the fixed interval from
     /// start to start. With one, a ledger: all probe time P and all training time T so far, and the cost C of the next
     /// window (the median of the last windows' costs), choose the wait S so that (P + C) / (T + (S + L) t) = budget, t the
-    /// average training time per step. An expensive window (an active one) is paid back by a longer wait, a cheap
+    /// average training time per step. An expensive window (a fixed-point one) is paid back by a longer wait, a cheap
     /// stretch lets windows come sooner, and the achieved overhead stays at the budget over the run. Credit is spent at
     /// most at twice the steady rate (S at least half of C / (budget t) - K). Never below 0 (windows back to back),
     /// never above <see cref="ProbeOptions.MaxInterval"/>.
