@@ -13,11 +13,9 @@ namespace TrainingProbes;
 
 /// <summary>
 /// Watches one model while it trains. Call <see cref="Step"/> after <c>loss.backward()</c> and before
-/// <c>optimizer.step()</c>; every <see cref="ProbeOptions.Interval"/> steps the session captures the gradients of
-/// <see cref="ProbeOptions.WindowSize"/> consecutive steps into a buffer on the parameters' device, then runs its
-/// probes on that window and publishes an immutable <see cref="ProbeSnapshot"/> to <see cref="History"/>,
-/// <see cref="WindowClosed"/>, the OpenTelemetry meter <see cref="TrainingProbesMeter.Name"/> and
-/// <see cref="ProbeOptions.Output"/>. A failing probe is logged and counted; training goes on.
+/// <c>optimizer.step()</c>; at each window the session takes the gradients of <see cref="ProbeOptions.WindowSize"/>
+/// micro-batches, runs its probes and publishes a <see cref="ProbeSnapshot"/> to <see cref="History"/>, <see cref="WindowClosed"/>,
+/// the meter <see cref="TrainingProbesMeter.Name"/> and <see cref="ProbeOptions.Output"/>. A failing probe is logged and counted.
 /// </summary>
 public sealed class ProbeSession : IDisposable
 {
@@ -62,11 +60,13 @@ public sealed class ProbeSession : IDisposable
                 Record.Add(new FiredRule(rule.Name, rule.Action, decision.Step, decision.Value, decision.Reason));
                 RuleFired?.Invoke(this, new StoppingEventArgs(rule, decision, restored, probes));
             };
+            _resources.Acquire(this);   // what the options ask the session to hold while it lives (the shared scrape server)
             _runner.Start(this);
             _telemetry.Announce();
         }
         catch
         {
+            _resources.Release(_failures);
             _telemetry?.Unregister();
             Windows.Dispose();
             throw;
@@ -90,11 +90,7 @@ public sealed class ProbeSession : IDisposable
 
     /// <summary>The session attached to <paramref name="model"/> (by <see cref="Attach"/> or the one-line call), or null.</summary>
     /// <param name="model">The model.</param>
-    public static ProbeSession? Get(nn.Module model)
-    {
-        ArgumentNullException.ThrowIfNull(model);
-        return SessionRegistry.Get(model);
-    }
+    public static ProbeSession? Get(nn.Module model) => SessionRegistry.Get(model ?? throw new ArgumentNullException(nameof(model)));
 
     /// <summary>The session attached to <paramref name="model"/>, created on first use from <see cref="ProbeOptions.FromEnvironment()"/>.</summary>
     internal static ProbeSession For(nn.Module model, torch.optim.Optimizer? optimizer, Func<Tensor, Tensor, Tensor>? lossFunction = null)
@@ -254,6 +250,7 @@ public sealed class ProbeSession : IDisposable
     }
 
     private readonly StepGuard _guard;
+    private readonly SessionResources _resources = new();
     private readonly WindowLifecycle _lifecycle;
     private readonly StatisticsWorker _worker = new();
 
@@ -290,6 +287,7 @@ public sealed class ProbeSession : IDisposable
             }
             finally
             {
+                _resources.Release(_failures);   // a port must not stay bound by a session that is gone
                 _telemetry.Unregister();
                 Windows.Dispose();
                 _stopping.Dispose();

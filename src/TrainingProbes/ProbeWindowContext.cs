@@ -16,7 +16,6 @@ public sealed partial class ProbeWindowContext
     private readonly List<IndicatorValue> _values = [];
     private readonly List<PendingFetch> _pending = [];
     private readonly HashSet<string> _checkedNames = [];
-    private readonly Dictionary<string, int> _parameterIndex;
 
     /// <param name="session">The window's session; null for a window measured outside training (<see cref="FixedPointProbe.Measure"/>).</param>
     /// <param name="layout">The watched parameters.</param>
@@ -28,8 +27,7 @@ public sealed partial class ProbeWindowContext
         _sessionless = session is null;
         _layout = layout;
         WindowSize = k;
-        _parameterIndex = layout.Parameters.Select((p, i) => (p.Name, i)).ToDictionary(t => t.Name, t => t.i);
-        ParameterNames = layout.Parameters.Select(p => p.Name).ToArray();
+        ParameterNames = layout.Names;   // the layout's: a window context is made per window
     }
 
     /// <summary>The session.</summary>
@@ -97,7 +95,7 @@ public sealed partial class ProbeWindowContext
     /// the session has no loss function), or the session keeps CountSketches of them (<see cref="WindowStorage.Sketch"/>).</exception>
     public Tensor Gradients(string parameterName)
     {
-        if (!_parameterIndex.TryGetValue(parameterName, out int index))
+        if (!_layout.TryGetIndex(parameterName, out int index))
             throw new ArgumentException(
                 $"'{parameterName}' is not a watched parameter. Watched: {string.Join(", ", ParameterNames.Take(8))}{(ParameterNames.Count > 8 ? ", ..." : "")}.",
                 nameof(parameterName));

@@ -77,7 +77,12 @@ internal sealed class ParameterLayout
     /// <summary>The watched parameters' names, in order.</summary>
     public IReadOnlyList<string> Names => _names ??= [.. Parameters.Select(p => p.Name)];
 
+    /// <summary>The position of a watched parameter in <see cref="Parameters"/>, by name.</summary>
+    public bool TryGetIndex(string name, out int index) =>
+        (_index ??= Parameters.Select((p, i) => (p.Name, i)).ToDictionary(t => t.Name, t => t.i, StringComparer.Ordinal)).TryGetValue(name, out index);
+
     private string[]? _names;
+    private Dictionary<string, int>? _index;
 
     public long ParameterCount => Segments.Sum(s => s.Count);
 

@@ -6,7 +6,7 @@ namespace TrainingProbes;
 /// by reflection, so adding one is adding its file (and its row in docs/REFERENCE.md, which a test checks).
 /// </summary>
 /// <param name="family">Which part of the library publishes it.</param>
-/// <param name="order">Its place in the catalogue (instrument and table order); ties are broken by name.</param>
+/// <param name="order">Its place within its family in the catalogue (instrument and table order); ties are broken by name.</param>
 /// <param name="definition">The definition.</param>
 internal abstract class BuiltInIndicator(IndicatorFamily family, int order, IndicatorDefinition definition)
 {
@@ -21,7 +21,7 @@ internal abstract class BuiltInIndicator(IndicatorFamily family, int order, Indi
         typeof(BuiltInIndicator).Assembly.GetTypes()
             .Where(t => t.IsSubclassOf(typeof(BuiltInIndicator)) && !t.IsAbstract)
             .Select(t => (BuiltInIndicator)Activator.CreateInstance(t)!)
-            .OrderBy(i => i.Order).ThenBy(i => i.Definition.Name, StringComparer.Ordinal)
+            .OrderBy(i => i.Family).ThenBy(i => i.Order).ThenBy(i => i.Definition.Name, StringComparer.Ordinal)
             .Select(i => i.Definition)
             .ToArray();
 }

@@ -5,8 +5,7 @@ namespace TrainingProbes.Session;
 
 /// <summary>
 /// Runs the session's probes: starts them, calls them on captured steps and closed windows, ends them, each call
-/// guarded (an exception is a counted, logged failure) and timed per probe. It holds the session's
-/// <see cref="SessionResources"/> over the same span. The times, with the capture, become the
+/// guarded (an exception is a counted, logged failure) and timed per probe. The times, with the capture, become the
 /// training thread's part of the window's <see cref="ProbeSnapshot.ProbeSeconds"/> (the window's job adds its own).
 /// </summary>
 internal sealed class ProbeRunner
@@ -15,7 +14,6 @@ internal sealed class ProbeRunner
     private readonly bool[] _started;
     private readonly long[] _ticks;   // per probe, then capture; reset per window
     private readonly ProbeFailures _failures;
-    private readonly SessionResources _resources = new();
 
     public ProbeRunner(IEnumerable<TrainingProbe> builtIn, IReadOnlyList<TrainingProbe> user, ProbeFailures failures)
     {
@@ -42,14 +40,12 @@ internal sealed class ProbeRunner
     public IReadOnlyList<TrainingProbe> Probes => _probes;
 
     /// <summary>
-    /// Acquires the session's resources, then starts every probe. An exception from a resource (a port in use, say)
-    /// or a <see cref="ProbeConfigurationException"/> from a probe ends what was started and is rethrown: better now
-    /// than a silent run without it. Other exceptions from probes are failures.
+    /// Starts every probe. A <see cref="ProbeConfigurationException"/> ends the ones started and is rethrown: better
+    /// now than a silent run without the probe. Other exceptions are failures.
     /// </summary>
     public void Start(ProbeSession session)
     {
         using var scope = torch.NewDisposeScope();
-        _resources.Acquire(session);
         for (int i = 0; i < _probes.Length; i++)
         {
             try
@@ -123,25 +119,15 @@ internal sealed class ProbeRunner
         return seconds;
     }
 
-    /// <summary>
-    /// Ends every started probe (once), then releases the session's resources, even when a probe's end throws
-    /// (under <see cref="ProbeOptions.Strict"/>): a port must not stay bound by a session that is gone.
-    /// </summary>
+    /// <summary>Ends every started probe (once).</summary>
     public void End()
     {
         using var scope = torch.NewDisposeScope();
-        try
+        for (int i = 0; i < _probes.Length; i++)
         {
-            for (int i = 0; i < _probes.Length; i++)
-            {
-                if (!_started[i]) continue;
-                _started[i] = false;
-                _failures.Guard(_probes[i].Name, static p => p.OnSessionEnd(), _probes[i]);
-            }
-        }
-        finally
-        {
-            _resources.Release(_failures);
+            if (!_started[i]) continue;
+            _started[i] = false;
+            _failures.Guard(_probes[i].Name, static p => p.OnSessionEnd(), _probes[i]);
         }
     }
 }
